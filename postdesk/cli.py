@@ -1,0 +1,494 @@
+"""The ``postdesk`` command (CONTRACT.md). Errors a user can meet print one clear message
+and exit non-zero; tracebacks are for bugs only."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from postdesk.config import ConfigError, find_config_path, load_config
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback."""
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("mailparser", "mail-parser", "pika", "dramatiq", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _app(args: argparse.Namespace, *, upgrade: bool = False):  # type: ignore[no-untyped-def]
+    from postdesk.app import App
+
+    config = load_config(args.config)
+    app = App(config)
+    try:
+        if upgrade or app.engine.dialect.name == "sqlite":
+            # The embedded database upgrades itself; PostgreSQL is upgraded on purpose
+            # with `postdesk db upgrade` (several processes share it).
+            app.upgrade_database()
+        else:
+            from storage.migrate import is_up_to_date
+
+            if not is_up_to_date(app.engine):
+                raise UserError("the database schema is not up to date: run "
+                                "`postdesk db upgrade` first")
+        app.sync_directory()
+    except Exception:
+        app.close()
+        raise
+    return app
+
+
+# --- commands -----------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from postdesk.app import App
+    from postdesk.config import parse_config, resolve_paths
+
+    target_dir = Path(args.dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    path = target_dir / "postdesk.toml"
+    example = (Path(__file__).parent / "example.toml").read_text(encoding="utf-8")
+    if path.exists() and not args.force:
+        print(f"{path} exists already; keeping it (use --force to overwrite)", file=sys.stderr)
+    else:
+        path.write_text(example, encoding="utf-8")
+        print(f"wrote {path}")
+    config = resolve_paths(parse_config(path.read_text(encoding="utf-8"), source=str(path)),
+                           target_dir)
+    app = App(config)
+    try:
+        app.upgrade_database()
+        app.sync_directory()
+    finally:
+        app.close()
+    print(f"database ready: {config.desk.database_url}")
+    print(f"next: postdesk serve --config {path}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{find_config_path(args.config)}: OK "
+          f"({len(config.orgs)} orgs, {len(config.plans)} plans, {len(config.staff)} staff, "
+          f"{len(config.imap)} IMAP mailboxes)")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    app = _app(args, upgrade=True)
+    from storage.migrate import current_revision
+
+    print(f"database at revision {current_revision(app.engine)}")
+    app.close()
+    return 0
+
+
+def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
+                         what: str) -> int:
+    done = threading.Event()
+
+    def _handler(signum: int, _frame: object) -> None:
+        logging.getLogger("postdesk").info("received %s, shutting down",
+                                           signal.Signals(signum).name)
+        done.set()
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    start()
+    logging.getLogger("postdesk").info("%s running; Ctrl-C to stop", what)
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        stop()
+    return 0
+
+
+def _smtp_server(app):  # type: ignore[no-untyped-def]
+    from ingest.smtp import IngestHandler, SmtpServer
+
+    cfg = app.config.smtp_in
+    handler = IngestHandler(app.config.desk.support_addresses, app.accept)
+    return SmtpServer(cfg.host, cfg.port, cfg.max_message_bytes, handler)
+
+
+def _start_smtp(server: Any, host: str, port: int) -> None:
+    try:
+        server.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"smtp_in.port: {host}:{port} is already in use") from None
+        raise UserError(f"smtp_in: cannot listen on {host}:{port}: {exc.strerror}") from None
+    except RuntimeError as exc:   # aiosmtpd wraps bind errors raised in its thread
+        raise UserError(f"smtp_in: cannot listen on {host}:{port}: {exc}") from None
+
+
+def _pollers(app):  # type: ignore[no-untyped-def]
+    if not app.config.imap:
+        return []
+    from ingest.imap import ImapPoller
+
+    return [ImapPoller(app, box) for box in app.config.imap]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from postdesk.scheduler import Scheduler
+
+    app = _app(args)
+    server = _smtp_server(app)
+    scheduler = Scheduler(app)
+    pollers = _pollers(app)
+    cfg = app.config.smtp_in
+
+    def start() -> None:
+        app.start_workers()
+        _start_smtp(server, cfg.host, cfg.port)
+        scheduler.start()
+        for poller in pollers:
+            poller.start()
+        logging.getLogger("postdesk").info("SMTP listening on %s:%s", cfg.host,
+                                           server.controller.port)
+
+    def stop() -> None:
+        for poller in pollers:
+            poller.stop()
+        with contextlib.suppress(Exception):  # never started (port in use): nothing to stop
+            server.stop()
+        scheduler.stop()
+        app.close()
+
+    try:
+        return _run_until_signalled(start, stop, "postdesk serve")
+    except UserError:
+        stop()
+        raise
+
+
+def cmd_smtp(args: argparse.Namespace) -> int:
+    app = _app(args)
+    server = _smtp_server(app)
+    cfg = app.config.smtp_in
+
+    def stop() -> None:
+        try:
+            server.stop()
+        finally:
+            app.close()
+
+    return _run_until_signalled(lambda: _start_smtp(server, cfg.host, cfg.port), stop,
+                                "postdesk smtp")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    app = _app(args)
+    if app.config.desk.broker_url.startswith("stub"):
+        raise UserError("desk.broker_url: `postdesk worker` needs a shared broker (redis:// or "
+                        "amqp://); with stub:// use `postdesk serve`")
+    return _run_until_signalled(lambda: app.start_workers(args.threads), app.close,
+                                "postdesk worker")
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from postdesk.scheduler import Scheduler
+
+    app = _app(args)
+    scheduler = Scheduler(app)
+
+    def stop() -> None:
+        scheduler.stop()
+        app.close()
+
+    return _run_until_signalled(scheduler.start, stop, "postdesk scheduler")
+
+
+def cmd_imap(args: argparse.Namespace) -> int:
+    app = _app(args)
+    pollers = _pollers(app)
+    if not pollers:
+        raise UserError("imap: no [[imap]] mailboxes in the config")
+
+    def start() -> None:
+        for p in pollers:
+            p.start()
+
+    def stop() -> None:
+        for p in pollers:
+            p.stop()
+        app.close()
+
+    return _run_until_signalled(start, stop, "postdesk imap")
+
+
+def _find_ticket(session: Any, prefix: str, ref: str) -> Any:
+    from storage.models import Ticket
+    from workflow.tickets import parse_ref
+
+    number = parse_ref(prefix, ref)
+    ticket = session.get(Ticket, number) if number is not None else None
+    if ticket is None:
+        raise UserError(f"no ticket {ref!r}")
+    return ticket
+
+
+def cmd_tickets_list(args: argparse.Namespace) -> int:
+    from postdesk.views import ticket_json
+    from storage.models import Org, Ticket
+
+    app = _app(args)
+    prefix = app.config.desk.ticket_prefix
+    with app.sessions() as session:
+        query = select(Ticket).order_by(Ticket.id)
+        if args.status:
+            query = query.where(Ticket.status == args.status)
+        if args.org:
+            query = query.join(Org).where(Org.slug == args.org)
+        tickets = [ticket_json(session, t, prefix) for t in session.scalars(query)]
+    app.close()
+    if args.json:
+        _print_json(tickets)
+    else:
+        if not tickets:
+            print("no tickets")
+        for t in tickets:
+            breach = f"  BREACHED: {','.join(t['breaches'])}" if t["breaches"] else ""
+            print(f"{t['ref']:>8}  {t['priority']}  {t['status']:<16} {t['org']:<12} "
+                  f"{t['requester']:<28} {t['subject'][:60]}{breach}")
+    return 0
+
+
+def cmd_tickets_show(args: argparse.Namespace) -> int:
+    from postdesk.views import ticket_json
+
+    app = _app(args)
+    prefix = app.config.desk.ticket_prefix
+    with app.sessions() as session:
+        data = ticket_json(session, _find_ticket(session, prefix, args.ref), prefix,
+                           messages=True)
+    app.close()
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"{data['ref']}  {data['subject']}")
+    for key in ("status", "priority", "org", "requester", "assignee", "created_at",
+                "first_response_due", "next_update_due", "resolution_due", "breaches"):
+        print(f"  {key}: {data[key]}")
+    for m in data["messages"]:
+        print(f"\n--- {m['direction']} {m['kind']} {m['date']} from {m['from']}")
+        print(m["text"].rstrip())
+        for a in m["attachments"]:
+            print(f"  [attachment] {a['filename']} ({a['size']} bytes)")
+    return 0
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from postdesk.views import outbox_json
+    from storage.models import Outbox
+
+    app = _app(args)
+    prefix = app.config.desk.ticket_prefix
+    with app.sessions() as session:
+        rows = [outbox_json(r, prefix) for r in session.scalars(select(Outbox).order_by(Outbox.id))]
+    app.close()
+    if args.json:
+        _print_json(rows)
+    else:
+        if not rows:
+            print("outbox is empty")
+        for r in rows:
+            print(f"{r['id']:>6}  {r['status']:<10} {','.join(r['to']):<30} {r['subject'][:60]}")
+    return 0
+
+
+def cmd_outbox_show(args: argparse.Namespace) -> int:
+    from postdesk.views import outbox_json
+    from storage.models import Outbox
+
+    app = _app(args)
+    with app.sessions() as session:
+        row = session.get(Outbox, args.id)
+        if row is None:
+            app.close()
+            raise UserError(f"no outbox entry {args.id}")
+        data, raw = outbox_json(row, app.config.desk.ticket_prefix), row.raw
+    app.close()
+    if args.raw:
+        sys.stdout.buffer.write(raw)
+        sys.stdout.flush()
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value}")
+        print()
+        print(raw.decode("utf-8", errors="replace"))
+    return 0
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from postdesk.views import raw_json
+    from storage.models import RawMessage
+
+    app = _app(args)
+    with app.sessions() as session:
+        rows = [raw_json(r) for r in session.scalars(
+            select(RawMessage).where(RawMessage.status == "quarantined")
+            .order_by(RawMessage.id))]
+    app.close()
+    if args.json:
+        _print_json(rows)
+    else:
+        if not rows:
+            print("quarantine is empty")
+        for r in rows:
+            print(f"{r['id']:>6}  {r['reason']:<16} {r['from'] or '-':<30} "
+                  f"{(r['subject'] or '')[:50]}")
+    return 0
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    from workflow.quarantine import release
+
+    app = _app(args)
+    try:
+        outcome = release(app, args.id, org=args.org)
+    finally:
+        app.close()
+    print(outcome)
+    return 0
+
+
+def cmd_quarantine_drop(args: argparse.Namespace) -> int:
+    from workflow.quarantine import drop
+
+    app = _app(args)
+    try:
+        outcome = drop(app, args.id)
+    finally:
+        app.close()
+    print(outcome)
+    return 0
+
+
+# --- parser -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postdesk", description="postdesk: an email-driven support desk.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_, description=help_)
+        p.add_argument("--config", help="config file (default: $POSTDESK_CONFIG or "
+                                        "./postdesk.toml)")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("init", cmd_init, "write an example postdesk.toml and create the database")
+    p.add_argument("--dir", default=".", help="where to write postdesk.toml")
+    p.add_argument("--force", action="store_true", help="overwrite an existing postdesk.toml")
+
+    add("serve", cmd_serve, "all-in-one: SMTP in, IMAP pollers, workers, scheduler")
+    add("smtp", cmd_smtp, "the SMTP ingest server alone")
+    add("imap", cmd_imap, "the IMAP pollers alone")
+    p = add("worker", cmd_worker, "Dramatiq workers alone (needs redis:// or amqp://)")
+    p.add_argument("--threads", type=int, default=None)
+    add("scheduler", cmd_scheduler, "the scheduler alone (SLA scans, sweeps, digests)")
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd",
+                                                                     required=True)
+    add("upgrade", cmd_db_upgrade, "apply migrations (alembic)", db)
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="cfg_cmd",
+                                                                        required=True)
+    add("check", cmd_config_check, "validate the config; print every problem with its key",
+        cfg)
+
+    tickets = sub.add_parser("tickets", help="tickets").add_subparsers(dest="t_cmd",
+                                                                       required=True)
+    p = add("list", cmd_tickets_list, "list tickets", tickets)
+    p.add_argument("--status")
+    p.add_argument("--org")
+    p.add_argument("--json", action="store_true")
+    p = add("show", cmd_tickets_show, "one ticket with its messages", tickets)
+    p.add_argument("ref", help="e.g. PD-12")
+    p.add_argument("--json", action="store_true")
+
+    outbox = sub.add_parser("outbox", help="emails written").add_subparsers(dest="o_cmd",
+                                                                            required=True)
+    p = add("list", cmd_outbox_list, "emails written, with status", outbox)
+    p.add_argument("--json", action="store_true")
+    p = add("show", cmd_outbox_show, "one email", outbox)
+    p.add_argument("id", type=int)
+    p.add_argument("--raw", action="store_true", help="print it exactly as sent")
+
+    quarantine = sub.add_parser("quarantine", help="mail that did not become ticket content"
+                                ).add_subparsers(dest="q_cmd", required=True)
+    p = add("list", cmd_quarantine_list, "quarantined messages with reasons", quarantine)
+    p.add_argument("--json", action="store_true")
+    p = add("release", cmd_quarantine_release, "process a message as if authorised",
+            quarantine)
+    p.add_argument("id", type=int)
+    p.add_argument("--org", help="org to file an unknown sender's ticket under")
+    p = add("drop", cmd_quarantine_drop, "discard a message (kept, recorded as dropped)",
+            quarantine)
+    p.add_argument("id", type=int)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print("configuration problems:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except UserError as exc:
+        print(f"postdesk: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OperationalError as exc:
+        print(f"postdesk: cannot use the database: {exc.orig}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as exc:
+        from storage.db import DatabaseUrlError
+        from workflow.broker import BrokerUrlError
+
+        if isinstance(exc, DatabaseUrlError | BrokerUrlError):
+            print(f"postdesk: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The JSON shapes of CONTRACT.md (tickets, outbox, quarantine)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.models import Outbox, RawMessage, SlaClock, Staff, Ticket
+from workflow.tickets import ticket_ref
+
+
+def iso(at: datetime | None) -> str | None:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ") if at else None
+
+
+def _clock_summary(session: Session, ticket: Ticket) -> dict[str, Any]:
+    clocks = list(session.scalars(
+        select(SlaClock).where(SlaClock.ticket_id == ticket.id).order_by(SlaClock.cycle)))
+    due: dict[str, str | None] = {}
+    breaches: list[str] = []
+    for clock in clocks:
+        if clock.stopped_at is None:
+            due[clock.target] = iso(clock.due_at)
+        if clock.breached_at is not None and clock.target not in breaches:
+            breaches.append(clock.target)
+    return {"due": due, "breaches": breaches}
+
+
+def ticket_json(session: Session, ticket: Ticket, prefix: str, *, messages: bool = False,
+                staff_view: bool = True) -> dict[str, Any]:
+    sla = _clock_summary(session, ticket)
+    assignee = session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
+    data: dict[str, Any] = {
+        "ref": ticket_ref(prefix, ticket.id),
+        "subject": ticket.subject,
+        "status": ticket.status,
+        "priority": ticket.priority,
+        "org": ticket.org.slug,
+        "requester": ticket.requester_email,
+        "assignee": assignee.email if assignee else None,
+        "cc": list(ticket.cc or []),
+        "created_at": iso(ticket.created_at),
+        "updated_at": iso(ticket.updated_at),
+        "first_response_due": sla["due"].get("first_response"),
+        "next_update_due": sla["due"].get("next_update"),
+        "resolution_due": sla["due"].get("resolution"),
+        "followup_due": sla["due"].get("followup"),
+        "first_responded_at": iso(ticket.first_responded_at),
+        "resolved_at": iso(ticket.resolved_at),
+        "breaches": sla["breaches"],
+    }
+    if messages:
+        data["messages"] = [
+            {"direction": m.direction, "kind": m.kind, "from": m.from_addr,
+             "message_id": m.message_id, "in_reply_to": m.in_reply_to,
+             "subject": m.subject, "date": iso(m.sent_at or m.created_at),
+             "text": m.stripped_text or m.text, "full_text": m.text,
+             "attachments": [{"filename": a.filename, "size": a.size,
+                              "content_type": a.content_type, "inline": a.inline,
+                              "kept": a.sha256 is not None, "note": a.note}
+                             for a in m.attachments]}
+            for m in ticket.messages if staff_view or m.kind != "internal"]
+    return data
+
+
+def outbox_json(row: Outbox, prefix: str) -> dict[str, Any]:
+    return {"id": row.id, "to": list(row.to), "cc": list(row.cc), "subject": row.subject,
+            "message_id": row.message_id, "in_reply_to": row.in_reply_to,
+            "template": row.template,
+            "ticket": ticket_ref(prefix, row.ticket_id) if row.ticket_id else None,
+            "status": row.status, "attempts": row.attempts, "last_error": row.last_error,
+            "bounced_address": row.bounced_address,
+            "created_at": iso(row.created_at), "sent_at": iso(row.sent_at)}
+
+
+def raw_json(row: RawMessage) -> dict[str, Any]:
+    return {"id": row.id, "status": row.status, "reason": row.reason, "detail": row.detail,
+            "source": row.source, "from": row.from_addr, "subject": row.subject,
+            "message_id": row.message_id, "envelope_from": row.envelope_from,
+            "received_at": iso(row.received_at), "size": row.size, "sha256": row.sha256}

@@ -1,0 +1,72 @@
+"""Engine and sessions. SQLite (embedded default) runs in WAL mode with a busy timeout and
+takes its write lock at BEGIN, so concurrent worker threads queue instead of failing
+with "database is locked" half-way through a transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import Session, sessionmaker
+
+
+class DatabaseUrlError(ValueError):
+    pass
+
+
+def make_engine(url: str, *, lock_timeout_s: float = 30.0, **kwargs: Any) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(f"desk.database_url: not a database URL: {url!r}") from None
+    if parsed.drivername == "postgresql":
+        # psycopg 3 is the driver we ship in the [postgres] extra.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_engine(
+                parsed, connect_args={"timeout": lock_timeout_s, "check_same_thread": False},
+                **kwargs)
+            _sqlite_pragmas(engine, int(lock_timeout_s * 1000))
+        else:
+            engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                   **kwargs)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise DatabaseUrlError(
+            f"desk.database_url: no driver for {parsed.drivername!r} ({exc}); for PostgreSQL "
+            "install postdesk[postgres] and use postgresql+psycopg://"
+        ) from None
+    return engine
+
+
+def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's implicit one is
+        # deferred, which upgrades to a write lock mid-transaction and can deadlock).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on any exception."""
+    with factory() as session, session.begin():
+        yield session

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import logging
+import smtplib
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from ingest.smtp import IngestHandler, SmtpServer
+from postdesk.app import App
+from postdesk.config import Config, parse_config
+from postdesk.views import outbox_json, raw_json, ticket_json
+from storage.models import Outbox, RawMessage, Ticket
+from tests.support import backend, config_text, free_port, wait_for
+
+pytest_plugins = ["tests.conftest_dovecot"]
+
+logging.getLogger("mailparser").setLevel(logging.WARNING)
+
+BACKENDS = ["sqlite", "postgres-redis", "postgres-rabbitmq"]
+
+
+class Desk:
+    """A running postdesk in this process: workers, SMTP server, database."""
+
+    def __init__(self, app: App, server: SmtpServer | None):
+        self.app = app
+        self.server = server
+
+    @property
+    def config(self) -> Config:
+        return self.app.config
+
+    @property
+    def smtp_port(self) -> int:
+        assert self.server is not None
+        return self.server.controller.port
+
+    def send(self, msg: EmailMessage | bytes, *, mail_from: str | None = None,
+             rcpt: list[str] | None = None) -> Any:
+        raw = msg if isinstance(msg, bytes) else msg.as_bytes()
+        sender = mail_from if mail_from is not None else (
+            "" if isinstance(msg, bytes) else msg["From"])
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as smtp:
+            return smtp.sendmail(sender, rcpt or ["support@desk.example"], raw)
+
+    def tickets(self) -> list[dict[str, Any]]:
+        with self.app.sessions() as s:
+            return [ticket_json(s, t, "PD") for t in s.scalars(select(Ticket).order_by(Ticket.id))]
+
+    def ticket(self, ref: str) -> dict[str, Any]:
+        with self.app.sessions() as s:
+            t = s.get(Ticket, int(ref.split("-")[1]))
+            return ticket_json(s, t, "PD", messages=True)
+
+    def outbox(self) -> list[dict[str, Any]]:
+        with self.app.sessions() as s:
+            return [outbox_json(r, "PD") for r in s.scalars(select(Outbox).order_by(Outbox.id))]
+
+    def outbox_raw(self, outbox_id: int) -> bytes:
+        with self.app.sessions() as s:
+            return s.get(Outbox, outbox_id).raw
+
+    def raws(self) -> list[dict[str, Any]]:
+        with self.app.sessions() as s:
+            return [raw_json(r) for r in s.scalars(select(RawMessage).order_by(RawMessage.id))]
+
+    def settled(self) -> bool:
+        """No raw message pending and no outbox email queued or sending."""
+        with self.app.sessions() as s:
+            pending = s.scalar(select(RawMessage.id).where(RawMessage.status == "pending")
+                               .limit(1))
+            unsent = s.scalar(select(Outbox.id).where(Outbox.status.in_(("queued", "sending")))
+                              .limit(1))
+        return pending is None and unsent is None
+
+    def wait_settled(self, timeout: float = 15.0) -> None:
+        wait_for(self.settled, timeout, what="all mail processed and sent")
+
+
+def start_desk(cfg: Config, *, smtp: bool = True, workers: bool = True) -> Desk:
+    app = App(cfg)
+    app.upgrade_database()
+    app.sync_directory()
+    if workers:
+        app.start_workers()
+    server = None
+    if smtp:
+        handler = IngestHandler(cfg.desk.support_addresses, app.accept)
+        server = SmtpServer("127.0.0.1", free_port(), cfg.smtp_in.max_message_bytes, handler)
+        server.start()
+    return Desk(app, server)
+
+
+def stop_desk(desk: Desk) -> None:
+    if desk.server:
+        desk.server.stop()
+    desk.app.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_desk(tmp_path: Path, backend_kind: str) -> Iterator[Any]:
+    """Factory: ``make_desk(extra_toml="...", **config_kw)`` -> running Desk."""
+    desks: list[Desk] = []
+    with backend(backend_kind, tmp_path) as be:
+        def factory(extra: str = "", smtp: bool = True, workers: bool = True,
+                    **kw: Any) -> Desk:
+            text = config_text(be, tmp_path / "data", extra=extra, **kw)
+            desk = start_desk(parse_config(text, environ={}), smtp=smtp, workers=workers)
+            desks.append(desk)
+            return desk
+
+        factory.backend = be  # type: ignore[attr-defined]
+        yield factory
+        for d in desks:
+            stop_desk(d)
+
+
+@pytest.fixture
+def sqlite_desk(tmp_path: Path) -> Iterator[Desk]:
+    with backend("sqlite", tmp_path) as be:
+        desk = start_desk(parse_config(config_text(be, tmp_path / "data"), environ={}))
+        yield desk
+        stop_desk(desk)

@@ -1,0 +1,226 @@
+"""Test support: configs, backends (SQLite+StubBroker, PostgreSQL+Redis, PostgreSQL+RabbitMQ),
+free ports, emails, waiting. Real servers throughout: no mocks of things that can run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("POSTDESK_REQUIRE_SERVICES") == "1"
+
+BASE_CONFIG = """
+[desk]
+name = "Acme Digital Support"
+support_addresses = ["support@desk.example"]
+ticket_prefix = "PD"
+database_url = "{database_url}"
+broker_url = "{broker_url}"
+data_dir = "{data_dir}"
+secret = "test-secret-key"
+queue_namespace = "{namespace}"
+worker_threads = 4
+database_lock_timeout = "{lock_timeout}"
+
+[smtp_in]
+host = "127.0.0.1"
+port = {smtp_port}
+max_message_bytes = {max_bytes}
+
+[calendars.uk-office]
+timezone = "Europe/London"
+hours = {{ mon = "08:00-18:00", tue = "08:00-18:00", wed = "08:00-18:00", thu = "08:00-18:00", fri = "08:00-18:00" }}
+holidays = {{ country = "GB", subdiv = "ENG" }}
+closed = ["2026-12-24"]
+
+[calendars.always]
+always_open = true
+
+[plans.base]
+calendar = "uk-office"
+first_response = {{ P1 = "5h", P2 = "8h", P3 = "10h" }}
+next_update = {{ P1 = "4h", P2 = "8h" }}
+resolution = {{ P1 = "2d" }}
+monthly_allowance = "2h"
+rollover_cap = "4h"
+
+[plans.enterprise]
+calendar = "uk-office"
+priority_calendar = {{ P1 = "always" }}
+first_response = {{ P1 = "1h", P2 = "2h", P3 = "5h" }}
+monthly_allowance = "30h"
+rollover_cap = "60h"
+
+[[orgs]]
+slug = "clientco"
+name = "Client Co"
+plan = "enterprise"
+domains = ["client.example"]
+escalation_keyword = "CLIENTCO-URGENT"
+contacts = [ {{ email = "ops@partner.example", name = "Ops", can_approve = true }} ]
+
+[[staff]]
+email = "dev1@agency.example"
+name = "Dev One"
+role = "agent"
+
+[[staff]]
+email = "dev2@agency.example"
+name = "Dev Two"
+role = "lead"
+
+[[staff]]
+email = "boss@agency.example"
+name = "The Boss"
+role = "manager"
+
+[rota]
+start = "2026-11-23"
+weeks = ["dev1@agency.example", "dev2@agency.example"]
+
+[digest]
+managers = ["boss@agency.example"]
+
+[scheduler]
+scan_interval = "1s"
+sweep_grace = "2s"
+{extra}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service_or_skip(var: str, what: str) -> str:
+    value = os.environ.get(var)
+    if value:
+        return value
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{var} is not set but POSTDESK_REQUIRE_SERVICES=1: {what} is required")
+    pytest.skip(f"{var} not set: {what} tests skipped")
+
+
+@dataclass
+class Backend:
+    name: str
+    database_url: str
+    broker_url: str
+    namespace: str
+
+
+@contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"pdtest_{uuid.uuid4().hex[:12]}"
+    conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"PostgreSQL at {admin_url} unreachable: {exc}")
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    base = conninfo.rsplit("/", 1)[0]
+    try:
+        yield f"postgresql+psycopg://{base.removeprefix('postgresql://')}/{name}"
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def backend(kind: str, tmp_path: Path) -> Iterator[Backend]:
+    ns = f"pdt{uuid.uuid4().hex[:8]}"
+    if kind == "sqlite":
+        yield Backend(kind, f"sqlite:///{tmp_path / 'postdesk.db'}", "stub://", ns)
+        return
+    pg = service_or_skip("POSTDESK_TEST_POSTGRES_URL", "PostgreSQL")
+    if kind == "postgres-redis":
+        broker = service_or_skip("POSTDESK_TEST_REDIS_URL", "Redis")
+    elif kind == "postgres-rabbitmq":
+        broker = service_or_skip("POSTDESK_TEST_RABBITMQ_URL", "RabbitMQ")
+    else:
+        raise ValueError(kind)
+    with postgres_database(pg) as db_url:
+        yield Backend(kind, db_url, broker, ns)
+        _purge_broker(broker, ns)
+
+
+def _purge_broker(url: str, ns: str) -> None:
+    """Leave no test queues behind on the shared Redis/RabbitMQ."""
+    try:
+        if url.startswith("redis"):
+            import redis
+
+            client = redis.Redis.from_url(url)
+            keys = list(client.scan_iter(f"dramatiq:{ns}-*"))
+            if keys:
+                client.delete(*keys)
+        elif url.startswith("amqp"):
+            import pika
+
+            conn = pika.BlockingConnection(pika.URLParameters(url))
+            channel = conn.channel()
+            for suffix in ("inbound", "outbound"):
+                for q in (f"{ns}-{suffix}", f"{ns}-{suffix}.DQ", f"{ns}-{suffix}.XQ"):
+                    channel.queue_delete(q)
+            conn.close()
+    except Exception:  # cleanup is best effort; a leftover queue harms no later test
+        pass
+
+
+def config_text(be: Backend, data_dir: Path, *, smtp_port: int = 0, max_bytes: int = 200_000,
+                extra: str = "", lock_timeout: str = "30s") -> str:
+    return BASE_CONFIG.format(database_url=be.database_url, broker_url=be.broker_url,
+                              data_dir=data_dir, namespace=be.namespace,
+                              smtp_port=smtp_port or free_port(), max_bytes=max_bytes,
+                              extra=extra, lock_timeout=lock_timeout)
+
+
+def make_email(*, sender: str = "alice@client.example", to: str = "support@desk.example",
+               subject: str = "Website contact form broken", body: str = "Hello, it broke.",
+               message_id: str | None = None, in_reply_to: str | None = None,
+               references: str | None = None, headers: dict[str, str] | None = None,
+               date: datetime | None = None) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date or datetime.now(UTC))
+    msg["Message-ID"] = message_id or make_msgid(domain=sender.split("@")[1])
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    if references:
+        msg["References"] = references
+    for k, v in (headers or {}).items():
+        msg[k] = v
+    msg.set_content(body)
+    return msg
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

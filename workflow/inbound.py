@@ -1,0 +1,255 @@
+"""Processing of one inbound email: the ``process_inbound`` actor's body and its steps.
+
+The whole pipeline runs in one transaction holding the raw message's row lock, so the
+same raw message handed to two workers is processed once, and a crash half-way leaves
+nothing behind but a raw message still ``pending`` (retried)."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from ingest.parse import ParsedEmail, UnparseableEmail, parse_email
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from storage.directory import contact_for, org_by_slug
+from storage.models import Attachment, Message, Org, RawMessage, Ticket
+from workflow.pipeline import Duplicate, PipelineResult, Quarantine, Step, run_pipeline, step
+from workflow.senders import SenderIdentity, identify_sender
+from workflow.threading import find_ticket
+from workflow.tickets import ack_subject, add_event, clean_subject, ticket_ref
+
+if TYPE_CHECKING:
+    from postdesk.app import App
+
+log = logging.getLogger("postdesk.inbound")
+
+
+@dataclass
+class Inbound:
+    """What the steps know about the email being processed."""
+
+    app: App
+    session: Session
+    raw: RawMessage
+    raw_bytes: bytes
+    now: datetime
+    parsed: ParsedEmail | None = None
+    sender: SenderIdentity | None = None
+    org: Org | None = None
+    ticket: Ticket | None = None
+    matched_by: str | None = None
+    message: Message | None = None
+    created_ticket: bool = False
+    outbox_ids: list[int] = field(default_factory=list)
+
+    @property
+    def config(self):  # type: ignore[no-untyped-def]
+        return self.app.config
+
+    @property
+    def email(self) -> ParsedEmail:
+        assert self.parsed is not None, "parse step has not run"
+        return self.parsed
+
+
+# --- steps --------------------------------------------------------------------------------
+
+@step
+def parse(ctx: Inbound) -> None:
+    try:
+        ctx.parsed = parse_email(ctx.raw_bytes)
+    except UnparseableEmail as exc:
+        raise Quarantine("unparseable", str(exc)) from None
+    ctx.raw.message_id = ctx.parsed.message_id
+    ctx.raw.from_addr = ctx.parsed.from_addr
+    ctx.raw.subject = (ctx.parsed.subject or "")[:2000]
+
+
+@step
+def identify(ctx: Inbound) -> None:
+    ctx.sender = identify_sender(ctx.email.from_addr, ctx.config)
+    if ctx.sender.kind == "unknown" and ctx.raw.authorised:
+        ctx.sender = released_sender(ctx)
+    if ctx.sender.kind == "unknown":
+        raise Quarantine("unknown_sender", f"{ctx.email.from_addr or '(no From)'} is not "
+                         "staff, a listed contact or in an org's domains")
+    if ctx.sender.org_slug:
+        ctx.org = org_by_slug(ctx.session, ctx.sender.org_slug)
+
+
+@step
+def deduplicate(ctx: Inbound) -> None:
+    """The same email by another door (SMTP and IMAP), or re-sent with new bytes."""
+    key = inbound_dedupe_key(ctx)
+    existing = ctx.session.scalar(select(Message.ticket_id).where(Message.dedupe_key == key))
+    if existing is not None:
+        ctx.raw.ticket_id = existing
+        raise Duplicate("message_id", f"already on ticket {existing} as {key}")
+
+
+@step
+def locate_ticket(ctx: Inbound) -> None:
+    mail = ctx.email
+    match = find_ticket(
+        ctx.session, secret=ctx.app.secret, prefix=ctx.config.desk.ticket_prefix,
+        in_reply_to=mail.in_reply_to, references=mail.references,
+        recipients=[*ctx.raw.envelope_to, *mail.to, *mail.cc], subject=mail.subject,
+        sender=mail.from_addr or "", sender_org_id=ctx.org.id if ctx.org else None,
+        sender_is_staff=ctx.sender is not None and ctx.sender.kind == "staff")
+    if match:
+        ctx.ticket, ctx.matched_by = match.ticket, match.how
+
+
+@step
+def record(ctx: Inbound) -> None:
+    mail, sender = ctx.email, ctx.sender
+    assert sender is not None
+    if ctx.ticket is None:
+        if sender.kind != "contact" or ctx.org is None:
+            raise Quarantine("no_ticket", "staff email with no ticket to attach to")
+        contact_for(ctx.session, sender.email, ctx.org, mail.from_name)
+        # Imported history keeps its own time line.
+        opened = mail.date if (not ctx.raw.notify and mail.date) else ctx.now
+        ctx.ticket = Ticket(org_id=ctx.org.id, requester_email=sender.email,
+                            subject=clean_subject(mail.subject, ctx.config.desk.ticket_prefix),
+                            status="new", priority="P3", created_at=opened, updated_at=opened,
+                            cc=[])
+        ctx.session.add(ctx.ticket)
+        ctx.session.flush()
+        ctx.created_ticket = True
+        add_event(ctx.session, ctx.ticket, "ticket_created", ctx.now, sender.email,
+                  ref=ticket_ref(ctx.config.desk.ticket_prefix, ctx.ticket.id))
+    ctx.message = store_message(ctx, kind="public", direction="in")
+    ctx.ticket.updated_at = ctx.now
+    add_event(ctx.session, ctx.ticket, "message_received", ctx.now, sender.email,
+              message_id=mail.message_id, matched_by=ctx.matched_by)
+
+
+@step
+def acknowledge(ctx: Inbound) -> None:
+    if not (ctx.created_ticket and ctx.raw.notify and ctx.sender
+            and ctx.sender.kind == "contact"):
+        return
+    mail, ticket = ctx.email, ctx.ticket
+    assert ticket is not None
+    prefix = ctx.config.desk.ticket_prefix
+    from outbound.outbox import queue_email
+
+    row = queue_email(
+        ctx.session, ctx.app, dedupe_key=f"ack:{ticket.id}", template="acknowledgement",
+        to=[ctx.sender.email], subject=ack_subject(prefix, ticket), ticket=ticket,
+        in_reply_to=mail.message_id, references=[*mail.references],
+        context={"ref": ticket_ref(prefix, ticket.id), "requester_name": mail.from_name,
+                 "first_response_due": None},
+        now=ctx.now)
+    if row is not None:
+        ctx.outbox_ids.append(row.id)
+
+
+STEPS: list[Step[Inbound]] = [parse, identify, deduplicate, locate_ticket, record, acknowledge]
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def released_sender(ctx: Inbound) -> SenderIdentity:
+    """An operator released this message from quarantine: treat its sender as a contact
+    of the org chosen on release, else of the catch-all org, if there is one."""
+    assert ctx.sender is not None
+    slug = ctx.raw.release_org or next(
+        (o.slug for o in ctx.config.orgs if "*" in o.domains), None)
+    if slug is None:
+        return ctx.sender
+    return SenderIdentity(kind="contact", email=ctx.sender.email, org_slug=slug)
+
+
+def inbound_dedupe_key(ctx: Inbound) -> str:
+    mid = ctx.email.message_id
+    return f"in:{mid}" if mid else f"sha:{ctx.raw.sha256}"
+
+
+def store_message(ctx: Inbound, *, kind: str, direction: str, text: str | None = None,
+                  author_staff_id: int | None = None) -> Message:
+    mail, ticket = ctx.email, ctx.ticket
+    assert ticket is not None
+    message = Message(
+        ticket_id=ticket.id, raw_id=ctx.raw.id, direction=direction, kind=kind,
+        dedupe_key=inbound_dedupe_key(ctx), message_id=mail.message_id,
+        in_reply_to=mail.in_reply_to, references=list(mail.references),
+        from_addr=mail.from_addr, from_name=mail.from_name or "",
+        author_staff_id=author_staff_id, to=list(mail.to), cc=list(mail.cc),
+        subject=mail.subject or "", text=mail.text or "", html=mail.html,
+        stripped_text=text if text is not None else (mail.text or ""),
+        sent_at=mail.date, created_at=ctx.now)
+    ctx.session.add(message)
+    ctx.session.flush()
+    limit = ctx.config.desk.max_attachment_bytes
+    for part in mail.attachments:
+        too_big = len(part.payload) > limit
+        ctx.session.add(Attachment(
+            message_id=message.id, filename=part.filename, content_type=part.content_type,
+            size=len(part.payload), sha256=None if too_big else ctx.app.blobs.put(part.payload),
+            content_id=part.content_id, inline=part.inline,
+            note="too large: not kept" if too_big else ("winmail.dat (TNEF)"
+                                                         if part.is_tnef else "")))
+    return message
+
+
+# --- the actor body -----------------------------------------------------------------------
+
+def _is_transient(exc: BaseException) -> bool:
+    """Database unreachable or a lock timeout: retry rather than quarantine."""
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def process_inbound(app: App, raw_id: int, steps: list[Step[Inbound]] | None = None
+                    ) -> PipelineResult | None:
+    steps = steps if steps is not None else STEPS
+    outbox_ids: list[int] = []
+    try:
+        with app.sessions() as session, session.begin():
+            raw = session.scalar(
+                select(RawMessage).where(RawMessage.id == raw_id).with_for_update())
+            if raw is None:
+                log.error("raw message %s does not exist", raw_id)
+                return None
+            if raw.status != "pending":
+                return None   # processed before: a redelivered job changes nothing
+            ctx = Inbound(app=app, session=session, raw=raw,
+                          raw_bytes=app.blobs.get(raw.sha256), now=app.now())
+            result = run_pipeline(steps, ctx)
+            raw.status, raw.reason, raw.detail = result.status, result.reason, result.detail
+            raw.processed_at = ctx.now
+            raw.attempts += 1
+            if ctx.ticket is not None and result.status == "processed":
+                raw.ticket_id = ctx.ticket.id
+            outbox_ids = ctx.outbox_ids
+    except IntegrityError as exc:
+        # Two copies of one email processed at the same moment: the other one won.
+        log.info("raw %s lost a race on a unique key: %s", raw_id, exc.orig)
+        result = _mark(app, raw_id, "duplicate", "message_id", "processed concurrently")
+    except Exception as exc:
+        if _is_transient(exc):
+            raise  # Dramatiq retries with backoff; the raw message stays pending
+        log.exception("processing raw message %s failed", raw_id)
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        result = _mark(app, raw_id, "quarantined", "processing_error", detail)
+    for outbox_id in outbox_ids:
+        app.enqueue_outbox(outbox_id)
+    return result
+
+
+def _mark(app: App, raw_id: int, status: str, reason: str, detail: str) -> PipelineResult:
+    with app.sessions() as session, session.begin():
+        raw = session.get(RawMessage, raw_id)
+        if raw is not None and raw.status == "pending":
+            raw.status, raw.reason, raw.detail = status, reason, detail[:4000]
+            raw.processed_at = app.now()
+            raw.attempts += 1
+    return PipelineResult(status, reason, detail, None)

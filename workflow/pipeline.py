@@ -1,0 +1,65 @@
+"""A pipeline of small named steps, as GNU Mailman's handlers: each step does one job
+on a shared context. A step ends the pipeline by raising a named outcome; it never
+returns half-done. The runner records which step ended it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Ctx = TypeVar("Ctx")
+
+
+class Outcome(Exception):  # noqa: N818 - outcomes are results, not errors
+    status = "processed"
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class Quarantine(Outcome):
+    """Kept, not ticket content, with a reason an operator can act on."""
+
+    status = "quarantined"
+
+
+class Duplicate(Outcome):
+    """Already processed under another raw message (same Message-ID)."""
+
+    status = "duplicate"
+
+
+class Handled(Outcome):
+    """Fully dealt with by this step, no ticket content needed (e.g. a balance request)."""
+
+    status = "processed"
+
+
+@dataclass(frozen=True)
+class Step(Generic[Ctx]):
+    name: str
+    run: Callable[[Ctx], None]
+
+
+def step(fn: Callable[[Ctx], None]) -> Step[Ctx]:
+    return Step(fn.__name__, fn)
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    status: str
+    reason: str | None
+    detail: str
+    ended_at: str | None   # the step that raised the outcome, None when all ran
+
+
+def run_pipeline(steps: Sequence[Step[Ctx]], ctx: Ctx) -> PipelineResult:
+    for s in steps:
+        try:
+            s.run(ctx)
+        except Outcome as outcome:
+            return PipelineResult(outcome.status, outcome.reason, outcome.detail, s.name)
+    return PipelineResult("processed", None, "", None)
