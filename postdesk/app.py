@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dramatiq
 from dramatiq import Worker
+from sqlalchemy.orm import Session
 
 from ingest.accept import AcceptResult, Envelope, accept
 from outbound.render import Renderer
@@ -21,6 +22,8 @@ from postdesk.config import Config, secret_from_env
 from storage.blobs import BlobStore
 from storage.db import make_engine, make_session_factory
 from workflow.broker import make_broker
+from workflow.clocks import ClockKeeper
+from workflow.sla import build_calendars
 
 log = logging.getLogger("postdesk")
 
@@ -37,6 +40,7 @@ class App:
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.secret = self._load_secret()
         self.broker = make_broker(config.desk.broker_url)
+        self.calendars = build_calendars(config)
         self.renderer = Renderer(self.data_dir / "templates")
         self.transport = self._make_transport()
         self._worker: Worker | None = None
@@ -137,6 +141,9 @@ class App:
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    def keeper(self, session: Session) -> ClockKeeper:
+        return ClockKeeper(session, self.config, self.calendars)
 
 
 def ensure_broker_global(app: App) -> None:

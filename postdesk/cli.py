@@ -392,6 +392,38 @@ def cmd_quarantine_drop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sla_due(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from postdesk.views import iso
+    from workflow.sla import build_calendars, due_at, target_for
+
+    config = load_config(args.config)
+    plan = config.plans.get(args.plan)
+    if plan is None:
+        raise UserError(f"--plan: unknown plan {args.plan!r} (plans: {', '.join(config.plans)})")
+    try:
+        start = datetime.fromisoformat(args.start.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"--from: not an ISO 8601 instant: {args.start!r}") from None
+    if start.tzinfo is None:
+        raise UserError("--from: give a time zone, e.g. 2026-11-23T09:00:00Z or +00:00")
+    target = target_for(plan, args.priority, args.target)
+    due = None
+    if target is not None:
+        calendar = build_calendars(config)[target.calendar_name]
+        due = due_at(calendar, start, target.duration)
+    if args.json:
+        _print_json({"due": iso(due), "plan": args.plan, "priority": args.priority,
+                     "target": args.target, "calendar": target.calendar_name if target else None,
+                     "duration": str(target.duration) if target else None})
+    elif due is None:
+        print(f"no {args.target} target for {args.priority} on plan {args.plan} (best effort)")
+    else:
+        print(iso(due))
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -458,6 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
             quarantine)
     p.add_argument("id", type=int)
 
+    sla = sub.add_parser("sla", help="SLA arithmetic").add_subparsers(dest="s_cmd",
+                                                                     required=True)
+    p = add("due", cmd_sla_due, "when a ticket opened at --from is due", sla)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--priority", required=True, choices=["P1", "P2", "P3"])
+    p.add_argument("--from", dest="start", required=True, metavar="ISO8601")
+    p.add_argument("--target", default="first_response",
+                   choices=["first_response", "next_update", "resolution"])
+    p.add_argument("--json", action="store_true")
     return parser
 
 

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from outbound.sender import stale_outbox_ids
-from storage.models import RawMessage
+from storage.models import RawMessage, Ticket
+from workflow import breaches
+from workflow.clocks import set_status
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -43,6 +45,20 @@ def sweep_outbox(app: App, older_than: timedelta) -> int:
     return len(ids)
 
 
+def close_quiet_tickets(app: App) -> int:
+    """Resolved tickets with no activity for ``close_after_days`` are closed."""
+    cutoff = app.now() - timedelta(days=app.config.desk.close_after_days)
+    closed = 0
+    with app.sessions() as session, session.begin():
+        keeper = app.keeper(session)
+        for ticket in session.scalars(
+                select(Ticket).where(Ticket.status == "resolved", Ticket.updated_at < cutoff)
+                .with_for_update(skip_locked=True).limit(500)):
+            set_status(keeper, ticket, "closed", app.now(), "scheduler")
+            closed += 1
+    return closed
+
+
 class Scheduler:
     def __init__(self, app: App):
         self.app = app
@@ -51,6 +67,8 @@ class Scheduler:
              lambda: sweep_pending_raw(app, app.config.scheduler.sweep_grace.as_timedelta())),
             ("sweep_outbox",
              lambda: sweep_outbox(app, app.config.scheduler.sweep_grace.as_timedelta())),
+            ("sla_scan", lambda: breaches.scan(app)),
+            ("close_quiet_tickets", lambda: close_quiet_tickets(app)),
         ]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

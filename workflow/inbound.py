@@ -22,7 +22,7 @@ from storage.models import Attachment, Message, Org, RawMessage, Ticket
 from workflow.pipeline import Duplicate, PipelineResult, Quarantine, Step, run_pipeline, step
 from workflow.senders import SenderIdentity, identify_sender
 from workflow.threading import find_ticket
-from workflow.tickets import ack_subject, add_event, clean_subject, ticket_ref
+from workflow.tickets import add_event, clean_subject, ticket_ref
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -46,6 +46,10 @@ class Inbound:
     matched_by: str | None = None
     message: Message | None = None
     created_ticket: bool = False
+    sender_verified: bool = True      # False when DKIM/DMARC was required and failed
+    auto_reply: bool = False          # automatic mail recorded on a ticket
+    priority_reason: str = ""
+    became_p1: bool = False
     outbox_ids: list[int] = field(default_factory=list)
 
     @property
@@ -131,28 +135,11 @@ def record(ctx: Inbound) -> None:
               message_id=mail.message_id, matched_by=ctx.matched_by)
 
 
-@step
-def acknowledge(ctx: Inbound) -> None:
-    if not (ctx.created_ticket and ctx.raw.notify and ctx.sender
-            and ctx.sender.kind == "contact"):
-        return
-    mail, ticket = ctx.email, ctx.ticket
-    assert ticket is not None
-    prefix = ctx.config.desk.ticket_prefix
-    from outbound.outbox import queue_email
+def _steps() -> list[Step[Inbound]]:
+    from workflow import steps_sla as sla
 
-    row = queue_email(
-        ctx.session, ctx.app, dedupe_key=f"ack:{ticket.id}", template="acknowledgement",
-        to=[ctx.sender.email], subject=ack_subject(prefix, ticket), ticket=ticket,
-        in_reply_to=mail.message_id, references=[*mail.references],
-        context={"ref": ticket_ref(prefix, ticket.id), "requester_name": mail.from_name,
-                 "first_response_due": None},
-        now=ctx.now)
-    if row is not None:
-        ctx.outbox_ids.append(row.id)
-
-
-STEPS: list[Step[Inbound]] = [parse, identify, deduplicate, locate_ticket, record, acknowledge]
+    return [parse, identify, deduplicate, locate_ticket, record, sla.prioritise, sla.assign,
+            sla.start_or_resume_clocks, sla.sign_off, sla.acknowledge, sla.page_p1]
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -210,7 +197,7 @@ def _is_transient(exc: BaseException) -> bool:
 
 def process_inbound(app: App, raw_id: int, steps: list[Step[Inbound]] | None = None
                     ) -> PipelineResult | None:
-    steps = steps if steps is not None else STEPS
+    steps = steps if steps is not None else _steps()
     outbox_ids: list[int] = []
     try:
         with app.sessions() as session, session.begin():

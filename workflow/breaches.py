@@ -1,0 +1,120 @@
+"""Breach detection, run by the scheduler every ``scan_interval``.
+
+Two indexed queries (partial indexes on ``risk_at`` / ``due_at`` over running clocks)
+find clocks that crossed their at-risk point or their due time. Each crossing is claimed
+with a conditional UPDATE (``... WHERE at_risk_at IS NULL``): only the scheduler whose
+UPDATE changed the row records the event and queues the alert, in the same transaction,
+so two schedulers running at once still alert exactly once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Select, select, update
+
+from storage.models import SlaClock, Staff, Ticket
+from workflow.rota import on_rota
+from workflow.tickets import add_event, ticket_ref
+
+if TYPE_CHECKING:
+    from postdesk.app import App
+
+BATCH = 500
+
+
+def at_risk_query(now: datetime) -> Select[tuple[int]]:
+    return (select(SlaClock.id)
+            .where(SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None),
+                   SlaClock.at_risk_at.is_(None), SlaClock.risk_at <= now)
+            .order_by(SlaClock.risk_at).limit(BATCH))
+
+
+def breached_query(now: datetime) -> Select[tuple[int]]:
+    return (select(SlaClock.id)
+            .where(SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None),
+                   SlaClock.breached_at.is_(None), SlaClock.due_at <= now)
+            .order_by(SlaClock.due_at).limit(BATCH))
+
+
+@dataclass
+class ScanResult:
+    at_risk: int = 0
+    breached: int = 0
+
+
+def scan(app: App, now: datetime | None = None) -> ScanResult:
+    now = now or app.now()
+    result = ScanResult()
+    outbox_ids: list[int] = []
+    for kind, query, column in (("at_risk", at_risk_query(now), SlaClock.at_risk_at),
+                                ("breached", breached_query(now), SlaClock.breached_at)):
+        with app.sessions() as session:
+            ids = list(session.scalars(query))
+        for clock_id in ids:
+            with app.sessions() as session, session.begin():
+                won = session.execute(
+                    update(SlaClock)
+                    .where(SlaClock.id == clock_id, column.is_(None),
+                           SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None))
+                    .values({column: now})).rowcount
+                if not won:
+                    continue  # another scheduler claimed it, or it stopped meanwhile
+                clock = session.get(SlaClock, clock_id)
+                ticket = session.get(Ticket, clock.ticket_id)
+                outbox_ids += _alert(app, session, ticket, clock, kind, now)
+            setattr(result, kind, getattr(result, kind) + 1)
+    for outbox_id in outbox_ids:
+        app.enqueue_outbox(outbox_id)
+    return result
+
+
+def _alert(app: App, session, ticket: Ticket, clock: SlaClock, kind: str,  # type: ignore[no-untyped-def]
+           now: datetime) -> list[int]:
+    from outbound.outbox import queue_email
+
+    prefix = app.config.desk.ticket_prefix
+    event = "sla_at_risk" if kind == "at_risk" else "sla_breached"
+    if clock.target == "followup":
+        event = "followup_due_soon" if kind == "at_risk" else "followup_missed"
+    add_event(session, ticket, event, now, target=clock.target, cycle=clock.cycle,
+              due_at=clock.due_at.isoformat())
+    recipients = alert_recipients(app, session, ticket, clock, kind, now)
+    ref = ticket_ref(prefix, ticket.id)
+    template = {"sla_at_risk": "sla_at_risk", "sla_breached": "sla_breached",
+                "followup_due_soon": "followup_reminder",
+                "followup_missed": "followup_missed"}[event]
+    subject_word = {"sla_at_risk": "SLA at risk", "sla_breached": "SLA BREACHED",
+                    "followup_due_soon": "Follow-up due soon",
+                    "followup_missed": "Follow-up MISSED"}[event]
+    ids = []
+    for email in recipients:
+        row = queue_email(
+            session, app, dedupe_key=f"{event}:{clock.id}:{email}", template=template,
+            to=[email], subject=f"[{ref}] {subject_word}: {clock.target.replace('_', ' ')} "
+                                f"({ticket.priority}) {ticket.subject}",
+            ticket=ticket, kind="system",
+            context={"ref": ref, "target": clock.target.replace("_", " "),
+                     "due_at": clock.due_at, "recipient": email}, now=now)
+        if row is not None:
+            ids.append(row.id)
+    return ids
+
+
+def alert_recipients(app: App, session, ticket: Ticket, clock: SlaClock, kind: str,  # type: ignore[no-untyped-def]
+                     now: datetime) -> list[str]:
+    """At risk: the assignee. Breach: the assignee, and the leads too for P1 breaches and
+    missed follow-ups (a broken promise to a client is a lead's business)."""
+    people: list[str] = []
+    assignee = session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
+    if assignee:
+        people.append(assignee.email)
+    else:
+        rota = on_rota(app.config.rota, now.date())
+        if rota:
+            people.append(rota)
+    escalate = kind == "breached" and (ticket.priority == "P1" or clock.target == "followup")
+    if escalate or not people:
+        people += [s.email for s in app.config.leads()]
+    return list(dict.fromkeys(people))

@@ -1,0 +1,182 @@
+"""SLA clock lifecycle on a ticket (database side): start, pause, resume, stop, restart,
+recompute on priority change. The arithmetic is in ``workflow.sla`` and the calendar.
+
+Each run of a target is one ``sla_clocks`` row; ``next_update`` and ``followup`` restart
+as a new cycle, so "alerted once" is per cycle and history stays readable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from postdesk.config import Config
+from storage.models import SlaClock, Ticket
+from workflow.calendar import BusinessCalendar
+from workflow.durations import Duration
+from workflow.sla import Target, due_at, risk_at, target_for, targets_for
+from workflow.tickets import add_event
+
+Calendars = Mapping[str, BusinessCalendar]
+
+
+class ClockKeeper:
+    def __init__(self, session: Session, config: Config, calendars: Calendars):
+        self.session, self.config, self.calendars = session, config, calendars
+
+    # --- queries ----------------------------------------------------------------------
+    def running(self, ticket: Ticket, target: str | None = None) -> list[SlaClock]:
+        query = select(SlaClock).where(SlaClock.ticket_id == ticket.id,
+                                       SlaClock.stopped_at.is_(None))
+        if target:
+            query = query.where(SlaClock.target == target)
+        return list(self.session.scalars(query.order_by(SlaClock.id)))
+
+    def plan_of(self, ticket: Ticket):  # type: ignore[no-untyped-def]
+        return self.config.plans[ticket.org.plan]
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self, ticket: Ticket, target: Target, at: datetime) -> SlaClock:
+        cycle = self.session.scalar(
+            select(func.coalesce(func.max(SlaClock.cycle) + 1, 0)).where(
+                SlaClock.ticket_id == ticket.id, SlaClock.target == target.kind)) or 0
+        clock = SlaClock(ticket_id=ticket.id, target=target.kind, cycle=cycle,
+                         calendar=target.calendar_name, target_days=target.duration.days,
+                         target_seconds=target.duration.seconds, started_at=at,
+                         paused_business_seconds=0,
+                         paused_since=at if ticket.status == "pending" else None,
+                         due_at=at, risk_at=None)
+        self._schedule(clock)
+        self.session.add(clock)
+        self.session.flush()
+        return clock
+
+    def start_ticket(self, ticket: Ticket, at: datetime) -> None:
+        """A new ticket: first response and resolution clocks (next_update starts with
+        the first public update)."""
+        for target in targets_for(self.plan_of(ticket), ticket.priority):
+            if target.kind != "next_update":
+                self.start(ticket, target, at)
+
+    def stop(self, ticket: Ticket, target: str, at: datetime) -> list[SlaClock]:
+        clocks = self.running(ticket, target)
+        for clock in clocks:
+            clock.stopped_at = at
+        return clocks
+
+    def stop_all(self, ticket: Ticket, at: datetime) -> None:
+        for clock in self.running(ticket):
+            clock.stopped_at = at
+
+    def public_update(self, ticket: Ticket, at: datetime) -> None:
+        """A public staff reply: stops the first-response clock, restarts next_update."""
+        if ticket.first_responded_at is None:
+            ticket.first_responded_at = at
+        ticket.last_public_update_at = at
+        self.stop(ticket, "first_response", at)
+        self.stop(ticket, "followup", at)
+        self.stop(ticket, "next_update", at)
+        if ticket.status not in ("resolved", "closed"):
+            target = target_for(self.plan_of(ticket), ticket.priority, "next_update")
+            if target:
+                self.start(ticket, target, at)
+
+    def pause(self, ticket: Ticket, at: datetime) -> None:
+        for clock in self.running(ticket):
+            if clock.paused_since is None:
+                clock.paused_since = at
+
+    def resume(self, ticket: Ticket, at: datetime) -> None:
+        for clock in self.running(ticket):
+            if clock.paused_since is None:
+                continue
+            calendar = self.calendars[clock.calendar]
+            paused = calendar.elapsed(clock.paused_since, at)
+            clock.paused_business_seconds += int(paused.total_seconds())
+            clock.paused_since = None
+            self._schedule(clock)
+
+    def reprioritise(self, ticket: Ticket, at: datetime) -> None:
+        """Priority changed: recompute every running clock from its start with the new
+        priority's target; start targets the new priority has and stop those it lacks."""
+        plan = self.plan_of(ticket)
+        running = {c.target: c for c in self.running(ticket)}
+        wanted = {t.kind: t for t in targets_for(plan, ticket.priority)}
+        for kind, clock in running.items():
+            if kind == "followup":
+                continue
+            target = wanted.get(kind)
+            if target is None:
+                clock.stopped_at = at
+                continue
+            clock.calendar = target.calendar_name
+            clock.target_days, clock.target_seconds = (target.duration.days,
+                                                       target.duration.seconds)
+            self._schedule(clock)
+        for kind, target in wanted.items():
+            if kind in running:
+                continue
+            if kind == "first_response" and ticket.first_responded_at is not None:
+                continue
+            if kind == "next_update":
+                if ticket.last_public_update_at is None:
+                    continue
+                # Count the gap from the last public update, as if the target had applied.
+                self.start(ticket, target, ticket.last_public_update_at)
+            elif kind in ("first_response", "resolution") and not self._ever(ticket, kind):
+                self.start(ticket, target, ticket.created_at)
+
+    def followup(self, ticket: Ticket, due: datetime, at: datetime) -> SlaClock:
+        """A staff commitment ("I'll update you by ..."): a clock with a fixed due time."""
+        self.stop(ticket, "followup", at)
+        target = Target("followup", Duration(), "always")
+        clock = self.start(ticket, target, at)
+        clock.due_at = due
+        clock.risk_at = at + (due - at) * self.config.scheduler.at_risk
+        return clock
+
+    def _ever(self, ticket: Ticket, kind: str) -> bool:
+        return self.session.scalar(select(SlaClock.id).where(
+            SlaClock.ticket_id == ticket.id, SlaClock.target == kind).limit(1)) is not None
+
+    def _schedule(self, clock: SlaClock) -> None:
+        if clock.target == "followup":
+            return
+        calendar = self.calendars[clock.calendar]
+        target = Duration(days=clock.target_days, seconds=clock.target_seconds)
+        clock.due_at = due_at(calendar, clock.started_at, target,
+                              timedelta(seconds=clock.paused_business_seconds))
+        clock.risk_at = risk_at(calendar, clock.started_at, clock.due_at,
+                                self.config.scheduler.at_risk)
+
+
+def set_status(keeper: ClockKeeper, ticket: Ticket, status: str, at: datetime,
+               actor: str) -> bool:
+    """Move a ticket to ``status`` with the clock effects of the move. Returns False when
+    it was already there."""
+    old = ticket.status
+    if old == status:
+        return False
+    if old == "pending":
+        keeper.resume(ticket, at)
+    if status == "pending":
+        keeper.pause(ticket, at)
+    if status in ("resolved", "closed"):
+        keeper.stop_all(ticket, at)
+        if status == "resolved":
+            ticket.resolved_at = at
+        else:
+            ticket.closed_at = at
+    if old in ("resolved", "closed") and status not in ("resolved", "closed"):
+        # Reopened: the client is waiting again; a fresh resolution run and, once staff
+        # answer, next-update cycles.
+        ticket.resolved_at = ticket.closed_at = None
+        target = target_for(keeper.plan_of(ticket), ticket.priority, "resolution")
+        if target:
+            keeper.start(ticket, target, at)
+    ticket.status = status
+    ticket.updated_at = at
+    add_event(keeper.session, ticket, "status_changed", at, actor, old=old, new=status)
+    return True
