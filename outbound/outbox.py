@@ -27,8 +27,11 @@ def queue_email(session: Session, app: App, *, dedupe_key: str, template: str,
                 in_reply_to: str | None = None, references: Sequence[str] = (),
                 automatic: bool = True, reply_to: str | None = None,
                 kind: str = "system", extra_headers: dict[str, str] | None = None,
-                now: datetime | None = None) -> Outbox | None:
-    """Returns the new outbox row, or None when ``dedupe_key`` was queued before."""
+                now: datetime | None = None, on_ticket: bool = True) -> Outbox | None:
+    """Returns the new outbox row, or None when ``dedupe_key`` was queued before.
+
+    ``on_ticket``: record the email among the ticket's messages (client-facing mail);
+    staff alerts and pages are kept in the outbox only."""
     if session.scalar(select(Outbox.id).where(Outbox.dedupe_key == dedupe_key)) is not None:
         return None
     now = now or app.now()
@@ -50,7 +53,7 @@ def queue_email(session: Session, app: App, *, dedupe_key: str, template: str,
                  automatic=automatic, raw=raw, status="queued", created_at=now)
     session.add(row)
     session.flush()
-    if ticket is not None:
+    if ticket is not None and on_ticket:
         session.add(Message(
             ticket_id=ticket.id, outbox_id=row.id, direction="out", kind=kind,
             dedupe_key=f"out:{message_id}", message_id=message_id, in_reply_to=in_reply_to,

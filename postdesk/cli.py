@@ -231,6 +231,12 @@ def cmd_imap(args: argparse.Namespace) -> int:
     pollers = _pollers(app)
     if not pollers:
         raise UserError("imap: no [[imap]] mailboxes in the config")
+    if app.config.desk.broker_url.startswith("stub"):
+        # Mail is still committed; the sweeper of a `postdesk serve` on this database
+        # processes it after scheduler.sweep_grace.
+        logging.getLogger("postdesk").warning(
+            "desk.broker_url is stub://: this process only stores mail; it is processed by "
+            "`postdesk serve` (or use `postdesk serve`, which polls IMAP too)")
 
     def start() -> None:
         for p in pollers:
@@ -242,6 +248,20 @@ def cmd_imap(args: argparse.Namespace) -> int:
         app.close()
 
     return _run_until_signalled(start, stop, "postdesk imap")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from postdesk.importer import import_paths
+
+    app = _app(args)
+    try:
+        summary = import_paths(app, args.kind, args.paths, notify=args.notify)
+    finally:
+        app.close()
+    if args.json:
+        _print_json(summary.as_json())
+    # Unreadable inputs were named on stderr as they were met; the exit status says so too.
+    return EXIT_FAILURE if summary.failed else 0
 
 
 def _find_ticket(session: Any, prefix: str, ref: str) -> Any:
@@ -447,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("serve", cmd_serve, "all-in-one: SMTP in, IMAP pollers, workers, scheduler")
     add("smtp", cmd_smtp, "the SMTP ingest server alone")
     add("imap", cmd_imap, "the IMAP pollers alone")
+    p = add("import", cmd_import, "ingest mbox/maildir/eml files through the pipeline")
+    p.add_argument("kind", choices=["mbox", "maildir", "eml"])
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="mbox files, maildir directories, or .eml files/directories")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--notify", action="store_true",
+                   help="send acknowledgements as for live mail (default: import silently)")
     p = add("worker", cmd_worker, "Dramatiq workers alone (needs redis:// or amqp://)")
     p.add_argument("--threads", type=int, default=None)
     add("scheduler", cmd_scheduler, "the scheduler alone (SLA scans, sweeps, digests)")

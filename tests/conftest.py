@@ -57,9 +57,15 @@ class Desk:
             t = s.get(Ticket, int(ref.split("-")[1]))
             return ticket_json(s, t, "PD", messages=True)
 
-    def outbox(self) -> list[dict[str, Any]]:
+    def outbox(self, template: str | None = None, to: str | None = None
+               ) -> list[dict[str, Any]]:
         with self.app.sessions() as s:
-            return [outbox_json(r, "PD") for r in s.scalars(select(Outbox).order_by(Outbox.id))]
+            rows = [outbox_json(r, "PD") for r in s.scalars(select(Outbox).order_by(Outbox.id))]
+        return [r for r in rows if (template is None or r["template"] == template)
+                and (to is None or to in r["to"])]
+
+    def acks(self) -> list[dict[str, Any]]:
+        return self.outbox(template="acknowledgement")
 
     def outbox_raw(self, outbox_id: int) -> bytes:
         with self.app.sessions() as s:

@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,15 @@ max_message_bytes = {max_bytes}
 
 [calendars.uk-office]
 timezone = "Europe/London"
-hours = {{ mon = "08:00-18:00", tue = "08:00-18:00", wed = "08:00-18:00", thu = "08:00-18:00", fri = "08:00-18:00" }}
 holidays = {{ country = "GB", subdiv = "ENG" }}
 closed = ["2026-12-24"]
+
+[calendars.uk-office.hours]
+mon = "08:00-18:00"
+tue = "08:00-18:00"
+wed = "08:00-18:00"
+thu = "08:00-18:00"
+fri = "08:00-18:00"
 
 [calendars.always]
 always_open = true

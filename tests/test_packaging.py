@@ -19,7 +19,8 @@ def test_compose_services_run_real_postdesk_subcommands() -> None:
     services = compose["services"]
     assert {"postgres", "redis", "smtp", "worker", "scheduler"} <= set(services)
     parser = build_parser()
-    postdesk_services = {name: s for name, s in services.items() if s.get("image") == "postdesk:latest"}
+    postdesk_services = {name: s for name, s in services.items()
+                         if s.get("image") == "postdesk:latest"}
     assert {"smtp", "worker", "scheduler", "migrate"} <= set(postdesk_services)
     for name, service in postdesk_services.items():
         args = parser.parse_args(service["command"])

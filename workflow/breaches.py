@@ -95,7 +95,7 @@ def _alert(app: App, session, ticket: Ticket, clock: SlaClock, kind: str,  # typ
             to=[email], subject=f"[{ref}] {subject_word}: {clock.target.replace('_', ' ')} "
                                 f"({ticket.priority}) {ticket.subject}",
             ticket=ticket, kind="system",
-            context={"ref": ref, "target": clock.target.replace("_", " "),
+            on_ticket=False, context={"ref": ref, "target": clock.target.replace("_", " "),
                      "due_at": clock.due_at, "recipient": email}, now=now)
         if row is not None:
             ids.append(row.id)

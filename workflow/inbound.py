@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from ingest.parse import ParsedEmail, UnparseableEmail, parse_email
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from ingest.parse import ParsedEmail, UnparseableEmail, parse_email
+from ingest.reply_text import visible_reply
 from storage.directory import contact_for, org_by_slug
 from storage.models import Attachment, Message, Org, RawMessage, Ticket
 from workflow.pipeline import Duplicate, PipelineResult, Quarantine, Step, run_pipeline, step
@@ -51,10 +52,18 @@ class Inbound:
     priority_reason: str = ""
     became_p1: bool = False
     outbox_ids: list[int] = field(default_factory=list)
+    _visible: str | None = None
 
     @property
     def config(self):  # type: ignore[no-untyped-def]
         return self.app.config
+
+    @property
+    def visible_text(self) -> str:
+        """The new text of this email: quoted history and signature removed."""
+        if self._visible is None:
+            self._visible = visible_reply(self.email.text or "")
+        return self._visible
 
     @property
     def email(self) -> ParsedEmail:
@@ -110,36 +119,49 @@ def locate_ticket(ctx: Inbound) -> None:
         ctx.ticket, ctx.matched_by = match.ticket, match.how
 
 
+def open_ticket(ctx: Inbound, org: Org, requester: str) -> Ticket:
+    mail = ctx.email
+    contact_for(ctx.session, requester, org, mail.from_name if requester == mail.from_addr
+                else "")
+    # Imported history keeps its own time line.
+    opened = mail.date if (not ctx.raw.notify and mail.date) else ctx.now
+    ticket = Ticket(org_id=org.id, requester_email=requester,
+                    subject=clean_subject(mail.subject, ctx.config.desk.ticket_prefix),
+                    status="new", priority="P3", created_at=opened, updated_at=opened, cc=[])
+    ctx.session.add(ticket)
+    ctx.session.flush()
+    ctx.ticket, ctx.created_ticket = ticket, True
+    add_event(ctx.session, ticket, "ticket_created", ctx.now, mail.from_addr or requester,
+              ref=ticket_ref(ctx.config.desk.ticket_prefix, ticket.id))
+    return ticket
+
+
 @step
 def record(ctx: Inbound) -> None:
-    mail, sender = ctx.email, ctx.sender
+    """A client's email: open a ticket or add the email to its ticket."""
+    sender = ctx.sender
     assert sender is not None
     if ctx.ticket is None:
-        if sender.kind != "contact" or ctx.org is None:
-            raise Quarantine("no_ticket", "staff email with no ticket to attach to")
-        contact_for(ctx.session, sender.email, ctx.org, mail.from_name)
-        # Imported history keeps its own time line.
-        opened = mail.date if (not ctx.raw.notify and mail.date) else ctx.now
-        ctx.ticket = Ticket(org_id=ctx.org.id, requester_email=sender.email,
-                            subject=clean_subject(mail.subject, ctx.config.desk.ticket_prefix),
-                            status="new", priority="P3", created_at=opened, updated_at=opened,
-                            cc=[])
-        ctx.session.add(ctx.ticket)
-        ctx.session.flush()
-        ctx.created_ticket = True
-        add_event(ctx.session, ctx.ticket, "ticket_created", ctx.now, sender.email,
-                  ref=ticket_ref(ctx.config.desk.ticket_prefix, ctx.ticket.id))
-    ctx.message = store_message(ctx, kind="public", direction="in")
+        if ctx.org is None:
+            raise Quarantine("unknown_sender", "no org to file this email under")
+        open_ticket(ctx, ctx.org, sender.email)
+    assert ctx.ticket is not None
+    ctx.message = store_message(ctx, kind="system" if ctx.auto_reply else "public",
+                                direction="in", text=ctx.visible_text)
     ctx.ticket.updated_at = ctx.now
     add_event(ctx.session, ctx.ticket, "message_received", ctx.now, sender.email,
-              message_id=mail.message_id, matched_by=ctx.matched_by)
+              message_id=ctx.email.message_id, matched_by=ctx.matched_by,
+              message_kind=ctx.message.kind)
 
 
 def _steps() -> list[Step[Inbound]]:
     from workflow import steps_sla as sla
+    from workflow import steps_staff as staff
+    from workflow.balance import balance_request
 
-    return [parse, identify, deduplicate, locate_ticket, record, sla.prioritise, sla.assign,
-            sla.start_or_resume_clocks, sla.sign_off, sla.acknowledge, sla.page_p1]
+    return [parse, identify, deduplicate, balance_request, locate_ticket, staff.staff_mail,
+            record, sla.prioritise, sla.assign, sla.start_or_resume_clocks, sla.sign_off,
+            sla.acknowledge, sla.page_p1, staff.notify_staff]
 
 
 # --- helpers ------------------------------------------------------------------------------

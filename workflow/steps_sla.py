@@ -202,7 +202,7 @@ def page_p1(ctx: Inbound) -> None:
     for email in people:
         row = queue_email(
             ctx.session, ctx.app, dedupe_key=f"p1-page:{ticket.id}:{email}",
-            template="p1_page", to=[email],
+            on_ticket=False, template="p1_page", to=[email],
             subject=f"[{ticket_ref(prefix, ticket.id)}] P1 PAGE: {ticket.subject}",
             ticket=ticket, reply_to=reply_to,
             context={"ref": ticket_ref(prefix, ticket.id), "reason": ctx.priority_reason,
