@@ -17,7 +17,9 @@ from postdesk.views import outbox_json, raw_json, ticket_json
 from storage.models import Outbox, RawMessage, Ticket
 from tests.support import backend, config_text, free_port, wait_for
 
-pytest_plugins = ["tests.conftest_dovecot"]
+# The Dovecot fixture lives in its own plugin module.
+_DOVECOT_PLUGIN = Path(__file__).parent / "conftest_dovecot.py"
+pytest_plugins = ["tests.conftest_dovecot"] if _DOVECOT_PLUGIN.exists() else []
 
 logging.getLogger("mailparser").setLevel(logging.WARNING)
 
