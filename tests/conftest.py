@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from ingest.smtp import IngestHandler, SmtpServer
 from postdesk.app import App
+from postdesk.clock import Clock
 from postdesk.config import Config, parse_config
 from postdesk.views import outbox_json, raw_json, ticket_json
 from storage.models import Outbox, RawMessage, Ticket
@@ -90,8 +91,9 @@ class Desk:
         wait_for(self.settled, timeout, what="all mail processed and sent")
 
 
-def start_desk(cfg: Config, *, smtp: bool = True, workers: bool = True) -> Desk:
-    app = App(cfg)
+def start_desk(cfg: Config, *, smtp: bool = True, workers: bool = True,
+               clock: Clock | None = None) -> Desk:
+    app = App(cfg, clock=clock)
     app.upgrade_database()
     app.sync_directory()
     if workers:
@@ -121,9 +123,10 @@ def make_desk(tmp_path: Path, backend_kind: str) -> Iterator[Any]:
     desks: list[Desk] = []
     with backend(backend_kind, tmp_path) as be:
         def factory(extra: str = "", smtp: bool = True, workers: bool = True,
-                    **kw: Any) -> Desk:
+                    clock: Clock | None = None, **kw: Any) -> Desk:
             text = config_text(be, tmp_path / "data", extra=extra, **kw)
-            desk = start_desk(parse_config(text, environ={}), smtp=smtp, workers=workers)
+            desk = start_desk(parse_config(text, environ={}), smtp=smtp, workers=workers,
+                              clock=clock)
             desks.append(desk)
             return desk
 

@@ -38,7 +38,6 @@ from workflow.durations import Duration
 
 __all__ = ["BusinessCalendar", "CalendarError"]
 
-UTC = UTC
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 _ZERO = timedelta(0)
@@ -171,9 +170,7 @@ class BusinessCalendar:
                 if value
             ]
             if extras:
-                raise CalendarError(
-                    f"always_open: cannot be combined with {', '.join(extras)}"
-                )
+                raise CalendarError(f"always_open: cannot be combined with {', '.join(extras)}")
         elif hours is None:
             raise CalendarError("hours: required unless always_open is true")
 
@@ -185,9 +182,7 @@ class BusinessCalendar:
                 )
             for key, spec in hours.items():
                 if key not in WEEKDAYS:
-                    raise CalendarError(
-                        f"hours.{key}: unknown weekday (use {', '.join(WEEKDAYS)})"
-                    )
+                    raise CalendarError(f"hours.{key}: unknown weekday (use {', '.join(WEEKDAYS)})")
                 weekly[WEEKDAYS.index(key)] = _parse_day_hours(key, spec)
             if not self._always and not any(weekly):
                 # Every search would run to the ten-year guard; better to fail at startup.
@@ -538,9 +533,7 @@ class BusinessCalendar:
         return datetime.fromtimestamp(hi_s, UTC)
 
 
-def _merge_clipped(
-    spans: Iterable[Interval], start: datetime, end: datetime
-) -> Iterator[Interval]:
+def _merge_clipped(spans: Iterable[Interval], start: datetime, end: datetime) -> Iterator[Interval]:
     """Spans clipped to [start, end), empty ones dropped, overlapping ones merged."""
     clipped = sorted((max(a, start), min(b, end)) for a, b in spans)
     current: Interval | None = None

@@ -1,0 +1,172 @@
+"""SLA workflow over real SMTP with a hand-driven clock: escalation keyword -> P1 and the
+P1 page; pending pauses the clock by exactly the paused business time; priority raised
+by a later client email; at-risk and breach alerted exactly once, with two schedulers."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, select
+
+from postdesk.clock import ManualClock
+from storage.models import Event, Outbox
+from tests.support import make_email
+from workflow import breaches
+
+BASECO = """
+[[orgs]]
+slug = "baseco"
+name = "Base Co"
+plan = "base"
+domains = ["base.example"]
+escalation_keyword = "BASECO-999"
+"""
+MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)   # GMT: UTC == London
+
+
+def staff_reply(desk, to_email: dict, body: str, sender: str = "dev1@agency.example"):  # type: ignore[no-untyped-def]
+    """A staff member answering a postdesk email from their mail client."""
+    msg = make_email(sender=sender, subject=f"Re: {to_email['subject']}", body=body,
+                     in_reply_to=to_email["message_id"], references=to_email["message_id"])
+    desk.send(msg, mail_from=sender)
+    return msg
+
+
+def test_escalation_keyword_makes_p1_and_pages_rota_and_leads(make_desk):  # type: ignore[no-untyped-def]
+    clock = ManualClock(MONDAY_10)
+    desk = make_desk(clock=clock)
+    desk.send(make_email(subject="CLIENTCO-URGENT checkout broken", body="Nobody can pay."))
+    desk.wait_settled()
+    [ticket] = desk.tickets()
+    assert ticket["priority"] == "P1"
+    assert ticket["assignee"] == "dev1@agency.example"        # rota week 0
+    assert ticket["first_response_due"] == "2026-11-23T11:00:00Z"   # Enterprise P1: 1h 24/7
+    pages = desk.outbox(template="p1_page")
+    assert sorted(p["to"][0] for p in pages) == ["dev1@agency.example", "dev2@agency.example"]
+    [ack] = desk.acks()
+    raw = desk.outbox_raw(ack["id"]).decode()
+    assert "Priority: P1" in raw
+
+
+def test_escalation_keyword_from_second_rota_week(make_desk):  # type: ignore[no-untyped-def]
+    clock = ManualClock(MONDAY_10 + timedelta(days=7))
+    desk = make_desk(clock=clock)
+    desk.send(make_email(subject="Site down", body="CLIENTCO-URGENT"))
+    desk.wait_settled()
+    [ticket] = desk.tickets()
+    assert ticket["priority"] == "P1"
+    assert ticket["assignee"] == "dev2@agency.example"
+    assert [p["to"] for p in desk.outbox(template="p1_page")] == [["dev2@agency.example"]]
+
+
+def test_keyword_rule_raises_priority_on_later_email_never_lowers(make_desk):  # type: ignore[no-untyped-def]
+    clock = ManualClock(MONDAY_10)
+    desk = make_desk(clock=clock, extra=BASECO)
+    first = make_email(sender="bob@base.example", subject="Question about invoices")
+    desk.send(first)
+    desk.wait_settled()
+    assert desk.tickets()[0]["priority"] == "P3"
+    [ack] = desk.acks()
+    clock.advance(timedelta(minutes=30))
+    desk.send(make_email(sender="bob@base.example", subject=f"Re: {ack['subject']}",
+                         body="Now I cannot log in at all.", in_reply_to=ack["message_id"]))
+    desk.wait_settled()
+    ticket = desk.tickets()[0]
+    assert ticket["priority"] == "P2"
+    # Base P2 first response 8h from the ticket's start: Mon 10:00 -> Mon 18:00.
+    assert ticket["first_response_due"] == "2026-11-23T18:00:00Z"
+    clock.advance(timedelta(minutes=30))
+    desk.send(make_email(sender="bob@base.example", subject=f"Re: {ack['subject']}",
+                         body="Just a question, nothing urgent.", in_reply_to=ack["message_id"]))
+    desk.wait_settled()
+    assert desk.tickets()[0]["priority"] == "P2"
+
+
+def test_pending_moves_due_by_exactly_the_paused_business_time(make_desk):  # type: ignore[no-untyped-def]
+    clock = ManualClock(MONDAY_10)
+    desk = make_desk(clock=clock, extra=BASECO)
+    desk.send(make_email(sender="bob@base.example", subject="Report export fails"))
+    desk.wait_settled()
+    ticket = desk.tickets()[0]
+    # Base P3 resolution has no target; first response 10h: Mon 10-18 (8h) + Tue 08-10.
+    assert ticket["first_response_due"] == "2026-11-24T10:00:00Z"
+    [note] = desk.outbox(template="staff_notification")
+
+    clock.set(datetime(2026, 11, 23, 11, 0, tzinfo=UTC))
+    staff_reply(desk, note, "#status pending\n")
+    desk.wait_settled()
+    assert desk.tickets()[0]["status"] == "pending"
+
+    clock.set(datetime(2026, 11, 24, 9, 0, tzinfo=UTC))  # client answers Tue 09:00
+    [ack] = desk.acks()
+    desk.send(make_email(sender="bob@base.example", subject=f"Re: {ack['subject']}",
+                         body="Here is the file you asked for.", in_reply_to=ack["message_id"]))
+    desk.wait_settled()
+    ticket = desk.tickets()[0]
+    assert ticket["status"] == "open"
+    # Paused Mon 11:00-18:00 (7h) + Tue 08:00-09:00 (1h) = 8 business hours:
+    # Tue 10:00 + 8h = Tue 18:00.
+    assert ticket["first_response_due"] == "2026-11-24T18:00:00Z"
+
+
+def _count(desk, model, *where) -> int:  # type: ignore[no-untyped-def]
+    with desk.app.sessions() as s:
+        return s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_breach_alerted_exactly_once_with_two_schedulers(make_desk):  # type: ignore[no-untyped-def]
+    clock = ManualClock(MONDAY_10)
+    desk = make_desk(clock=clock)
+    second = make_desk(clock=clock, smtp=False, workers=False)   # another scheduler process
+    desk.send(make_email(subject="CLIENTCO-URGENT payments failing"))
+    desk.wait_settled()
+    assert desk.tickets()[0]["first_response_due"] == "2026-11-23T11:00:00Z"
+
+    def scan_both() -> None:
+        threads = [threading.Thread(target=breaches.scan, args=(app,))
+                   for app in (desk.app, second.app) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    clock.set(MONDAY_10 + timedelta(minutes=30))          # 50%: nothing yet
+    scan_both()
+    assert _count(desk, Event, Event.kind.in_(("sla_at_risk", "sla_breached"))) == 0
+
+    clock.set(MONDAY_10 + timedelta(minutes=46))          # past 75%: at risk
+    scan_both()
+    scan_both()
+    assert _count(desk, Event, Event.kind == "sla_at_risk") == 1
+    assert _count(desk, Outbox, Outbox.template == "sla_at_risk") == 1   # the assignee
+
+    clock.set(MONDAY_10 + timedelta(hours=1, minutes=1))  # past due: breached
+    scan_both()
+    scan_both()
+    assert _count(desk, Event, Event.kind == "sla_breached") == 1
+    alerts = desk.outbox(template="sla_breached")
+    # P1 breach: the assignee and the leads, once each.
+    assert sorted(a["to"][0] for a in alerts) == ["dev1@agency.example", "dev2@agency.example"]
+    desk.wait_settled()
+    assert desk.tickets()[0]["breaches"] == ["first_response"]
+
+
+def test_first_public_reply_stops_first_response_clock(make_desk):  # type: ignore[no-untyped-def]
+    clock = ManualClock(MONDAY_10)
+    desk = make_desk(clock=clock, extra=BASECO)
+    desk.send(make_email(sender="bob@base.example", subject="Where is my invoice?"))
+    desk.wait_settled()
+    [note] = desk.outbox(template="staff_notification")
+    clock.advance(timedelta(minutes=20))
+    staff_reply(desk, note, "#priority P1\nLooking at it now.")
+    desk.wait_settled()
+    ticket = desk.tickets()[0]
+    assert ticket["first_responded_at"] == "2026-11-23T10:20:00Z"
+    assert ticket["first_response_due"] is None
+    # Base P1: next update 4h after the reply; resolution 2 business days from the start.
+    assert ticket["next_update_due"] == "2026-11-23T14:20:00Z"
+    assert ticket["resolution_due"] == "2026-11-25T10:00:00Z"
+    clock.advance(timedelta(hours=10))
+    breaches.scan(desk.app)
+    assert _count(desk, Event, Event.kind == "sla_breached") == 1   # next_update only
