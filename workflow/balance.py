@@ -40,7 +40,11 @@ def org_month_balance(session: Session, config: Config, org: Org, now: datetime
         .where(TimeEntry.org_id == org.id).group_by(TimeEntry.year, TimeEntry.month)).all()
     usage = {(y, m): timedelta(seconds=int(s)) for y, m, s in rows}
     current = month_of(now, tz)
-    first = min([*usage, current])
+    # The allowance accrues from the org's first ticket (or first logged time).
+    first_ticket = session.scalar(select(func.min(Ticket.created_at)).where(
+        Ticket.org_id == org.id))
+    starts = [*usage, current] + ([month_of(first_ticket, tz)] if first_ticket else [])
+    first = min(starts)
     cap = plan.rollover_cap.as_timedelta() if plan.rollover_cap is not None else None
     balances = month_balances(monthly_allowance=plan.monthly_allowance.as_timedelta(),
                               rollover_cap=cap, usage_by_month=usage, first_month=first,

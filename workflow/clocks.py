@@ -76,7 +76,9 @@ class ClockKeeper:
             ticket.first_responded_at = at
         ticket.last_public_update_at = at
         self.stop(ticket, "first_response", at)
-        self.stop(ticket, "followup", at)
+        for clock in self.running(ticket, "followup"):
+            if clock.started_at < at:   # a follow-up promised in this very reply stands
+                clock.stopped_at = at
         self.stop(ticket, "next_update", at)
         if ticket.status not in ("resolved", "closed"):
             target = target_for(self.plan_of(ticket), ticket.priority, "next_update")

@@ -63,13 +63,15 @@ def _client_thread(ctx: Inbound, ticket: Ticket) -> tuple[str | None, list[str]]
     """In-Reply-To and References that put our reply in the client's own thread: the
     client's latest email, and the ids of the conversation so far."""
     rows = ctx.session.execute(
-        select(Message.message_id, Message.direction, Message.kind)
+        select(Message.message_id, Message.direction, Message.kind, Message.author_staff_id)
         .where(Message.ticket_id == ticket.id, Message.message_id.is_not(None),
                Message.kind != "internal")
         .order_by(Message.id)).all()
-    client_ids = [r.message_id for r in rows if r.direction == "in"]
-    public_ids = [r.message_id for r in rows
-                  if r.direction == "in" or (r.direction == "out" and r.kind == "public")]
+    # The client's own emails, and what the client saw from us; never the staff member's
+    # email to postdesk, which the client never received.
+    client_ids = [r.message_id for r in rows if r.direction == "in" and r.author_staff_id is None]
+    public_ids = [r.message_id for r in rows if (r.direction == "in" and r.author_staff_id is None)
+                  or (r.direction == "out" and r.kind in ("public", "system"))]
     return (client_ids[-1] if client_ids else None), public_ids
 
 
@@ -250,6 +252,9 @@ def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str) -> No
     public_out = ctx.session.scalar(select(func.count(Message.id)).where(
         Message.ticket_id == ticket.id, Message.direction == "out")) or 0
     subject = f"Re: [{ref}] {ticket.subject}"
+    keeper = ctx.app.keeper(ctx.session)
+    if ticket.status == "new":
+        set_status(keeper, ticket, "open", ctx.now, staff.email)
     row = queue_email(
         ctx.session, ctx.app, dedupe_key=f"relay:{ctx.raw.id}", template="staff_reply",
         to=[ticket.requester_email], cc=[c for c in ticket.cc if c != ticket.requester_email],
@@ -263,9 +268,6 @@ def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str) -> No
         now=ctx.now)
     if row is not None:
         ctx.outbox_ids.append(row.id)
-    keeper = ctx.app.keeper(ctx.session)
-    if ticket.status == "new":
-        set_status(keeper, ticket, "open", ctx.now, staff.email)
     keeper.public_update(ticket, ctx.now)
     add_event(ctx.session, ticket, "public_reply", ctx.now, staff.email)
 

@@ -1,0 +1,299 @@
+"""The IMAP poller: one thread per ``[[imap]]`` mailbox, moving mail into ``accept``.
+
+It connects (TLS, STARTTLS or, for loopback tests, plaintext), logs in (password or
+OAuth2), reads the folder (``ingest.imap_sync``), then waits for more: IDLE where the
+server offers it, re-issued every ``idle_timeout`` (servers may drop an IDLE after 30
+minutes, RFC 2177), otherwise a poll every ``poll_interval``.
+
+Failures never end the thread:
+- network errors, a server restart or ``BYE``: reconnect after a capped exponential
+  backoff (1 s doubling to 60 s, with jitter so several pollers do not reconnect in step);
+- a refused login: one clear ERROR line, one alert email to the leads per failure
+  episode, and a retry every ``login_retry`` seconds (5 minutes), never a tight loop;
+- a folder that cannot be selected: logged and retried slowly, like a refused login."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
+from ingest.imap_alert import send_auth_alert
+from ingest.imap_auth import Authenticator, AuthFailed, AuthUnavailable
+from ingest.imap_sync import FetchStrikes, FolderMissing, FolderSync, SyncStats
+from postdesk.config import ImapConfig
+
+if TYPE_CHECKING:
+    from postdesk.app import App
+
+log = logging.getLogger("postdesk.imap")
+
+SOCKET_TIMEOUT_S = 60.0
+LOGIN_RETRY_S = 300.0
+# How often a waiting poller looks up from IDLE/sleep to notice stop() and deadlines.
+WAKE_SLICE_S = 0.5
+
+
+class ConnectionLost(Exception):
+    """The server said BYE or closed the connection."""
+
+
+# Everything that means "the connection is gone, connect again".
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    OSError, EOFError, IMAPClientAbortError, ConnectionLost, AuthUnavailable)
+
+
+class Backoff:
+    """Capped exponential backoff with jitter: 1, 2, 4 ... 60 s, each scaled by 0.5-1.0."""
+
+    def __init__(self, first: float = 1.0, cap: float = 60.0,
+                 rng: Callable[[], float] = random.random):
+        self.first, self.cap, self.rng = first, cap, rng
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.first * 2 ** self.failures)
+        self.failures += 1
+        return delay * (0.5 + 0.5 * self.rng())
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class ImapPoller:
+    def __init__(self, app: App, box: ImapConfig, *, login_retry: float = LOGIN_RETRY_S,
+                 backoff: Backoff | None = None, socket_timeout: float = SOCKET_TIMEOUT_S):
+        self.app = app
+        self.box = box
+        self.login_retry = login_retry
+        self.backoff = backoff or Backoff()
+        self.socket_timeout = socket_timeout
+        self.auth = Authenticator(box)
+        self.stats = SyncStats()            # totals since start, for logs and benchmarks
+        self.strikes = FetchStrikes()       # FETCHes that broke a connection
+        self.connected = threading.Event()  # set while logged in
+        self.waiting = threading.Event()    # set while idling/sleeping between passes
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._auth_episode: datetime | None = None
+
+    @property
+    def name(self) -> str:
+        return self.box.name
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run_forever, name=f"imap-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("imap[%s]: poller did not stop within %.0f s", self.name, timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run_once(self) -> SyncStats:
+        """Connect, read everything new, acknowledge it, log out. Errors propagate."""
+        client = self._connect()
+        try:
+            return self._sync(self._folder(client))
+        finally:
+            _close(client)
+
+    # --- the loop ------------------------------------------------------------------------
+    def run_forever(self) -> None:
+        log.info("imap[%s]: polling %s@%s:%s folder %r", self.name, self.box.username,
+                 self.box.host, self.box.port, self.box.folder)
+        while not self._stop.is_set():
+            try:
+                self._session()
+            except AuthFailed as exc:
+                self._login_failed(str(exc))
+            except FolderMissing as exc:
+                log.error("imap[%s]: %s; retrying in %.3g s", self.name, exc, self.login_retry)
+                self._stop.wait(self.login_retry)
+            except NETWORK_ERRORS as exc:
+                self._reconnect_later("connection lost", exc)
+            except IMAPClientError as exc:
+                # A NO/BAD to a command: the server is up but unhappy; back off the same way.
+                self._reconnect_later("server error", exc)
+            except Exception as exc:
+                # The database being down lands here (accept raised): nothing was
+                # acknowledged, so backing off and reading again loses nothing.
+                log.exception("imap[%s]: unexpected error", self.name)
+                self._reconnect_later("unexpected error", exc)
+            finally:
+                self.connected.clear()
+        log.info("imap[%s]: stopped", self.name)
+
+    def _reconnect_later(self, what: str, exc: BaseException) -> None:
+        if self._stop.is_set():
+            return
+        delay = self.backoff.next_delay()
+        log.warning("imap[%s]: %s (%s: %s); reconnecting to %s:%s in %.1f s", self.name, what,
+                    type(exc).__name__, _describe(exc), self.box.host, self.box.port, delay)
+        self._stop.wait(delay)
+
+    def _login_failed(self, error: str) -> None:
+        first = self._auth_episode is None
+        if first:
+            self._auth_episode = self.app.now()
+        log.error("imap[%s]: LOGIN FAILED for %s at %s:%s using %s: %s; mail in %r is not "
+                  "being read; retrying in %.3g s", self.name, self.box.username, self.box.host,
+                  self.box.port, self.auth.method, error, self.box.folder, self.login_retry)
+        if first:
+            try:
+                assert self._auth_episode is not None
+                send_auth_alert(self.app, self.box, method=self.auth.method, error=error,
+                                episode_started=self._auth_episode)
+            except Exception:
+                log.exception("imap[%s]: could not queue the login-failure alert", self.name)
+        self._stop.wait(self.login_retry)
+
+    def _session(self) -> None:
+        client = self._connect()
+        try:
+            sync = self._folder(client)
+            idle = b"IDLE" in sync.capabilities
+            while not self._stop.is_set():
+                self._sync(sync)
+                # A full pass worked: the connection is healthy again.
+                self.backoff.reset()
+                if not self._wait(client, idle):
+                    break   # time to reconnect (fresh OAuth2 token) or stop
+        finally:
+            _close(client)
+
+    # --- connecting ----------------------------------------------------------------------
+    def _connect(self) -> IMAPClient:
+        box = self.box
+        context = ssl.create_default_context() if (box.ssl or box.starttls) else None
+        # starttls wins over ssl: STARTTLS starts in plaintext (usually port 143).
+        implicit_tls = box.ssl and not box.starttls
+        client = IMAPClient(box.host, port=box.port, ssl=implicit_tls, ssl_context=context,
+                            timeout=self.socket_timeout)
+        try:
+            if box.starttls:
+                client.starttls(context)
+            self.auth.login(client)
+        except BaseException:
+            _close(client, logout=False)
+            raise
+        if self._auth_episode is not None:
+            log.warning("imap[%s]: login works again (failing since %s)", self.name,
+                        self._auth_episode.isoformat(timespec="seconds"))
+            self._auth_episode = None
+        self.connected.set()
+        return client
+
+    def _folder(self, client: IMAPClient) -> FolderSync:
+        sync = FolderSync(self.app, self.box, client, client.capabilities(), self.strikes)
+        sync.ensure_processed_folder()
+        return sync
+
+    def _sync(self, sync: FolderSync) -> SyncStats:
+        stats = sync.run(self._stop)
+        self.stats.add(stats)
+        if stats.fetched or stats.skipped or stats.acknowledged:
+            log.info("imap[%s]: %d new, %d already had, %d skipped, %d acknowledged",
+                     self.name, stats.accepted, stats.duplicates, stats.skipped,
+                     stats.acknowledged)
+        return stats
+
+    # --- waiting for mail ----------------------------------------------------------------
+    def _wait(self, client: IMAPClient, idle: bool) -> bool:
+        """Wait for new mail. False: end this session (stop, or reconnect for a new token)."""
+        self.waiting.set()
+        try:
+            return self._wait_for_mail(client, idle)
+        finally:
+            self.waiting.clear()
+
+    def _wait_for_mail(self, client: IMAPClient, idle: bool) -> bool:
+        session_end = self.auth.session_deadline()
+        if idle:
+            return self._idle(client, session_end)
+        deadline = time.monotonic() + self.box.poll_interval.as_timedelta().total_seconds()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if session_end is not None and now >= session_end:
+                return False
+            if now >= deadline:
+                return True
+            self._stop.wait(min(WAKE_SLICE_S, deadline - now))
+        return False
+
+    def _idle(self, client: IMAPClient, session_end: float | None) -> bool:
+        deadline = time.monotonic() + self.box.idle_timeout.as_timedelta().total_seconds()
+        client.idle()
+        keep_session = True
+        silent_wakeups = 0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if session_end is not None and now >= session_end:
+                    keep_session = False
+                    break
+                if now >= deadline:
+                    break   # re-issue IDLE (after a sync) before the server's limit
+                slice_s = min(WAKE_SLICE_S, deadline - now)
+                responses = client.idle_check(timeout=slice_s)
+                if any(_is_bye(r) for r in responses):
+                    raise ConnectionLost("server said BYE")
+                if any(_is_new_mail(r) for r in responses):
+                    break
+                # idle_check swallows EOF: the socket then reads as ready again and again
+                # with nothing to parse. A live server never does that several times.
+                if not responses and time.monotonic() - now < slice_s / 2:
+                    silent_wakeups += 1
+                    if silent_wakeups >= 3:
+                        raise ConnectionLost("server closed the connection")
+                else:
+                    silent_wakeups = 0
+        finally:
+            if self._stop.is_set():
+                keep_session = False
+            with contextlib.suppress(*NETWORK_ERRORS, IMAPClientError):
+                client.idle_done()
+        return keep_session and not self._stop.is_set()
+
+
+def _is_bye(response: tuple[object, ...]) -> bool:
+    return len(response) > 0 and response[0] == b"BYE"
+
+
+def _is_new_mail(response: tuple[object, ...]) -> bool:
+    return len(response) > 1 and response[1] in (b"EXISTS", b"RECENT")
+
+
+def _close(client: IMAPClient, *, logout: bool = True) -> None:
+    if logout:
+        with contextlib.suppress(Exception):
+            client.logout()
+            return
+    with contextlib.suppress(Exception):
+        client.shutdown()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    return text[:300]

@@ -1,0 +1,744 @@
+"""Turn the raw bytes of an inbound email into a ``ParsedEmail``.
+
+Pure: no database, no network, no clock. Never raises on odd input except
+``UnparseableEmail``, and only when the bytes are not an email at all:
+
+* the bytes are empty or only whitespace, or
+* no header field could be read *and* the bytes look binary (a NUL byte, or
+  more than 10 % control characters in the first 8 KiB) -- a PDF, an image,
+  random junk; or
+* the MIME structure is nested so deeply that the parser gives up (a
+  deliberate denial-of-service shape, not a message anybody wrote).
+
+Headerless *text* is still parsed (everything becomes the body, with a
+defect): it may be a message whose headers were lost, and the later pipeline
+steps (no sender...) decide what to do with it; nothing is thrown away here.
+
+Division of labour: mail-parser reads the header side (addresses with its
+recovery rules, dates, defects); the MIME tree is walked here with the stdlib
+``email`` package, because mail-parser's own body/attachment split does not
+fit a ticket: it appends the text of forwarded messages and of named inline
+text files to the body, lists ``message/rfc822`` parts only when they are
+marked as attachments, and names unnamed attachments with *random* strings,
+which would make processing the same raw message twice give different
+results.
+"""
+
+from __future__ import annotations
+
+import binascii
+import codecs
+import email
+import email.errors
+import email.header
+import email.message
+import email.parser
+import email.policy
+import logging
+import mimetypes
+import quopri
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from typing import Any
+
+import mailparser
+from mailparser.exceptions import MailParserRecursionError
+from mailparser.utils import as_string_safe
+
+from ingest.filenames import clean_filename
+
+try:  # Optional: a layout-aware HTML-to-text converter (Apache-2.0).
+    import inscriptis
+    from inscriptis.model.config import ParserConfig
+except ImportError:  # pragma: no cover - exercised by forcing the fallback
+    inscriptis = None  # type: ignore[assignment]
+    ParserConfig = None  # type: ignore[assignment,misc]
+
+# mail-parser logs ~75 DEBUG lines per message; keep only its warnings.
+logging.getLogger("mailparser").setLevel(logging.WARNING)
+
+__all__ = [
+    "Headers",
+    "ParsedAttachment",
+    "ParsedEmail",
+    "UnparseableEmail",
+    "decode_header_text",
+    "html_to_text",
+    "message_ids",
+    "normalize_message_id",
+    "parse_email",
+]
+
+
+class UnparseableEmail(Exception):
+    """The bytes are not an email at all; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Headers:
+    """Raw header values, looked up case-insensitively.
+
+    "Raw" means as sent: RFC 2047 encoded-words are *not* decoded. Folding is
+    undone, 8-bit bytes are read as UTF-8 (replacement characters where that
+    fails) and NULs are dropped, so every value is a plain one-line ``str``.
+    """
+
+    items: tuple[tuple[str, str], ...] = ()
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name``, or None when absent."""
+        wanted = name.lower()
+        for key, value in self.items:
+            if key.lower() == wanted:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        """Every value of header ``name`` in message order (maybe empty)."""
+        wanted = name.lower()
+        return [value for key, value in self.items if key.lower() == wanted]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.header(name) is not None
+
+
+@dataclass(frozen=True)
+class ParsedAttachment:
+    """One attachment, decoded.
+
+    ``content_id`` has no angle brackets, so it compares equal to what a
+    ``cid:`` URL in the HTML body names (RFC 2392). ``is_rfc822`` marks a
+    forwarded message (payload: its bytes); ``is_tnef`` a winmail.dat.
+    """
+
+    filename: str
+    content_type: str
+    payload: bytes
+    content_id: str | None = None
+    inline: bool = False
+    is_rfc822: bool = False
+    is_tnef: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedEmail:
+    """Everything the pipeline needs from one inbound message.
+
+    Addresses are lowercased. ``text`` is the sender's own plain-text body
+    (derived from ``html`` when there is no text part); the bodies of
+    forwarded messages are not in it but in ``attachments``. Every ``str``
+    is free of NULs and lone surrogates, so it can be stored as is.
+    """
+
+    message_id: str | None
+    in_reply_to: str | None
+    references: list[str]
+    from_name: str | None
+    from_addr: str | None
+    reply_to: list[str]
+    to: list[str]
+    cc: list[str]
+    subject: str
+    date: datetime | None
+    text: str
+    html: str | None
+    attachments: list[ParsedAttachment]
+    headers: Headers
+    defects: list[str]
+    message: email.message.Message = field(repr=False, compare=False)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.header(name)
+
+    def header_all(self, name: str) -> list[str]:
+        return self.headers.header_all(name)
+
+
+# --- text hygiene ------------------------------------------------------------
+
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    # PostgreSQL text cannot hold NUL, and no UTF-8 encoder accepts a lone
+    # surrogate (the stdlib's surrogateescape leftovers): make both harmless.
+    return _SURROGATES.sub("\ufffd", text.replace("\x00", ""))
+
+
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _one_line(text: str) -> str:
+    text = _FOLD.sub("", text)
+    text = _LINE_BREAK.sub("", text)
+    text = _CONTROLS.sub("", text.replace("\t", " "))
+    return _storable(text).strip()
+
+
+def _raw_header_str(value: Any) -> str:
+    """A raw header value as text: 8-bit bytes read as UTF-8, else U+FFFD."""
+    text = str(value)
+    if _SURROGATES.search(text):
+        data = text.encode("utf-8", "surrogateescape")
+        text = data.decode("utf-8", "replace")
+    return text
+
+
+# --- charsets ------------------------------------------------------------------
+
+# Labels that senders use for a larger charset than they name: decoding with
+# the superset is what mail clients do (and what WHATWG specifies for the web).
+_SUPERSETS = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "euc_kr": "cp949",
+    "shift_jis": "cp932",
+    "iso2022_jp": "iso2022_jp_ext",
+    "big5": "big5hkscs",
+    "iso8859-1": "cp1252",
+    "tis-620": "cp874",
+}
+
+
+def _codec_name(label: str | None) -> str | None:
+    if not label:
+        return None
+    label = label.strip().strip("\"'").lower()
+    try:
+        name = codecs.lookup(label).name
+    except (LookupError, ValueError):
+        return None
+    # Only real text encodings: "base64", "rot13" and friends also resolve.
+    try:
+        "".encode(name)
+        b"".decode(name)
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return None
+    return name
+
+
+def _try_decode(data: bytes, encoding: str, errors: str = "strict") -> str | None:
+    try:
+        return data.decode(encoding, errors)
+    except (LookupError, UnicodeError, ValueError, TypeError):
+        return None
+
+
+def decode_bytes(data: bytes, declared: str | None, hints: Iterable[str | None] = ()) -> str:
+    """Decode ``data`` that claims charset ``declared``; never raises.
+
+    Order: the declared charset, then its usual superset; when nothing usable
+    was declared (or it was us-ascii), UTF-8, the ``hints`` (other charsets
+    of the same message) and windows-1252. As a last resort the declared
+    charset, or UTF-8, with replacement characters.
+    """
+    name = _codec_name(declared)
+    candidates: list[str] = []
+    if name and name != "ascii":
+        # Superset first: it decodes everything the named charset does, and
+        # for latin-1 the C1 range is really windows-1252 punctuation.
+        candidates += [_SUPERSETS.get(name, name), name]
+    else:
+        candidates.append("utf-8")
+        candidates += [hint for hint in (_codec_name(h) for h in hints) if hint]
+        candidates.append("cp1252")
+    for candidate in dict.fromkeys(candidates):
+        text = _try_decode(data, candidate)
+        if text is not None:
+            return text
+    fallback = _SUPERSETS.get(name, name) if name and name != "ascii" else "utf-8"
+    return _try_decode(data, fallback, "replace") or data.decode("utf-8", "replace")
+
+
+def _message_charsets(message: email.message.Message) -> list[str]:
+    charsets: list[str] = []
+    try:
+        for part in message.walk():
+            charset = part.get_content_charset()
+            if charset and charset not in charsets:
+                charsets.append(charset)
+            if len(charsets) >= 3:
+                break
+    except Exception:  # noqa: BLE001 - a hint only; malformed trees are common
+        pass
+    return charsets
+
+
+def decode_header_text(value: Any, hints: Iterable[str | None] = ()) -> str:
+    """Decode a header value (RFC 2047 encoded-words and raw 8-bit bytes).
+
+    Never raises. Broken encoded-words are decoded as far as possible by the
+    stdlib's lenient header parser; undecodable bytes become U+FFFD. Line
+    folding is undone but the result may still hold other whitespace.
+    """
+    hints = list(hints)
+    text = str(value)
+    # Back to the wire octets (the parser keeps 8-bit bytes as surrogate
+    # escapes), then to a latin-1 string: decode_header() hands unencoded
+    # runs back as raw-unicode-escape bytes, which for code points below 256
+    # are exactly the original octets, so 8-bit text survives the round trip.
+    octets = text.encode("utf-8", "surrogateescape")
+    if max(octets, default=0) < 0x80 or _SURROGATES.search(text):
+        wire = octets.decode("latin-1")
+    else:
+        wire = None  # Already real Unicode (parsed from str): keep it.
+    source = _FOLD.sub("", wire if wire is not None else text)
+    try:
+        chunks = email.header.decode_header(source)
+    except (email.errors.HeaderParseError, ValueError, LookupError, UnicodeError):
+        return _lenient_header(source, hints)
+    pieces = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            data = chunk.encode("latin-1", "replace") if wire is not None else None
+            pieces.append(decode_bytes(data, None, hints) if data is not None else chunk)
+        else:
+            pieces.append(decode_bytes(chunk, charset, hints) if charset else
+                          decode_bytes(chunk, None, hints))
+    return _storable("".join(pieces))
+
+
+def _lenient_header(source: str, hints: list[str | None]) -> str:
+    # decode_header() gives up on the whole value for one bad base64 word;
+    # the policy.default header parser decodes word by word and records
+    # defects instead, leaving undecodable octets as surrogate escapes.
+    try:
+        header = email.policy.default.header_factory("x-decode", source)
+        text = str(header)
+    except Exception:  # noqa: BLE001 - last resort, keep the raw text
+        text = source
+    if _SURROGATES.search(text) or any(ord(c) > 0x7F for c in text):
+        try:
+            data = text.encode("latin-1", "surrogateescape")
+        except UnicodeEncodeError:
+            return _storable(text)
+        return _storable(decode_bytes(data, None, hints))
+    return _storable(text)
+
+
+# --- Message-IDs -----------------------------------------------------------
+
+_MSG_ID = re.compile(r"<([^<>]*)>")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def message_ids(value: str | None) -> list[str]:
+    """All ``<...>`` ids in a References/In-Reply-To value, junk ignored.
+
+    Whitespace inside the brackets (from folding) is removed; empty ids and
+    duplicates are dropped; order is kept.
+    """
+    if not value:
+        return []
+    found: dict[str, None] = {}
+    for inner in _MSG_ID.findall(value):
+        inner = _WHITESPACE.sub("", inner)
+        if inner:
+            found[f"<{inner}>"] = None
+    return list(found)
+
+
+def normalize_message_id(value: str | None) -> str | None:
+    """``<id>`` from a Message-ID value, or None when missing or blank.
+
+    A bare ``id@host`` (no brackets, some broken mailers) is bracketed.
+    """
+    ids = message_ids(value)
+    if ids:
+        return ids[0]
+    bare = (value or "").strip().strip("<>").strip()
+    if bare and not _WHITESPACE.search(bare):
+        return f"<{bare}>"
+    return None
+
+
+# --- HTML to text ------------------------------------------------------------
+
+
+class _TextExtractor(HTMLParser):
+    """Fallback HTML-to-text: block elements end lines, scripts are dropped."""
+
+    _BLOCKS = frozenset(
+        "address article aside blockquote br dd div dl dt footer form h1 h2 h3 h4 h5 h6 "
+        "header hr li main nav ol p pre section table tr ul".split()
+    )
+    _SKIPPED = frozenset({"script", "style", "head", "title", "template", "noscript"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skip_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._SKIPPED:
+            self.skip_depth += 1
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+        elif tag in {"td", "th"}:
+            self.parts.append(" ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._SKIPPED:
+            self.skip_depth = max(0, self.skip_depth - 1)
+        elif tag in self._BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skip_depth:
+            # Source line breaks are layout in HTML, not text.
+            self.parts.append(_WHITESPACE.sub(" ", data))
+
+
+def _fallback_html_to_text(html: str) -> str:
+    extractor = _TextExtractor()
+    try:
+        extractor.feed(html)
+        extractor.close()
+    except Exception:  # noqa: BLE001 - html.parser on hostile input; keep what we have
+        pass
+    return "".join(extractor.parts)
+
+
+_INSCRIPTIS_CONFIG = (
+    ParserConfig(display_links=False, display_images=False) if ParserConfig else None
+)
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def html_to_text(html: str, *, use_library: bool = True) -> str:
+    """Readable plain text from an HTML body.
+
+    Uses inscriptis (layout-aware: tables, lists, paragraphs) when it is
+    installed, else a small ``html.parser`` based converter, which is also
+    the fallback if inscriptis (lxml) fails on hostile markup.
+    """
+    text = None
+    if use_library and inscriptis is not None:
+        try:
+            text = inscriptis.get_text(html, _INSCRIPTIS_CONFIG)
+        except Exception:  # noqa: BLE001 - lxml on hostile markup; use the fallback
+            text = None
+    if text is None:
+        text = _fallback_html_to_text(html)
+    lines = (line.rstrip() for line in text.replace("\r\n", "\n").split("\n"))
+    return _storable(_BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n"))
+
+
+# --- MIME walk -------------------------------------------------------------
+
+_TNEF_TYPES = {"application/ms-tnef", "application/vnd.ms-tnef"}
+_FORWARD_TYPES = {"message/rfc822", "message/global"}
+_BODY_TYPES = {"text/plain", "text/html"}
+# Only the built-in table: mimetypes.guess_extension() would read the host's
+# /etc/mime.types, and the same message must give the same names everywhere.
+_MIME_TYPES = mimetypes.MimeTypes(filenames=())
+
+
+def _extension_for(content_type: str) -> str:
+    if content_type in _FORWARD_TYPES:
+        return ".eml"
+    return _MIME_TYPES.guess_extension(content_type, strict=False) or ".bin"
+
+
+def _part_filename(part: email.message.Message, hints: list[str | None]) -> str | None:
+    try:
+        # get_filename() joins RFC 2231 continuations and applies their charset.
+        raw = part.get_filename()
+    except Exception:  # noqa: BLE001 - malformed parameters; treat as unnamed
+        return None
+    if not raw:
+        return None
+    # Many clients (Outlook, Gmail) put RFC 2047 encoded-words in filenames.
+    return decode_header_text(raw, hints) or None
+
+
+def _content_id(part: email.message.Message) -> str | None:
+    value = part.get("content-id")
+    if value is None:
+        return None
+    cid = _one_line(_raw_header_str(value)).strip().strip("<>").strip()
+    return cid or None
+
+
+def _disposition(part: email.message.Message) -> str | None:
+    try:
+        return part.get_content_disposition()
+    except Exception:  # noqa: BLE001 - an 8-bit or broken header
+        return None
+
+
+def _flatten(message: email.message.Message, defects: list[str]) -> bytes:
+    # The stdlib keeps no offsets into the original bytes, so a forwarded
+    # message is re-serialised; BytesGenerator writes 8-bit octets back as is.
+    try:
+        return message.as_bytes()
+    except Exception:  # noqa: BLE001 - odd charsets make the generator raise
+        pass
+    try:
+        return as_string_safe(message).encode("utf-8", "surrogateescape")
+    except Exception as exc:  # noqa: BLE001 - keep the email, note the loss
+        defects.append(f"could not serialise an attached message: {type(exc).__name__}")
+        return b""
+
+
+def _decode_transfer(data: bytes, cte: str) -> bytes:
+    # message/* must be 7bit/8bit/binary (RFC 2046 5.2.1), but some clients
+    # base64- or QP-encode forwarded messages anyway.
+    if cte == "base64":
+        try:
+            return binascii.a2b_base64(data)
+        except (binascii.Error, ValueError):
+            return data
+    if cte == "quoted-printable":
+        return quopri.decodestring(data)
+    return data
+
+
+def _payload_bytes(part: email.message.Message, defects: list[str]) -> bytes:
+    if part.is_multipart():
+        payload = part.get_payload()
+        if not isinstance(payload, list):
+            return b""
+        flat = b"\n".join(_flatten(sub, defects) for sub in payload)
+        cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+        return _decode_transfer(flat, cte)
+    try:
+        data = part.get_payload(decode=True)
+    except Exception as exc:  # noqa: BLE001 - broken transfer encoding
+        defects.append(f"{part.get_content_type()}: payload not decodable: {exc}")
+        data = None
+    if isinstance(data, bytes):
+        return data
+    raw = part.get_payload()
+    return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+
+
+def _body_text(part: email.message.Message, hints: list[str | None]) -> str:
+    data = _payload_bytes(part, [])
+    try:
+        charset = part.get_content_charset()
+    except Exception:  # noqa: BLE001 - malformed parameter
+        charset = None
+    return _storable(decode_bytes(data, charset, hints))
+
+
+@dataclass
+class _Walk:
+    plain: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    attachments: list[ParsedAttachment] = field(default_factory=list)
+    defects: list[str] = field(default_factory=list)
+
+
+def _leaf_parts(message: email.message.Message) -> Iterator[email.message.Message]:
+    """Parts in document order, without descending into attached messages."""
+    stack = [message]  # Explicit stack: hostile nesting must not recurse.
+    while stack:
+        part = stack.pop()
+        is_container = part.get_content_maintype() == "multipart" and part.is_multipart()
+        if is_container:
+            children = part.get_payload()
+            stack.extend(reversed(children if isinstance(children, list) else []))
+        else:
+            yield part
+
+
+def _walk(message: email.message.Message, hints: list[str | None]) -> _Walk:
+    result = _Walk()
+    forwarded = 0
+    for part in _leaf_parts(message):
+        content_type = part.get_content_type()
+        disposition = _disposition(part)
+        filename = _part_filename(part, hints)
+        is_root = part is message
+        if content_type in _BODY_TYPES or (
+            # A multipart whose boundary is missing arrives as one text blob.
+            part.get_content_maintype() == "multipart"
+        ):
+            # Named or attachment-disposition text is a file the sender
+            # attached; the lone part of a single-part message is the body
+            # whatever it is called.
+            if is_root or (disposition != "attachment" and not filename):
+                target = result.html if content_type == "text/html" else result.plain
+                target.append(_body_text(part, hints))
+                continue
+        is_forward = content_type in _FORWARD_TYPES
+        if is_forward:
+            forwarded += 1
+            default_name = "forwarded.eml" if forwarded == 1 else f"forwarded-{forwarded}.eml"
+        else:
+            index = len(result.attachments) + 1
+            default_name = f"attachment-{index}{_extension_for(content_type)}"
+        name = clean_filename(filename, default_name)
+        content_id = _content_id(part)
+        result.attachments.append(
+            ParsedAttachment(
+                filename=_storable(name),
+                content_type=content_type,
+                payload=_payload_bytes(part, result.defects),
+                content_id=content_id,
+                inline=disposition == "inline" or (disposition is None and content_id is not None),
+                is_rfc822=is_forward,
+                is_tnef=content_type in _TNEF_TYPES or name.lower() == "winmail.dat",
+            )
+        )
+    return result
+
+
+# --- the parse ---------------------------------------------------------------
+
+_BINARY_SAMPLE = 8192
+_ALLOWED_CONTROLS = frozenset(b"\t\n\r\f\x1b")  # ESC: ISO-2022-JP text
+
+
+def _looks_binary(raw: bytes) -> bool:
+    sample = raw[:_BINARY_SAMPLE]
+    if b"\x00" in sample:
+        return True
+    controls = sum(1 for byte in sample if byte < 0x20 and byte not in _ALLOWED_CONTROLS)
+    return controls * 10 > len(sample)
+
+
+def _mail_parser_defects(parsed: Any) -> list[str]:
+    out: list[str] = []
+    for entry in getattr(parsed, "defects", None) or []:
+        if isinstance(entry, dict):
+            for where, items in entry.items():
+                for item in items if isinstance(items, list) else [items]:
+                    out.append(_storable(f"{where}: {item}"))
+        else:
+            out.append(_storable(str(entry)))
+    return out
+
+
+def _stdlib_defects(message: email.message.Message) -> list[str]:
+    out = []
+    for part in message.walk():
+        for defect in part.defects:
+            out.append(f"{part.get_content_type()}: {type(defect).__name__}")
+    return out
+
+
+def _headers_only(message: email.message.Message) -> email.message.Message:
+    copy = email.message.Message()
+    for name, value in message.raw_items():
+        if not name.lower().startswith("content-"):
+            copy[name] = value
+    return copy
+
+
+def _addresses(pairs: Any) -> list[str]:
+    out: list[str] = []
+    for pair in pairs or []:
+        try:
+            address = _one_line(str(pair[1])).strip("<>").lower()
+        except (IndexError, TypeError):
+            continue
+        if address and address not in out:
+            out.append(address)
+    return out
+
+
+def _as_utc(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    if value.tzinfo is None:
+        # mail-parser returns aware UTC; a naive value can only mean UTC.
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _first_raw_header(message: email.message.Message, name: str) -> str | None:
+    for key, value in message.raw_items():
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def parse_email(raw: bytes) -> ParsedEmail:
+    """Parse one raw message; see the module docstring for what may raise."""
+    raw = bytes(raw)
+    if not raw.strip():
+        raise UnparseableEmail("empty message")
+
+    defects: list[str] = []
+    header_source: Any
+    try:
+        header_source = mailparser.parse_from_bytes(raw)
+        message = header_source.message
+    except MailParserRecursionError as exc:
+        raise UnparseableEmail("MIME structure nested too deeply") from exc
+    except Exception as exc:  # noqa: BLE001 - a mail-parser bug must not lose the email
+        defects.append(f"mail-parser failed ({type(exc).__name__}: {exc}); headers read alone")
+        try:
+            message = email.message_from_bytes(raw)
+        except RecursionError as nested:
+            raise UnparseableEmail("MIME structure nested too deeply") from nested
+        try:
+            # The failures seen are in mail-parser's MIME walk; its header
+            # logic (addresses, dates) still works on the headers alone.
+            header_source = mailparser.MailParser(_headers_only(message))
+        except Exception as again:  # noqa: BLE001 - then no addresses or date
+            defects.append(f"mail-parser failed on the headers too ({type(again).__name__})")
+            header_source = None
+        defects += _stdlib_defects(message)
+    else:
+        defects += _mail_parser_defects(header_source)
+
+    if len(message.keys()) == 0:
+        if _looks_binary(raw):
+            raise UnparseableEmail("no header fields and binary content")
+        defects.append("no header fields")
+
+    header_items = tuple(
+        (name, _one_line(_raw_header_str(value))) for name, value in message.raw_items()
+    )
+    headers = Headers(header_items)
+    hints: list[str | None] = list(_message_charsets(message))
+
+    subject_raw = _first_raw_header(message, "subject")
+    subject = _one_line(decode_header_text(subject_raw, hints)) if subject_raw is not None else ""
+
+    from_pairs = (getattr(header_source, "from_", None) or []) if header_source else []
+    from_name = _one_line(str(from_pairs[0][0])) if from_pairs else ""
+    from_addresses = _addresses(from_pairs)
+
+    walk = _walk(message, hints)
+    defects += walk.defects
+    html = "\n".join(walk.html) if walk.html else None
+    text = "\n".join(walk.plain)
+    if not text.strip() and html:
+        text = html_to_text(html)
+
+    return ParsedEmail(
+        message_id=normalize_message_id(headers.header("message-id")),
+        in_reply_to=next(iter(message_ids(headers.header("in-reply-to"))), None),
+        references=message_ids(" ".join(headers.header_all("references"))),
+        from_name=from_name or None,
+        from_addr=from_addresses[0] if from_addresses else None,
+        reply_to=_addresses(getattr(header_source, "reply_to", None)),
+        to=_addresses(getattr(header_source, "to", None)),
+        cc=_addresses(getattr(header_source, "cc", None)),
+        subject=subject,
+        date=_as_utc(getattr(header_source, "date", None)),
+        text=text,
+        html=html,
+        attachments=walk.attachments,
+        headers=headers,
+        defects=defects,
+        message=message,
+    )
+
+
+def parse_header_block(text: str) -> email.message.Message:
+    """Parse a bare header block (e.g. text/rfc822-headers) into a Message."""
+    return email.parser.HeaderParser().parsestr(text)

@@ -1,0 +1,578 @@
+"""The IMAP poller against a real Dovecot: IDLE pickup, crashes (SIGKILL of a real
+``postdesk imap`` process), server restarts, UIDVALIDITY changes, bulk backlogs, bad
+messages, login failures (password and OAuth2), TLS/STARTTLS and several mailboxes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import FLAGGED, SEEN
+from sqlalchemy import func, select
+
+from ingest.imap import Backoff, ImapPoller
+from ingest.imap_auth import AuthFailed, TokenSource, parse_token_output
+from ingest.imap_sync import FAILED, TOO_LARGE, FolderSync
+from postdesk.scheduler import sweep_pending_raw
+from storage.models import ImapCursor, Message, RawMessage
+from tests.conftest_dovecot import make_dovecot_root, require_dovecot
+from tests.dovecot import DovecotServer, free_port
+from tests.mailgen import History, history
+from tests.support import config_text, make_email, wait_for
+
+PW_ENV = "PD_TEST_IMAP_PW"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imap_toml(dc: DovecotServer, *, name: str = "inbox", folder: str = "INBOX",
+              processed: str = "Processed", poll: str = "1s", auth: str | None = None,
+              port: int | None = None, ssl: bool = False, extra: str = "") -> str:
+    auth = auth or f'password_env = "{PW_ENV}"'
+    return (f'[[imap]]\nname = "{name}"\nhost = "127.0.0.1"\nport = {port or dc.port}\n'
+            f'ssl = {"true" if ssl else "false"}\nusername = "support@desk.example"\n'
+            f'{auth}\nfolder = "{folder}"\nprocessed_folder = "{processed}"\n'
+            f'poll_interval = "{poll}"\n{extra}')
+
+
+@pytest.fixture
+def imap_pw(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PW_ENV, "secret")
+
+
+@contextlib.contextmanager
+def running(poller: ImapPoller) -> Iterator[ImapPoller]:
+    poller.start()
+    try:
+        yield poller
+    finally:
+        poller.stop()
+
+
+def count(desk: Any, model: Any, *where: Any) -> int:
+    with desk.app.sessions() as s:
+        return s.scalar(select(func.count()).select_from(model).where(*where)) or 0
+
+
+def inbound_messages(desk: Any) -> int:
+    return count(desk, Message, Message.direction == "in")
+
+
+def statuses(desk: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for raw in desk.raws():
+        key = raw["status"] if raw["status"] != "quarantined" else f"q:{raw['reason']}"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def assert_history_outcome(desk: Any, h: History) -> None:
+    """Every generated message processed exactly once, with the expected outcome."""
+    assert count(desk, RawMessage) == len(h.messages)
+    assert len(desk.tickets()) == h.tickets
+    assert inbound_messages(desk) == h.tickets + h.replies
+    assert statuses(desk) == {"processed": h.tickets + h.replies,
+                              "q:unknown_sender": h.unknown}
+
+
+# --- unit: backoff and tokens -------------------------------------------------------------
+
+def test_backoff_doubles_to_a_cap_with_jitter() -> None:
+    top = Backoff(1.0, 60.0, rng=lambda: 1.0)
+    assert [top.next_delay() for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    low = Backoff(1.0, 60.0, rng=lambda: 0.0)
+    assert [low.next_delay() for _ in range(3)] == [0.5, 1.0, 2.0]
+    low.reset()
+    assert low.next_delay() == 0.5
+
+
+def test_token_output_bare_or_json() -> None:
+    assert parse_token_output("abc.def\n", 100.0).value == "abc.def"
+    assert parse_token_output("abc", 100.0).expires_at is None
+    token = parse_token_output('{"access_token": "t1", "expires_in": 3600}', 100.0)
+    assert (token.value, token.expires_at) == ("t1", 3700.0)
+    for bad in ("", "{not json", '{"expires_in": 5}', "two words"):
+        with pytest.raises(AuthFailed):
+            parse_token_output(bad, 0.0)
+
+
+def test_token_source_caches_until_shortly_before_expiry(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    command = (f'echo run >> {runs}; echo \'{{"access_token": "tok-\'$(wc -l < {runs})\'", '
+               f'"expires_in": 600}}\'')
+    now = [1000.0]
+    tokens = TokenSource(command, monotonic=lambda: now[0], margin_s=120)
+    assert tokens.get() == ("tok-1", True)
+    now[0] += 400                           # 200 s left: still good
+    assert tokens.get() == ("tok-1", False)
+    assert tokens.refresh_due_at() == 1000 + 600 - 120
+    now[0] += 100                           # 100 s left: inside the margin, refresh
+    assert tokens.get() == ("tok-2", True)
+    assert tokens.get(force=True) == ("tok-3", True)
+    with pytest.raises(AuthFailed, match="exited with status 3"):
+        TokenSource("echo oops >&2; exit 3").get()
+
+
+# --- the poller against Dovecot -----------------------------------------------------------
+
+def test_new_mail_during_idle_becomes_a_ticket_within_2s(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+    # A 60 s poll interval: only IDLE can explain a pickup within 2 s.
+    desk = make_desk(extra=imap_toml(dovecot, poll="60s"))
+    with running(ImapPoller(desk.app, desk.config.imap[0])) as poller:
+        wait_for(poller.waiting.is_set, 10, what="poller idling")
+        time.sleep(0.2)   # inside IDLE, not between the sync and IDLE
+        started = time.monotonic()
+        dovecot.append(make_email(subject="Printer on fire").as_bytes())
+        wait_for(lambda: desk.tickets(), 2.0, interval=0.02, what="ticket from IDLE")
+        elapsed = time.monotonic() - started
+    assert elapsed < 2.0
+    [ticket] = desk.tickets()
+    assert ticket["subject"] == "Printer on fire"
+    assert dovecot.uids("INBOX") == []
+    assert len(dovecot.uids("Processed")) == 1
+    [raw] = desk.raws()
+    assert raw["source"] == "imap:inbox"
+
+
+def test_same_email_by_smtp_and_imap_is_one_ticket_message(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+    desk = make_desk(extra=imap_toml(dovecot))
+    poller = ImapPoller(desk.app, desk.config.imap[0])
+    first, second = make_email(subject="Two doors A"), make_email(subject="Two doors B")
+    # A mailbox copy never has the same bytes as the SMTP one: the MTA adds headers.
+    via_imap = [b"Received: from mx.desk.example by imap.desk.example; "
+                b"Mon, 23 Nov 2026 09:00:00 +0000\r\n" + m.as_bytes() for m in (first, second)]
+
+    desk.send(first)                     # SMTP first, then the mailbox copy
+    desk.wait_settled()
+    dovecot.append(via_imap[0])
+    dovecot.append(via_imap[1])          # mailbox first, then SMTP
+    assert poller.run_once().accepted == 2
+    desk.wait_settled()
+    desk.send(second)
+    desk.wait_settled()
+
+    tickets = desk.tickets()
+    assert sorted(t["subject"] for t in tickets) == ["Two doors A", "Two doors B"]
+    for t in tickets:
+        inbound = [m for m in desk.ticket(t["ref"])["messages"] if m["direction"] == "in"]
+        assert len(inbound) == 1
+    assert count(desk, RawMessage) == 4
+    assert statuses(desk) == {"processed": 2, "duplicate": 2}
+    assert len([o for o in desk.outbox() if o["template"] == "acknowledgement"]) == 2
+
+
+def test_restarted_dovecot_mid_batch_and_while_idle(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    h = history(300, tag="restart")
+    dovecot.append_many(h.raws())
+    # One worker thread keeps the processing order, so replies find their tickets.
+    desk = make_desk(extra=imap_toml(dovecot), workers=False)
+    desk.app.start_workers(threads=1)
+    with running(ImapPoller(desk.app, desk.config.imap[0], socket_timeout=10)) as poller:
+        wait_for(lambda: count(desk, RawMessage) >= 40, 30, what="the batch under way")
+        dovecot.restart()                          # in the middle of the backlog
+        wait_for(lambda: count(desk, RawMessage) == 300 and not dovecot.uids("INBOX"), 60,
+                 what="backlog finished after the restart")
+        wait_for(poller.waiting.is_set, 10, what="poller idling")
+        dovecot.restart()                          # while idling
+        dovecot.append(make_email(subject="After the second restart").as_bytes())
+        wait_for(lambda: count(desk, RawMessage) == 301, 30, what="mail after restart")
+        desk.wait_settled(60)
+    assert "connection lost" in caplog.text
+    assert len(dovecot.uids("Processed")) == 301
+    assert len(desk.tickets()) == h.tickets + 1
+    assert inbound_messages(desk) == h.tickets + h.replies + 1
+
+
+def test_uidvalidity_change_rescans_without_duplicates_or_misses(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+                                                                caplog):
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    # \Seen mode keeps processed mail in the folder: the hard case for a re-scan.
+    desk = make_desk(extra=imap_toml(dovecot, processed=""))
+    poller = ImapPoller(desk.app, desk.config.imap[0])
+    for i in range(5):
+        dovecot.append(make_email(subject=f"Before {i}").as_bytes())
+    assert poller.run_once().accepted == 5
+    for i in range(2):
+        dovecot.append(make_email(subject=f"Unseen when it changed {i}").as_bytes())
+    old = dovecot.uidvalidity()
+    dovecot.reset_uidvalidity()
+    assert dovecot.uidvalidity() != old
+
+    stats = poller.run_once()
+    assert (stats.accepted, stats.duplicates) == (2, 5)
+    assert "UIDVALIDITY" in caplog.text
+    assert poller.run_once().fetched == 0
+    desk.wait_settled()
+    assert count(desk, RawMessage) == 7
+    assert len(desk.tickets()) == 7
+    assert inbound_messages(desk) == 7
+    with desk.app.sessions() as s:
+        cursor = s.get(ImapCursor, ("inbox", dovecot.uidvalidity()))
+        assert cursor is not None and cursor.last_uid == 7
+    with dovecot.client() as c:
+        c.select_folder("INBOX", readonly=True)
+        flags = c.get_flags(c.search("ALL"))
+    assert len(flags) == 7 and all(SEEN in f for f in flags.values())
+
+
+@pytest.mark.slow
+def test_thousand_waiting_messages_exactly_once(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+    h = history(1000, tag="k")
+    dovecot.append_many(h.raws())
+    desk = make_desk(extra=imap_toml(dovecot), workers=False)
+    desk.app.start_workers(threads=1)
+    poller = ImapPoller(desk.app, desk.config.imap[0])
+    stats = poller.run_once()
+    assert (stats.accepted, stats.duplicates, stats.skipped) == (1000, 0, 0)
+    desk.wait_settled(180)
+    assert_history_outcome(desk, h)
+    assert dovecot.uids("INBOX") == []
+    assert len(dovecot.uids("Processed")) == 1000
+
+    again = poller.run_once()
+    assert (again.fetched, again.acknowledged) == (0, 0)
+    assert count(desk, RawMessage) == 1000
+
+
+# --- crashes of a real `postdesk imap` process --------------------------------------------
+
+# Runs `postdesk imap`, but stops it dead between "cursor committed" and "moved": the test
+# SIGKILLs it there. The pause is injected from the outside; the poller has no test hooks.
+PAUSED_CHILD = """
+import sys, time
+from pathlib import Path
+import ingest.imap_sync as imap_sync
+
+def paused(client, uids, *args, **kwargs):
+    Path(sys.argv[2]).write_text(" ".join(map(str, uids)))
+    time.sleep(3600)
+
+imap_sync.acknowledge = paused
+from postdesk.cli import main
+sys.exit(main(["imap", "--config", sys.argv[1]]))
+"""
+
+
+def write_config(make_desk: Any, tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "postdesk.toml"
+    path.write_text(config_text(make_desk.backend, tmp_path / "data", extra=extra))
+    return path
+
+
+def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as err:
+        return subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                stdout=err, stderr=err)
+
+
+def spawn_imap(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    return spawn(["-m", "postdesk.cli", "imap", "--config", str(config)], log)
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def stop_child(proc: subprocess.Popen[bytes], log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(30)
+    assert code == 0, log.read_text()
+
+
+def process_everything(desk: Any, timeout: float = 60) -> None:
+    """The child only stored the mail (stub broker, or nobody listening yet): hand every
+    pending raw message to this process's worker, as the scheduler's sweeper would."""
+    sweep_pending_raw(desk.app, timedelta(0))
+    desk.wait_settled(timeout)
+
+
+def test_sigkill_between_commit_and_move_makes_no_duplicate(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+                                                           tmp_path):
+    extra = imap_toml(dovecot)
+    desk = make_desk(extra=extra, workers=False)
+    config = write_config(make_desk, tmp_path, extra)
+    log = tmp_path / "child.log"
+    for i in range(3):
+        dovecot.append(make_email(subject=f"Crash window {i}").as_bytes())
+
+    marker = tmp_path / "paused"
+    child = spawn(["-c", PAUSED_CHILD, str(config), str(marker)], log)
+    try:
+        wait_for(marker.exists, 30, what=f"child paused before the move\n{log.read_text()}")
+        # Committed and cursor advanced, but nothing acknowledged on the server yet.
+        assert count(desk, RawMessage) == 3
+        assert dovecot.uids("INBOX") == [1, 2, 3] and dovecot.uids("Processed") == []
+        with desk.app.sessions() as s:
+            assert s.scalar(select(ImapCursor.last_uid)) == 3
+    finally:
+        sigkill(child)
+
+    child = spawn_imap(config, log)
+    try:
+        wait_for(lambda: not dovecot.uids("INBOX"), 30, what=f"leftovers moved\n{log.read_text()}")
+    finally:
+        stop_child(child, log)
+    assert "committed before an interruption" in log.read_text()
+    assert len(dovecot.uids("Processed")) == 3
+
+    desk.app.start_workers(threads=1)
+    process_everything(desk)
+    assert count(desk, RawMessage) == 3
+    assert len(desk.tickets()) == 3
+    assert inbound_messages(desk) == 3
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_moment_of_a_thousand_then_restart(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+                                                              tmp_path):
+    seed = int(os.environ.get("PD_TEST_SEED", random.randrange(1 << 30)))
+    kill_at = random.Random(seed).randint(1, 999)
+    h = history(1000, tag="sigkill")
+    dovecot.append_many(h.raws())
+    extra = imap_toml(dovecot)
+    desk = make_desk(extra=extra, workers=False)
+    config = write_config(make_desk, tmp_path, extra)
+    log = tmp_path / "child.log"
+    why = f"(PD_TEST_SEED={seed}, killed after {kill_at} raw messages)"
+
+    child = spawn_imap(config, log)
+    try:
+        wait_for(lambda: count(desk, RawMessage) >= kill_at, 120, interval=0.005,
+                 what=f"{kill_at} messages accepted {why}\n{log.read_text()}")
+    finally:
+        sigkill(child)
+    child = spawn_imap(config, log)
+    try:
+        wait_for(lambda: not dovecot.uids("INBOX"), 120,
+                 what=f"INBOX drained after restart {why}\n{log.read_text()}")
+    finally:
+        stop_child(child, log)
+
+    desk.app.start_workers(threads=1)
+    process_everything(desk, 180)
+    assert count(desk, RawMessage) == 1000, why
+    assert_history_outcome(desk, h)
+    assert len(dovecot.uids("Processed")) == 1000, why
+
+
+# --- bad mail, bad logins -----------------------------------------------------------------
+
+def test_huge_and_unparseable_messages_do_not_stop_the_batch(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+                                                            caplog):
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    desk = make_desk(extra=imap_toml(dovecot))      # smtp_in.max_message_bytes = 200,000
+    huge = make_email(subject="Huge", body="x" * 300_000).as_bytes()
+    garbage = b"\x00\xff\xfe this is not an email at all \x00" * 10
+    dovecot.append(make_email(subject="Good one").as_bytes())
+    dovecot.append(huge)
+    dovecot.append(garbage)
+    dovecot.append(make_email(subject="Good two").as_bytes())
+    poller = ImapPoller(desk.app, desk.config.imap[0])
+
+    stats = poller.run_once()
+    assert (stats.accepted, stats.skipped, stats.acknowledged) == (3, 1, 3)
+    assert "over smtp_in.max_message_bytes" in caplog.text
+    # The huge one is left for a person, flagged; the others moved on.
+    assert dovecot.uids("INBOX") == [2]
+    with dovecot.client() as c:
+        c.select_folder("INBOX", readonly=True)
+        flags = c.get_flags([2])[2]
+    assert FLAGGED in flags and TOO_LARGE in flags
+    assert poller.run_once().fetched == 0 and dovecot.uids("INBOX") == [2]
+
+    desk.wait_settled()
+    assert sorted(t["subject"] for t in desk.tickets()) == ["Good one", "Good two"]
+    assert statuses(desk)["processed"] == 2
+    assert sum(n for k, n in statuses(desk).items() if k.startswith("q:")) == 1
+
+
+def test_message_the_server_cannot_read_is_skipped(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    desk = make_desk(extra=imap_toml(dovecot))
+    for subject in ("Readable A", "Unreadable", "Readable B"):
+        dovecot.append(make_email(subject=subject).as_bytes())
+    # Dovecot (running as nobody) cannot open a root-only file: it answers the FETCH with
+    # BYE and hangs up, every time.
+    for path in dovecot.folder_path().glob("*/*"):
+        if path.parent.name in ("new", "cur") and b"Subject: Unreadable" in path.read_bytes():
+            os.chown(path, 0, 0)
+            path.chmod(0o600)
+    backoff = Backoff(0.1, 0.5)
+    with running(ImapPoller(desk.app, desk.config.imap[0], backoff=backoff)):
+        wait_for(lambda: len(dovecot.uids("Processed")) == 2, 30, what="the readable two")
+        wait_for(lambda: "could not be fetched" in caplog.text, 10, what="the skip logged")
+    assert dovecot.uids("INBOX") == [2]
+    with dovecot.client() as c:
+        c.select_folder("INBOX", readonly=True)
+        assert FAILED in c.get_flags([2])[2]
+    desk.wait_settled()
+    assert sorted(t["subject"] for t in desk.tickets()) == ["Readable A", "Readable B"]
+
+
+def test_login_failure_is_logged_retried_and_alerted_once(make_desk, dovecot, monkeypatch,  # type: ignore[no-untyped-def]
+                                                         caplog):
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    monkeypatch.setenv(PW_ENV, "wrong-password")
+    desk = make_desk(extra=imap_toml(dovecot))
+    dovecot.append(make_email(subject="Waiting for a login").as_bytes())
+    poller = ImapPoller(desk.app, desk.config.imap[0], login_retry=0.3)
+    with running(poller):
+        # Dovecot slows repeated failures from one address (auth penalty): two will do.
+        wait_for(lambda: caplog.text.count("LOGIN FAILED") >= 2, 20, what="a retry")
+        assert poller.running
+        failure = next(r for r in caplog.records if "LOGIN FAILED" in r.getMessage())
+        assert failure.levelno == logging.ERROR
+        message = failure.getMessage()
+        assert "support@desk.example" in message and "AUTHENTICATIONFAILED" in message
+        assert "retrying in" in message
+        desk.wait_settled()
+        alerts = [o for o in desk.outbox() if o["template"] == "imap_auth_alert"]
+        assert len(alerts) == 1
+        assert alerts[0]["to"] == ["dev2@agency.example"]       # the lead
+        assert alerts[0]["status"] == "sent"
+        assert "inbox" in alerts[0]["subject"]
+
+        monkeypatch.setenv(PW_ENV, "secret")
+        wait_for(lambda: desk.tickets(), 10, what="mail read once the login works")
+    assert "login works again" in caplog.text
+    assert len([o for o in desk.outbox() if o["template"] == "imap_auth_alert"]) == 1
+
+
+class OAuthDovecot(DovecotServer):
+    """Dovecot offering XOAUTH2. Its SASL mechanism hands the bearer token to the passdb
+    as the password, so the passwd-file entry *is* the one valid token."""
+
+    def _config(self) -> str:
+        return super()._config().replace("auth_mechanisms = plain login",
+                                         "auth_mechanisms = plain login xoauth2")
+
+    def set_valid_token(self, token: str) -> None:
+        self.users[self.default_user] = token      # for the test's own connections
+        self.passwd_path.write_text(f"{self.default_user}:{{PLAIN}}{token}::::::\n")
+
+
+@pytest.fixture
+def oauth_dovecot() -> Iterator[OAuthDovecot]:
+    require_dovecot()
+    server = OAuthDovecot(make_dovecot_root(), {"support@desk.example": "tok-1"})
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_oauth2_token_refreshed_before_expiry_and_one_alert_when_refused(  # type: ignore[no-untyped-def]
+        make_desk, oauth_dovecot, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    token_file, runs = tmp_path / "token.json", tmp_path / "runs"
+    # 121 s of life with a 120 s margin: the poller must reconnect with a fresh token ~1 s.
+    token_file.write_text('{"access_token": "tok-1", "expires_in": 121}')
+    command = f"echo run >> {runs}; cat {token_file}"
+    desk = make_desk(extra=imap_toml(oauth_dovecot, auth=f"oauth2_token_command = '{command}'"))
+    poller = ImapPoller(desk.app, desk.config.imap[0], login_retry=0.3)
+    with running(poller):
+        oauth_dovecot.append(make_email(subject="Via OAuth").as_bytes())
+        wait_for(lambda: desk.tickets(), 10, what="ticket via XOAUTH2")
+        wait_for(lambda: len(runs.read_text().split()) >= 3, 10, what="token refreshed")
+
+        oauth_dovecot.set_valid_token("tok-2")      # the provider revoked tok-1
+        wait_for(lambda: caplog.text.count("LOGIN FAILED") >= 2, 20, what="refused logins")
+        assert "OAuth2 (XOAUTH2)" in caplog.text
+        token_file.write_text('{"access_token": "tok-2", "expires_in": 3600}')
+        wait_for(lambda: "login works again" in caplog.text, 10, what="recovery")
+        oauth_dovecot.append(make_email(subject="After the new token").as_bytes())
+        wait_for(lambda: len(desk.tickets()) == 2, 10, what="ticket after recovery")
+        desk.wait_settled()
+    alerts = [o for o in desk.outbox() if o["template"] == "imap_auth_alert"]
+    assert len(alerts) == 1 and alerts[0]["to"] == ["dev2@agency.example"]
+
+
+# --- transport security, folders, several mailboxes ---------------------------------------
+
+class TlsDovecot(DovecotServer):
+    """Dovecot with a self-signed certificate for 127.0.0.1: STARTTLS on the IMAP port
+    and implicit TLS on ``imaps_port``."""
+
+    def __init__(self, root: Path, cert: Path, key: Path):
+        self.cert, self.key, self.imaps_port = cert, key, free_port()
+        super().__init__(root)
+
+    def _config(self) -> str:
+        text = super()._config().replace("ssl = no", f"ssl = yes\nssl_cert = <{self.cert}\n"
+                                                     f"ssl_key = <{self.key}")
+        return text.replace("inet_listener imaps {\n    port = 0",
+                            f"inet_listener imaps {{\n    address = {self.host}\n"
+                            f"    port = {self.imaps_port}")
+
+
+@pytest.mark.parametrize("mode", ["starttls", "ssl"])
+def test_tls_and_starttls(make_desk, imap_pw, tmp_path, monkeypatch, mode):  # type: ignore[no-untyped-def]
+    require_dovecot()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))   # trust it, as a real CA would be
+    server = TlsDovecot(make_dovecot_root(), cert, key)
+    server.start()
+    try:
+        if mode == "ssl":
+            extra = imap_toml(server, port=server.imaps_port, ssl=True)
+        else:
+            extra = imap_toml(server, extra="starttls = true\n")
+        desk = make_desk(extra=extra)
+        server.append(make_email(subject=f"Over {mode}").as_bytes())
+        assert ImapPoller(desk.app, desk.config.imap[0]).run_once().accepted == 1
+        desk.wait_settled()
+        assert [t["subject"] for t in desk.tickets()] == [f"Over {mode}"]
+        assert "TLS" in server.log_tail(200)
+    finally:
+        server.kill()
+
+
+def test_copy_store_expunge_when_the_server_has_no_move(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+    desk = make_desk(extra=imap_toml(dovecot))
+    for i in range(3):
+        dovecot.append(make_email(subject=f"No MOVE {i}").as_bytes())
+    box = desk.config.imap[0]
+    with dovecot.client() as client:
+        caps = set(client.capabilities()) - {b"MOVE"}
+        stats = FolderSync(desk.app, box, client, caps).run()
+        assert stats.accepted == 3
+        dovecot.append(make_email(subject="No MOVE nor UIDPLUS").as_bytes())
+        assert FolderSync(desk.app, box, client, caps - {b"UIDPLUS"}).run().accepted == 1
+    assert dovecot.uids("INBOX") == []
+    assert len(dovecot.uids("Processed")) == 4
+    desk.wait_settled()
+    assert len(desk.tickets()) == 4
+
+
+def test_two_mailboxes_polled_at_once(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+    with dovecot.client() as c:
+        c.create_folder("Sales")
+    extra = imap_toml(dovecot) + "\n" + imap_toml(dovecot, name="sales", folder="Sales")
+    desk = make_desk(extra=extra)
+    pollers = [ImapPoller(desk.app, box) for box in desk.config.imap]
+    for p in pollers:
+        p.start()
+    try:
+        dovecot.append(make_email(subject="To support").as_bytes())
+        dovecot.append(make_email(subject="To sales").as_bytes(), folder="Sales")
+        wait_for(lambda: len(desk.tickets()) == 2, 10, what="a ticket from each mailbox")
+    finally:
+        for p in pollers:
+            p.stop()
+    assert sorted(r["source"] for r in desk.raws()) == ["imap:inbox", "imap:sales"]
+    assert dovecot.uids("INBOX") == [] and dovecot.uids("Sales") == []
+    assert len(dovecot.uids("Processed")) == 2
