@@ -34,6 +34,7 @@ import email.header
 import email.message
 import email.parser
 import email.policy
+import email.utils
 import logging
 import mimetypes
 import quopri
@@ -233,28 +234,44 @@ def _try_decode(data: bytes, encoding: str, errors: str = "strict") -> str | Non
         return None
 
 
+def _mostly_utf8(data: bytes) -> str | None:
+    # UTF-8 with a few broken bytes (a truncated or spliced text) reads far
+    # better with replacement characters than as windows-1252 mojibake.
+    text = data.decode("utf-8", "replace")
+    broken = text.count("\ufffd")
+    decoded = sum(1 for char in text if ord(char) > 0x7F) - broken
+    return text if decoded > broken else None
+
+
 def decode_bytes(data: bytes, declared: str | None, hints: Iterable[str | None] = ()) -> str:
     """Decode ``data`` that claims charset ``declared``; never raises.
 
-    Order: the declared charset, then its usual superset; when nothing usable
-    was declared (or it was us-ascii), UTF-8, the ``hints`` (other charsets
-    of the same message) and windows-1252. As a last resort the declared
-    charset, or UTF-8, with replacement characters.
+    Order: the declared charset's usual superset, then the charset itself;
+    when nothing usable was declared (or it was us-ascii): UTF-8, UTF-8 with
+    replacement characters if most of the text is valid UTF-8, the ``hints``
+    (other charsets of the same message), windows-1252. As a last resort the
+    declared charset, or UTF-8, with replacement characters.
     """
     name = _codec_name(declared)
-    candidates: list[str] = []
     if name and name != "ascii":
         # Superset first: it decodes everything the named charset does, and
         # for latin-1 the C1 range is really windows-1252 punctuation.
-        candidates += [_SUPERSETS.get(name, name), name]
+        for candidate in dict.fromkeys([_SUPERSETS.get(name, name), name]):
+            text = _try_decode(data, candidate)
+            if text is not None:
+                return text
     else:
-        candidates.append("utf-8")
-        candidates += [hint for hint in (_codec_name(h) for h in hints) if hint]
-        candidates.append("cp1252")
-    for candidate in dict.fromkeys(candidates):
-        text = _try_decode(data, candidate)
+        text = _try_decode(data, "utf-8")
         if text is not None:
             return text
+        text = _mostly_utf8(data)
+        if text is not None:
+            return text
+        candidates = [hint for hint in (_codec_name(h) for h in hints) if hint] + ["cp1252"]
+        for candidate in dict.fromkeys(candidates):
+            text = _try_decode(data, candidate)
+            if text is not None:
+                return text
     fallback = _SUPERSETS.get(name, name) if name and name != "ascii" else "utf-8"
     return _try_decode(data, fallback, "replace") or data.decode("utf-8", "replace")
 
@@ -657,6 +674,26 @@ def _as_utc(value: Any) -> datetime | None:
     return value.astimezone(timezone.utc)
 
 
+def _display_name(parsed_name: str, raw_from: str | None, hints: list[str | None]) -> str:
+    """The sender's display name, decoded.
+
+    mail-parser's name is used as is unless it is visibly undecoded: it keeps
+    encoded-words inside quotes literal (RFC 2047 says so; every mail client
+    decodes them anyway) and escapes raw 8-bit bytes. Then the name is taken
+    from the raw header again and decoded like the subject.
+    """
+    needs_redo = "=?" in parsed_name or (raw_from is not None and _SURROGATES.search(raw_from))
+    if not needs_redo or raw_from is None:
+        return _one_line(parsed_name)
+    wire = raw_from.encode("utf-8", "surrogateescape").decode("latin-1")
+    pairs = email.utils.getaddresses([_FOLD.sub("", wire)])
+    name = pairs[0][0] if pairs else ""
+    if not name:
+        return _one_line(parsed_name)
+    surrogate_form = name.encode("latin-1", "replace").decode("ascii", "surrogateescape")
+    return _one_line(decode_header_text(surrogate_form, hints))
+
+
 def _first_raw_header(message: email.message.Message, name: str) -> str | None:
     for key, value in message.raw_items():
         if key.lower() == name:
@@ -709,7 +746,9 @@ def parse_email(raw: bytes) -> ParsedEmail:
     subject = _one_line(decode_header_text(subject_raw, hints)) if subject_raw is not None else ""
 
     from_pairs = (getattr(header_source, "from_", None) or []) if header_source else []
-    from_name = _one_line(str(from_pairs[0][0])) if from_pairs else ""
+    from_name = _display_name(
+        str(from_pairs[0][0]) if from_pairs else "", _first_raw_header(message, "from"), hints
+    )
     from_addresses = _addresses(from_pairs)
 
     walk = _walk(message, hints)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -47,10 +47,13 @@ def queue_email(session: Session, app: App, *, dedupe_key: str, template: str,
         reply_to=reply_to or support, in_reply_to=in_reply_to, references=list(references),
         automatic=automatic, extra_headers=extra_headers or {},
     ))
+    status = "queued"
+    if automatic and over_automatic_limit(session, app, to[0], ticket, now):
+        status = "suppressed"   # kept and counted, never sent: loop and flood protection
     row = Outbox(dedupe_key=dedupe_key, ticket_id=ticket.id if ticket else None,
                  template=template, recipient=to[0].lower(), to=list(to), cc=list(cc),
                  subject=subject, message_id=message_id, in_reply_to=in_reply_to,
-                 automatic=automatic, raw=raw, status="queued", created_at=now)
+                 automatic=automatic, raw=raw, status=status, created_at=now)
     session.add(row)
     session.flush()
     if ticket is not None and on_ticket:
@@ -64,10 +67,18 @@ def queue_email(session: Session, app: App, *, dedupe_key: str, template: str,
     return row
 
 
-def automatic_emails_since(session: Session, recipient: str, since: datetime) -> int:
-    """How many automatic emails went (or are going) to one address since a time."""
-    return session.scalar(
-        select(func.count(Outbox.id)).where(
-            Outbox.recipient == recipient.lower(), Outbox.automatic.is_(True),
-            Outbox.created_at >= since, Outbox.status != "suppressed")
-    ) or 0
+def over_automatic_limit(session: Session, app: App, recipient: str, ticket: Ticket | None,
+                         now: datetime) -> bool:
+    """At most ``auto_reply_limit_per_hour`` automatic emails per outside recipient and per
+    ticket in any hour (staff alerts are not limited: staff must hear about breaches)."""
+    recipient = recipient.lower()
+    if app.config.staff_member(recipient) is not None:
+        return False
+    limit = app.config.desk.auto_reply_limit_per_hour
+    since = now - timedelta(hours=1)
+    sent = select(func.count(Outbox.id)).where(
+        Outbox.automatic.is_(True), Outbox.created_at >= since, Outbox.status != "suppressed")
+    if (session.scalar(sent.where(Outbox.recipient == recipient)) or 0) >= limit:
+        return True
+    return ticket is not None and (session.scalar(
+        sent.where(Outbox.ticket_id == ticket.id, Outbox.recipient == recipient)) or 0) >= limit

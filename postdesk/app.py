@@ -15,6 +15,7 @@ from dramatiq import Worker
 from sqlalchemy.orm import Session
 
 from ingest.accept import AcceptResult, Envelope, accept
+from ingest.authentication import DnsFunc
 from outbound.render import Renderer
 from outbound.transport import MaildirTransport, SmtpTransport, Transport
 from postdesk.clock import Clock, SystemClock
@@ -44,6 +45,8 @@ class App:
         self.renderer = Renderer(self.data_dir / "templates")
         self.transport = self._make_transport()
         self._worker: Worker | None = None
+        # DNS lookup for DKIM keys; None uses dkimpy's resolver. Tests put a test key here.
+        self.dkim_dns: DnsFunc | None = None
         from workflow.actors import register_actors
 
         self.actors = register_actors(self)

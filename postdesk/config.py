@@ -73,6 +73,11 @@ class DeskConfig(_Strict):
     flood_tickets_per_hour: int = Field(default=30, ge=1)
     close_after_days: int = Field(default=7, ge=1)
     max_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    # Mail servers whose Authentication-Results headers we believe (our own MX).
+    trusted_authserv_ids: list[str] = Field(default_factory=list)
+    # Staff commands only from DKIM-verified staff mail (set when the staff domain signs).
+    staff_require_dkim: bool = False
+    hard_bounce_limit: int = Field(default=3, ge=1)
 
     _lock = field_validator("database_lock_timeout", mode="before")(_duration)
 

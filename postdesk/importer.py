@@ -272,9 +272,13 @@ def import_paths(app: App, kind: str, paths: list[str], *, notify: bool = False,
     )
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        # Logs and CI: rich draws the bar once at the end; give it room for the counts.
+        console = Console(stderr=True, width=160)
+    # soft_wrap: a file name on stderr must stay on one line for grep and scripts.
     importer.warn = lambda text: console.print(text, style="red", markup=False,
-                                               highlight=False)
-    columns = (TextColumn("importing {task.fields[kind]}"), BarColumn(), MofNCompleteColumn(),
+                                               highlight=False, soft_wrap=True)
+    columns = (TextColumn("{task.fields[kind]}"), BarColumn(bar_width=30), MofNCompleteColumn(),
                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("import", total=count_inputs(sources), kind=kind,
@@ -284,11 +288,11 @@ def import_paths(app: App, kind: str, paths: list[str], *, notify: bool = False,
             bar.update(task, completed=summary.total, counts=_counts(summary))
 
         summary = importer.run(sources, on_item=advance)
-    console.print(summary.describe(), markup=False, highlight=False)
+    console.print(summary.describe(), markup=False, highlight=False, soft_wrap=True)
     return summary
 
 
 def _counts(s: ImportSummary) -> str:
-    return (f"tickets {s.tickets_created} · replies {s.replies_threaded} · "
-            f"duplicates {s.duplicates} · quarantined {sum(s.quarantined.values())} · "
+    return (f"tickets {s.tickets_created} replies {s.replies_threaded} "
+            f"duplicates {s.duplicates} quarantined {sum(s.quarantined.values())} "
             f"failed {s.failed}")

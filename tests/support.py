@@ -32,6 +32,7 @@ secret = "test-secret-key"
 queue_namespace = "{namespace}"
 worker_threads = 4
 database_lock_timeout = "{lock_timeout}"
+{desk_extra}
 
 [smtp_in]
 host = "127.0.0.1"
@@ -192,11 +193,11 @@ def _purge_broker(url: str, ns: str) -> None:
 
 
 def config_text(be: Backend, data_dir: Path, *, smtp_port: int = 0, max_bytes: int = 200_000,
-                extra: str = "", lock_timeout: str = "30s") -> str:
+                extra: str = "", lock_timeout: str = "30s", desk_extra: str = "") -> str:
     return BASE_CONFIG.format(database_url=be.database_url, broker_url=be.broker_url,
                               data_dir=data_dir, namespace=be.namespace,
                               smtp_port=smtp_port or free_port(), max_bytes=max_bytes,
-                              extra=extra, lock_timeout=lock_timeout)
+                              extra=extra, lock_timeout=lock_timeout, desk_extra=desk_extra)
 
 
 def make_email(*, sender: str = "alice@client.example", to: str = "support@desk.example",

@@ -79,8 +79,13 @@ def test_unknown_sender_is_quarantined_without_reply(make_desk):  # type: ignore
     desk.send(make_email(sender="mallory@elsewhere.example", subject="Let me in"))
     desk.wait_settled()
     assert desk.tickets() == []
-    assert desk.outbox() == []
-    [raw] = desk.raws()
+    assert desk.acks() == []
+    # Only the polite notice (issue 5), at most one a day per address.
+    assert [o["template"] for o in desk.outbox()] == ["unknown_sender"]
+    desk.send(make_email(sender="mallory@elsewhere.example", subject="Let me in again"))
+    desk.wait_settled()
+    assert [o["template"] for o in desk.outbox()] == ["unknown_sender"]
+    [raw, _] = desk.raws()
     assert raw["status"] == "quarantined"
     assert raw["reason"] == "unknown_sender"
     assert raw["from"] == "mallory@elsewhere.example"

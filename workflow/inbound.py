@@ -49,6 +49,7 @@ class Inbound:
     created_ticket: bool = False
     sender_verified: bool = True      # False when DKIM/DMARC was required and failed
     auto_reply: bool = False          # automatic mail recorded on a ticket
+    auto_reason: str = ""
     priority_reason: str = ""
     became_p1: bool = False
     outbox_ids: list[int] = field(default_factory=list)
@@ -90,6 +91,11 @@ def identify(ctx: Inbound) -> None:
     if ctx.sender.kind == "unknown" and ctx.raw.authorised:
         ctx.sender = released_sender(ctx)
     if ctx.sender.kind == "unknown":
+        if ctx.auto_reply:
+            raise Quarantine("auto_reply", f"{ctx.auto_reason} from an unknown sender")
+        from workflow.steps_hygiene import notice_unknown_sender
+
+        notice_unknown_sender(ctx)
         raise Quarantine("unknown_sender", f"{ctx.email.from_addr or '(no From)'} is not "
                          "staff, a listed contact or in an org's domains")
     if ctx.sender.org_slug:
@@ -142,8 +148,13 @@ def record(ctx: Inbound) -> None:
     sender = ctx.sender
     assert sender is not None
     if ctx.ticket is None:
+        if ctx.auto_reply:
+            raise Quarantine("auto_reply", f"{ctx.auto_reason}, not on any ticket")
         if ctx.org is None:
             raise Quarantine("unknown_sender", "no org to file this email under")
+        from workflow.steps_hygiene import check_flood
+
+        check_flood(ctx, sender.email)
         open_ticket(ctx, ctx.org, sender.email)
     assert ctx.ticket is not None
     ctx.message = store_message(ctx, kind="system" if ctx.auto_reply else "public",
@@ -155,13 +166,30 @@ def record(ctx: Inbound) -> None:
 
 
 def _steps() -> list[Step[Inbound]]:
+    """The inbound pipeline, in order. Each step is a small function with one job."""
+    from workflow import steps_hygiene as hygiene
     from workflow import steps_sla as sla
     from workflow import steps_staff as staff
     from workflow.balance import balance_request
 
-    return [parse, identify, deduplicate, balance_request, locate_ticket, staff.staff_mail,
-            record, sla.prioritise, sla.assign, sla.start_or_resume_clocks, sla.sign_off,
-            sla.acknowledge, sla.page_p1, staff.notify_staff]
+    return [
+        parse,                        # bytes -> ParsedEmail, or quarantine "unparseable"
+        hygiene.classify_mail,        # loops, bounces (quarantined), auto-replies (flagged)
+        identify,                     # staff / contact of an org / unknown sender
+        hygiene.verify_sender,        # DKIM / trusted Authentication-Results where required
+        deduplicate,                  # same Message-ID by another door
+        balance_request,              # "balance" from a client: answered, no ticket
+        locate_ticket,                # signed ids, reply address, client ids, [PD-n]
+        staff.staff_mail,             # staff replies, commands, internal notes
+        record,                       # open a ticket or add the email to it
+        sla.prioritise,               # escalation keyword, keyword rules (raise only)
+        sla.assign,                   # rota
+        sla.start_or_resume_clocks,   # SLA clocks, reopen, resume from pending
+        sla.sign_off,                 # approvals while awaiting sign-off
+        sla.acknowledge,              # the client's acknowledgement
+        sla.page_p1,                  # P1 page to rota and leads
+        staff.notify_staff,           # the assignee hears about client email
+    ]
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -217,41 +245,56 @@ def _is_transient(exc: BaseException) -> bool:
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
+RACE_RETRIES = 3
+
+
 def process_inbound(app: App, raw_id: int, steps: list[Step[Inbound]] | None = None
                     ) -> PipelineResult | None:
+    """Process one raw message exactly once. A unique-key conflict means another worker
+    committed something this run also wanted to create (the same email by another door,
+    a new contact): the whole run is retried on fresh data, where the deduplicate step
+    or the now-existing row settles it. It is never taken as a verdict by itself."""
     steps = steps if steps is not None else _steps()
-    outbox_ids: list[int] = []
-    try:
-        with app.sessions() as session, session.begin():
-            raw = session.scalar(
-                select(RawMessage).where(RawMessage.id == raw_id).with_for_update())
-            if raw is None:
-                log.error("raw message %s does not exist", raw_id)
-                return None
-            if raw.status != "pending":
-                return None   # processed before: a redelivered job changes nothing
-            ctx = Inbound(app=app, session=session, raw=raw,
-                          raw_bytes=app.blobs.get(raw.sha256), now=app.now())
-            result = run_pipeline(steps, ctx)
-            raw.status, raw.reason, raw.detail = result.status, result.reason, result.detail
-            raw.processed_at = ctx.now
-            raw.attempts += 1
-            if ctx.ticket is not None and result.status == "processed":
-                raw.ticket_id = ctx.ticket.id
-            outbox_ids = ctx.outbox_ids
-    except IntegrityError as exc:
-        # Two copies of one email processed at the same moment: the other one won.
-        log.info("raw %s lost a race on a unique key: %s", raw_id, exc.orig)
-        result = _mark(app, raw_id, "duplicate", "message_id", "processed concurrently")
-    except Exception as exc:
-        if _is_transient(exc):
-            raise  # Dramatiq retries with backoff; the raw message stays pending
-        log.exception("processing raw message %s failed", raw_id)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        result = _mark(app, raw_id, "quarantined", "processing_error", detail)
-    for outbox_id in outbox_ids:
-        app.enqueue_outbox(outbox_id)
-    return result
+    for attempt in range(1, RACE_RETRIES + 1):
+        try:
+            result, outbox_ids = _run_once(app, raw_id, steps)
+        except IntegrityError as exc:
+            log.info("raw %s: unique-key race (attempt %s): %s", raw_id, attempt, exc.orig)
+            if attempt < RACE_RETRIES:
+                continue
+            return _mark(app, raw_id, "quarantined", "processing_error",
+                         f"unique-key conflict after {attempt} attempts: {exc.orig}")
+        except Exception as exc:
+            if _is_transient(exc):
+                raise  # Dramatiq retries with backoff; the raw message stays pending
+            log.exception("processing raw message %s failed", raw_id)
+            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            return _mark(app, raw_id, "quarantined", "processing_error", detail)
+        for outbox_id in outbox_ids:
+            app.enqueue_outbox(outbox_id)
+        return result
+    return None
+
+
+def _run_once(app: App, raw_id: int, steps: list[Step[Inbound]]
+              ) -> tuple[PipelineResult | None, list[int]]:
+    with app.sessions() as session, session.begin():
+        raw = session.scalar(
+            select(RawMessage).where(RawMessage.id == raw_id).with_for_update())
+        if raw is None:
+            log.error("raw message %s does not exist", raw_id)
+            return None, []
+        if raw.status != "pending":
+            return None, []   # processed before: a redelivered job changes nothing
+        ctx = Inbound(app=app, session=session, raw=raw,
+                      raw_bytes=app.blobs.get(raw.sha256), now=app.now())
+        result = run_pipeline(steps, ctx)
+        raw.status, raw.reason, raw.detail = result.status, result.reason, result.detail
+        raw.processed_at = ctx.now
+        raw.attempts += 1
+        if ctx.ticket is not None and result.status == "processed":
+            raw.ticket_id = ctx.ticket.id
+        return result, ctx.outbox_ids
 
 
 def _mark(app: App, raw_id: int, status: str, reason: str, detail: str) -> PipelineResult:

@@ -94,6 +94,14 @@ def staff_mail(ctx: Inbound) -> None:
     if not _is_staff(ctx):
         return
     mail = ctx.email
+    if ctx.auto_reply:
+        # A staff out-of-office answering a notification: note it, never relay it.
+        if ctx.ticket is None:
+            raise Quarantine("auto_reply", f"{ctx.auto_reason} from staff")
+        staff = staff_by_email(ctx.session, mail.from_addr or "")
+        assert staff is not None
+        _store(ctx, "system", ctx.visible_text, staff)
+        raise Handled("auto_reply")
     parse = cmd.parse_commands(ctx.visible_text, now=ctx.now, tz=_tz(ctx))
     if ctx.ticket is None:
         _start_ticket_for_client(ctx, parse)

@@ -1,0 +1,56 @@
+"""Where the shared email corpus is, for the corpus-driven tests.
+
+The corpus is external test data (mixed licences, see its INDEX.md), so it is
+not in the repository; tests that need it skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import os
+from pathlib import Path
+
+import pytest
+
+
+def corpus_dir() -> Path | None:
+    """The corpus root: ``$POSTDESK_CORPUS``, else ``<work>/shared/corpus``.
+
+    ``None`` when neither holds a ``MANIFEST.csv``.
+    """
+    candidates = []
+    if os.environ.get("POSTDESK_CORPUS"):
+        candidates.append(Path(os.environ["POSTDESK_CORPUS"]))
+    # tests/ is inside the repository, which sits next to shared/.
+    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "corpus")
+    for candidate in candidates:
+        if (candidate / "MANIFEST.csv").is_file():
+            return candidate
+    return None
+
+
+requires_corpus = pytest.mark.skipif(corpus_dir() is None, reason="email corpus not available")
+
+
+@functools.cache
+def manifest_files() -> tuple[str, ...]:
+    """Relative paths of every message the manifest lists and the corpus has.
+
+    Some charset columns of the manifest contain raw line breaks, which make
+    stray one-field rows; rows whose second field is not a file are skipped.
+    """
+    root = corpus_dir()
+    if root is None:
+        return ()
+    with (root / "MANIFEST.csv").open(newline="", encoding="utf-8", errors="replace") as handle:
+        rows = list(csv.reader(handle))
+    return tuple(
+        row[1] for row in rows[1:] if len(row) >= 2 and row[1] and (root / row[1]).is_file()
+    )
+
+
+def read(relative: str) -> bytes:
+    root = corpus_dir()
+    assert root is not None, "corpus not available"
+    return (root / relative).read_bytes()
