@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Literal
@@ -34,6 +34,7 @@ from ingest.parse import (
     ParsedEmail,
     message_ids,
     normalize_message_id,
+    own_parts,
     parse_header_block,
 )
 
@@ -148,30 +149,17 @@ def _clean_addresses(addresses: Iterable[str]) -> list[str]:
 # --- multipart/report --------------------------------------------------------
 
 
-def _own_parts(message: Message) -> Iterator[Message]:
-    """Parts of the message itself, not of messages attached to it.
-
-    A client who forwards a bounce as an attachment sent a normal email; what
-    is inside the forwarded message must not classify the outer one.
-    """
-    stack = [message]
-    while stack:
-        part = stack.pop()
-        yield part
-        if part.get_content_maintype() == "multipart" and part.is_multipart():
-            children = part.get_payload()
-            stack.extend(reversed(children if isinstance(children, list) else []))
-
-
 def _report(message: Message) -> tuple[Message, str] | None:
     """The message's own report part and its report type, if any.
 
-    Some MTAs (McAfee, anonymising tools) send a ``message/delivery-status``
+    Only the message's own parts count: a client who forwards a bounce as an
+    attachment sent a normal email (``own_parts`` does not enter attached
+    messages). Some MTAs (McAfee, anonymising tools) send a ``message/delivery-status``
     part without the ``multipart/report`` wrapper or with a garbled
     report-type; the status part is what makes a DSN, so it counts too.
     """
     status_part_seen = False
-    for part in _own_parts(message):
+    for part in own_parts(message):
         content_type = part.get_content_type()
         if content_type == "multipart/report":
             report_type = str(part.get_param("report-type") or "").strip().lower()
@@ -183,7 +171,7 @@ def _report(message: Message) -> tuple[Message, str] | None:
 
 def _status_blocks(report: Message) -> list[Message]:
     blocks: list[Message] = []
-    for part in _own_parts(report):
+    for part in own_parts(report):
         if part.get_content_type() != "message/delivery-status":
             continue
         payload = part.get_payload()
@@ -252,7 +240,7 @@ def _original_message_id(parsed: ParsedEmail, report: Message | None) -> str | N
     for source in (report, parsed.message):
         if source is None:
             continue
-        for part in _own_parts(source):
+        for part in own_parts(source):
             content_type = part.get_content_type()
             headers: Message | None = None
             if content_type in _RETURNED_MESSAGE_TYPES or (

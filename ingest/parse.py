@@ -41,7 +41,7 @@ import quopri
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
@@ -70,6 +70,7 @@ __all__ = [
     "html_to_text",
     "message_ids",
     "normalize_message_id",
+    "own_parts",
     "parse_email",
 ]
 
@@ -319,8 +320,7 @@ def decode_header_text(value: Any, hints: Iterable[str | None] = ()) -> str:
             data = chunk.encode("latin-1", "replace") if wire is not None else None
             pieces.append(decode_bytes(data, None, hints) if data is not None else chunk)
         else:
-            pieces.append(decode_bytes(chunk, charset, hints) if charset else
-                          decode_bytes(chunk, None, hints))
+            pieces.append(decode_bytes(chunk, charset, hints))
     return _storable("".join(pieces))
 
 
@@ -385,8 +385,11 @@ class _TextExtractor(HTMLParser):
     """Fallback HTML-to-text: block elements end lines, scripts are dropped."""
 
     _BLOCKS = frozenset(
-        "address article aside blockquote br dd div dl dt footer form h1 h2 h3 h4 h5 h6 "
-        "header hr li main nav ol p pre section table tr ul".split()
+        {
+            "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt",
+            "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li",
+            "main", "nav", "ol", "p", "pre", "section", "table", "tr", "ul",
+        }
     )
     _SKIPPED = frozenset({"script", "style", "head", "title", "template", "noscript"})
 
@@ -556,17 +559,28 @@ class _Walk:
     defects: list[str] = field(default_factory=list)
 
 
-def _leaf_parts(message: email.message.Message) -> Iterator[email.message.Message]:
-    """Parts in document order, without descending into attached messages."""
-    stack = [message]  # Explicit stack: hostile nesting must not recurse.
+def _is_container(part: email.message.Message) -> bool:
+    return part.get_content_maintype() == "multipart" and part.is_multipart()
+
+
+def own_parts(message: email.message.Message) -> Iterator[email.message.Message]:
+    """Every part of the message itself, in document order, containers too.
+
+    Attached messages (message/*) are yielded but not entered: what a
+    forwarded message contains is not part of the message that forwards it.
+    An explicit stack, because hostile nesting must not exhaust recursion.
+    """
+    stack = [message]
     while stack:
         part = stack.pop()
-        is_container = part.get_content_maintype() == "multipart" and part.is_multipart()
-        if is_container:
+        yield part
+        if _is_container(part):
             children = part.get_payload()
             stack.extend(reversed(children if isinstance(children, list) else []))
-        else:
-            yield part
+
+
+def _leaf_parts(message: email.message.Message) -> Iterator[email.message.Message]:
+    return (part for part in own_parts(message) if not _is_container(part))
 
 
 def _walk(message: email.message.Message, hints: list[str | None]) -> _Walk:
@@ -577,17 +591,15 @@ def _walk(message: email.message.Message, hints: list[str | None]) -> _Walk:
         disposition = _disposition(part)
         filename = _part_filename(part, hints)
         is_root = part is message
-        if content_type in _BODY_TYPES or (
-            # A multipart whose boundary is missing arrives as one text blob.
-            part.get_content_maintype() == "multipart"
-        ):
-            # Named or attachment-disposition text is a file the sender
-            # attached; the lone part of a single-part message is the body
-            # whatever it is called.
-            if is_root or (disposition != "attachment" and not filename):
-                target = result.html if content_type == "text/html" else result.plain
-                target.append(_body_text(part, hints))
-                continue
+        # A multipart whose boundary is missing arrives as one text blob.
+        textual = content_type in _BODY_TYPES or part.get_content_maintype() == "multipart"
+        # Named or attachment-disposition text is a file the sender attached;
+        # the lone part of a single-part message is the body whatever it is
+        # called.
+        if textual and (is_root or (disposition != "attachment" and not filename)):
+            target = result.html if content_type == "text/html" else result.plain
+            target.append(_body_text(part, hints))
+            continue
         is_forward = content_type in _FORWARD_TYPES
         if is_forward:
             forwarded += 1
@@ -639,7 +651,7 @@ def _mail_parser_defects(parsed: Any) -> list[str]:
 
 def _stdlib_defects(message: email.message.Message) -> list[str]:
     out = []
-    for part in message.walk():
+    for part in own_parts(message):
         for defect in part.defects:
             out.append(f"{part.get_content_type()}: {type(defect).__name__}")
     return out
@@ -670,8 +682,8 @@ def _as_utc(value: Any) -> datetime | None:
         return None
     if value.tzinfo is None:
         # mail-parser returns aware UTC; a naive value can only mean UTC.
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _display_name(parsed_name: str, raw_from: str | None, hints: list[str | None]) -> str:

@@ -19,7 +19,8 @@ Both miss common attribution lines (Gmail's "2017-11-24 16:32 GMT+01:00 X
 French Outlook "De : ... Envoyé le : ...", "-------- Original Message
 --------" with decorations, mobile footers such as "Get Outlook for iOS").
 A small table of extra patterns, applied the same way as the library's, fills
-those gaps; it raised agreement with the corpora from 61 % to about 80 %.
+those gaps; it raised agreement with the corpora from 61 % (the two libraries
+combined) to 91 % (133 of 146 assertions, see tests/test_reply_text.py).
 
 When the libraries leave nothing of a message that has text (a message that
 only quotes, or a bare signature), the unquoted segment, else the whole text,
@@ -60,6 +61,7 @@ _ATTRIBUTION_VERB = re.compile(
 # Evidence that a line is an attribution and not prose: a time, a year, an
 # address. "As you wrote:" alone must not cut a reply.
 _ATTRIBUTION_EVIDENCE = re.compile(r"\d{1,2}[:.]\d{2}|@|\b(?:19|20)\d{2}\b")
+_TIME = re.compile(r"\d{1,2}:\d{2}")
 # "30.09.2017, 18.30, "John" <john@x.com>:" -- a date and an address, no verb.
 _ADDRESS_AT_END = re.compile(r"<[^<>\s]+@[^<>\s]+>\s*:$")
 _GMAIL_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2} \d{1,2}:\d{2} GMT[+-]\d{1,2}:?\d{2}\b")
@@ -95,8 +97,15 @@ _SEARCH_CHARS = 100_000
 _SENT_FROM = re.compile(
     r"^\s*(?:"
     + "|".join(
-        [MAIL_LANGUAGES[lang]["sent_from"] for lang in _LANGUAGES if MAIL_LANGUAGES[lang].get("sent_from")]
-        + [r"Sent from", r"Sent with", r"Sent via", r"Envoy[ée] de mon", r"Von meinem"]
+        [
+            MAIL_LANGUAGES[language]["sent_from"]
+            for language in _LANGUAGES
+            if MAIL_LANGUAGES[language].get("sent_from")
+        ]
+        + [
+            r"Sent from", r"Sent with", r"Sent via", r"Envoy[ée] de mon",
+            r"Envoy[ée] [àa] partir de", r"Von meinem",
+        ]
     )
     + r")",
     re.IGNORECASE,
@@ -110,8 +119,11 @@ def _is_attribution(block: str) -> bool:
         return False
     verb = _ATTRIBUTION_VERB.search(block)
     if not block.endswith(":"):
-        # Some clients drop the colon: "On ... John <j@x.com> wrote".
-        return bool(verb and verb.end() == len(block) and _ATTRIBUTION_EVIDENCE.search(block))
+        # Some clients drop the colon: "On ... 08:14 John <j@x.com> wrote".
+        # Prose can end in "wrote" too, so ask for both a time and an address.
+        return bool(
+            verb and verb.end() == len(block) and _TIME.search(block) and "@" in block
+        )
     if verb and _ATTRIBUTION_EVIDENCE.search(block):
         return True
     if _ADDRESS_AT_END.search(block) and re.search(r"\d", block):
@@ -207,7 +219,7 @@ def _latest_segment(lines: list[str]) -> str:
 
 
 class _LinearReplyFragments(ReplyFragments):
-    """email-reply-parser with its multi-line "On ... wrote:" joiner disabled.
+    r"""email-reply-parser with its multi-line "On ... wrote:" joiner disabled.
 
     That step's pattern (``(?!On.*On\s.+?wrote:)(On\s(.+?)wrote:)`` with
     DOTALL) is cubic in the number of lines starting with "On": 500 such

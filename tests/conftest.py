@@ -4,6 +4,7 @@ import logging
 import smtplib
 from collections.abc import Iterator
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ class Desk:
 
     def send(self, msg: EmailMessage | bytes, *, mail_from: str | None = None,
              rcpt: list[str] | None = None) -> Any:
-        raw = msg if isinstance(msg, bytes) else msg.as_bytes()
+        # On the wire lines end in CRLF (an SMTP server reads lines, at most 1000 long).
+        raw = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP_POLICY)
         sender = mail_from if mail_from is not None else (
             "" if isinstance(msg, bytes) else msg["From"])
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as smtp:

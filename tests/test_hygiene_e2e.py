@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dkim
 import pytest
+from sqlalchemy import select
 
 from tests.support import make_email
 from workflow.quarantine import QuarantineActionError, drop, release
@@ -203,3 +204,51 @@ def test_quarantine_release_and_drop(make_desk):  # type: ignore[no-untyped-def]
     assert statuses == {first["id"]: "processed", second["id"]: "dropped"}
     with pytest.raises(QuarantineActionError):
         release(desk.app, second["id"])
+
+
+def test_no_notice_to_automatic_mail_from_unknown_senders(make_desk):  # type: ignore[no-untyped-def]
+    desk = make_desk()
+    desk.send(make_email(sender="noreply@newsletter.example", subject="Weekly news",
+                         headers={"Precedence": "bulk", "List-Id": "<news.newsletter.example>"}))
+    desk.wait_settled()
+    assert desk.outbox() == []
+    [raw] = desk.raws()
+    assert raw["reason"] == "auto_reply"
+
+
+def test_attachments_kept_cleaned_and_limited(make_desk):  # type: ignore[no-untyped-def]
+    desk = make_desk(desk_extra="max_attachment_bytes = 10000")
+    msg = make_email(subject="Screenshots attached")
+    msg.add_alternative("<p>See <img src=\"cid:shot1\"> <script>alert(1)</script></p>",
+                        subtype="html")
+    msg.get_payload()[1].add_related(b"\x89PNG fake image bytes", maintype="image",
+                                     subtype="png", cid="<shot1>", filename="shot.png",
+                                     disposition="inline")
+    msg.add_attachment(b"log line\n" * 10, maintype="text", subtype="plain",
+                       filename="../../etc/passwd")
+    msg.add_attachment(b"x" * 20000, maintype="application", subtype="octet-stream",
+                       filename="huge.bin")
+    forwarded = make_email(sender="bob@client.example", subject="The original report")
+    msg.add_attachment(forwarded)
+    desk.send(msg)
+    desk.wait_settled()
+    [message] = [m for m in desk.ticket("PD-1")["messages"] if m["direction"] == "in"]
+    by_name = {a["filename"]: a for a in message["attachments"]}
+    assert "passwd" in by_name and by_name["passwd"]["kept"]
+    assert not any("/" in name or ".." in name for name in by_name)
+    assert by_name["huge.bin"]["kept"] is False and by_name["huge.bin"]["size"] == 20000
+    assert by_name["shot.png"]["inline"] is True
+    assert any(a["content_type"] == "message/rfc822" for a in message["attachments"])
+    with desk.app.sessions() as s:
+        from storage.models import Message as MessageRow
+
+        html = s.scalar(select(MessageRow.html).where(MessageRow.direction == "in"))
+    assert "<script>" not in html and "cid:shot1" in html
+
+
+def test_commands_from_clients_are_never_executed(make_desk):  # type: ignore[no-untyped-def]
+    desk = make_desk()
+    desk.send(make_email(subject="Hello", body="#status resolved\n#priority P1\nPlease help."))
+    desk.wait_settled()
+    [ticket] = desk.tickets()
+    assert ticket["status"] == "new" and ticket["priority"] == "P3"

@@ -294,3 +294,37 @@ def test_time_over_allowance_warns_lead_and_requester_once(make_desk):  # type: 
     reply_from_staff(desk, note, "#time 1h\n#internal\npart 3")
     warned = sorted(w["to"][0] for w in desk.outbox(template="allowance_exceeded"))
     assert warned == ["bob@base.example", "dev2@agency.example"]
+
+
+def test_staff_domain_with_dkim_runs_commands_only_from_signed_mail(make_desk):  # type: ignore[no-untyped-def]
+    from email.policy import SMTP
+    from pathlib import Path
+
+    import dkim
+
+    keys = Path(__file__).parent / "fixtures" / "dkim"
+
+    def dns(name: bytes, timeout: int = 5) -> bytes | None:
+        if name == b"test._domainkey.agency.example.":
+            return b"v=DKIM1; k=rsa; p=" + (keys / "client.example.pub.b64").read_bytes().strip()
+        return None
+
+    desk = make_desk(desk_extra="staff_require_dkim = true")
+    desk.app.dkim_dns = dns
+    _, note = open_ticket(desk)
+    unsigned = make_email(sender="dev1@agency.example", subject=f"Re: {note['subject']}",
+                          body="#priority P1\nOn it.", in_reply_to=note["message_id"])
+    desk.send(unsigned, mail_from="dev1@agency.example")
+    desk.wait_settled()
+    assert desk.tickets()[0]["priority"] == "P3"
+    assert desk.raws()[-1]["reason"] == "unauthenticated"
+
+    signed = make_email(sender="dev1@agency.example", subject=f"Re: {note['subject']}",
+                        body="#priority P1\nOn it now.", in_reply_to=note["message_id"])
+    raw = signed.as_bytes(policy=SMTP)
+    raw = dkim.sign(raw, b"test", b"agency.example", (keys / "client.example.key").read_bytes(),
+                    include_headers=[b"from", b"to", b"subject", b"message-id"]) + raw
+    desk.send(raw, mail_from="dev1@agency.example")
+    desk.wait_settled()
+    assert desk.tickets()[0]["priority"] == "P1"
+    assert len(desk.outbox(template="staff_reply")) == 1

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from ingest.html_safety import sanitize_html
 from ingest.parse import ParsedEmail, UnparseableEmail, parse_email
 from ingest.reply_text import visible_reply
 from storage.directory import contact_for, org_by_slug
@@ -220,7 +221,9 @@ def store_message(ctx: Inbound, *, kind: str, direction: str, text: str | None =
         in_reply_to=mail.in_reply_to, references=list(mail.references),
         from_addr=mail.from_addr, from_name=mail.from_name or "",
         author_staff_id=author_staff_id, to=list(mail.to), cc=list(mail.cc),
-        subject=mail.subject or "", text=mail.text or "", html=mail.html,
+        subject=mail.subject or "", text=mail.text or "",
+        # Sanitised once, here, so no later template can render a client's script.
+        html=sanitize_html(mail.html) if mail.html else None,
         stripped_text=text if text is not None else (mail.text or ""),
         sent_at=mail.date, created_at=ctx.now)
     ctx.session.add(message)
