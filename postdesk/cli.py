@@ -36,7 +36,8 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    for noisy in ("mailparser", "mail-parser", "pika", "dramatiq", "asyncio"):
+    for noisy in ("mailparser", "mail-parser", "pika", "dramatiq", "asyncio", "mail.log",
+                  "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -46,16 +47,16 @@ def _app(args: argparse.Namespace, *, upgrade: bool = False):  # type: ignore[no
     config = load_config(args.config)
     app = App(config)
     try:
-        if upgrade or app.engine.dialect.name == "sqlite":
-            # The embedded database upgrades itself; PostgreSQL is upgraded on purpose
-            # with `postdesk db upgrade` (several processes share it).
-            app.upgrade_database()
-        else:
-            from storage.migrate import is_up_to_date
+        from storage.migrate import is_up_to_date
 
-            if not is_up_to_date(app.engine):
+        if upgrade:
+            app.upgrade_database()
+        elif not is_up_to_date(app.engine):
+            if app.engine.dialect.name != "sqlite":
+                # PostgreSQL is shared by several processes: upgraded on purpose only.
                 raise UserError("the database schema is not up to date: run "
                                 "`postdesk db upgrade` first")
+            app.upgrade_database()   # the embedded database upgrades itself
         app.sync_directory()
     except Exception:
         app.close()
@@ -444,6 +445,28 @@ def cmd_sla_due(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_digest(args: argparse.Namespace) -> int:
+    from outbound.sender import send_outbox
+    from workflow.digest import build_digest, queue_digest
+
+    app = _app(args)
+    try:
+        manager = args.manager.lower()
+        if args.dry_run:
+            digest = build_digest(app, app.now())
+            print(app.renderer.render("digest", {"d": digest, "desk": app.config.desk,
+                                                 "ticket": None}).text)
+            return 0
+        outbox_id = queue_digest(app, manager, app.now())
+        if outbox_id is None:
+            print(f"this period's digest for {manager} was sent already")
+            return 0
+        print(f"digest for {manager}: outbox {outbox_id}, {send_outbox(app, outbox_id)}")
+        return 0
+    finally:
+        app.close()
+
+
 # --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -516,6 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("drop", cmd_quarantine_drop, "discard a message (kept, recorded as dropped)",
             quarantine)
     p.add_argument("id", type=int)
+
+    p = add("digest", cmd_digest, "build (and send) a manager's digest now")
+    p.add_argument("--manager", required=True, help="manager's email address")
+    p.add_argument("--dry-run", action="store_true", help="print it, send nothing")
 
     sla = sub.add_parser("sla", help="SLA arithmetic").add_subparsers(dest="s_cmd",
                                                                      required=True)

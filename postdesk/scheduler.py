@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from outbound.sender import stale_outbox_ids
 from storage.models import RawMessage, Ticket
-from workflow import breaches
+from workflow import breaches, digest
 from workflow.clocks import set_status
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ class Scheduler:
              lambda: sweep_outbox(app, app.config.scheduler.sweep_grace.as_timedelta())),
             ("sla_scan", lambda: breaches.scan(app)),
             ("close_quiet_tickets", lambda: close_quiet_tickets(app)),
+            ("digests", lambda: digest.due_digests(app)),
         ]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -585,7 +585,11 @@ def test_two_mailboxes_polled_at_once(make_desk, dovecot, imap_pw):  # type: ign
     try:
         dovecot.append(make_email(subject="To support").as_bytes())
         dovecot.append(make_email(subject="To sales").as_bytes(), folder="Sales")
-        wait_for(lambda: len(desk.tickets()) == 2, 10, what="a ticket from each mailbox")
+        try:
+            wait_for(lambda: len(desk.tickets()) == 2, 10, what="a ticket from each mailbox")
+        except AssertionError:
+            print("RAWS", desk.raws())
+            raise
     finally:
         for p in pollers:
             p.stop()

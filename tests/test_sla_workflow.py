@@ -170,3 +170,29 @@ def test_first_public_reply_stops_first_response_clock(make_desk):  # type: igno
     clock.advance(timedelta(hours=10))
     breaches.scan(desk.app)
     assert _count(desk, Event, Event.kind == "sla_breached") == 1   # next_update only
+
+
+def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):  # type: ignore[no-untyped-def]
+    from workflow.digest import due_digests
+
+    clock = ManualClock(MONDAY_10)
+    desk = make_desk(clock=clock, extra=BASECO)
+    desk.send(make_email(subject="CLIENTCO-URGENT payments failing"))
+    desk.wait_settled()
+    desk.send(make_email(sender="bob@base.example", subject="Small question"))
+    desk.wait_settled()
+    clock.set(MONDAY_10 + timedelta(hours=2))
+    breaches.scan(desk.app)
+    clock.set(datetime(2026, 11, 24, 8, 31, tzinfo=UTC))     # after 08:30 London next day
+    assert len(due_digests(desk.app)) == 1
+    assert due_digests(desk.app) == []                        # same period: not again
+    [row] = desk.outbox(template="digest")
+    assert row["to"] == ["boss@agency.example"]
+    assert row["subject"].startswith("Support digest 2026-11-24: 1 breaches")
+    import email
+    from email import policy
+
+    text = email.message_from_bytes(desk.outbox_raw(row["id"]), policy=policy.default
+                                    ).get_body(("plain",)).get_content()
+    assert "PD-1  P1  clientco  first_response  CLIENTCO-URGENT payments failing" in text
+    assert "baseco  used 0h 00m of 2h 00m, remaining 2h 00m" in text
