@@ -40,7 +40,10 @@ from ingest.parse import (
 
 __all__ = ["Classification", "Kind", "classify"]
 
-log = logging.getLogger(__name__)
+
+# flufl.bounce logs every detector it runs at INFO (17 lines per message);
+# its ERROR tracebacks for detectors that crash on odd input stay visible.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 Kind = Literal["normal", "auto_reply", "bounce"]
 

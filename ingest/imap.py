@@ -175,9 +175,12 @@ class ImapPoller:
             sync = self._folder(client)
             idle = b"IDLE" in sync.capabilities
             while not self._stop.is_set():
-                self._sync(sync)
+                stats = self._sync(sync)
                 # A full pass worked: the connection is healthy again.
                 self.backoff.reset()
+                if stats.new_mail_announced or stats.fetched or stats.acknowledged:
+                    # More may have come while this pass ran: look again before waiting.
+                    continue
                 if not self._wait(client, idle):
                     break   # time to reconnect (fresh OAuth2 token) or stop
         finally:

@@ -66,6 +66,7 @@ class SyncStats:
     duplicates: int = 0        # bytes already accepted (re-scan, crash before the cursor)
     skipped: int = 0           # too large or unreadable, left flagged on the server
     acknowledged: int = 0      # moved or flagged \Seen, leftovers included
+    new_mail_announced: bool = False   # EXISTS arrived during the pass: look again
     fetch_s: float = 0.0
     accept_s: float = 0.0
     acknowledge_s: float = 0.0
@@ -199,6 +200,7 @@ class FolderSync:
         stats = SyncStats()
         self.strikes.connection_lost()
         uidvalidity = stats.uidvalidity = self.select()
+        self._take_exists()
         last = load_cursor(self.app, self.box.name, uidvalidity)
         if last == 0:
             older = previous_uidvalidities(self.app, self.box.name, uidvalidity)
@@ -216,7 +218,17 @@ class FolderSync:
             if stop is not None and stop.is_set():
                 break
             self._batch(batch, uidvalidity, stats)
+        stats.new_mail_announced = self._take_exists()
         return stats
+
+    def _take_exists(self) -> bool:
+        """Whether the server announced new mail (EXISTS) since the last call. Mail that
+        arrives during a pass is announced in reply to one of its commands, where imaplib
+        files the response away, and never again to IDLE: without this check it would
+        wait for the next IDLE re-issue. (imaplib keeps such responses in
+        ``untagged_responses``; imapclient has no public accessor for them.)"""
+        pending = getattr(self.client._imap, "untagged_responses", {})
+        return bool(pending.pop("EXISTS", None))
 
     def _pending_uids(self, last: int) -> tuple[list[int], list[int]]:
         """(new UIDs above the cursor, committed leftovers still to move)."""

@@ -588,7 +588,7 @@ def test_two_mailboxes_polled_at_once(make_desk, dovecot, imap_pw):  # type: ign
         try:
             wait_for(lambda: len(desk.tickets()) == 2, 10, what="a ticket from each mailbox")
         except AssertionError:
-            print("RAWS", desk.raws())
+            print("RAWS", desk.raws(), dovecot.uids("INBOX"), dovecot.uids("Sales"), dovecot.uids("Processed"))
             raise
     finally:
         for p in pollers:
