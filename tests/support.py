@@ -106,6 +106,17 @@ sweep_grace = "2s"
 """
 
 
+# A second org on the Base plan (office hours, 2h monthly allowance, 4h rollover cap).
+BASECO = """
+[[orgs]]
+slug = "baseco"
+name = "Base Co"
+plan = "base"
+domains = ["base.example"]
+escalation_keyword = "BASECO-999"
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -11,17 +11,9 @@ from sqlalchemy import func, select
 
 from postdesk.clock import ManualClock
 from storage.models import Event, Outbox
-from tests.support import make_email
+from tests.support import BASECO, make_email
 from workflow import breaches
 
-BASECO = """
-[[orgs]]
-slug = "baseco"
-name = "Base Co"
-plan = "base"
-domains = ["base.example"]
-escalation_keyword = "BASECO-999"
-"""
 MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)   # GMT: UTC == London
 
 

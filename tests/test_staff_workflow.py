@@ -12,16 +12,9 @@ from sqlalchemy import func, select
 
 from postdesk.clock import ManualClock
 from storage.models import Event, TimeEntry
-from tests.support import make_email
+from tests.support import BASECO, make_email
 from workflow import breaches
 
-BASECO = """
-[[orgs]]
-slug = "baseco"
-name = "Base Co"
-plan = "base"
-domains = ["base.example"]
-"""
 MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 GMAIL_QUOTE = """
