@@ -110,7 +110,7 @@ def _count(desk, model, *where) -> int:  # type: ignore[no-untyped-def]
 def test_breach_alerted_exactly_once_with_two_schedulers(make_desk):  # type: ignore[no-untyped-def]
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock)
-    second = make_desk(clock=clock, smtp=False, workers=False)   # another scheduler process
+    second = make_desk(clock=clock, smtp=False)   # another scheduler process, own workers
     desk.send(make_email(subject="CLIENTCO-URGENT payments failing"))
     desk.wait_settled()
     assert desk.tickets()[0]["first_response_due"] == "2026-11-23T11:00:00Z"
