@@ -78,6 +78,8 @@ class DeskConfig(_Strict):
     # Staff commands only from DKIM-verified staff mail (set when the staff domain signs).
     staff_require_dkim: bool = False
     hard_bounce_limit: int = Field(default=3, ge=1)
+    # Words in a client's reply that sign off work awaiting approval (None: built-in list).
+    approval_phrases: list[str] | None = None
 
     _lock = field_validator("database_lock_timeout", mode="before")(_duration)
 

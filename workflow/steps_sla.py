@@ -4,6 +4,7 @@ SLA clocks, status changes, sign-off, the acknowledgement and the P1 page."""
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -107,14 +108,10 @@ def start_or_resume_clocks(ctx: Inbound) -> None:
         set_status(keeper, ticket, "open", ctx.now, ctx.sender.email if ctx.sender else "")
 
 
-_APPROVAL_CACHE: dict[tuple[str, ...], re.Pattern[str]] = {}
-
-
+@lru_cache(maxsize=16)
 def _approval_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
-    if phrases not in _APPROVAL_CACHE:
-        alternatives = "|".join(r"\s+".join(map(re.escape, p.split())) for p in phrases)
-        _APPROVAL_CACHE[phrases] = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.I)
-    return _APPROVAL_CACHE[phrases]
+    alternatives = "|".join(r"\s+".join(map(re.escape, p.split())) for p in phrases)
+    return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.I)
 
 
 def is_approval(text: str, phrases: tuple[str, ...] = DEFAULT_APPROVALS) -> bool:
@@ -134,7 +131,8 @@ def sign_off(ctx: Inbound) -> None:
     ticket = ctx.ticket
     if ticket is None or ticket.status != "awaiting_signoff" or not _is_client(ctx):
         return
-    if ctx.auto_reply or not is_approval(_new_text(ctx)):
+    phrases = tuple(ctx.config.desk.approval_phrases or DEFAULT_APPROVALS)
+    if ctx.auto_reply or not is_approval(_new_text(ctx), phrases):
         return
     sender = ctx.sender
     assert sender is not None
