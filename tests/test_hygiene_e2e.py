@@ -27,6 +27,11 @@ escalation_keyword = "SECURE-URGENT"
 """
 
 
+# Broker-independent behaviour: SQLite+Stub and PostgreSQL+Redis are enough here;
+# the foundation tests cover RabbitMQ end to end.
+pytestmark = pytest.mark.backends("sqlite", "postgres-redis")
+
+
 def vacation_reply(to_email: dict, sender: str = "alice@client.example") -> EmailMessage:  # type: ignore[type-arg]
     return make_email(sender=sender, subject=f"Out of Office: {to_email['subject']}",
                       body="I am away until Monday.", in_reply_to=to_email["message_id"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from postdesk.clock import ManualClock
@@ -15,6 +16,11 @@ from tests.support import BASECO, make_email
 from workflow import breaches
 
 MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)   # GMT: UTC == London
+
+
+# Broker-independent behaviour: SQLite+Stub and PostgreSQL+Redis are enough here;
+# the foundation tests cover RabbitMQ end to end.
+pytestmark = pytest.mark.backends("sqlite", "postgres-redis")
 
 
 def staff_reply(desk, to_email: dict, body: str, sender: str = "dev1@agency.example"):  # type: ignore[no-untyped-def]

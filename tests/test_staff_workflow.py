@@ -8,6 +8,7 @@ import email
 from datetime import UTC, datetime, timedelta
 from email import policy
 
+import pytest
 from sqlalchemy import func, select
 
 from postdesk.clock import ManualClock
@@ -49,6 +50,11 @@ APPLE_QUOTE = """
 >
 > Checkout is broken.
 """
+
+
+# Broker-independent behaviour: SQLite+Stub and PostgreSQL+Redis are enough here;
+# the foundation tests cover RabbitMQ end to end.
+pytestmark = pytest.mark.backends("sqlite", "postgres-redis")
 
 
 def open_ticket(desk, sender="alice@client.example", subject="Checkout is broken"):  # type: ignore[no-untyped-def]
