@@ -3,7 +3,8 @@
 It connects (TLS, STARTTLS or, for loopback tests, plaintext), logs in (password or
 OAuth2), reads the folder (``ingest.imap_sync``), then waits for more: IDLE where the
 server offers it, re-issued every ``idle_timeout`` (servers may drop an IDLE after 30
-minutes, RFC 2177), otherwise a poll every ``poll_interval``.
+minutes, RFC 2177), otherwise a poll every ``poll_interval``. Even with IDLE the folder is
+re-read every ``poll_interval``: IDLE makes pickup fast, the poll makes it certain.
 
 Failures never end the thread:
 - network errors, a server restart or ``BYE``: reconnect after a capped exponential
@@ -15,6 +16,7 @@ Failures never end the thread:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import random
 import ssl
@@ -29,7 +31,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from ingest.imap_alert import send_auth_alert
 from ingest.imap_auth import Authenticator, AuthFailed, AuthUnavailable
-from ingest.imap_sync import FetchStrikes, FolderMissing, FolderSync, SyncStats
+from ingest.imap_sync import FetchStrikes, FolderProblem, FolderSync, SyncStats
 from postdesk.config import ImapConfig
 
 if TYPE_CHECKING:
@@ -123,12 +125,15 @@ class ImapPoller:
     def run_forever(self) -> None:
         log.info("imap[%s]: polling %s@%s:%s folder %r", self.name, self.box.username,
                  self.box.host, self.box.port, self.box.folder)
+        if not (self.box.ssl or self.box.starttls) and not _is_loopback(self.box.host):
+            log.warning("imap[%s]: ssl and starttls are both off: the login to %s travels "
+                        "in clear text", self.name, self.box.host)
         while not self._stop.is_set():
             try:
                 self._session()
             except AuthFailed as exc:
                 self._login_failed(str(exc))
-            except FolderMissing as exc:
+            except FolderProblem as exc:
                 log.error("imap[%s]: %s; retrying in %.3g s", self.name, exc, self.login_retry)
                 self._stop.wait(self.login_retry)
             except NETWORK_ERRORS as exc:
@@ -155,22 +160,21 @@ class ImapPoller:
 
     def _login_failed(self, error: str) -> None:
         first = self._auth_episode is None
-        if first:
-            self._auth_episode = self.app.now()
+        episode = self._auth_episode = self._auth_episode or self.app.now()
         log.error("imap[%s]: LOGIN FAILED for %s at %s:%s using %s: %s; mail in %r is not "
                   "being read; retrying in %.3g s", self.name, self.box.username, self.box.host,
                   self.box.port, self.auth.method, error, self.box.folder, self.login_retry)
         if first:
             try:
-                assert self._auth_episode is not None
                 send_auth_alert(self.app, self.box, method=self.auth.method, error=error,
-                                episode_started=self._auth_episode)
+                                episode_started=episode)
             except Exception:
                 log.exception("imap[%s]: could not queue the login-failure alert", self.name)
         self._stop.wait(self.login_retry)
 
     def _session(self) -> None:
         client = self._connect()
+        clean = False
         try:
             sync = self._folder(client)
             idle = b"IDLE" in sync.capabilities
@@ -183,8 +187,11 @@ class ImapPoller:
                     continue
                 if not self._wait(client, idle):
                     break   # time to reconnect (fresh OAuth2 token) or stop
+            clean = True
         finally:
-            _close(client)
+            # After an error the connection may be half dead: a LOGOUT could hang until
+            # the socket timeout, so just close it.
+            _close(client, logout=clean)
 
     # --- connecting ----------------------------------------------------------------------
     def _connect(self) -> IMAPClient:
@@ -246,7 +253,12 @@ class ImapPoller:
         return False
 
     def _idle(self, client: IMAPClient, session_end: float | None) -> bool:
-        deadline = time.monotonic() + self.box.idle_timeout.as_timedelta().total_seconds()
+        # IDLE is for speed, not for correctness: a server can fail to announce mail that
+        # lands while another session is busy in the same mailbox (seen with Dovecot), so
+        # the folder is still re-read every poll_interval, and IDLE is re-issued at least
+        # every idle_timeout, before the server's 30-minute limit.
+        limit = min(self.box.idle_timeout.as_timedelta(), self.box.poll_interval.as_timedelta())
+        deadline = time.monotonic() + limit.total_seconds()
         client.idle()
         keep_session = True
         silent_wakeups = 0
@@ -257,7 +269,7 @@ class ImapPoller:
                     keep_session = False
                     break
                 if now >= deadline:
-                    break   # re-issue IDLE (after a sync) before the server's limit
+                    break   # re-read the folder, then IDLE again
                 slice_s = min(WAKE_SLICE_S, deadline - now)
                 responses = client.idle_check(timeout=slice_s)
                 if any(_is_bye(r) for r in responses):
@@ -285,7 +297,7 @@ def _is_bye(response: tuple[object, ...]) -> bool:
 
 
 def _is_new_mail(response: tuple[object, ...]) -> bool:
-    return len(response) > 1 and response[1] in (b"EXISTS", b"RECENT")
+    return len(response) > 1 and response[1] == b"EXISTS"
 
 
 def _close(client: IMAPClient, *, logout: bool = True) -> None:
@@ -295,6 +307,13 @@ def _close(client: IMAPClient, *, logout: bool = True) -> None:
             return
     with contextlib.suppress(Exception):
         client.shutdown()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _describe(exc: BaseException) -> str:

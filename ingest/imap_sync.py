@@ -3,7 +3,7 @@
 The order is what makes it exactly-once across crashes:
 
 1. fetch ``BODY.PEEK[]`` (flags untouched) by UID above the committed cursor of
-   (mailbox name, UIDVALIDITY);
+   (mailbox name and folder, UIDVALIDITY);
 2. ``accept`` each message — the raw bytes are committed, idempotently by sha256;
 3. advance the cursor past the batch;
 4. only then move the batch to ``processed_folder`` (or flag it ``\\Seen``).
@@ -52,8 +52,8 @@ FAILED = b"$PostdeskFailed"
 SKIPPED_KEYWORDS = (TOO_LARGE, FAILED)
 
 
-class FolderMissing(Exception):
-    """The configured folder cannot be selected: a configuration problem, retried slowly."""
+class FolderProblem(Exception):
+    """The configured folders cannot be used: a configuration problem, retried slowly."""
 
 
 @dataclass
@@ -70,14 +70,12 @@ class SyncStats:
     fetch_s: float = 0.0
     accept_s: float = 0.0
     acknowledge_s: float = 0.0
-    raw_ids: list[int] = field(default_factory=list)
 
     def add(self, other: SyncStats) -> None:
         for name in ("fetched", "accepted", "duplicates", "skipped", "acknowledged",
                      "fetch_s", "accept_s", "acknowledge_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.uidvalidity = other.uidvalidity or self.uidvalidity
-        self.raw_ids.extend(other.raw_ids)
 
 
 @dataclass
@@ -173,6 +171,11 @@ class FolderSync:
         self.capabilities = {c.upper() for c in capabilities}
         self.max_bytes = app.config.smtp_in.max_message_bytes
         self.source = f"imap:{box.name}"
+        # RFC 3501 scopes UIDVALIDITY to one folder of one account; the config name tells
+        # accounts apart, the folder name folders, so renaming either starts afresh.
+        self.cursor_key = f"{box.name}:{box.folder}"[:200]
+        if box.processed_folder and box.processed_folder == box.folder:
+            raise FolderProblem(f"processed_folder is the folder being read ({box.folder!r})")
         address = box.username if "@" in box.username else app.config.desk.support_addresses[0]
         # IMAP has no envelope: the mailbox's own address stands in for RCPT TO.
         self.envelope = Envelope(mail_from=None, rcpt_tos=(address.lower(),))
@@ -186,8 +189,10 @@ class FolderSync:
             info = self.client.select_folder(self.box.folder)
         except IMAPClientAbortError:
             raise
-        except IMAPClientError as exc:
-            raise FolderMissing(f"cannot select folder {self.box.folder!r}: {exc}") from None
+        except IMAPClientError:
+            if not self.client.folder_exists(self.box.folder):
+                raise FolderProblem(f"folder {self.box.folder!r} does not exist") from None
+            raise   # there, but busy or locked: an ordinary retry
         return int(info[b"UIDVALIDITY"])
 
     def ensure_processed_folder(self) -> None:
@@ -201,9 +206,9 @@ class FolderSync:
         self.strikes.connection_lost()
         uidvalidity = stats.uidvalidity = self.select()
         self._take_exists()
-        last = load_cursor(self.app, self.box.name, uidvalidity)
+        last = load_cursor(self.app, self.cursor_key, uidvalidity)
         if last == 0:
-            older = previous_uidvalidities(self.app, self.box.name, uidvalidity)
+            older = previous_uidvalidities(self.app, self.cursor_key, uidvalidity)
             if older:
                 log.warning("imap[%s]: UIDVALIDITY of %r changed (%s -> %s): reading the whole "
                             "folder again; already-accepted mail is recognised and skipped",
@@ -269,7 +274,6 @@ class FolderSync:
                 continue
             result = self.app.accept(raw, self.envelope, self.source)
             stats.fetched += 1
-            stats.raw_ids.append(result.raw_id)
             if result.created:
                 stats.accepted += 1
             else:
@@ -286,7 +290,7 @@ class FolderSync:
             log.error("imap[%s]: UID %s could not be fetched: skipped and left in %r "
                       "flagged %s", self.box.name, uid, self.box.folder, FAILED.decode())
         # Cursor before acknowledgement: what is acknowledged must already be committed.
-        advance_cursor(self.app, self.box.name, uidvalidity, max(uids))
+        advance_cursor(self.app, self.cursor_key, uidvalidity, max(uids))
         if too_large:
             self.client.add_flags(too_large, [FLAGGED, TOO_LARGE])
         if failed:

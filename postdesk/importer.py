@@ -21,6 +21,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +31,7 @@ from sqlalchemy.exc import OperationalError
 
 from ingest.accept import Envelope
 from storage.models import Message, RawMessage
+from workflow.pipeline import PipelineResult
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 Kind = Literal["mbox", "maildir", "eml"]
 KINDS: tuple[str, ...] = ("mbox", "maildir", "eml")
 TRANSIENT_RETRIES = 4
+HEADER_PEEK_BYTES = 64 * 1024   # enough for any sane header block
 
 
 class SourceError(Exception):
@@ -61,7 +65,7 @@ class ImportSummary:
     def describe(self) -> str:
         quarantined = sum(self.quarantined.values())
         reasons = ", ".join(f"{r} {n}" for r, n in sorted(self.quarantined.items()))
-        return (f"{self.total} messages: {self.tickets_created} tickets created, "
+        return (f"{self.total} inputs: {self.tickets_created} tickets created, "
                 f"{self.replies_threaded} replies threaded, {self.duplicates} duplicates, "
                 f"{quarantined} quarantined{f' ({reasons})' if reasons else ''}, "
                 f"{self.failed} failed")
@@ -71,7 +75,7 @@ class ImportSummary:
 
 @dataclass(frozen=True)
 class Item:
-    """One input message: ``read()`` returns its bytes or raises SourceError."""
+    """One input message: ``read()`` returns its bytes (or raises OSError)."""
 
     label: str
     read: Callable[[], bytes]
@@ -118,20 +122,39 @@ def _maildir_items(path: Path) -> list[Item]:
     if not (path / "cur").is_dir() or not (path / "new").is_dir():
         raise SourceError("not a maildir (no cur/ and new/)" if path.exists()
                           else "no such directory")
-    box = mailbox.Maildir(path, factory=None, create=False)
-    # Maildir names start with the delivery time, so name order is arrival order.
-    keys = sorted(box.keys())
-    return [Item(f"{path}/{key}", _reader(box, key)) for key in keys]
+    # Read the files directly: a maildir message is one file in new/ or cur/, and
+    # dot-files (Dovecot's indexes, tmp names) are not messages.
+    files = [p for sub in ("new", "cur") for p in (path / sub).iterdir()
+             if p.is_file() and not p.name.startswith(".")]
+    return [Item(str(f), f.read_bytes) for f in _in_date_order(files)]
 
 
 def _eml_items(path: Path) -> list[Item]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        # Hidden files (.DS_Store and the like) are not mail.
+        files = [p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")]
     elif path.exists():
         files = [path]
     else:
         raise SourceError("no such file")
-    return [Item(str(f), f.read_bytes) for f in files]
+    return [Item(str(f), f.read_bytes) for f in _in_date_order(files)]
+
+
+def _in_date_order(files: list[Path]) -> list[Path]:
+    """By each file's Date header, then by name. A maildir or a folder of .eml files has
+    no order of its own, and a reply must be processed after the email it answers to
+    thread onto its ticket."""
+    return sorted(files, key=lambda f: (_date_of(f), str(f)))
+
+
+def _date_of(path: Path) -> float:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEADER_PEEK_BYTES)
+        value = BytesHeaderParser().parsebytes(head).get("Date")
+        return parsedate_to_datetime(str(value)).timestamp() if value else float("inf")
+    except (OSError, TypeError, ValueError, IndexError):
+        return float("inf")   # unreadable or undated: last, and named if it fails later
 
 
 def _reader(box: mailbox.Mailbox[Any], key: str) -> Callable[[], bytes]:
@@ -145,7 +168,7 @@ Outcome = Literal["ticket_created", "reply_threaded", "duplicate", "quarantined"
 
 class Importer:
     def __init__(self, app: App, kind: str, *, notify: bool = False,
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, steps: list[Any] | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown import kind {kind!r} (use {', '.join(KINDS)})")
         self.app = app
@@ -153,6 +176,7 @@ class Importer:
         self.notify = notify
         self.warn = warn or (lambda text: print(text, file=sys.stderr))
         self.summary = ImportSummary()
+        self.steps = steps          # the pipeline's own steps unless given (benchmark timing)
 
     def sources(self, paths: list[str]) -> list[Source]:
         return [open_source(self.kind, p) for p in paths]
@@ -193,23 +217,28 @@ class Importer:
             return self._count("duplicate")
 
         started = time.perf_counter()
-        self._process(process_inbound, accepted.raw_id)
+        result = self._process(process_inbound, accepted.raw_id)
         timings["process"] += time.perf_counter() - started
+        if result is not None and result.status == "processed" and result.ticket_id:
+            return self._count("ticket_created" if result.created_ticket else "reply_threaded")
         return self._classify(item, accepted.raw_id)
 
-    def _process(self, process_inbound: Callable[[App, int], object], raw_id: int) -> None:
+    def _process(self, process_inbound: Callable[..., PipelineResult | None],
+                 raw_id: int) -> PipelineResult | None:
         # process_inbound re-raises only transient database errors (a busy SQLite, say,
         # while `postdesk serve` writes): wait a little and try again, then give up loudly.
         for attempt in range(TRANSIENT_RETRIES):
             try:
-                process_inbound(self.app, raw_id)
-                return
+                return process_inbound(self.app, raw_id, self.steps)
             except OperationalError:
                 if attempt == TRANSIENT_RETRIES - 1:
                     raise
                 time.sleep(0.5 * 2 ** attempt)
+        return None
 
     def _classify(self, item: Item, raw_id: int) -> Outcome:
+        """The outcome from the raw message's row: for mail processed elsewhere (a worker
+        got there first) or that made no ticket content."""
         with self.app.sessions() as session:
             raw = session.get(RawMessage, raw_id)
             assert raw is not None

@@ -57,7 +57,7 @@ def test_mbox_of_5000_messages_with_progress_and_exact_summary(tmp_path, capsys)
         assert (h.tickets, h.replies, h.unknown) == (3000, 1500, 500)
         # The progress bar (stderr) with its running counts, then the summary line.
         assert "5008/5008" in err and f"tickets {h.tickets}" in err
-        assert f"5008 messages: {h.tickets} tickets created" in err
+        assert f"5008 inputs: {h.tickets} tickets created" in err
 
         again_code, again, _ = run_import(capsys, config, "mbox", mbox)
         assert again_code == 0

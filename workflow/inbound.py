@@ -6,6 +6,7 @@ nothing behind but a raw message still ``pending`` (retried)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -297,6 +298,9 @@ def _run_once(app: App, raw_id: int, steps: list[Step[Inbound]]
         raw.attempts += 1
         if ctx.ticket is not None and result.status == "processed":
             raw.ticket_id = ctx.ticket.id
+            # For callers that count outcomes (postdesk import) without another query.
+            result = dataclasses.replace(result, ticket_id=ctx.ticket.id,
+                                         created_ticket=ctx.created_ticket)
         return result, ctx.outbox_ids
 
 

@@ -54,6 +54,8 @@ class PipelineResult:
     reason: str | None
     detail: str
     ended_at: str | None   # the step that raised the outcome, None when all ran
+    ticket_id: int | None = None   # the ticket the email landed on (set by process_inbound)
+    created_ticket: bool = False   # True when this email opened that ticket
 
 
 def run_pipeline(steps: Sequence[Step[Ctx]], ctx: Ctx) -> PipelineResult:
