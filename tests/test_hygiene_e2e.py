@@ -257,3 +257,22 @@ def test_commands_from_clients_are_never_executed(make_desk):  # type: ignore[no
     desk.wait_settled()
     [ticket] = desk.tickets()
     assert ticket["status"] == "new" and ticket["priority"] == "P3"
+
+
+def test_contact_flagged_after_repeated_hard_bounces(make_desk):  # type: ignore[no-untyped-def]
+    from storage.models import Contact
+
+    desk = make_desk()
+    for n in range(3):
+        desk.send(make_email(subject=f"Request {n}", sender="gone@client.example"))
+        desk.wait_settled()
+        ack = desk.acks()[-1]
+        desk.send(dsn_for(ack, desk.outbox_raw(ack["id"])).replace(
+            b"<dsn-1@", f"<dsn-{n}@".encode()), mail_from="")
+        desk.wait_settled()
+        with desk.app.sessions() as s:
+            contact = s.scalar(select(Contact).where(Contact.email == "gone@client.example"))
+        assert contact.hard_bounces == n + 1
+        assert (contact.flagged_at is not None) == (n == 2)
+    assert len(desk.tickets()) == 3
+    assert all(a["status"] == "bounced" for a in desk.acks())

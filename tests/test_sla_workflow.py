@@ -194,3 +194,28 @@ def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):  # t
                                     ).get_body(("plain",)).get_content()
     assert "PD-1  P1  clientco  first_response  CLIENTCO-URGENT payments failing" in text
     assert "baseco  used 0h 00m of 2h 00m, remaining 2h 00m" in text
+
+
+def test_resolved_ticket_closes_after_quiet_days_and_client_reply_reopens(make_desk):  # type: ignore[no-untyped-def]
+    from postdesk.scheduler import close_quiet_tickets
+
+    clock = ManualClock(MONDAY_10)
+    desk = make_desk(clock=clock, extra=BASECO)
+    desk.send(make_email(sender="bob@base.example", subject="Please reset my password"))
+    desk.wait_settled()
+    [note] = desk.outbox(template="staff_notification")
+    desk.send(make_email(sender="dev1@agency.example", subject=f"Re: {note['subject']}",
+                         body="#status resolved\nDone, you should have a reset email.",
+                         in_reply_to=note["message_id"]), mail_from="dev1@agency.example")
+    desk.wait_settled()
+    assert desk.tickets()[0]["status"] == "resolved"
+    clock.advance(timedelta(days=6, hours=23))
+    assert close_quiet_tickets(desk.app) == 0          # close_after_days = 7
+    clock.advance(timedelta(hours=2))
+    assert close_quiet_tickets(desk.app) == 1
+    assert desk.tickets()[0]["status"] == "closed"
+    [relay] = desk.outbox(template="staff_reply")
+    desk.send(make_email(sender="bob@base.example", subject=f"Re: {relay['subject']}",
+                         body="It happened again.", in_reply_to=relay["message_id"]))
+    desk.wait_settled()
+    assert desk.tickets()[0]["status"] == "open"
