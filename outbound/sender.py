@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from postdesk.app import App
 
 log = logging.getLogger("postdesk.outbound")
-CLAIM_FOR = timedelta(minutes=5)
 FINAL = ("sent", "failed", "bounced", "suppressed")
 
 
@@ -34,7 +33,8 @@ def send_outbox(app: App, outbox_id: int) -> str:
             .where(Outbox.id == outbox_id,
                    or_(Outbox.status == "queued",
                        (Outbox.status == "sending") & (Outbox.claimed_until < now)))
-            .values(status="sending", claimed_until=now + CLAIM_FOR,
+            .values(status="sending",
+                    claimed_until=now + app.config.desk.send_claim.as_timedelta(),
                     attempts=Outbox.attempts + 1)
         ).rowcount
         row = session.get(Outbox, outbox_id)

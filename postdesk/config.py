@@ -66,6 +66,10 @@ class DeskConfig(_Strict):
     # Extensions to CONTRACT.md:
     secret: str | None = None          # HMAC key for Message-IDs and reply tokens
     database_lock_timeout: Duration = Field(default_factory=lambda: Duration(seconds=30))
+    # How long a sender owns an email it is sending. A process killed mid-send leaves the
+    # email claimed this long before another may try: longer than any SMTP dialogue, so a
+    # slow send is never doubled by an impatient retry.
+    send_claim: Duration = Field(default_factory=lambda: Duration(seconds=300))
     worker_threads: int = Field(default=4, ge=1, le=64)
     queue_namespace: str = "postdesk"  # prefix for broker queues (Redis namespace / AMQP names)
     worker_prefetch: int = Field(default=32, ge=1, le=1024)
@@ -81,7 +85,7 @@ class DeskConfig(_Strict):
     # Words in a client's reply that sign off work awaiting approval (None: built-in list).
     approval_phrases: list[str] | None = None
 
-    _lock = field_validator("database_lock_timeout", mode="before")(_duration)
+    _lock = field_validator("database_lock_timeout", "send_claim", mode="before")(_duration)
 
     @field_validator("support_addresses")
     @classmethod
