@@ -3,7 +3,6 @@ loop prevention right."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,15 +11,10 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 
+# Header values built from user input (subjects, names) pass through header_safe: CR/LF
+# in them is how header injection works.
+from ingest.html_safety import header_safe
 from outbound.render import RenderedEmail
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
-
-
-def header_safe(value: str) -> str:
-    """Header values built from user input (subjects, names) must not carry CR/LF or
-    other controls: that is how header injection works."""
-    return _CONTROL.sub(" ", value).strip()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import secrets as pysecrets
 from datetime import datetime
 from pathlib import Path
 
-import dramatiq
 from dramatiq import Worker
 from sqlalchemy.orm import Session
 
@@ -147,8 +146,3 @@ class App:
 
     def keeper(self, session: Session) -> ClockKeeper:
         return ClockKeeper(session, self.config, self.calendars)
-
-
-def ensure_broker_global(app: App) -> None:
-    """Dramatiq's module-level helpers use the global broker; keep it pointing at ours."""
-    dramatiq.set_broker(app.broker)
