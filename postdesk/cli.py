@@ -277,13 +277,13 @@ def _find_ticket(session: Any, prefix: str, ref: str) -> Any:
 
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
-    from postdesk.views import ticket_json
+    from postdesk.views import ticket_json, ticket_list_query
     from storage.models import Org, Ticket
 
     app = _app(args)
     prefix = app.config.desk.ticket_prefix
     with app.sessions() as session:
-        query = select(Ticket).order_by(Ticket.id)
+        query = ticket_list_query()
         if args.status:
             query = query.where(Ticket.status == args.status)
         if args.org:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, selectinload
 
-from storage.models import Outbox, RawMessage, SlaClock, Staff, Ticket
+from storage.models import Outbox, RawMessage, Ticket
 from workflow.tickets import ticket_ref
 
 
@@ -16,12 +16,17 @@ def iso(at: datetime | None) -> str | None:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ") if at else None
 
 
-def _clock_summary(session: Session, ticket: Ticket) -> dict[str, Any]:
-    clocks = list(session.scalars(
-        select(SlaClock).where(SlaClock.ticket_id == ticket.id).order_by(SlaClock.cycle)))
+def ticket_list_query() -> Select[tuple[Ticket]]:
+    """Tickets with what their JSON needs loaded up front: one query per relation
+    for the whole list, not one per ticket."""
+    return select(Ticket).options(selectinload(Ticket.clocks), selectinload(Ticket.org),
+                                  selectinload(Ticket.assignee)).order_by(Ticket.id)
+
+
+def _clock_summary(ticket: Ticket) -> dict[str, Any]:
     due: dict[str, str | None] = {}
     breaches: list[str] = []
-    for clock in clocks:
+    for clock in ticket.clocks:
         if clock.stopped_at is None:
             due[clock.target] = iso(clock.due_at)
         if clock.breached_at is not None and clock.target not in breaches:
@@ -31,8 +36,8 @@ def _clock_summary(session: Session, ticket: Ticket) -> dict[str, Any]:
 
 def ticket_json(session: Session, ticket: Ticket, prefix: str, *, messages: bool = False,
                 staff_view: bool = True) -> dict[str, Any]:
-    sla = _clock_summary(session, ticket)
-    assignee = session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
+    sla = _clock_summary(ticket)
+    assignee = ticket.assignee
     data: dict[str, Any] = {
         "ref": ticket_ref(prefix, ticket.id),
         "subject": ticket.subject,

@@ -124,6 +124,8 @@ class Ticket(Base):
     messages: Mapped[list[Message]] = relationship(
         back_populates="ticket", order_by="Message.id", cascade="all, delete-orphan"
     )
+    # Read side only (ticket views); clocks are written by workflow.clocks.ClockKeeper.
+    clocks: Mapped[list[SlaClock]] = relationship(order_by="SlaClock.cycle", viewonly=True)
 
 
 class Message(Base):

@@ -15,7 +15,7 @@ from ingest.smtp import IngestHandler, SmtpServer
 from postdesk.app import App
 from postdesk.clock import Clock
 from postdesk.config import Config, parse_config
-from postdesk.views import outbox_json, raw_json, ticket_json
+from postdesk.views import outbox_json, raw_json, ticket_json, ticket_list_query
 from storage.models import Outbox, RawMessage, Ticket
 from tests.support import backend, config_text, free_port, wait_for
 
@@ -55,7 +55,7 @@ class Desk:
 
     def tickets(self) -> list[dict[str, Any]]:
         with self.app.sessions() as s:
-            return [ticket_json(s, t, "PD") for t in s.scalars(select(Ticket).order_by(Ticket.id))]
+            return [ticket_json(s, t, "PD") for t in s.scalars(ticket_list_query())]
 
     def ticket(self, ref: str) -> dict[str, Any]:
         with self.app.sessions() as s:

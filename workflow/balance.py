@@ -3,7 +3,6 @@ The month arithmetic (rollover, cap, overuse) is the pure ``workflow.allowance``
 
 from __future__ import annotations
 
-from collections import defaultdict
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -58,10 +57,7 @@ def per_ticket_usage(session: Session, org: Org, year: int, month: int
         select(TimeEntry.ticket_id, func.sum(TimeEntry.seconds))
         .where(TimeEntry.org_id == org.id, TimeEntry.year == year, TimeEntry.month == month)
         .group_by(TimeEntry.ticket_id).order_by(TimeEntry.ticket_id)).all()
-    out: dict[int, timedelta] = defaultdict(timedelta)
-    for ticket_id, seconds in rows:
-        out[ticket_id] += timedelta(seconds=int(seconds))
-    return [(session.get(Ticket, tid), used) for tid, used in out.items()]
+    return [(session.get(Ticket, tid), timedelta(seconds=int(seconds))) for tid, seconds in rows]
 
 
 def hours(value: timedelta) -> str:

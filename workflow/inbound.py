@@ -11,6 +11,7 @@ import logging
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -167,8 +168,10 @@ def record(ctx: Inbound) -> None:
               message_kind=ctx.message.kind)
 
 
+@cache
 def _steps() -> list[Step[Inbound]]:
-    """The inbound pipeline, in order. Each step is a small function with one job."""
+    """The inbound pipeline, in order. Each step is a small function with one job.
+    (Imported lazily, and built once: the step modules import this one.)"""
     from workflow import steps_hygiene as hygiene
     from workflow import steps_sla as sla
     from workflow import steps_staff as staff

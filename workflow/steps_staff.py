@@ -204,11 +204,13 @@ def _resolve_staff(ctx: Inbound, who: str, me: Staff) -> Staff | None:
         return me
     if "@" in who:
         return staff_by_email(ctx.session, who)
-    lowered = who.lower()
-    for s in ctx.session.scalars(select(Staff).where(Staff.active.is_(True))):
-        if s.name.lower() == lowered or s.name.lower().split()[0:1] == [lowered] \
-                or s.email.split("@")[0] == lowered:
-            return s
+    # A name matches the full name, the first name or the mailbox part of the address.
+    wanted = who.lower()
+    for staff in ctx.session.scalars(select(Staff).where(Staff.active.is_(True))):
+        names = {staff.name.lower(), *staff.name.lower().split()[:1],
+                 staff.email.split("@")[0]}
+        if wanted in names:
+            return staff
     return None
 
 
