@@ -43,10 +43,10 @@ from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 from sqlalchemy.sql.compiler import SQLCompiler  # noqa: E402
 from sqlalchemy.sql.expression import ClauseElement, Executable  # noqa: E402
 
-from storage.db import make_engine, make_session_factory  # noqa: E402
-from storage.migrate import upgrade  # noqa: E402
-from storage.models import Org, SlaClock, Ticket  # noqa: E402
-from workflow.breaches import at_risk_query, breached_query  # noqa: E402
+from postdesk.storage.db import make_engine, make_session_factory  # noqa: E402
+from postdesk.storage.migrate import upgrade  # noqa: E402
+from postdesk.storage.models import Org, SlaClock, Ticket  # noqa: E402
+from postdesk.workflow.desk.breaches import at_risk_query, breached_query  # noqa: E402
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 

@@ -48,16 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from imapclient import IMAPClient  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
-from ingest.imap import ImapPoller  # noqa: E402
 from postdesk.app import App  # noqa: E402
-from postdesk.config import parse_config  # noqa: E402
 from postdesk.importer import Importer  # noqa: E402
-from storage.models import RawMessage  # noqa: E402
+from postdesk.ingest.imap import ImapPoller  # noqa: E402
+from postdesk.storage.models import RawMessage  # noqa: E402
+from postdesk.workflow.pipeline.process import _steps, process_inbound  # noqa: E402
+from postdesk.workflow.pipeline.runner import Step  # noqa: E402
+from postdesk.workflow.rules.config import parse_config  # noqa: E402
 from tests.dovecot import DovecotServer  # noqa: E402
 from tests.mailgen import history, write_mbox  # noqa: E402
 from tests.support import backend, config_text, wait_for  # noqa: E402
-from workflow.inbound import _steps, process_inbound  # noqa: E402
-from workflow.pipeline import Step  # noqa: E402
 
 PASSWORD_ENV = "PD_BENCH_IMAP_PW"
 

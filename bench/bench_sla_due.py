@@ -24,8 +24,8 @@ from pathlib import Path
 # Runnable as a script from the repository root: make `workflow` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workflow.calendar import BusinessCalendar  # noqa: E402
-from workflow.durations import Duration, parse_duration  # noqa: E402
+from postdesk.workflow.rules.calendar import BusinessCalendar  # noqa: E402
+from postdesk.workflow.rules.durations import Duration, parse_duration  # noqa: E402
 
 
 def uk_office() -> BusinessCalendar:

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.blobs import BlobStore, sha256_hex
-from storage.models import RawMessage
+from postdesk.storage.blobs import BlobStore, sha256_hex
+from postdesk.storage.models import RawMessage
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
-from ingest.imap_alert import send_auth_alert
-from ingest.imap_auth import Authenticator, AuthFailed, AuthUnavailable
-from ingest.imap_sync import FetchStrikes, FolderProblem, FolderSync, SyncStats
-from postdesk.config import ImapConfig
+from postdesk.ingest.imap_alert import send_auth_alert
+from postdesk.ingest.imap_auth import Authenticator, AuthFailed, AuthUnavailable
+from postdesk.ingest.imap_sync import FetchStrikes, FolderProblem, FolderSync, SyncStats
+from postdesk.workflow.rules.config import ImapConfig
 
 if TYPE_CHECKING:
     from postdesk.app import App

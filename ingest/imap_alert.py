@@ -10,7 +10,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from postdesk.config import ImapConfig
+from postdesk.workflow.rules.config import ImapConfig
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -24,7 +24,7 @@ def send_auth_alert(app: App, box: ImapConfig, *, method: str, error: str,
                     episode_started: datetime) -> int | None:
     """Queue the alert and enqueue its sending; returns the outbox id (None: no leads, or
     already queued for this episode)."""
-    from outbound.outbox import queue_email
+    from postdesk.workflow.desk.outbox import queue_email
 
     leads = [s.email for s in app.config.leads()]
     if not leads:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from postdesk.config import ImapConfig, secret_from_env
+from postdesk.workflow.rules.config import ImapConfig, secret_from_env
 
 # Fetch a new token this long before the old one expires: a login, a sync and the IDLE
 # re-issue all fit comfortably inside it.

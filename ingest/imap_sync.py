@@ -38,9 +38,9 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from ingest.accept import Envelope
-from postdesk.config import ImapConfig
-from storage.models import ImapCursor
+from postdesk.ingest.accept import Envelope
+from postdesk.storage.models import ImapCursor
+from postdesk.workflow.rules.config import ImapConfig
 
 if TYPE_CHECKING:
     from postdesk.app import App

@@ -18,8 +18,8 @@ from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from ingest.accept import AcceptResult, Envelope
-from workflow.tokens import base_address
+from postdesk.ingest.accept import AcceptResult, Envelope
+from postdesk.mail.tokens import base_address
 
 log = logging.getLogger("postdesk.smtp")
 

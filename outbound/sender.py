@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select, update
 
-from outbound.transport import PermanentFailure, TemporaryFailure
-from storage.models import Outbox
+from postdesk.outbound.transport import PermanentFailure, TemporaryFailure
+from postdesk.storage.models import Outbox
 
 if TYPE_CHECKING:
     from postdesk.app import App

@@ -13,17 +13,17 @@ from pathlib import Path
 from dramatiq import Worker
 from sqlalchemy.orm import Session
 
-from ingest.accept import AcceptResult, Envelope, accept
-from ingest.authentication import DnsFunc
-from outbound.render import Renderer
-from outbound.transport import MaildirTransport, SmtpTransport, Transport
-from postdesk.clock import Clock, SystemClock
-from postdesk.config import Config, secret_from_env
-from storage.blobs import BlobStore
-from storage.db import make_engine, make_session_factory
-from workflow.broker import make_broker
-from workflow.clocks import ClockKeeper
-from workflow.sla import build_calendars
+from postdesk.ingest.accept import AcceptResult, Envelope, accept
+from postdesk.mail.authentication import DnsFunc
+from postdesk.mail.render import Renderer
+from postdesk.outbound.transport import MaildirTransport, SmtpTransport, Transport
+from postdesk.storage.blobs import BlobStore
+from postdesk.storage.db import make_engine, make_session_factory
+from postdesk.workflow.desk.sla_clocks import ClockKeeper
+from postdesk.workflow.rules.clock import Clock, SystemClock
+from postdesk.workflow.rules.config import Config, secret_from_env
+from postdesk.workflow.rules.sla import build_calendars
+from postdesk.workflow.tasks.broker import make_broker
 
 log = logging.getLogger("postdesk")
 
@@ -46,7 +46,7 @@ class App:
         self._worker: Worker | None = None
         # DNS lookup for DKIM keys; None uses dkimpy's resolver. Tests put a test key here.
         self.dkim_dns: DnsFunc | None = None
-        from workflow.actors import register_actors
+        from postdesk.workflow.tasks.actors import register_actors
 
         self.actors = register_actors(self)
 
@@ -86,12 +86,12 @@ class App:
         return self.config.desk.support_addresses[0]
 
     def upgrade_database(self) -> None:
-        from storage.migrate import upgrade
+        from postdesk.storage.migrate import upgrade
 
         upgrade(self.engine)
 
     def sync_directory(self) -> None:
-        from storage.directory import sync_from_config
+        from postdesk.storage.directory import sync_from_config
 
         with self.sessions() as session, session.begin():
             sync_from_config(session, self.config)

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from postdesk.config import ConfigError, find_config_path, load_config
+from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -47,7 +47,7 @@ def _app(args: argparse.Namespace, *, upgrade: bool = False):  # type: ignore[no
     config = load_config(args.config)
     app = App(config)
     try:
-        from storage.migrate import is_up_to_date
+        from postdesk.storage.migrate import is_up_to_date
 
         if upgrade:
             app.upgrade_database()
@@ -68,7 +68,7 @@ def _app(args: argparse.Namespace, *, upgrade: bool = False):  # type: ignore[no
 
 def cmd_init(args: argparse.Namespace) -> int:
     from postdesk.app import App
-    from postdesk.config import parse_config, resolve_paths
+    from postdesk.workflow.rules.config import parse_config, resolve_paths
 
     target_dir = Path(args.dir)
     target_dir.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     app = _app(args, upgrade=True)
-    from storage.migrate import current_revision
+    from postdesk.storage.migrate import current_revision
 
     print(f"database at revision {current_revision(app.engine)}")
     app.close()
@@ -131,7 +131,7 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
 
 
 def _smtp_server(app):  # type: ignore[no-untyped-def]
-    from ingest.smtp import IngestHandler, SmtpServer
+    from postdesk.ingest.smtp import IngestHandler, SmtpServer
 
     cfg = app.config.smtp_in
     handler = IngestHandler(app.config.desk.support_addresses, app.accept)
@@ -152,7 +152,7 @@ def _start_smtp(server: Any, host: str, port: int) -> None:
 def _pollers(app):  # type: ignore[no-untyped-def]
     if not app.config.imap:
         return []
-    from ingest.imap import ImapPoller
+    from postdesk.ingest.imap import ImapPoller
 
     return [ImapPoller(app, box) for box in app.config.imap]
 
@@ -266,8 +266,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _find_ticket(session: Any, prefix: str, ref: str) -> Any:
-    from storage.models import Ticket
-    from workflow.tickets import parse_ref
+    from postdesk.storage.models import Ticket
+    from postdesk.workflow.desk.events import parse_ref
 
     number = parse_ref(prefix, ref)
     ticket = session.get(Ticket, number) if number is not None else None
@@ -277,8 +277,8 @@ def _find_ticket(session: Any, prefix: str, ref: str) -> Any:
 
 
 def cmd_tickets_list(args: argparse.Namespace) -> int:
+    from postdesk.storage.models import Org, Ticket
     from postdesk.views import ticket_json, ticket_list_query
-    from storage.models import Org, Ticket
 
     app = _app(args)
     prefix = app.config.desk.ticket_prefix
@@ -327,8 +327,8 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from postdesk.storage.models import Outbox
     from postdesk.views import outbox_json
-    from storage.models import Outbox
 
     app = _app(args)
     prefix = app.config.desk.ticket_prefix
@@ -346,8 +346,8 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_show(args: argparse.Namespace) -> int:
+    from postdesk.storage.models import Outbox
     from postdesk.views import outbox_json
-    from storage.models import Outbox
 
     app = _app(args)
     with app.sessions() as session:
@@ -369,8 +369,8 @@ def cmd_outbox_show(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    from postdesk.storage.models import RawMessage
     from postdesk.views import raw_json
-    from storage.models import RawMessage
 
     app = _app(args)
     with app.sessions() as session:
@@ -390,7 +390,7 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_release(args: argparse.Namespace) -> int:
-    from workflow.quarantine import release
+    from postdesk.workflow.pipeline.quarantine import release
 
     app = _app(args)
     try:
@@ -402,7 +402,7 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
 
 
 def cmd_quarantine_drop(args: argparse.Namespace) -> int:
-    from workflow.quarantine import drop
+    from postdesk.workflow.pipeline.quarantine import drop
 
     app = _app(args)
     try:
@@ -417,7 +417,7 @@ def cmd_sla_due(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from postdesk.views import iso
-    from workflow.sla import build_calendars, due_at, target_for
+    from postdesk.workflow.rules.sla import build_calendars, due_at, target_for
 
     config = load_config(args.config)
     plan = config.plans.get(args.plan)
@@ -446,8 +446,8 @@ def cmd_sla_due(args: argparse.Namespace) -> int:
 
 
 def cmd_digest(args: argparse.Namespace) -> int:
-    from outbound.sender import send_outbox
-    from workflow.digest import build_digest, queue_digest
+    from postdesk.outbound.sender import send_outbox
+    from postdesk.workflow.desk.digest import build_digest, queue_digest
 
     app = _app(args)
     try:
@@ -574,8 +574,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"postdesk: cannot use the database: {exc.orig}", file=sys.stderr)
         return EXIT_FAILURE
     except ValueError as exc:
-        from storage.db import DatabaseUrlError
-        from workflow.broker import BrokerUrlError
+        from postdesk.storage.db import DatabaseUrlError
+        from postdesk.workflow.tasks.broker import BrokerUrlError
 
         if isinstance(exc, DatabaseUrlError | BrokerUrlError):
             print(f"postdesk: {exc}", file=sys.stderr)

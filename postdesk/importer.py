@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from ingest.accept import Envelope
-from storage.models import Message, RawMessage
-from workflow.pipeline import PipelineResult
+from postdesk.ingest.accept import Envelope
+from postdesk.storage.models import Message, RawMessage
+from postdesk.workflow.pipeline.runner import PipelineResult
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -197,7 +197,7 @@ class Importer:
         return self.summary
 
     def import_item(self, item: Item) -> Outcome:
-        from workflow.inbound import process_inbound
+        from postdesk.workflow.pipeline.process import process_inbound
 
         timings = self.summary.timings
         started = time.perf_counter()

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from outbound.sender import stale_outbox_ids
-from storage.models import RawMessage, Ticket
-from workflow import breaches, digest
-from workflow.clocks import set_status
+from postdesk.outbound.sender import stale_outbox_ids
+from postdesk.storage.models import RawMessage, Ticket
+from postdesk.workflow.desk import breaches, digest
+from postdesk.workflow.desk.sla_clocks import set_status
 
 if TYPE_CHECKING:
     from postdesk.app import App

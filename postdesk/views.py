@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from storage.models import Outbox, RawMessage, Ticket
-from workflow.tickets import ticket_ref
+from postdesk.storage.models import Outbox, RawMessage, Ticket
+from postdesk.workflow.desk.events import ticket_ref
 
 
 def iso(at: datetime | None) -> str | None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from postdesk.config import Config
-from storage.models import Contact, Org, Staff
+from postdesk.storage.models import Contact, Org, Staff
+from postdesk.workflow.rules.config import Config
 
 
 def sync_from_config(session: Session, config: Config) -> None:

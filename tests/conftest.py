@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ingest.smtp import IngestHandler, SmtpServer
 from postdesk.app import App
-from postdesk.clock import Clock
-from postdesk.config import Config, parse_config
+from postdesk.ingest.smtp import IngestHandler, SmtpServer
+from postdesk.storage.models import Outbox, RawMessage, Ticket
 from postdesk.views import outbox_json, raw_json, ticket_json, ticket_list_query
-from storage.models import Outbox, RawMessage, Ticket
+from postdesk.workflow.rules.clock import Clock
+from postdesk.workflow.rules.config import Config, parse_config
 from tests.support import backend, config_text, free_port, wait_for
 
 # The Dovecot fixture lives in its own plugin module.

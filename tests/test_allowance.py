@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflow.allowance import MonthBalance, month_balances, month_of, would_exceed
+from postdesk.workflow.rules.allowance import MonthBalance, month_balances, month_of, would_exceed
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)

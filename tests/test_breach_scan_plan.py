@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from storage.db import make_engine
-from storage.migrate import upgrade
+from postdesk.storage.db import make_engine
+from postdesk.storage.migrate import upgrade
 from tests.support import postgres_database, service_or_skip
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_breach_scan.py"

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workflow import calendar as calendar_module
-from workflow.calendar import BusinessCalendar, CalendarError
-from workflow.durations import Duration, parse_duration
+from postdesk.workflow.rules import calendar as calendar_module
+from postdesk.workflow.rules.calendar import BusinessCalendar, CalendarError
+from postdesk.workflow.rules.durations import Duration, parse_duration
 
 LONDON = ZoneInfo("Europe/London")
 WEEKDAYS_8_18 = {day: "08:00-18:00" for day in ("mon", "tue", "wed", "thu", "fri")}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest.classify import Classification, classify
-from ingest.parse import parse_email
+from postdesk.mail.classify import Classification, classify
+from postdesk.mail.parse import parse_email
 from tests.corpus import corpus_dir, manifest_files, read, requires_corpus
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mail"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflow.commands import (
+from postdesk.workflow.rules.commands import (
     DEFAULT_FOLLOWUP_TIME,
     MAX_FOLLOWUP_AHEAD,
     MAX_LOGGED_TIME,

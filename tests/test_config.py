@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from postdesk.config import ConfigError, load_config, parse_config
+from postdesk.workflow.rules.config import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = (ROOT / "postdesk" / "example.toml").read_text()

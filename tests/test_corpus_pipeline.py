@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ingest.accept import Envelope
-from postdesk.config import parse_config
-from storage.models import Message, RawMessage
+from postdesk.ingest.accept import Envelope
+from postdesk.storage.models import Message, RawMessage
+from postdesk.workflow.pipeline.process import process_inbound
+from postdesk.workflow.rules.config import parse_config
 from tests.conftest import start_desk, stop_desk
 from tests.corpus import corpus_dir, manifest_files, read
 from tests.support import backend, config_text
-from workflow.inbound import process_inbound
 
 CATCH_ALL = """
 [[orgs]]

@@ -214,6 +214,6 @@ def test_schema_is_migrated_not_created(make_desk):  # type: ignore[no-untyped-d
     desk = make_desk(smtp=False, workers=False)
     with desk.app.engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    from storage.migrate import head_revision
+    from postdesk.storage.migrate import head_revision
 
     assert version == head_revision(desk.app.engine)

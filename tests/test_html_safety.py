@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ingest.html_safety import header_safe, sanitize_html
+from postdesk.mail.html_safety import header_safe, sanitize_html
 
 
 def test_scripts_styles_and_handlers_are_removed() -> None:

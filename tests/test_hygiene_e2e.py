@@ -12,8 +12,8 @@ import dkim
 import pytest
 from sqlalchemy import select
 
+from postdesk.workflow.pipeline.quarantine import QuarantineActionError, drop, release
 from tests.support import make_email
-from workflow.quarantine import QuarantineActionError, drop, release
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dkim"
 DKIM_ORG = """
@@ -245,7 +245,7 @@ def test_attachments_kept_cleaned_and_limited(make_desk):  # type: ignore[no-unt
     assert by_name["shot.png"]["inline"] is True
     assert any(a["content_type"] == "message/rfc822" for a in message["attachments"])
     with desk.app.sessions() as s:
-        from storage.models import Message as MessageRow
+        from postdesk.storage.models import Message as MessageRow
 
         html = s.scalar(select(MessageRow.html).where(MessageRow.direction == "in"))
     assert "<script>" not in html and "cid:shot1" in html
@@ -260,7 +260,7 @@ def test_commands_from_clients_are_never_executed(make_desk):  # type: ignore[no
 
 
 def test_contact_flagged_after_repeated_hard_bounces(make_desk):  # type: ignore[no-untyped-def]
-    from storage.models import Contact
+    from postdesk.storage.models import Contact
 
     desk = make_desk()
     for n in range(3):

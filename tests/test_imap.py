@@ -22,11 +22,11 @@ import pytest
 from imapclient import FLAGGED, SEEN
 from sqlalchemy import func, select
 
-from ingest.imap import Backoff, ImapPoller
-from ingest.imap_auth import AuthFailed, TokenSource, parse_token_output
-from ingest.imap_sync import FAILED, TOO_LARGE, FolderSync
+from postdesk.ingest.imap import Backoff, ImapPoller
+from postdesk.ingest.imap_auth import AuthFailed, TokenSource, parse_token_output
+from postdesk.ingest.imap_sync import FAILED, TOO_LARGE, FolderSync
 from postdesk.scheduler import sweep_pending_raw
-from storage.models import ImapCursor, Message, RawMessage
+from postdesk.storage.models import ImapCursor, Message, RawMessage
 from tests.conftest_dovecot import make_dovecot_root, require_dovecot
 from tests.dovecot import DovecotServer, free_port
 from tests.mailgen import History, history
@@ -274,7 +274,7 @@ def test_thousand_waiting_messages_exactly_once(make_desk, dovecot, imap_pw):  #
 PAUSED_CHILD = """
 import sys, time
 from pathlib import Path
-import ingest.imap_sync as imap_sync
+import postdesk.ingest.imap_sync as imap_sync
 
 def paused(client, uids, *args, **kwargs):
     Path(sys.argv[2]).write_text(" ".join(map(str, uids)))

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from ingest.accept import Envelope
 from postdesk.cli import main
+from postdesk.ingest.accept import Envelope
 from tests.conftest import start_desk, stop_desk
 from tests.mailgen import history, write_mbox
 from tests.support import backend, config_text, make_email
@@ -79,7 +79,7 @@ def test_mbox_of_5000_messages_with_progress_and_exact_summary(tmp_path, capsys)
 
 
 def _config(path: Path) -> Any:
-    from postdesk.config import parse_config
+    from postdesk.workflow.rules.config import parse_config
 
     return parse_config(path.read_text(), environ={})
 

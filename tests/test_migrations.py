@@ -9,9 +9,9 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from storage.db import make_engine
-from storage.migrate import upgrade
-from storage.models import Base
+from postdesk.storage.db import make_engine
+from postdesk.storage.migrate import upgrade
+from postdesk.storage.models import Base
 from tests.support import backend
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from postdesk.cli import build_parser
-from postdesk.config import parse_config
+from postdesk.workflow.rules.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

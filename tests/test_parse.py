@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.filenames import MAX_FILENAME_LENGTH, clean_filename
-from ingest.parse import (
+from postdesk.mail.filenames import MAX_FILENAME_LENGTH, clean_filename
+from postdesk.mail.parse import (
     ParsedEmail,
     UnparseableEmail,
     decode_bytes,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workflow.priority import (
+from postdesk.workflow.rules.priority import (
     DEFAULT_KEYWORD_RULES,
     PRIORITIES,
     KeywordRule,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.reply_text import visible_reply
+from postdesk.mail.reply_text import visible_reply
 from tests.corpus import corpus_dir, requires_corpus
 
 # --- exact cases -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-from workflow.steps_sla import DEFAULT_APPROVALS, is_approval
+from postdesk.workflow.pipeline.client import DEFAULT_APPROVALS, is_approval
 
 
 def test_approvals_are_recognised() -> None:

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from postdesk.clock import ManualClock
-from storage.models import Event, Outbox
+from postdesk.storage.models import Event, Outbox
+from postdesk.workflow.desk import breaches
+from postdesk.workflow.rules.clock import ManualClock
 from tests.support import BASECO, make_email
-from workflow import breaches
 
 MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)   # GMT: UTC == London
 
@@ -171,7 +171,7 @@ def test_first_public_reply_stops_first_response_clock(make_desk):  # type: igno
 
 
 def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):  # type: ignore[no-untyped-def]
-    from workflow.digest import due_digests
+    from postdesk.workflow.desk.digest import due_digests
 
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock, extra=BASECO)

@@ -11,10 +11,10 @@ from email import policy
 import pytest
 from sqlalchemy import func, select
 
-from postdesk.clock import ManualClock
-from storage.models import Event, TimeEntry
+from postdesk.storage.models import Event, TimeEntry
+from postdesk.workflow.desk import breaches
+from postdesk.workflow.rules.clock import ManualClock
 from tests.support import BASECO, make_email
-from workflow import breaches
 
 MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

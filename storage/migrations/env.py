@@ -3,7 +3,7 @@ connection handed over in ``config.attributes``."""
 
 from alembic import context
 
-from storage.models import Base
+from postdesk.storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.models import Event, Message, Ticket
+from postdesk.storage.models import Event, Message, Ticket
 
 
 def ticket_ref(prefix: str, ticket_id: int) -> str:

@@ -17,17 +17,17 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
-from outbound.outbox import queue_email
-from storage.directory import staff_by_email
-from storage.models import Message, Staff, Ticket, TimeEntry
-from workflow import commands as cmd
-from workflow.clocks import set_status
-from workflow.pipeline import Handled, Quarantine, step
-from workflow.tickets import add_event, ticket_ref
-from workflow.tokens import make_reply_address
+from postdesk.mail.tokens import make_reply_address
+from postdesk.storage.directory import staff_by_email
+from postdesk.storage.models import Message, Staff, Ticket, TimeEntry
+from postdesk.workflow.desk.events import add_event, ticket_ref
+from postdesk.workflow.desk.outbox import queue_email
+from postdesk.workflow.desk.sla_clocks import set_status
+from postdesk.workflow.pipeline.runner import Handled, Quarantine, step
+from postdesk.workflow.rules import commands as cmd
 
 if TYPE_CHECKING:
-    from workflow.inbound import Inbound
+    from postdesk.workflow.pipeline.process import Inbound
 
 
 def _is_staff(ctx: Inbound) -> bool:
@@ -129,7 +129,7 @@ def staff_mail(ctx: Inbound) -> None:
 
 
 def _store(ctx: Inbound, kind: str, body: str, staff: Staff) -> Message:
-    from workflow.inbound import store_message
+    from postdesk.workflow.pipeline.process import store_message
 
     return store_message(ctx, kind=kind, direction="in", text=body, author_staff_id=staff.id)
 
@@ -143,8 +143,8 @@ def _start_ticket_for_client(ctx: Inbound, parse: cmd.CommandParse) -> None:
     if not org_slug and not requester:
         raise Quarantine("no_ticket", "staff email with no ticket token and no #org or "
                                       "#requester to start one")
-    from storage.directory import org_by_slug
-    from workflow.senders import identify_sender
+    from postdesk.storage.directory import org_by_slug
+    from postdesk.workflow.rules.senders import identify_sender
 
     if requester:
         who = identify_sender(requester, ctx.config)
@@ -152,7 +152,7 @@ def _start_ticket_for_client(ctx: Inbound, parse: cmd.CommandParse) -> None:
     org = org_by_slug(ctx.session, org_slug) if org_slug else None
     if org is None:
         raise Quarantine("no_ticket", f"#org/#requester names no known org ({org_slug})")
-    from workflow.inbound import open_ticket
+    from postdesk.workflow.pipeline.process import open_ticket
 
     opener = requester or ctx.email.from_addr or ""
     open_ticket(ctx, org, opener)
@@ -216,7 +216,7 @@ def _resolve_staff(ctx: Inbound, who: str, me: Staff) -> Staff | None:
 
 def log_time(ctx: Inbound, ticket: Ticket, staff: Staff, duration: timedelta,
              message: Message) -> None:
-    from workflow.balance import org_month_balance
+    from postdesk.workflow.desk.allowance import org_month_balance
 
     tz = _tz(ctx, ticket)
     local = ctx.now.astimezone(tz)
@@ -227,7 +227,7 @@ def log_time(ctx: Inbound, ticket: Ticket, staff: Staff, duration: timedelta,
                               source_message_id=message.id))
     add_event(ctx.session, ticket, "time_logged", ctx.now, staff.email,
               seconds=int(duration.total_seconds()))
-    from workflow.allowance import would_exceed
+    from postdesk.workflow.rules.allowance import would_exceed
 
     if before is not None and would_exceed(before, duration):
         _allowance_warning(ctx, ticket, before.remaining, duration)
@@ -317,7 +317,7 @@ def notify_staff(ctx: Inbound) -> None:
         return
     if not ctx.raw.notify or ctx.auto_reply:
         return
-    from workflow.rota import on_rota
+    from postdesk.workflow.rules.rota import on_rota
 
     assignee = ctx.session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
     person = assignee.email if assignee else on_rota(ctx.config.rota, ctx.now.date())

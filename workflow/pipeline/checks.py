@@ -9,17 +9,17 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from ingest.authentication import authenticate
-from ingest.classify import classify
-from outbound.outbox import queue_email
-from storage.directory import contact_for
-from storage.models import Contact, Outbox, Staff, Ticket
-from workflow.pipeline import Quarantine, step
-from workflow.tickets import add_event, ticket_ref
-from workflow.tokens import is_our_message_id
+from postdesk.mail.authentication import authenticate
+from postdesk.mail.classify import classify
+from postdesk.mail.tokens import is_our_message_id
+from postdesk.storage.directory import contact_for
+from postdesk.storage.models import Contact, Outbox, Staff, Ticket
+from postdesk.workflow.desk.events import add_event, ticket_ref
+from postdesk.workflow.desk.outbox import queue_email
+from postdesk.workflow.pipeline.runner import Quarantine, step
 
 if TYPE_CHECKING:
-    from workflow.inbound import Inbound
+    from postdesk.workflow.pipeline.process import Inbound
 
 
 @step

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from workflow.durations import Duration, DurationError, parse_duration
+from postdesk.workflow.rules.durations import Duration, DurationError, parse_duration
 
 PRIORITIES = ("P1", "P2", "P3")
 TARGETS = ("first_response", "next_update", "resolution")

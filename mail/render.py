@@ -13,7 +13,7 @@ from typing import Any
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
-import templates as builtin_templates
+from postdesk import templates as builtin_templates
 
 BUILTIN_DIR = Path(builtin_templates.__file__).parent
 

@@ -8,16 +8,21 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from outbound.outbox import queue_email
-from storage.directory import staff_by_email
-from workflow.clocks import set_status
-from workflow.pipeline import step
-from workflow.priority import DEFAULT_KEYWORD_RULES, KeywordRule, initial_priority, raise_only
-from workflow.rota import on_rota
-from workflow.tickets import ack_subject, add_event, ticket_ref
+from postdesk.storage.directory import staff_by_email
+from postdesk.workflow.desk.events import ack_subject, add_event, ticket_ref
+from postdesk.workflow.desk.outbox import queue_email
+from postdesk.workflow.desk.sla_clocks import set_status
+from postdesk.workflow.pipeline.runner import step
+from postdesk.workflow.rules.priority import (
+    DEFAULT_KEYWORD_RULES,
+    KeywordRule,
+    initial_priority,
+    raise_only,
+)
+from postdesk.workflow.rules.rota import on_rota
 
 if TYPE_CHECKING:
-    from workflow.inbound import Inbound
+    from postdesk.workflow.pipeline.process import Inbound
 
 DEFAULT_APPROVALS = ("approved", "signed off", "sign off", "ok to deploy", "okay to deploy",
                      "go ahead and deploy", "happy to sign off")
@@ -193,7 +198,7 @@ def page_p1(ctx: Inbound) -> None:
     rota = on_rota(ctx.config.rota, ctx.now.astimezone(_calendar_tz(ctx)).date())
     people = list(dict.fromkeys([p for p in [rota, *(s.email for s in ctx.config.leads())]
                                  if p]))
-    from workflow.tokens import make_reply_address
+    from postdesk.mail.tokens import make_reply_address
 
     reply_to = make_reply_address(ctx.app.secret, ctx.config.desk.support_addresses[0],
                                   prefix, ticket.id)

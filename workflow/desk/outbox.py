@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from outbound.compose import OutgoingEmail, compose
-from storage.models import Message, Outbox, Ticket
-from workflow.tokens import make_message_id
+from postdesk.mail.compose import OutgoingEmail, compose
+from postdesk.mail.tokens import make_message_id
+from postdesk.storage.models import Message, Outbox, Ticket
 
 if TYPE_CHECKING:
     from postdesk.app import App

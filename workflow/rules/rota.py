@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from postdesk.config import RotaConfig
+from postdesk.workflow.rules.config import RotaConfig
 
 
 def on_rota(rota: RotaConfig | None, day: date) -> str | None:

@@ -10,14 +10,14 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from postdesk.config import Config
-from storage.models import Org, Ticket, TimeEntry
-from workflow.allowance import MonthBalance, month_balances, month_of
-from workflow.pipeline import Handled, step
-from workflow.tickets import ticket_ref
+from postdesk.storage.models import Org, Ticket, TimeEntry
+from postdesk.workflow.desk.events import ticket_ref
+from postdesk.workflow.pipeline.runner import Handled, step
+from postdesk.workflow.rules.allowance import MonthBalance, month_balances, month_of
+from postdesk.workflow.rules.config import Config
 
 if TYPE_CHECKING:
-    from workflow.inbound import Inbound
+    from postdesk.workflow.pipeline.process import Inbound
 
 
 def org_timezone(config: Config, org_slug: str, plan: str) -> ZoneInfo:
@@ -82,7 +82,7 @@ def balance_request(ctx: Inbound) -> None:
     usage = per_ticket_usage(ctx.session, ctx.org, balance.year, balance.month) \
         if balance else []
     prefix = ctx.config.desk.ticket_prefix
-    from outbound.outbox import queue_email
+    from postdesk.workflow.desk.outbox import queue_email
 
     row = queue_email(
         ctx.session, ctx.app, dedupe_key=f"balance:{ctx.raw.id}", template="balance",

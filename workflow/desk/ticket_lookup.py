@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.models import Message, Ticket
-from workflow.tickets import participants, subject_token_re
-from workflow.tokens import ticket_from_message_id, ticket_from_reply_address
+from postdesk.mail.tokens import ticket_from_message_id, ticket_from_reply_address
+from postdesk.storage.models import Message, Ticket
+from postdesk.workflow.desk.events import participants, subject_token_re
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from outbound.outbox import queue_email
-from storage.models import Event, Org, SlaClock, Ticket
-from workflow.balance import hours, org_month_balance
-from workflow.tickets import ticket_ref
+from postdesk.storage.models import Event, Org, SlaClock, Ticket
+from postdesk.workflow.desk.allowance import hours, org_month_balance
+from postdesk.workflow.desk.events import ticket_ref
+from postdesk.workflow.desk.outbox import queue_email
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -110,7 +110,7 @@ def queue_digest(app: App, manager: str, now: datetime) -> int | None:
 
 def due_digests(app: App) -> list[int]:
     """Scheduler job: after the digest time each period, queue every manager's digest."""
-    from storage.models import Outbox
+    from postdesk.storage.models import Outbox
 
     ids = []
     period, _ = period_start(app, app.now())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from postdesk.config import Config
+from postdesk.workflow.rules.config import Config
 
 SenderKind = Literal["staff", "contact", "unknown"]
 

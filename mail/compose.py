@@ -13,8 +13,8 @@ from email.utils import format_datetime
 
 # Header values built from user input (subjects, names) pass through header_safe: CR/LF
 # in them is how header injection works.
-from ingest.html_safety import header_safe
-from outbound.render import RenderedEmail
+from postdesk.mail.html_safety import header_safe
+from postdesk.mail.render import RenderedEmail
 
 
 @dataclass(frozen=True)

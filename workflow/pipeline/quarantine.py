@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from storage.models import RawMessage
-from workflow.tickets import add_event
+from postdesk.storage.models import RawMessage
+from postdesk.workflow.desk.events import add_event
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -30,7 +30,7 @@ def release(app: App, raw_id: int, *, org: str | None = None) -> str:
         raw.release_org = org
         add_event(session, None, "quarantine_released", app.now(), "operator",
                   raw_id=raw_id, reason=previous, org=org)
-    from workflow.inbound import process_inbound
+    from postdesk.workflow.pipeline.process import process_inbound
 
     result = process_inbound(app, raw_id)
     if result is None:

@@ -49,7 +49,7 @@ import mailparser
 from mailparser.exceptions import MailParserRecursionError
 from mailparser.utils import as_string_safe
 
-from ingest.filenames import clean_filename
+from postdesk.mail.filenames import clean_filename
 
 try:  # Optional: a layout-aware HTML-to-text converter (Apache-2.0).
     import inscriptis

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, select, update
 
-from storage.models import SlaClock, Staff, Ticket
-from workflow.rota import on_rota
-from workflow.tickets import add_event, ticket_ref
+from postdesk.storage.models import SlaClock, Staff, Ticket
+from postdesk.workflow.desk.events import add_event, ticket_ref
+from postdesk.workflow.rules.rota import on_rota
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -72,7 +72,7 @@ def scan(app: App, now: datetime | None = None) -> ScanResult:
 
 def _alert(app: App, session, ticket: Ticket, clock: SlaClock, kind: str,  # type: ignore[no-untyped-def]
            now: datetime) -> list[int]:
-    from outbound.outbox import queue_email
+    from postdesk.workflow.desk.outbox import queue_email
 
     prefix = app.config.desk.ticket_prefix
     event = "sla_at_risk" if kind == "at_risk" else "sla_breached"

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 
-from outbound.sender import send_outbox
-from workflow.inbound import process_inbound
+from postdesk.outbound.sender import send_outbox
+from postdesk.workflow.pipeline.process import process_inbound
 
 if TYPE_CHECKING:
     from postdesk.app import App

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from postdesk.config import TARGETS, CalendarConfig, Config, PlanConfig
-from workflow.calendar import BusinessCalendar
-from workflow.durations import Duration
+from postdesk.workflow.rules.calendar import BusinessCalendar
+from postdesk.workflow.rules.config import TARGETS, CalendarConfig, Config, PlanConfig
+from postdesk.workflow.rules.durations import Duration
 
 
 def calendar_from_config(cfg: CalendarConfig) -> BusinessCalendar:

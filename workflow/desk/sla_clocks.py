@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from postdesk.config import Config
-from storage.models import SlaClock, Ticket
-from workflow.calendar import BusinessCalendar
-from workflow.durations import Duration
-from workflow.sla import Target, due_at, risk_at, target_for, targets_for
-from workflow.tickets import add_event
+from postdesk.storage.models import SlaClock, Ticket
+from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.rules.calendar import BusinessCalendar
+from postdesk.workflow.rules.config import Config
+from postdesk.workflow.rules.durations import Duration
+from postdesk.workflow.rules.sla import Target, due_at, risk_at, target_for, targets_for
 
 Calendars = Mapping[str, BusinessCalendar]
 

@@ -18,15 +18,22 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from ingest.html_safety import sanitize_html
-from ingest.parse import ParsedEmail, UnparseableEmail, parse_email
-from ingest.reply_text import visible_reply
-from storage.directory import contact_for, org_by_slug
-from storage.models import Attachment, Message, Org, RawMessage, Ticket
-from workflow.pipeline import Duplicate, PipelineResult, Quarantine, Step, run_pipeline, step
-from workflow.senders import SenderIdentity, identify_sender
-from workflow.threading import find_ticket
-from workflow.tickets import add_event, clean_subject, ticket_ref
+from postdesk.mail.html_safety import sanitize_html
+from postdesk.mail.parse import ParsedEmail, UnparseableEmail, parse_email
+from postdesk.mail.reply_text import visible_reply
+from postdesk.storage.directory import contact_for, org_by_slug
+from postdesk.storage.models import Attachment, Message, Org, RawMessage, Ticket
+from postdesk.workflow.desk.events import add_event, clean_subject, ticket_ref
+from postdesk.workflow.desk.ticket_lookup import find_ticket
+from postdesk.workflow.pipeline.runner import (
+    Duplicate,
+    PipelineResult,
+    Quarantine,
+    Step,
+    run_pipeline,
+    step,
+)
+from postdesk.workflow.rules.senders import SenderIdentity, identify_sender
 
 if TYPE_CHECKING:
     from postdesk.app import App
@@ -96,7 +103,7 @@ def identify(ctx: Inbound) -> None:
     if ctx.sender.kind == "unknown":
         if ctx.auto_reply:
             raise Quarantine("auto_reply", f"{ctx.auto_reason} from an unknown sender")
-        from workflow.steps_hygiene import notice_unknown_sender
+        from postdesk.workflow.pipeline.checks import notice_unknown_sender
 
         notice_unknown_sender(ctx)
         raise Quarantine("unknown_sender", f"{ctx.email.from_addr or '(no From)'} is not "
@@ -155,7 +162,7 @@ def record(ctx: Inbound) -> None:
             raise Quarantine("auto_reply", f"{ctx.auto_reason}, not on any ticket")
         if ctx.org is None:
             raise Quarantine("unknown_sender", "no org to file this email under")
-        from workflow.steps_hygiene import check_flood
+        from postdesk.workflow.pipeline.checks import check_flood
 
         check_flood(ctx, sender.email)
         open_ticket(ctx, ctx.org, sender.email)
@@ -172,10 +179,10 @@ def record(ctx: Inbound) -> None:
 def _steps() -> list[Step[Inbound]]:
     """The inbound pipeline, in order. Each step is a small function with one job.
     (Imported lazily, and built once: the step modules import this one.)"""
-    from workflow import steps_hygiene as hygiene
-    from workflow import steps_sla as sla
-    from workflow import steps_staff as staff
-    from workflow.balance import balance_request
+    from postdesk.workflow.desk.allowance import balance_request
+    from postdesk.workflow.pipeline import checks as hygiene
+    from postdesk.workflow.pipeline import client as sla
+    from postdesk.workflow.pipeline import staff
 
     return [
         parse,                        # bytes -> ParsedEmail, or quarantine "unparseable"

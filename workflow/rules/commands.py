@@ -72,8 +72,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from workflow.durations import DurationError, parse_duration
-from workflow.priority import PRIORITIES
+from postdesk.workflow.rules.durations import DurationError, parse_duration
+from postdesk.workflow.rules.priority import PRIORITIES
 
 __all__ = [
     "Assign",

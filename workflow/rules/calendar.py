@@ -34,7 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import holidays
 
-from workflow.durations import Duration
+from postdesk.workflow.rules.durations import Duration
 
 __all__ = ["BusinessCalendar", "CalendarError"]
 

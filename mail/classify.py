@@ -30,7 +30,7 @@ from typing import Literal
 
 import flufl.bounce
 
-from ingest.parse import (
+from postdesk.mail.parse import (
     ParsedEmail,
     message_ids,
     normalize_message_id,
