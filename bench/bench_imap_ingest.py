@@ -14,7 +14,7 @@ IMAP -> tickets, one pass, sequential so each stage is timed on its own:
   move     UID MOVE to Processed
   parse    the pipeline's parse step (mail-parser)
   ticket   the pipeline's other steps (sender, threading, ticket, SLA, acknowledgement...)
-  tx       the rest of ``process_inbound``: row lock, commit, enqueueing
+  tx       the rest of ``process_inbound``: row lock, commit, rendering the drafts
 Baseline: the same FETCH with nothing else (what IMAP alone costs on this machine).
 
 import mbox (notify off, as ``postdesk import`` does by default):
@@ -52,7 +52,8 @@ from postdesk.app import App  # noqa: E402
 from postdesk.importer import Importer  # noqa: E402
 from postdesk.ingest.imap import ImapPoller  # noqa: E402
 from postdesk.storage.models import RawMessage  # noqa: E402
-from postdesk.workflow.pipeline.process import _steps, process_inbound  # noqa: E402
+from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline  # noqa: E402
+from postdesk.workflow.pipeline.process import process_inbound  # noqa: E402
 from postdesk.workflow.pipeline.runner import Step  # noqa: E402
 from postdesk.workflow.rules.config import parse_config  # noqa: E402
 from tests.dovecot import DovecotServer  # noqa: E402
@@ -68,8 +69,8 @@ def imap_toml(dc: DovecotServer, batch_size: int) -> str:
             f'processed_folder = "Processed"\nbatch_size = {batch_size}\n')
 
 
-def timed_steps(times: Counter[str]) -> list[Step[Any]]:
-    """The pipeline's steps, each adding its running time to ``times``."""
+def timed_steps(times: Counter[str]) -> Pipeline:
+    """The built-in pipeline, each step adding its running time to ``times``."""
     def wrap(s: Step[Any]) -> Step[Any]:
         def run(ctx: Any) -> None:
             started = time.perf_counter()
@@ -79,7 +80,9 @@ def timed_steps(times: Counter[str]) -> list[Step[Any]]:
                 times["parse" if s.name == "parse" else "ticket"] += (
                     time.perf_counter() - started)
         return Step(s.name, run)
-    return [wrap(s) for s in _steps()]
+    return Pipeline(checks=[wrap(s) for s in BUILTIN.checks],
+                    handlers=[wrap(s) for s in BUILTIN.handlers],
+                    notify=[wrap(s) for s in BUILTIN.notify], reactions=BUILTIN.reactions)
 
 
 @contextmanager
@@ -100,14 +103,11 @@ def dovecot(raws: list[bytes]) -> Iterator[DovecotServer]:
 def fresh_app(kind: str, extra: str) -> Iterator[App]:
     tmp = Path(tempfile.mkdtemp(prefix="pd-bench-db-"))
     try:
-        with backend(kind, tmp) as be:
-            app = App(parse_config(config_text(be, tmp / "data", extra=extra), environ={}))
+        with backend(kind, tmp) as be, App.open(parse_config(
+                config_text(be, tmp / "data", extra=extra), environ={})) as app:
             app.upgrade_database()
             app.sync_directory()
-            try:
-                yield app
-            finally:
-                app.close()
+            yield app
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -128,10 +128,10 @@ def process_pending(app: App, times: Counter[str]) -> float:
     with app.sessions() as s:
         ids = list(s.scalars(select(RawMessage.id).where(RawMessage.status == "pending")
                              .order_by(RawMessage.id)))
-    steps = timed_steps(times)
+    pipeline = timed_steps(times)
     started = time.perf_counter()
     for raw_id in ids:
-        process_inbound(app, raw_id, steps)
+        process_inbound(app.services, raw_id, pipeline)
     return time.perf_counter() - started
 
 
@@ -139,7 +139,7 @@ def bench_imap(kind: str, raws: list[bytes], batch: int) -> dict[str, Any]:
     with dovecot(raws) as dc:
         baseline = raw_fetch_baseline(dc, batch)
         with fresh_app(kind, imap_toml(dc, batch)) as app:
-            poller = ImapPoller(app, app.config.imap[0])
+            poller = ImapPoller(app.services, app.accept, app.dispatch, app.config.imap[0])
             started = time.perf_counter()
             stats = poller.run_once()
             ingest = time.perf_counter() - started
@@ -158,7 +158,7 @@ def bench_live(kind: str, raws: list[bytes], batch: int) -> dict[str, Any]:
     """Poller and four worker threads together, as `postdesk serve` runs them."""
     with dovecot(raws) as dc, fresh_app(kind, imap_toml(dc, batch)) as app:
         app.start_workers(threads=4)
-        poller = ImapPoller(app, app.config.imap[0])
+        poller = ImapPoller(app.services, app.accept, app.dispatch, app.config.imap[0])
         started = time.perf_counter()
         poller.start()
         try:
@@ -189,7 +189,8 @@ def bench_import(kind: str, messages: list[Any]) -> dict[str, Any]:
         baseline = time.perf_counter() - started
         with fresh_app(kind, "") as app:
             times: Counter[str] = Counter()
-            importer = Importer(app, "mbox", steps=timed_steps(times), warn=print)
+            importer = Importer(app.services, app.dispatch, "mbox",
+                                pipeline=timed_steps(times), warn=print)
             started = time.perf_counter()
             summary = importer.run(importer.sources([str(path)]))
             total = time.perf_counter() - started

@@ -7,7 +7,7 @@ acknowledgement, an IMAP re-scan or a re-run import create nothing new."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -30,6 +30,11 @@ class AcceptResult:
     raw_id: int
     created: bool          # False: these exact bytes were accepted before
     status: str            # the raw message's status now (pending for a new one)
+
+
+# The door as the adapters are handed it (``App.accept``: commit, then enqueue the job), so
+# SMTP and IMAP ingest never reach for the pipeline or the App themselves.
+AcceptFn = Callable[[bytes, Envelope, str], AcceptResult]
 
 
 def accept(sessions: sessionmaker[Session], blobs: BlobStore, raw: bytes, envelope: Envelope,

@@ -24,18 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
+from postdesk.ingest.accept import AcceptFn
 from postdesk.ingest.imap_alert import send_auth_alert
 from postdesk.ingest.imap_auth import Authenticator, AuthFailed, AuthUnavailable
 from postdesk.ingest.imap_sync import FetchStrikes, FolderProblem, FolderSync, SyncStats
+from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.rules.config import ImapConfig
-
-if TYPE_CHECKING:
-    from postdesk.app import App
 
 log = logging.getLogger("postdesk.imap")
 
@@ -63,7 +61,7 @@ class Backoff:
         self.failures = 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.first * 2 ** self.failures)
+        delay = min(self.cap, self.first * 2.0 ** self.failures)
         self.failures += 1
         return delay * (0.5 + 0.5 * self.rng())
 
@@ -72,9 +70,16 @@ class Backoff:
 
 
 class ImapPoller:
-    def __init__(self, app: App, box: ImapConfig, *, login_retry: float = LOGIN_RETRY_S,
+    """Reads one mailbox. It is handed what it needs rather than the App: ``accept``
+    (the ingest door, which also enqueues processing) for the mail, ``services`` for the
+    cursor and clock, and ``dispatch`` to send the login-failure alert it may queue."""
+
+    def __init__(self, services: Services, accept: AcceptFn, dispatch: Dispatch,
+                 box: ImapConfig, *, login_retry: float = LOGIN_RETRY_S,
                  backoff: Backoff | None = None, socket_timeout: float = SOCKET_TIMEOUT_S):
-        self.app = app
+        self.services = services
+        self.accept = accept
+        self.dispatch = dispatch
         self.box = box
         self.login_retry = login_retry
         self.backoff = backoff or Backoff()
@@ -160,14 +165,14 @@ class ImapPoller:
 
     def _login_failed(self, error: str) -> None:
         first = self._auth_episode is None
-        episode = self._auth_episode = self._auth_episode or self.app.now()
+        episode = self._auth_episode = self._auth_episode or self.services.now()
         log.error("imap[%s]: LOGIN FAILED for %s at %s:%s using %s: %s; mail in %r is not "
                   "being read; retrying in %.3g s", self.name, self.box.username, self.box.host,
                   self.box.port, self.auth.method, error, self.box.folder, self.login_retry)
         if first:
             try:
-                send_auth_alert(self.app, self.box, method=self.auth.method, error=error,
-                                episode_started=episode)
+                send_auth_alert(self.services, self.dispatch, self.box,
+                                method=self.auth.method, error=error, episode_started=episode)
             except Exception:
                 log.exception("imap[%s]: could not queue the login-failure alert", self.name)
         self._stop.wait(self.login_retry)
@@ -216,7 +221,8 @@ class ImapPoller:
         return client
 
     def _folder(self, client: IMAPClient) -> FolderSync:
-        sync = FolderSync(self.app, self.box, client, client.capabilities(), self.strikes)
+        sync = FolderSync(self.services, self.accept, self.box, client, client.capabilities(),
+                          self.strikes)
         sync.ensure_processed_folder()
         return sync
 

@@ -31,19 +31,16 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from imapclient import DELETED, FLAGGED, SEEN, IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from postdesk.ingest.accept import Envelope
+from postdesk.ingest.accept import AcceptFn, Envelope
 from postdesk.storage.models import ImapCursor
+from postdesk.workflow.desk.services import Services
 from postdesk.workflow.rules.config import ImapConfig
-
-if TYPE_CHECKING:
-    from postdesk.app import App
 
 log = logging.getLogger("postdesk.imap")
 
@@ -120,32 +117,32 @@ class FetchStrikes:
 
 # --- the cursor ---------------------------------------------------------------------------
 
-def load_cursor(app: App, mailbox: str, uidvalidity: int) -> int:
-    with app.sessions() as session:
+def load_cursor(services: Services, mailbox: str, uidvalidity: int) -> int:
+    with services.sessions() as session:
         last = session.scalar(select(ImapCursor.last_uid).where(
             ImapCursor.mailbox == mailbox, ImapCursor.uidvalidity == uidvalidity))
     return int(last or 0)
 
 
-def previous_uidvalidities(app: App, mailbox: str, current: int) -> list[int]:
-    with app.sessions() as session:
+def previous_uidvalidities(services: Services, mailbox: str, current: int) -> list[int]:
+    with services.sessions() as session:
         return [int(v) for v in session.scalars(select(ImapCursor.uidvalidity).where(
             ImapCursor.mailbox == mailbox, ImapCursor.uidvalidity != current))]
 
 
-def advance_cursor(app: App, mailbox: str, uidvalidity: int, uid: int) -> None:
+def advance_cursor(services: Services, mailbox: str, uidvalidity: int, uid: int) -> None:
     """Move the cursor forward to ``uid`` (never back: two pollers on one mailbox are safe)."""
     for _attempt in range(2):
         try:
-            with app.sessions() as session, session.begin():
+            with services.sessions() as session, session.begin():
                 row = session.scalar(select(ImapCursor).where(
                     ImapCursor.mailbox == mailbox, ImapCursor.uidvalidity == uidvalidity
                 ).with_for_update())
                 if row is None:
                     session.add(ImapCursor(mailbox=mailbox, uidvalidity=uidvalidity,
-                                           last_uid=uid, updated_at=app.now()))
+                                           last_uid=uid, updated_at=services.now()))
                 elif uid > row.last_uid:
-                    row.last_uid, row.updated_at = uid, app.now()
+                    row.last_uid, row.updated_at = uid, services.now()
             return
         except IntegrityError:
             continue   # another poller created the row first; update it instead
@@ -160,23 +157,29 @@ def chunks(items: Sequence[int], size: int) -> Iterable[list[int]]:
 
 
 class FolderSync:
-    """Reads one configured folder on a logged-in client."""
+    """Reads one configured folder on a logged-in client.
 
-    def __init__(self, app: App, box: ImapConfig, client: IMAPClient,
-                 capabilities: Iterable[bytes], strikes: FetchStrikes | None = None):
-        self.app = app
+    ``accept`` is the ingest door as the shell wires it (``App.accept``: commit the bytes,
+    then enqueue their processing); this module only moves mail into it."""
+
+    def __init__(self, services: Services, accept: AcceptFn, box: ImapConfig,
+                 client: IMAPClient, capabilities: Iterable[bytes],
+                 strikes: FetchStrikes | None = None):
+        self.services = services
+        self.accept = accept
         self.strikes = strikes if strikes is not None else FetchStrikes()
         self.box = box
         self.client = client
         self.capabilities = {c.upper() for c in capabilities}
-        self.max_bytes = app.config.smtp_in.max_message_bytes
+        self.max_bytes = services.config.smtp_in.max_message_bytes
         self.source = f"imap:{box.name}"
         # RFC 3501 scopes UIDVALIDITY to one folder of one account; the config name tells
         # accounts apart, the folder name folders, so renaming either starts afresh.
         self.cursor_key = f"{box.name}:{box.folder}"[:200]
         if box.processed_folder and box.processed_folder == box.folder:
             raise FolderProblem(f"processed_folder is the folder being read ({box.folder!r})")
-        address = box.username if "@" in box.username else app.config.desk.support_addresses[0]
+        address = (box.username if "@" in box.username
+                   else services.config.desk.support_addresses[0])
         # IMAP has no envelope: the mailbox's own address stands in for RCPT TO.
         self.envelope = Envelope(mail_from=None, rcpt_tos=(address.lower(),))
 
@@ -206,9 +209,9 @@ class FolderSync:
         self.strikes.connection_lost()
         uidvalidity = stats.uidvalidity = self.select()
         self._take_exists()
-        last = load_cursor(self.app, self.cursor_key, uidvalidity)
+        last = load_cursor(self.services, self.cursor_key, uidvalidity)
         if last == 0:
-            older = previous_uidvalidities(self.app, self.cursor_key, uidvalidity)
+            older = previous_uidvalidities(self.services, self.cursor_key, uidvalidity)
             if older:
                 log.warning("imap[%s]: UIDVALIDITY of %r changed (%s -> %s): reading the whole "
                             "folder again; already-accepted mail is recognised and skipped",
@@ -272,7 +275,7 @@ class FolderSync:
             if raw is None:
                 failed.append(uid)
                 continue
-            result = self.app.accept(raw, self.envelope, self.source)
+            result = self.accept(raw, self.envelope, self.source)
             stats.fetched += 1
             if result.created:
                 stats.accepted += 1
@@ -290,7 +293,7 @@ class FolderSync:
             log.error("imap[%s]: UID %s could not be fetched: skipped and left in %r "
                       "flagged %s", self.box.name, uid, self.box.folder, FAILED.decode())
         # Cursor before acknowledgement: what is acknowledged must already be committed.
-        advance_cursor(self.app, self.cursor_key, uidvalidity, max(uids))
+        advance_cursor(self.services, self.cursor_key, uidvalidity, max(uids))
         if too_large:
             self.client.add_flags(too_large, [FLAGGED, TOO_LARGE])
         if failed:

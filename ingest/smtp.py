@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from postdesk.ingest.accept import AcceptResult, Envelope
+from postdesk.ingest.accept import AcceptFn, Envelope
 from postdesk.mail.tokens import base_address
 
 log = logging.getLogger("postdesk.smtp")
-
-AcceptFn = Callable[[bytes, Envelope, str], AcceptResult]
 
 
 class IngestHandler:

@@ -183,7 +183,8 @@ def _status_blocks(report: Message) -> list[Message]:
         elif isinstance(payload, str):
             # Encoded or unparsed: the fields are header blocks separated by
             # blank lines (RFC 3464 2.1).
-            text = part.get_payload(decode=True) or b""
+            decoded = part.get_payload(decode=True)
+            text = decoded if isinstance(decoded, bytes) else b""
             for chunk in re.split(r"\r?\n\s*\r?\n", text.decode("utf-8", "replace")):
                 if chunk.strip():
                     blocks.append(parse_header_block(chunk.strip() + "\n"))
@@ -253,7 +254,8 @@ def _original_message_id(parsed: ParsedEmail, report: Message | None) -> str | N
                 if isinstance(payload, list) and payload and isinstance(payload[0], Message):
                     headers = payload[0]
             elif content_type in _RETURNED_HEADER_TYPES:
-                data = part.get_payload(decode=True) or b""
+                decoded = part.get_payload(decode=True)
+                data = decoded if isinstance(decoded, bytes) else b""
                 headers = parse_header_block(data.decode("utf-8", "replace"))
             if headers is not None and headers.get("message-id") is not None:
                 found = normalize_message_id(str(headers.get("message-id")))

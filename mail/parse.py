@@ -55,8 +55,8 @@ try:  # Optional: a layout-aware HTML-to-text converter (Apache-2.0).
     import inscriptis
     from inscriptis.model.config import ParserConfig
 except ImportError:  # pragma: no cover - exercised by forcing the fallback
-    inscriptis = None  # type: ignore[assignment]
-    ParserConfig = None  # type: ignore[assignment,misc]
+    inscriptis = None
+    ParserConfig = None
 
 # mail-parser logs ~75 DEBUG lines per message; keep only its warnings.
 logging.getLogger("mailparser").setLevel(logging.WARNING)
@@ -504,7 +504,8 @@ def _flatten(message: email.message.Message, defects: list[str]) -> bytes:
     except Exception:  # noqa: BLE001 - odd charsets make the generator raise
         pass
     try:
-        return as_string_safe(message).encode("utf-8", "surrogateescape")
+        text: str = as_string_safe(message)
+        return text.encode("utf-8", "surrogateescape")
     except Exception as exc:  # noqa: BLE001 - keep the email, note the loss
         defects.append(f"could not serialise an attached message: {type(exc).__name__}")
         return b""
@@ -528,7 +529,8 @@ def _payload_bytes(part: email.message.Message, defects: list[str]) -> bytes:
         payload = part.get_payload()
         if not isinstance(payload, list):
             return b""
-        flat = b"\n".join(_flatten(sub, defects) for sub in payload)
+        flat = b"\n".join(_flatten(sub, defects) for sub in payload
+                          if isinstance(sub, email.message.Message))
         cte = str(part.get("content-transfer-encoding", "")).strip().lower()
         return _decode_transfer(flat, cte)
     try:
@@ -576,7 +578,9 @@ def own_parts(message: email.message.Message) -> Iterator[email.message.Message]
         yield part
         if _is_container(part):
             children = part.get_payload()
-            stack.extend(reversed(children if isinstance(children, list) else []))
+            if isinstance(children, list):
+                stack.extend(reversed(
+                    [child for child in children if isinstance(child, email.message.Message)]))
 
 
 def _leaf_parts(message: email.message.Message) -> Iterator[email.message.Message]:

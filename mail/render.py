@@ -7,6 +7,7 @@ override any template for all clients in ``data_dir/templates/NAME.*`` or for on
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,13 @@ class RenderedEmail:
 
 
 class Renderer:
-    def __init__(self, override_dir: Path | None = None):
+    """``template_globals``: helpers every template may call, e.g. ``hours`` (how a
+    duration is shown). They are handed in by the shell rather than imported here: this
+    module knows email formats, not the desk's rules (``workflow.rules``), and template
+    data must stay plain values (drafts store it as JSON), so helpers cannot travel in it."""
+
+    def __init__(self, override_dir: Path | None = None, *,
+                 template_globals: Mapping[str, Callable[..., Any]] | None = None):
         loaders = []
         if override_dir is not None:
             loaders.append(FileSystemLoader(str(override_dir)))
@@ -38,6 +45,7 @@ class Renderer:
             lstrip_blocks=True,
             keep_trailing_newline=True,
         )
+        self.env.globals.update(template_globals or {})
 
     def render(self, name: str, context: dict[str, Any], org_slug: str | None = None
                ) -> RenderedEmail:

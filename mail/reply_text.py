@@ -32,10 +32,24 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Self
 
-from email_reply_parser import EmailMessage as ReplyFragments
 from mailparser_reply.constants import MAIL_LANGUAGES
 from mailparser_reply.parser import EmailMessage
+
+if TYPE_CHECKING:
+    # email-reply-parser ships no types; this is the part of its class used here, so
+    # that the subclass below is checked instead of deriving from ``Any``.
+    class ReplyFragments:
+        MULTI_QUOTE_HDR_REGEX: re.Pattern[str]
+        MULTI_QUOTE_HDR_REGEX_MULTILINE: re.Pattern[str]
+
+        def __init__(self, text: str) -> None: ...
+        def read(self) -> Self: ...
+        @property
+        def reply(self) -> str: ...
+else:
+    from email_reply_parser import EmailMessage as ReplyFragments
 
 __all__ = ["visible_reply"]
 

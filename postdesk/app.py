@@ -1,5 +1,7 @@
-"""Wiring: one ``App`` holds the config, clock, database, blob store, secret, broker and
-actors of a process. The CLI builds one per command; tests build one per test."""
+"""The composition root: one ``App`` builds the desk's parts for a process — config,
+clock, database, blob store, secret, calendars, renderer, transport, broker and actors —
+and wires them. Everything below the shell receives ``Services`` and ``Dispatch``
+instead; nothing outside ``postdesk/`` imports this module."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import contextlib
 import logging
 import os
 import secrets as pysecrets
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -16,16 +19,43 @@ from sqlalchemy.orm import Session
 from postdesk.ingest.accept import AcceptResult, Envelope, accept
 from postdesk.mail.authentication import DnsFunc
 from postdesk.mail.render import Renderer
+from postdesk.outbound.sender import send_outbox
 from postdesk.outbound.transport import MaildirTransport, SmtpTransport, Transport
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.db import make_engine, make_session_factory
+from postdesk.storage.directory import sync_from_config
+from postdesk.storage.migrate import upgrade
+from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.sla_clocks import ClockKeeper
+from postdesk.workflow.pipeline.process import process_inbound
+from postdesk.workflow.rules.allowance import format_hours
 from postdesk.workflow.rules.clock import Clock, SystemClock
 from postdesk.workflow.rules.config import Config, secret_from_env
 from postdesk.workflow.rules.sla import build_calendars
+from postdesk.workflow.tasks.actors import Actors, register_actors
 from postdesk.workflow.tasks.broker import make_broker
 
 log = logging.getLogger("postdesk")
+
+
+class ActorDispatch:
+    """``Dispatch`` over the App's actors. The rows are already committed, so a broker
+    that is down loses nothing: the scheduler's sweeper re-enqueues what is left."""
+
+    def __init__(self, actors: Actors):
+        self.actors = actors
+
+    def inbound(self, raw_id: int) -> None:
+        try:
+            self.actors.process_inbound.send(raw_id)
+        except Exception as exc:
+            log.warning("could not enqueue raw message %s (sweeper will retry): %s", raw_id, exc)
+
+    def outbox(self, outbox_id: int) -> None:
+        try:
+            self.actors.send_outbox.send(outbox_id)
+        except Exception as exc:
+            log.warning("could not enqueue outbox %s (sweeper will retry): %s", outbox_id, exc)
 
 
 class App:
@@ -37,18 +67,37 @@ class App:
             config.desk.database_url,
             lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())
         self.sessions = make_session_factory(self.engine)
-        self.blobs = BlobStore(self.data_dir / "blobs")
-        self.secret = self._load_secret()
-        self.broker = make_broker(config.desk.broker_url)
-        self.calendars = build_calendars(config)
-        self.renderer = Renderer(self.data_dir / "templates")
+        self.services = Services(
+            config=config, clock=self.clock, sessions=self.sessions,
+            blobs=BlobStore(self.data_dir / "blobs"), secret=self._load_secret(),
+            calendars=build_calendars(config),
+            renderer=Renderer(self.data_dir / "templates",
+                              template_globals={"hours": format_hours}))
         self.transport = self._make_transport()
+        self.broker = make_broker(config.desk.broker_url)
+        self.actors = register_actors(self.broker, config.desk.queue_namespace,
+                                      on_inbound=self.handle_inbound,
+                                      on_outbox=self.handle_outbox)
+        self.dispatch = ActorDispatch(self.actors)
         self._worker: Worker | None = None
-        # DNS lookup for DKIM keys; None uses dkimpy's resolver. Tests put a test key here.
-        self.dkim_dns: DnsFunc | None = None
-        from postdesk.workflow.tasks.actors import register_actors
 
-        self.actors = register_actors(self)
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, config: Config, *, clock: Clock | None = None) -> Iterator[App]:
+        app = cls(config, clock=clock)
+        try:
+            yield app
+        finally:
+            app.close()
+
+    # --- the actor bodies ----------------------------------------------------------------
+    def handle_inbound(self, raw_id: int) -> None:
+        result = process_inbound(self.services, raw_id)
+        for outbox_id in result.outbox_ids if result else ():
+            self.dispatch.outbox(outbox_id)
+
+    def handle_outbox(self, outbox_id: int) -> None:
+        send_outbox(self.services, self.transport, outbox_id)
 
     # --- setup ---------------------------------------------------------------------------
     def _load_secret(self) -> bytes:
@@ -59,7 +108,7 @@ class App:
         path = self.data_dir / "secret.key"
         if path.exists():
             return path.read_bytes().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = pysecrets.token_hex(32).encode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
@@ -74,57 +123,28 @@ class App:
                              username=out.username, password=secret_from_env(out.password_env),
                              timeout=out.timeout)
 
-    @property
-    def from_address(self) -> str:
-        out = self.config.smtp_out
-        return out.from_address if out else self.config.desk.support_addresses[0]
-
-    @property
-    def envelope_sender(self) -> str:
-        # Bounces of our mail must come back to a support address, where ingest
-        # recognises them and marks the outbox entry.
-        return self.config.desk.support_addresses[0]
-
     def upgrade_database(self) -> None:
-        from postdesk.storage.migrate import upgrade
-
         upgrade(self.engine)
 
     def sync_directory(self) -> None:
-        from postdesk.storage.directory import sync_from_config
-
         with self.sessions() as session, session.begin():
             sync_from_config(session, self.config)
 
     # --- the ingest door -----------------------------------------------------------------
     def accept(self, raw: bytes, envelope: Envelope, source: str, *, notify: bool = True,
                enqueue: bool = True) -> AcceptResult:
-        result = accept(self.sessions, self.blobs, raw, envelope, source,
+        result = accept(self.sessions, self.services.blobs, raw, envelope, source,
                         now=self.clock.now(), notify=notify)
         if enqueue and result.status == "pending":
-            self.enqueue_inbound(result.raw_id)
+            self.dispatch.inbound(result.raw_id)
         return result
-
-    def enqueue_inbound(self, raw_id: int) -> None:
-        # The raw message is already committed: if the broker is down, the scheduler's
-        # sweeper re-enqueues it after the grace period, so log and carry on.
-        try:
-            self.actors.process_inbound.send(raw_id)
-        except Exception as exc:
-            log.warning("could not enqueue raw message %s (sweeper will retry): %s", raw_id, exc)
-
-    def enqueue_outbox(self, outbox_id: int) -> None:
-        try:
-            self.actors.send_outbox.send(outbox_id)
-        except Exception as exc:
-            log.warning("could not enqueue outbox %s (sweeper will retry): %s", outbox_id, exc)
 
     # --- workers -------------------------------------------------------------------------
     def start_workers(self, threads: int | None = None) -> Worker:
         worker = Worker(self.broker, worker_threads=threads or self.config.desk.worker_threads,
                         worker_timeout=200)
-        # Dramatiq's default prefetch (threads x 2) starves a Redis worker (FIELD-NOTES:
-        # ~400 msg/s vs ~3,200 with 64); it is only settable as an attribute or env var.
+        # Dramatiq's default prefetch (threads x 2) starves a Redis worker (~400 msg/s vs
+        # ~3,200 with 64); it is only settable as an attribute or env var.
         worker.queue_prefetch = self.config.desk.worker_prefetch
         worker.start()
         self._worker = worker
@@ -141,8 +161,35 @@ class App:
             self.broker.close()
         self.engine.dispose()
 
+    # --- conveniences for the CLI and tests ----------------------------------------------
+    @property
+    def blobs(self) -> BlobStore:
+        return self.services.blobs
+
+    @property
+    def secret(self) -> bytes:
+        return self.services.secret
+
+    @property
+    def renderer(self) -> Renderer:
+        return self.services.renderer
+
+    @property
+    def dkim_dns(self) -> DnsFunc | None:
+        return self.services.dkim_dns
+
+    @dkim_dns.setter
+    def dkim_dns(self, value: DnsFunc | None) -> None:
+        self.services.dkim_dns = value
+
     def now(self) -> datetime:
         return self.clock.now()
 
     def keeper(self, session: Session) -> ClockKeeper:
-        return ClockKeeper(session, self.config, self.calendars)
+        return self.services.clocks(session)
+
+    def enqueue_inbound(self, raw_id: int) -> None:
+        self.dispatch.inbound(raw_id)
+
+    def enqueue_outbox(self, outbox_id: int) -> None:
+        self.dispatch.outbox(outbox_id)

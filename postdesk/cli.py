@@ -11,14 +11,19 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
+
+if TYPE_CHECKING:
+    # Imported where used at run time: `config check` and `sla due` must start without
+    # the database, broker and template machinery an App pulls in.
+    from postdesk.app import App
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -41,14 +46,14 @@ def _setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _app(args: argparse.Namespace, *, upgrade: bool = False):  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def _app(args: argparse.Namespace, *, upgrade: bool = False) -> Iterator[App]:
+    """The App for a command, its schema checked and directory synced; closed on exit."""
     from postdesk.app import App
+    from postdesk.storage.migrate import is_up_to_date
 
     config = load_config(args.config)
-    app = App(config)
-    try:
-        from postdesk.storage.migrate import is_up_to_date
-
+    with App.open(config) as app:
         if upgrade:
             app.upgrade_database()
         elif not is_up_to_date(app.engine):
@@ -58,10 +63,7 @@ def _app(args: argparse.Namespace, *, upgrade: bool = False):  # type: ignore[no
                                 "`postdesk db upgrade` first")
             app.upgrade_database()   # the embedded database upgrades itself
         app.sync_directory()
-    except Exception:
-        app.close()
-        raise
-    return app
+        yield app
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -81,12 +83,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     config = resolve_paths(parse_config(path.read_text(encoding="utf-8"), source=str(path)),
                            target_dir)
-    app = App(config)
-    try:
+    with App.open(config) as app:
         app.upgrade_database()
         app.sync_directory()
-    finally:
-        app.close()
     print(f"database ready: {config.desk.database_url}")
     print(f"next: postdesk serve --config {path}")
     return 0
@@ -101,11 +100,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    app = _app(args, upgrade=True)
     from postdesk.storage.migrate import current_revision
 
-    print(f"database at revision {current_revision(app.engine)}")
-    app.close()
+    with _app(args, upgrade=True) as app:
+        print(f"database at revision {current_revision(app.engine)}")
     return 0
 
 
@@ -130,7 +128,7 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
     return 0
 
 
-def _smtp_server(app):  # type: ignore[no-untyped-def]
+def _smtp_server(app: App) -> Any:
     from postdesk.ingest.smtp import IngestHandler, SmtpServer
 
     cfg = app.config.smtp_in
@@ -149,20 +147,24 @@ def _start_smtp(server: Any, host: str, port: int) -> None:
         raise UserError(f"smtp_in: cannot listen on {host}:{port}: {exc}") from None
 
 
-def _pollers(app):  # type: ignore[no-untyped-def]
+def _pollers(app: App) -> list[Any]:
     if not app.config.imap:
         return []
     from postdesk.ingest.imap import ImapPoller
 
-    return [ImapPoller(app, box) for box in app.config.imap]
+    return [ImapPoller(app.services, app.accept, app.dispatch, box) for box in app.config.imap]
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    with _app(args) as app:
+        return _serve(app)
+
+
+def _serve(app: App) -> int:
     from postdesk.scheduler import Scheduler
 
-    app = _app(args)
     server = _smtp_server(app)
-    scheduler = Scheduler(app)
+    scheduler = Scheduler(app.services, app.dispatch)
     pollers = _pollers(app)
     cfg = app.config.smtp_in
 
@@ -181,7 +183,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(Exception):  # never started (port in use): nothing to stop
             server.stop()
         scheduler.stop()
-        app.close()
+        # The workers stop, and the App closes, when cmd_serve's `with` ends.
 
     try:
         return _run_until_signalled(start, stop, "postdesk serve")
@@ -191,44 +193,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_smtp(args: argparse.Namespace) -> int:
-    app = _app(args)
-    server = _smtp_server(app)
-    cfg = app.config.smtp_in
-
-    def stop() -> None:
-        try:
-            server.stop()
-        finally:
-            app.close()
-
-    return _run_until_signalled(lambda: _start_smtp(server, cfg.host, cfg.port), stop,
-                                "postdesk smtp")
+    with _app(args) as app:
+        server = _smtp_server(app)
+        cfg = app.config.smtp_in
+        return _run_until_signalled(lambda: _start_smtp(server, cfg.host, cfg.port),
+                                    server.stop, "postdesk smtp")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    app = _app(args)
-    if app.config.desk.broker_url.startswith("stub"):
-        raise UserError("desk.broker_url: `postdesk worker` needs a shared broker (redis:// or "
-                        "amqp://); with stub:// use `postdesk serve`")
-    return _run_until_signalled(lambda: app.start_workers(args.threads), app.close,
-                                "postdesk worker")
+    with _app(args) as app:
+        if app.config.desk.broker_url.startswith("stub"):
+            raise UserError("desk.broker_url: `postdesk worker` needs a shared broker "
+                            "(redis:// or amqp://); with stub:// use `postdesk serve`")
+
+        def start() -> None:
+            app.start_workers(args.threads)
+
+        return _run_until_signalled(start, app.stop_workers, "postdesk worker")
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from postdesk.scheduler import Scheduler
 
-    app = _app(args)
-    scheduler = Scheduler(app)
-
-    def stop() -> None:
-        scheduler.stop()
-        app.close()
-
-    return _run_until_signalled(scheduler.start, stop, "postdesk scheduler")
+    with _app(args) as app:
+        scheduler = Scheduler(app.services, app.dispatch)
+        return _run_until_signalled(scheduler.start, scheduler.stop, "postdesk scheduler")
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
-    app = _app(args)
+    with _app(args) as app:
+        return _imap(app)
+
+
+def _imap(app: App) -> int:
     pollers = _pollers(app)
     if not pollers:
         raise UserError("imap: no [[imap]] mailboxes in the config")
@@ -246,7 +243,6 @@ def cmd_imap(args: argparse.Namespace) -> int:
     def stop() -> None:
         for p in pollers:
             p.stop()
-        app.close()
 
     return _run_until_signalled(start, stop, "postdesk imap")
 
@@ -254,11 +250,9 @@ def cmd_imap(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from postdesk.importer import import_paths
 
-    app = _app(args)
-    try:
-        summary = import_paths(app, args.kind, args.paths, notify=args.notify)
-    finally:
-        app.close()
+    with _app(args) as app:
+        summary = import_paths(app.services, app.dispatch, args.kind, args.paths,
+                               notify=args.notify)
     if args.json:
         _print_json(summary.as_json())
     # Unreadable inputs were named on stderr as they were met; the exit status says so too.
@@ -267,7 +261,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _find_ticket(session: Any, prefix: str, ref: str) -> Any:
     from postdesk.storage.models import Ticket
-    from postdesk.workflow.desk.events import parse_ref
+    from postdesk.workflow.rules.refs import parse_ref
 
     number = parse_ref(prefix, ref)
     ticket = session.get(Ticket, number) if number is not None else None
@@ -280,16 +274,14 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
     from postdesk.storage.models import Org, Ticket
     from postdesk.views import ticket_json, ticket_list_query
 
-    app = _app(args)
-    prefix = app.config.desk.ticket_prefix
-    with app.sessions() as session:
+    with _app(args) as app, app.sessions() as session:
+        prefix = app.config.desk.ticket_prefix
         query = ticket_list_query()
         if args.status:
             query = query.where(Ticket.status == args.status)
         if args.org:
             query = query.join(Org).where(Org.slug == args.org)
         tickets = [ticket_json(session, t, prefix) for t in session.scalars(query)]
-    app.close()
     if args.json:
         _print_json(tickets)
     else:
@@ -305,12 +297,10 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
 def cmd_tickets_show(args: argparse.Namespace) -> int:
     from postdesk.views import ticket_json
 
-    app = _app(args)
-    prefix = app.config.desk.ticket_prefix
-    with app.sessions() as session:
+    with _app(args) as app, app.sessions() as session:
+        prefix = app.config.desk.ticket_prefix
         data = ticket_json(session, _find_ticket(session, prefix, args.ref), prefix,
                            messages=True)
-    app.close()
     if args.json:
         _print_json(data)
         return 0
@@ -330,11 +320,9 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     from postdesk.storage.models import Outbox
     from postdesk.views import outbox_json
 
-    app = _app(args)
-    prefix = app.config.desk.ticket_prefix
-    with app.sessions() as session:
+    with _app(args) as app, app.sessions() as session:
+        prefix = app.config.desk.ticket_prefix
         rows = [outbox_json(r, prefix) for r in session.scalars(select(Outbox).order_by(Outbox.id))]
-    app.close()
     if args.json:
         _print_json(rows)
     else:
@@ -349,35 +337,34 @@ def cmd_outbox_show(args: argparse.Namespace) -> int:
     from postdesk.storage.models import Outbox
     from postdesk.views import outbox_json
 
-    app = _app(args)
-    with app.sessions() as session:
+    with _app(args) as app, app.sessions() as session:
         row = session.get(Outbox, args.id)
         if row is None:
-            app.close()
             raise UserError(f"no outbox entry {args.id}")
         data, raw = outbox_json(row, app.config.desk.ticket_prefix), row.raw
-    app.close()
     if args.raw:
+        if raw is None:
+            # A draft: decided and committed, but not rendered (yet, or it failed to).
+            raise UserError(f"outbox entry {args.id} ({data['status']}) has not been "
+                            "rendered: no bytes to show")
         sys.stdout.buffer.write(raw)
         sys.stdout.flush()
     else:
         for key, value in data.items():
             print(f"{key}: {value}")
         print()
-        print(raw.decode("utf-8", errors="replace"))
+        print("(not rendered)" if raw is None else raw.decode("utf-8", errors="replace"))
     return 0
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
-    from postdesk.storage.models import RawMessage
+    from postdesk.storage.models import RawMessage, RawStatus
     from postdesk.views import raw_json
 
-    app = _app(args)
-    with app.sessions() as session:
+    with _app(args) as app, app.sessions() as session:
         rows = [raw_json(r) for r in session.scalars(
-            select(RawMessage).where(RawMessage.status == "quarantined")
+            select(RawMessage).where(RawMessage.status == RawStatus.QUARANTINED)
             .order_by(RawMessage.id))]
-    app.close()
     if args.json:
         _print_json(rows)
     else:
@@ -392,11 +379,8 @@ def cmd_quarantine_list(args: argparse.Namespace) -> int:
 def cmd_quarantine_release(args: argparse.Namespace) -> int:
     from postdesk.workflow.pipeline.quarantine import release
 
-    app = _app(args)
-    try:
-        outcome = release(app, args.id, org=args.org)
-    finally:
-        app.close()
+    with _app(args) as app:
+        outcome = release(app.services, app.dispatch, args.id, org=args.org)
     print(outcome)
     return 0
 
@@ -404,11 +388,8 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
 def cmd_quarantine_drop(args: argparse.Namespace) -> int:
     from postdesk.workflow.pipeline.quarantine import drop
 
-    app = _app(args)
-    try:
-        outcome = drop(app, args.id)
-    finally:
-        app.close()
+    with _app(args) as app:
+        outcome = drop(app.services, args.id)
     print(outcome)
     return 0
 
@@ -445,26 +426,48 @@ def cmd_sla_due(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SendNow:
+    """A ``Dispatch`` that sends each ready email at once, in this process, and keeps
+    what happened: the command reports the send, so it must not leave it to a worker."""
+
+    def __init__(self, app: App):
+        self.app = app
+        self.outcomes: dict[int, str] = {}
+
+    def inbound(self, raw_id: int) -> None:
+        self.app.dispatch.inbound(raw_id)
+
+    def outbox(self, outbox_id: int) -> None:
+        from postdesk.outbound.sender import send_outbox
+
+        self.outcomes[outbox_id] = send_outbox(self.app.services, self.app.transport,
+                                               outbox_id)
+
+
 def cmd_digest(args: argparse.Namespace) -> int:
-    from postdesk.outbound.sender import send_outbox
+    from postdesk.storage.models import Outbox
     from postdesk.workflow.desk.digest import build_digest, queue_digest
 
-    app = _app(args)
-    try:
+    with _app(args) as app:
         manager = args.manager.lower()
         if args.dry_run:
-            digest = build_digest(app, app.now())
+            digest = build_digest(app.services, app.now())
             print(app.renderer.render("digest", {"d": digest, "desk": app.config.desk,
                                                  "ticket": None}).text)
             return 0
-        outbox_id = queue_digest(app, manager, app.now())
+        send_now = _SendNow(app)
+        outbox_id = queue_digest(app.services, send_now, manager, app.now())
         if outbox_id is None:
             print(f"this period's digest for {manager} was sent already")
             return 0
-        print(f"digest for {manager}: outbox {outbox_id}, {send_outbox(app, outbox_id)}")
+        outcome = send_now.outcomes.get(outbox_id)
+        if outcome is None:
+            # Not handed to the sender: suppressed, or it could not be rendered.
+            with app.sessions() as session:
+                row = session.get_one(Outbox, outbox_id)
+                outcome = row.status + (f" ({row.last_error})" if row.last_error else "")
+        print(f"digest for {manager}: outbox {outbox_id}, {outcome}")
         return 0
-    finally:
-        app.close()
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -477,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
             parent: Any = sub) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help_, description=help_)
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
         p.add_argument("--config", help="config file (default: $POSTDESK_CONFIG or "
                                         "./postdesk.toml)")
         p.set_defaults(fn=fn)
@@ -560,8 +563,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    command: Callable[[argparse.Namespace], int] = args.fn
     try:
-        return args.fn(args)
+        return command(args)
     except ConfigError as exc:
         print("configuration problems:", file=sys.stderr)
         for problem in exc.problems:

@@ -2,7 +2,8 @@
 same pipeline as live mail, synchronously, so the summary is exact.
 
 Each message is ``accept``-ed (committed, de-duplicated by sha256) without a queue job,
-then processed right here with ``process_inbound``. Imports do not notify anyone unless
+then processed right here with ``process_inbound``; only the email that processing
+writes goes to the queue, for the workers to send. Imports do not notify anyone unless
 asked (``notify=False`` also makes the pipeline keep the email's own Date as the ticket's
 time). Re-running an import finds every message already accepted and counts it as a
 duplicate; one interrupted half-way picks up the messages still pending.
@@ -18,23 +19,23 @@ from __future__ import annotations
 import mailbox
 import sys
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from postdesk.ingest.accept import Envelope
-from postdesk.storage.models import Message, RawMessage
+from postdesk.ingest.accept import Envelope, accept
+from postdesk.storage.models import Message, RawMessage, RawStatus
+from postdesk.workflow.desk.services import Dispatch, Services
+from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
+from postdesk.workflow.pipeline.process import process_inbound
 from postdesk.workflow.pipeline.runner import PipelineResult
-
-if TYPE_CHECKING:
-    from postdesk.app import App
 
 Kind = Literal["mbox", "maildir", "eml"]
 KINDS: tuple[str, ...] = ("mbox", "maildir", "eml")
@@ -55,7 +56,7 @@ class ImportSummary:
     quarantined: Counter[str] = field(default_factory=Counter)
     failed: int = 0
     # Seconds per stage, for the benchmark; not part of the JSON summary.
-    timings: Counter[str] = field(default_factory=Counter)
+    timings: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def as_json(self) -> dict[str, Any]:
         return {"total": self.total, "tickets_created": self.tickets_created,
@@ -167,16 +168,21 @@ Outcome = Literal["ticket_created", "reply_threaded", "duplicate", "quarantined"
 
 
 class Importer:
-    def __init__(self, app: App, kind: str, *, notify: bool = False,
-                 warn: Callable[[str], None] | None = None, steps: list[Any] | None = None):
+    """``pipeline``: the built-in one unless given (the benchmark hands in the same steps
+    wrapped to time them)."""
+
+    def __init__(self, services: Services, dispatch: Dispatch, kind: str, *,
+                 notify: bool = False, warn: Callable[[str], None] | None = None,
+                 pipeline: Pipeline = BUILTIN):
         if kind not in KINDS:
             raise ValueError(f"unknown import kind {kind!r} (use {', '.join(KINDS)})")
-        self.app = app
+        self.services = services
+        self.dispatch = dispatch
         self.kind = kind
         self.notify = notify
         self.warn = warn or (lambda text: print(text, file=sys.stderr))
         self.summary = ImportSummary()
-        self.steps = steps          # the pipeline's own steps unless given (benchmark timing)
+        self.pipeline = pipeline
 
     def sources(self, paths: list[str]) -> list[Source]:
         return [open_source(self.kind, p) for p in paths]
@@ -197,8 +203,6 @@ class Importer:
         return self.summary
 
     def import_item(self, item: Item) -> Outcome:
-        from postdesk.workflow.pipeline.process import process_inbound
-
         timings = self.summary.timings
         started = time.perf_counter()
         try:
@@ -209,27 +213,31 @@ class Importer:
         timings["read"] += time.perf_counter() - started
 
         started = time.perf_counter()
-        accepted = self.app.accept(raw, Envelope(mail_from=None, rcpt_tos=()),
-                                   f"import:{self.kind}", notify=self.notify, enqueue=False)
+        # The door itself, not App.accept: no queue job, this process handles the message.
+        services = self.services
+        accepted = accept(services.sessions, services.blobs, raw,
+                          Envelope(mail_from=None, rcpt_tos=()), f"import:{self.kind}",
+                          now=services.now(), notify=self.notify)
         timings["accept"] += time.perf_counter() - started
         # Accepted before but never processed (an import interrupted half-way): do it now.
-        if not accepted.created and accepted.status != "pending":
+        if not accepted.created and accepted.status != RawStatus.PENDING:
             return self._count("duplicate")
 
         started = time.perf_counter()
-        result = self._process(process_inbound, accepted.raw_id)
+        result = self._process(accepted.raw_id)
         timings["process"] += time.perf_counter() - started
-        if result is not None and result.status == "processed" and result.ticket_id:
+        for outbox_id in result.outbox_ids if result is not None else ():
+            self.dispatch.outbox(outbox_id)
+        if result is not None and result.status == RawStatus.PROCESSED and result.ticket_id:
             return self._count("ticket_created" if result.created_ticket else "reply_threaded")
         return self._classify(item, accepted.raw_id)
 
-    def _process(self, process_inbound: Callable[..., PipelineResult | None],
-                 raw_id: int) -> PipelineResult | None:
+    def _process(self, raw_id: int) -> PipelineResult | None:
         # process_inbound re-raises only transient database errors (a busy SQLite, say,
         # while `postdesk serve` writes): wait a little and try again, then give up loudly.
         for attempt in range(TRANSIENT_RETRIES):
             try:
-                return process_inbound(self.app, raw_id, self.steps)
+                return process_inbound(self.services, raw_id, self.pipeline)
             except OperationalError:
                 if attempt == TRANSIENT_RETRIES - 1:
                     raise
@@ -239,22 +247,22 @@ class Importer:
     def _classify(self, item: Item, raw_id: int) -> Outcome:
         """The outcome from the raw message's row: for mail processed elsewhere (a worker
         got there first) or that made no ticket content."""
-        with self.app.sessions() as session:
+        with self.services.sessions() as session:
             raw = session.get(RawMessage, raw_id)
             assert raw is not None
             status, reason, ticket_id = raw.status, raw.reason, raw.ticket_id
             first_raw = None
-            if status == "processed" and ticket_id is not None:
+            if status == RawStatus.PROCESSED and ticket_id is not None:
                 # The message that opened a ticket is its first inbound message.
                 first_raw = session.scalar(
                     select(Message.raw_id).where(Message.ticket_id == ticket_id,
                                                  Message.direction == "in")
                     .order_by(Message.id).limit(1))
-        if status == "duplicate":
+        if status == RawStatus.DUPLICATE:
             return self._count("duplicate")
-        if status == "processed" and ticket_id is not None:
+        if status == RawStatus.PROCESSED and ticket_id is not None:
             return self._count("ticket_created" if first_raw == raw_id else "reply_threaded")
-        if status == "pending":
+        if status == RawStatus.PENDING:
             # process_inbound gave up on a transient error (database busy or down).
             self.warn(f"postdesk import: {item.label}: not processed (raw message {raw_id} "
                       "is still pending; `postdesk serve` will process it later)")
@@ -283,10 +291,10 @@ def count_inputs(sources: list[Source]) -> int:
     return sum(len(s.items) if s.error is None else 1 for s in sources)
 
 
-def import_paths(app: App, kind: str, paths: list[str], *, notify: bool = False,
-                 progress: bool = True) -> ImportSummary:
+def import_paths(services: Services, dispatch: Dispatch, kind: str, paths: list[str], *,
+                 notify: bool = False, progress: bool = True) -> ImportSummary:
     """Import with a rich progress bar on stderr (counts as they happen)."""
-    importer = Importer(app, kind, notify=notify)
+    importer = Importer(services, dispatch, kind, notify=notify)
     sources = importer.sources(paths)
     if not progress:
         return importer.run(sources)

@@ -1,7 +1,11 @@
 """The scheduler: periodic jobs run every ``scan_interval``.
 
 Each job is idempotent and safe to run in two scheduler processes at once (claims are
-conditional UPDATEs), so a second scheduler is a hot spare, not a hazard."""
+conditional UPDATEs), so a second scheduler is a hot spare, not a hazard.
+
+The sweepers are the safety net of "commit, then enqueue": whatever a dead process or a
+broker outage left behind after the grace period is picked up again — pending raw mail,
+outbox drafts never rendered, queued emails never sent."""
 
 from __future__ import annotations
 
@@ -9,67 +13,82 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from postdesk.outbound.sender import stale_outbox_ids
-from postdesk.storage.models import RawMessage, Ticket
+from postdesk.storage.models import RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import breaches, digest
+from postdesk.workflow.desk.outbox import release_drafts, stale_draft_ids
+from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.desk.sla_clocks import set_status
-
-if TYPE_CHECKING:
-    from postdesk.app import App
 
 log = logging.getLogger("postdesk.scheduler")
 
 
-def sweep_pending_raw(app: App, older_than: timedelta, limit: int = 1000) -> int:
+def sweep_pending_raw(services: Services, dispatch: Dispatch, older_than: timedelta,
+                      limit: int = 1000) -> int:
     """Re-enqueue raw messages still pending after the grace period: their job was lost
     (broker down at accept time, in-process queue lost on restart)."""
-    cutoff = app.now() - older_than
-    with app.sessions() as session:
+    cutoff = services.now() - older_than
+    with services.sessions() as session:
         ids = list(session.scalars(
-            select(RawMessage.id).where(RawMessage.status == "pending",
+            select(RawMessage.id).where(RawMessage.status == RawStatus.PENDING,
                                         RawMessage.received_at < cutoff)
             .order_by(RawMessage.id).limit(limit)))
     for raw_id in ids:
-        app.enqueue_inbound(raw_id)
+        dispatch.inbound(raw_id)
     return len(ids)
 
 
-def sweep_outbox(app: App, older_than: timedelta) -> int:
-    ids = stale_outbox_ids(app, older_than)
+def sweep_drafts(services: Services, dispatch: Dispatch, older_than: timedelta) -> int:
+    """Render and send drafts still unrendered after the grace period: the process that
+    committed them died before ``release_drafts``. Rendering is a conditional UPDATE from
+    ``draft``, so racing a slow original renders each draft once."""
+    with services.sessions() as session:
+        ids = stale_draft_ids(session, services.now() - older_than)
+    release_drafts(services, dispatch, ids)
+    return len(ids)
+
+
+def sweep_outbox(services: Services, dispatch: Dispatch, older_than: timedelta) -> int:
+    """Re-enqueue queued emails whose send job was lost; the sender's claim makes a
+    duplicate job harmless."""
+    ids = stale_outbox_ids(services, older_than)
     for outbox_id in ids:
-        app.enqueue_outbox(outbox_id)
+        dispatch.outbox(outbox_id)
     return len(ids)
 
 
-def close_quiet_tickets(app: App) -> int:
+def close_quiet_tickets(services: Services) -> int:
     """Resolved tickets with no activity for ``close_after_days`` are closed."""
-    cutoff = app.now() - timedelta(days=app.config.desk.close_after_days)
+    now = services.now()
+    cutoff = now - timedelta(days=services.config.desk.close_after_days)
     closed = 0
-    with app.sessions() as session, session.begin():
-        keeper = app.keeper(session)
+    with services.sessions() as session, session.begin():
+        keeper = services.clocks(session)
         for ticket in session.scalars(
                 select(Ticket).where(Ticket.status == "resolved", Ticket.updated_at < cutoff)
                 .with_for_update(skip_locked=True).limit(500)):
-            set_status(keeper, ticket, "closed", app.now(), "scheduler")
+            set_status(keeper, ticket, "closed", now, "scheduler")
             closed += 1
     return closed
 
 
 class Scheduler:
-    def __init__(self, app: App):
-        self.app = app
+    def __init__(self, services: Services, dispatch: Dispatch):
+        self.services = services
+        config = services.config
+        grace = config.scheduler.sweep_grace.as_timedelta()
         self.jobs: list[tuple[str, Callable[[], object]]] = [
-            ("sweep_pending_raw",
-             lambda: sweep_pending_raw(app, app.config.scheduler.sweep_grace.as_timedelta())),
-            ("sweep_outbox",
-             lambda: sweep_outbox(app, app.config.scheduler.sweep_grace.as_timedelta())),
-            ("sla_scan", lambda: breaches.scan(app)),
-            ("close_quiet_tickets", lambda: close_quiet_tickets(app)),
-            ("digests", lambda: digest.due_digests(app)),
+            ("sweep_pending_raw", lambda: sweep_pending_raw(services, dispatch, grace)),
+            ("sweep_outbox", lambda: sweep_outbox(services, dispatch, grace)),
+            # After the outbox sweep: a draft keeps its old created_at once rendered, so
+            # the other order would hand each swept draft to the sender twice in one run.
+            ("sweep_drafts", lambda: sweep_drafts(services, dispatch, grace)),
+            ("sla_scan", lambda: breaches.scan(services, dispatch)),
+            ("close_quiet_tickets", lambda: close_quiet_tickets(services)),
+            ("digests", lambda: digest.due_digests(services, dispatch)),
         ]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,7 +107,7 @@ class Scheduler:
         return results
 
     def run_forever(self) -> None:
-        interval = self.app.config.scheduler.scan_interval.as_timedelta().total_seconds()
+        interval = self.services.config.scheduler.scan_interval.as_timedelta().total_seconds()
         while not self._stop.is_set():
             self.run_once()
             self._stop.wait(interval)
@@ -101,3 +120,4 @@ class Scheduler:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=10)
+

@@ -9,7 +9,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
 from postdesk.storage.models import Outbox, RawMessage, Ticket
-from postdesk.workflow.desk.events import ticket_ref
+from postdesk.workflow.rules.refs import ticket_ref
 
 
 def iso(at: datetime | None) -> str | None:

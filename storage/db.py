@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
+READ_ONLY = "postdesk_read_only"
+
 
 class DatabaseUrlError(ValueError):
     pass
@@ -58,11 +60,22 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # A transaction that only reads takes no write lock (WAL readers never block).
+        read = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def read_only(session: Session) -> Iterator[Session]:
+    """A transaction that only reads: on SQLite a deferred BEGIN, so it never holds the
+    database's write lock; on PostgreSQL a plain transaction that locks no row."""
+    with session.begin():
+        session.connection(execution_options={READ_ONLY: True})
+        yield session
 
 
 @contextmanager

@@ -38,15 +38,15 @@ def sync_from_config(session: Session, config: Config) -> None:
 
     staff = {s.email: s for s in session.scalars(select(Staff))}
     for s in config.staff:
-        row = staff.get(s.email)
-        if row is None:
-            row = Staff(email=s.email)
-            session.add(row)
-        row.name, row.role, row.active = s.name, s.role, True
+        member = staff.get(s.email)
+        if member is None:
+            member = Staff(email=s.email)
+            session.add(member)
+        member.name, member.role, member.active = s.name, s.role, True
     listed = {s.email for s in config.staff}
-    for email, row in staff.items():
+    for email, member in staff.items():
         if email not in listed:
-            row.active = False
+            member.active = False
 
 
 def org_by_slug(session: Session, slug: str) -> Org | None:

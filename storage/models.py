@@ -8,6 +8,7 @@ ones), so rules never see a naive datetime.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -101,6 +102,8 @@ class Ticket(Base):
     # AUTOINCREMENT on SQLite so a deleted ticket's number is never handed out again.
     __table_args__ = (
         Index("ix_tickets_status_org", "status", "org_id"),
+        # The flood check counts a sender's tickets of the last hour.
+        Index("ix_tickets_requester_created", "requester_email", "created_at"),
         {"sqlite_autoincrement": True},
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -270,6 +273,24 @@ class RawMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class RawStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSED = "processed"
+    DUPLICATE = "duplicate"
+    QUARANTINED = "quarantined"
+    DROPPED = "dropped"
+
+
+class OutboxStatus(StrEnum):
+    DRAFT = "draft"            # decided and committed; not yet rendered (desk.outbox)
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    SUPPRESSED = "suppressed"
+
+
 class Outbox(Base):
     """Every email postdesk writes. Rendered in full and stored with its final
     Message-ID *before* anything is sent; ``dedupe_key`` makes creating it idempotent."""
@@ -287,7 +308,9 @@ class Outbox(Base):
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     in_reply_to: Mapped[str | None] = mapped_column(String(998))
     automatic: Mapped[bool] = mapped_column(Boolean, default=True)
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)   # None while a draft
+    # What rendering a draft needs (template data, threading, reply-to); None once rendered.
+    draft: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(12), default="queued", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_until: Mapped[datetime | None]   # a sender holds the row until then

@@ -81,12 +81,12 @@ class Desk:
             return [raw_json(r) for r in s.scalars(select(RawMessage).order_by(RawMessage.id))]
 
     def settled(self) -> bool:
-        """No raw message pending and no outbox email queued or sending."""
+        """No raw message pending and no outbox email drafted, queued or sending."""
         with self.app.sessions() as s:
             pending = s.scalar(select(RawMessage.id).where(RawMessage.status == "pending")
                                .limit(1))
-            unsent = s.scalar(select(Outbox.id).where(Outbox.status.in_(("queued", "sending")))
-                              .limit(1))
+            unsent = s.scalar(select(Outbox.id).where(
+                Outbox.status.in_(("draft", "queued", "sending"))).limit(1))
         return pending is None and unsent is None
 
     def wait_settled(self, timeout: float = 15.0) -> None:

@@ -51,7 +51,7 @@ def test_every_corpus_message_is_accounted_for(tmp_path: Path) -> None:
                                            rcpt_tos=("support@desk.example",)),
                                            "corpus", enqueue=False, notify=False)
                 raw_of[rel] = accepted.raw_id
-                process_inbound(desk.app, accepted.raw_id)
+                process_inbound(desk.app.services, accepted.raw_id)
             with desk.app.sessions() as s:
                 raws = {r.id: r for r in s.scalars(select(RawMessage))}
                 on_tickets = set(s.scalars(select(Message.raw_id).where(

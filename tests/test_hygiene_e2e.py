@@ -198,17 +198,17 @@ def test_quarantine_release_and_drop(make_desk):  # type: ignore[no-untyped-def]
     first, second = desk.raws()
     assert first["reason"] == second["reason"] == "unknown_sender"
 
-    assert release(desk.app, first["id"], org="clientco") == \
+    assert release(desk.app.services, desk.app.dispatch, first["id"], org="clientco") == \
         f"released message {first['id']}: processed"
     [ticket] = desk.tickets()
     assert ticket["requester"] == "newclient@prospect.example"
     assert ticket["org"] == "clientco"
 
-    assert drop(desk.app, second["id"]) == f"dropped message {second['id']}"
+    assert drop(desk.app.services, second["id"]) == f"dropped message {second['id']}"
     statuses = {r["id"]: r["status"] for r in desk.raws()}
     assert statuses == {first["id"]: "processed", second["id"]: "dropped"}
     with pytest.raises(QuarantineActionError):
-        release(desk.app, second["id"])
+        release(desk.app.services, desk.app.dispatch, second["id"])
 
 
 def test_no_notice_to_automatic_mail_from_unknown_senders(make_desk):  # type: ignore[no-untyped-def]

@@ -55,6 +55,17 @@ def imap_pw(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PW_ENV, "secret")
 
 
+def poller_for(desk: Any, box: Any = None, **kwargs: Any) -> ImapPoller:
+    """A poller for the desk's first mailbox (or ``box``), wired as `postdesk serve` does."""
+    app = desk.app
+    return ImapPoller(app.services, app.accept, app.dispatch, box or desk.config.imap[0],
+                      **kwargs)
+
+
+def sync_for(desk: Any, box: Any, client: Any, caps: Any) -> FolderSync:
+    return FolderSync(desk.app.services, desk.app.accept, box, client, caps)
+
+
 @contextlib.contextmanager
 def running(poller: ImapPoller) -> Iterator[ImapPoller]:
     poller.start()
@@ -141,7 +152,7 @@ def test_token_source_caches_until_shortly_before_expiry(tmp_path: Path) -> None
 def test_new_mail_during_idle_becomes_a_ticket_within_2s(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
     # A 60 s poll interval: only IDLE can explain a pickup within 2 s.
     desk = make_desk(extra=imap_toml(dovecot, poll="60s"))
-    with running(ImapPoller(desk.app, desk.config.imap[0])) as poller:
+    with running(poller_for(desk)) as poller:
         wait_for(poller.waiting.is_set, 10, what="poller idling")
         time.sleep(0.2)   # inside IDLE, not between the sync and IDLE
         started = time.monotonic()
@@ -160,7 +171,7 @@ def test_new_mail_during_idle_becomes_a_ticket_within_2s(make_desk, dovecot, ima
 def test_idle_is_reissued_every_idle_timeout(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
     caplog.set_level(logging.DEBUG, logger="imapclient.imapclient")   # logs each "< DONE"
     desk = make_desk(extra=imap_toml(dovecot, poll="60s", extra='idle_timeout = "1s"\n'))
-    with running(ImapPoller(desk.app, desk.config.imap[0])):
+    with running(poller_for(desk)):
         wait_for(lambda: caplog.text.count("< DONE") >= 3, 10, what="three IDLE cycles")
         dovecot.append(make_email(subject="Still listening").as_bytes())
         wait_for(lambda: desk.tickets(), 5, what="mail after the re-issues")
@@ -168,7 +179,7 @@ def test_idle_is_reissued_every_idle_timeout(make_desk, dovecot, imap_pw, caplog
 
 def test_same_email_by_smtp_and_imap_is_one_ticket_message(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
     desk = make_desk(extra=imap_toml(dovecot))
-    poller = ImapPoller(desk.app, desk.config.imap[0])
+    poller = poller_for(desk)
     first, second = make_email(subject="Two doors A"), make_email(subject="Two doors B")
     # A mailbox copy never has the same bytes as the SMTP one: the MTA adds headers.
     via_imap = [b"Received: from mx.desk.example by imap.desk.example; "
@@ -200,7 +211,7 @@ def test_restarted_dovecot_mid_batch_and_while_idle(make_desk, dovecot, imap_pw,
     # One worker thread keeps the processing order, so replies find their tickets.
     desk = make_desk(extra=imap_toml(dovecot), workers=False)
     desk.app.start_workers(threads=1)
-    with running(ImapPoller(desk.app, desk.config.imap[0], socket_timeout=10)) as poller:
+    with running(poller_for(desk, socket_timeout=10)) as poller:
         wait_for(lambda: count(desk, RawMessage) >= 40, 30, what="the batch under way")
         dovecot.restart()                          # in the middle of the backlog
         wait_for(lambda: count(desk, RawMessage) == 300 and not dovecot.uids("INBOX"), 60,
@@ -221,7 +232,7 @@ def test_uidvalidity_change_rescans_without_duplicates_or_misses(make_desk, dove
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     # \Seen mode keeps processed mail in the folder: the hard case for a re-scan.
     desk = make_desk(extra=imap_toml(dovecot, processed=""))
-    poller = ImapPoller(desk.app, desk.config.imap[0])
+    poller = poller_for(desk)
     for i in range(5):
         dovecot.append(make_email(subject=f"Before {i}").as_bytes())
     assert poller.run_once().accepted == 5
@@ -254,7 +265,7 @@ def test_thousand_waiting_messages_exactly_once(make_desk, dovecot, imap_pw):  #
     dovecot.append_many(h.raws())
     desk = make_desk(extra=imap_toml(dovecot), workers=False)
     desk.app.start_workers(threads=1)
-    poller = ImapPoller(desk.app, desk.config.imap[0])
+    poller = poller_for(desk)
     stats = poller.run_once()
     assert (stats.accepted, stats.duplicates, stats.skipped) == (1000, 0, 0)
     desk.wait_settled(180)
@@ -316,7 +327,7 @@ def stop_child(proc: subprocess.Popen[bytes], log: Path) -> None:
 def process_everything(desk: Any, timeout: float = 60) -> None:
     """The child only stored the mail (stub broker, or nobody listening yet): hand every
     pending raw message to this process's worker, as the scheduler's sweeper would."""
-    sweep_pending_raw(desk.app, timedelta(0))
+    sweep_pending_raw(desk.app.services, desk.app.dispatch, timedelta(0))
     desk.wait_settled(timeout)
 
 
@@ -408,7 +419,7 @@ def test_huge_and_unparseable_messages_do_not_stop_the_batch(make_desk, dovecot,
     dovecot.append(huge)
     dovecot.append(garbage)
     dovecot.append(make_email(subject="Good two").as_bytes())
-    poller = ImapPoller(desk.app, desk.config.imap[0])
+    poller = poller_for(desk)
 
     stats = poller.run_once()
     assert (stats.accepted, stats.skipped, stats.acknowledged) == (3, 1, 3)
@@ -439,7 +450,7 @@ def test_message_the_server_cannot_read_is_skipped(make_desk, dovecot, imap_pw, 
             os.chown(path, 0, 0)
             path.chmod(0o600)
     backoff = Backoff(0.1, 0.5)
-    with running(ImapPoller(desk.app, desk.config.imap[0], backoff=backoff)):
+    with running(poller_for(desk, backoff=backoff)):
         wait_for(lambda: len(dovecot.uids("Processed")) == 2, 30, what="the readable two")
         wait_for(lambda: "could not be fetched" in caplog.text, 10, what="the skip logged")
     assert dovecot.uids("INBOX") == [2]
@@ -453,7 +464,7 @@ def test_message_the_server_cannot_read_is_skipped(make_desk, dovecot, imap_pw, 
 def test_missing_folder_is_a_clear_error_not_a_crash(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     desk = make_desk(extra=imap_toml(dovecot, folder="Support"))
-    with running(ImapPoller(desk.app, desk.config.imap[0], login_retry=0.2)) as poller:
+    with running(poller_for(desk, login_retry=0.2)) as poller:
         wait_for(lambda: caplog.text.count("folder 'Support' does not exist") >= 2, 10,
                  what="the error, twice")
         assert poller.running
@@ -511,7 +522,7 @@ def test_login_failure_is_logged_retried_and_alerted_once(make_desk, prompt_dove
     monkeypatch.setenv(PW_ENV, "wrong-password")
     desk = make_desk(extra=imap_toml(dovecot))
     dovecot.append(make_email(subject="Waiting for a login").as_bytes())
-    poller = ImapPoller(desk.app, desk.config.imap[0], login_retry=0.3)
+    poller = poller_for(desk, login_retry=0.3)
     with running(poller):
         wait_for(lambda: caplog.text.count("LOGIN FAILED") >= 3, 10, what="retries")
         assert poller.running
@@ -541,7 +552,7 @@ def test_oauth2_token_refreshed_before_expiry_and_one_alert_when_refused(  # typ
     token_file.write_text('{"access_token": "tok-1", "expires_in": 121}')
     command = f"echo run >> {runs}; cat {token_file}"
     desk = make_desk(extra=imap_toml(oauth_dovecot, auth=f"oauth2_token_command = '{command}'"))
-    poller = ImapPoller(desk.app, desk.config.imap[0], login_retry=0.3)
+    poller = poller_for(desk, login_retry=0.3)
     with running(poller):
         oauth_dovecot.append(make_email(subject="Via OAuth").as_bytes())
         wait_for(lambda: desk.tickets(), 10, what="ticket via XOAUTH2")
@@ -594,7 +605,7 @@ def test_tls_and_starttls(make_desk, imap_pw, tmp_path, monkeypatch, mode):  # t
             extra = imap_toml(server, extra="starttls = true\n")
         desk = make_desk(extra=extra)
         server.append(make_email(subject=f"Over {mode}").as_bytes())
-        assert ImapPoller(desk.app, desk.config.imap[0]).run_once().accepted == 1
+        assert poller_for(desk).run_once().accepted == 1
         desk.wait_settled()
         assert [t["subject"] for t in desk.tickets()] == [f"Over {mode}"]
         assert "TLS" in server.log_tail(200)
@@ -609,10 +620,10 @@ def test_copy_store_expunge_when_the_server_has_no_move(make_desk, dovecot, imap
     box = desk.config.imap[0]
     with dovecot.client() as client:
         caps = set(client.capabilities()) - {b"MOVE"}
-        stats = FolderSync(desk.app, box, client, caps).run()
+        stats = sync_for(desk, box, client, caps).run()
         assert stats.accepted == 3
         dovecot.append(make_email(subject="No MOVE nor UIDPLUS").as_bytes())
-        assert FolderSync(desk.app, box, client, caps - {b"UIDPLUS"}).run().accepted == 1
+        assert sync_for(desk, box, client, caps - {b"UIDPLUS"}).run().accepted == 1
     assert dovecot.uids("INBOX") == []
     assert len(dovecot.uids("Processed")) == 4
     desk.wait_settled()
@@ -624,7 +635,7 @@ def test_two_mailboxes_polled_at_once(make_desk, dovecot, imap_pw):  # type: ign
         c.create_folder("Sales")
     extra = imap_toml(dovecot) + "\n" + imap_toml(dovecot, name="sales", folder="Sales")
     desk = make_desk(extra=extra)
-    pollers = [ImapPoller(desk.app, box) for box in desk.config.imap]
+    pollers = [poller_for(desk, box) for box in desk.config.imap]
     for p in pollers:
         p.start()
     try:

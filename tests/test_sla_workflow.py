@@ -122,7 +122,7 @@ def test_breach_alerted_exactly_once_with_two_schedulers(make_desk):  # type: ig
     assert desk.tickets()[0]["first_response_due"] == "2026-11-23T11:00:00Z"
 
     def scan_both() -> None:
-        threads = [threading.Thread(target=breaches.scan, args=(app,))
+        threads = [threading.Thread(target=breaches.scan, args=(app.services, app.dispatch))
                    for app in (desk.app, second.app) for _ in range(3)]
         for t in threads:
             t.start()
@@ -166,7 +166,7 @@ def test_first_public_reply_stops_first_response_clock(make_desk):  # type: igno
     assert ticket["next_update_due"] == "2026-11-23T14:20:00Z"
     assert ticket["resolution_due"] == "2026-11-25T10:00:00Z"
     clock.advance(timedelta(hours=10))
-    breaches.scan(desk.app)
+    breaches.scan(desk.app.services, desk.app.dispatch)
     assert _count(desk, Event, Event.kind == "sla_breached") == 1   # next_update only
 
 
@@ -180,10 +180,10 @@ def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):  # t
     desk.send(make_email(sender="bob@base.example", subject="Small question"))
     desk.wait_settled()
     clock.set(MONDAY_10 + timedelta(hours=2))
-    breaches.scan(desk.app)
+    breaches.scan(desk.app.services, desk.app.dispatch)
     clock.set(datetime(2026, 11, 24, 8, 31, tzinfo=UTC))     # after 08:30 London next day
-    assert len(due_digests(desk.app)) == 1
-    assert due_digests(desk.app) == []                        # same period: not again
+    assert len(due_digests(desk.app.services, desk.app.dispatch)) == 1
+    assert due_digests(desk.app.services, desk.app.dispatch) == []   # same period: not again
     [row] = desk.outbox(template="digest")
     assert row["to"] == ["boss@agency.example"]
     assert row["subject"].startswith("Support digest 2026-11-24: 1 breaches")
@@ -210,9 +210,9 @@ def test_resolved_ticket_closes_after_quiet_days_and_client_reply_reopens(make_d
     desk.wait_settled()
     assert desk.tickets()[0]["status"] == "resolved"
     clock.advance(timedelta(days=6, hours=23))
-    assert close_quiet_tickets(desk.app) == 0          # close_after_days = 7
+    assert close_quiet_tickets(desk.app.services) == 0          # close_after_days = 7
     clock.advance(timedelta(hours=2))
-    assert close_quiet_tickets(desk.app) == 1
+    assert close_quiet_tickets(desk.app.services) == 1
     assert desk.tickets()[0]["status"] == "closed"
     [relay] = desk.outbox(template="staff_reply")
     desk.send(make_email(sender="bob@base.example", subject=f"Re: {relay['subject']}",

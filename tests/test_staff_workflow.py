@@ -198,7 +198,7 @@ def test_followup_passing_without_update_alerts_lead_once(make_desk):  # type: i
     assert desk.tickets()[0]["followup_due"] == "2026-11-23T12:00:00Z"
     clock.set(MONDAY_10 + timedelta(hours=2, minutes=1))
     for _ in range(3):
-        breaches.scan(desk.app)
+        breaches.scan(desk.app.services, desk.app.dispatch)
     missed = desk.outbox(template="followup_missed")
     assert "dev2@agency.example" in [m["to"][0] for m in missed]        # the lead
     assert len([m for m in missed if m["to"] == ["dev2@agency.example"]]) == 1
@@ -215,7 +215,7 @@ def test_followup_met_by_public_update_raises_no_alert(make_desk):  # type: igno
     clock.advance(timedelta(hours=1))
     reply_from_staff(desk, note, "Here is the update I promised.")
     clock.advance(timedelta(hours=2))
-    breaches.scan(desk.app)
+    breaches.scan(desk.app.services, desk.app.dispatch)
     assert desk.outbox(template="followup_missed") == []
 
 

@@ -2,6 +2,7 @@
 connection handed over in ``config.attributes``."""
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from postdesk.storage.models import Base
 
@@ -14,14 +15,17 @@ def run_migrations_online() -> None:
     if connection is None:
         from sqlalchemy import create_engine
 
-        engine = create_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if url is None:
+            raise SystemExit("no sqlalchemy.url and no connection; run `postdesk db upgrade`")
+        engine = create_engine(url)
         with engine.connect() as conn:
             _run(conn)
         return
     _run(connection)
 
 
-def _run(connection) -> None:  # type: ignore[no-untyped-def]
+def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

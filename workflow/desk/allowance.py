@@ -1,30 +1,22 @@
-"""Support-hour allowance of an org (database side) and the ``balance`` email request.
-The month arithmetic (rollover, cap, overuse) is the pure ``workflow.allowance``."""
+"""Support-hour allowance of an org (database side): the month's balance, time logged per
+ticket, and logging time with the over-allowance warning. The month arithmetic (rollover,
+cap, overuse) is the pure ``workflow.rules.allowance``; the month an instant belongs to
+is decided in the org's zone (``workflow.rules.zones``), for booking and balance alike."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from postdesk.storage.models import Org, Ticket, TimeEntry
-from postdesk.workflow.desk.events import ticket_ref
-from postdesk.workflow.pipeline.runner import Handled, step
-from postdesk.workflow.rules.allowance import MonthBalance, month_balances, month_of
+from postdesk.storage.models import Message, Org, Staff, Ticket, TimeEntry
+from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.outbox import OutboxWriter
+from postdesk.workflow.rules.allowance import MonthBalance, month_balances, month_of, would_exceed
 from postdesk.workflow.rules.config import Config
-
-if TYPE_CHECKING:
-    from postdesk.workflow.pipeline.process import Inbound
-
-
-def org_timezone(config: Config, org_slug: str, plan: str) -> ZoneInfo:
-    org_cfg = config.org(org_slug)
-    if org_cfg and org_cfg.timezone:
-        return ZoneInfo(org_cfg.timezone)
-    return ZoneInfo(config.calendars[config.plans[plan].calendar].timezone)
+from postdesk.workflow.rules.refs import ticket_ref
+from postdesk.workflow.rules.zones import org_zone
 
 
 def org_month_balance(session: Session, config: Config, org: Org, now: datetime
@@ -33,7 +25,7 @@ def org_month_balance(session: Session, config: Config, org: Org, now: datetime
     plan = config.plans[org.plan]
     if not plan.monthly_allowance:
         return None
-    tz = org_timezone(config, org.slug, org.plan)
+    tz = org_zone(config, org.slug, org.plan)
     rows = session.execute(
         select(TimeEntry.year, TimeEntry.month, func.sum(TimeEntry.seconds))
         .where(TimeEntry.org_id == org.id).group_by(TimeEntry.year, TimeEntry.month)).all()
@@ -57,40 +49,36 @@ def per_ticket_usage(session: Session, org: Org, year: int, month: int
         select(TimeEntry.ticket_id, func.sum(TimeEntry.seconds))
         .where(TimeEntry.org_id == org.id, TimeEntry.year == year, TimeEntry.month == month)
         .group_by(TimeEntry.ticket_id).order_by(TimeEntry.ticket_id)).all()
-    return [(session.get(Ticket, tid), timedelta(seconds=int(seconds))) for tid, seconds in rows]
+    usage = []
+    for tid, seconds in rows:
+        ticket = session.get(Ticket, tid)
+        if ticket is not None:
+            usage.append((ticket, timedelta(seconds=int(seconds))))
+    return usage
 
 
-def hours(value: timedelta) -> str:
-    """``5h 30m`` / ``-1h 15m``: how the balance email shows durations."""
-    total = int(value.total_seconds() // 60)
-    sign = "-" if total < 0 else ""
-    h, m = divmod(abs(total), 60)
-    return f"{sign}{h}h {m:02d}m"
-
-
-@step
-def balance_request(ctx: Inbound) -> None:
-    """A client contact who emails the subject ``balance`` gets this month's allowance,
-    used, rollover and remaining, per ticket; no ticket is made."""
-    if ctx.sender is None or ctx.sender.kind != "contact" or ctx.org is None:
+def log_time(session: Session, config: Config, outbox: OutboxWriter, *, ticket: Ticket,
+             staff: Staff, duration: timedelta, message: Message, now: datetime) -> None:
+    """Book ``#time`` in the org's month; the first entry that goes over the allowance
+    tells the requester and the leads, once per org and month."""
+    year, month = month_of(now, org_zone(config, ticket.org.slug, ticket.org.plan))
+    before = org_month_balance(session, config, ticket.org, now)
+    session.add(TimeEntry(ticket_id=ticket.id, org_id=ticket.org_id, staff_id=staff.id,
+                          seconds=int(duration.total_seconds()), year=year, month=month,
+                          logged_at=now, source_message_id=message.id))
+    add_event(session, ticket, "time_logged", now, staff.email,
+              seconds=int(duration.total_seconds()))
+    if before is None or not would_exceed(before, duration):
         return
-    if (ctx.email.subject or "").strip().lower() not in ("balance", "re: balance"):
-        return
-    if ctx.auto_reply or not ctx.raw.notify:
-        raise Handled("balance_request", "automatic or imported: not answered")
-    balance = org_month_balance(ctx.session, ctx.config, ctx.org, ctx.now)
-    usage = per_ticket_usage(ctx.session, ctx.org, balance.year, balance.month) \
-        if balance else []
-    prefix = ctx.config.desk.ticket_prefix
-    from postdesk.workflow.desk.outbox import queue_email
-
-    row = queue_email(
-        ctx.session, ctx.app, dedupe_key=f"balance:{ctx.raw.id}", template="balance",
-        to=[ctx.sender.email], subject=f"Support balance for {ctx.org.name}",
-        in_reply_to=ctx.email.message_id, references=[*ctx.email.references],
-        context={"org_name": ctx.org.name, "balance": balance, "hours": hours,
-                 "usage": [(ticket_ref(prefix, t.id), t.subject, used) for t, used in usage]},
-        now=ctx.now)
-    if row is not None:
-        ctx.outbox_ids.append(row.id)
-    raise Handled("balance_request")
+    # The "we will contact you before starting work" promise.
+    ref = ticket_ref(config.desk.ticket_prefix, ticket.id)
+    people = [ticket.requester_email, *(s.email for s in config.leads())]
+    for email in dict.fromkeys(people):
+        outbox.queue(
+            dedupe_key=f"allowance:{ticket.org.slug}:{year}-{month}:{email}",
+            template="allowance_exceeded", to=[email],
+            subject=f"[{ref}] Support allowance for {ticket.org.name} used up", ticket=ticket,
+            context={"ref": ref, "remaining": before.remaining, "logged": duration,
+                     "org_name": ticket.org.name})
+    add_event(session, ticket, "allowance_exceeded", now, "system",
+              remaining_seconds=int(before.remaining.total_seconds()))

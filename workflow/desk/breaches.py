@@ -4,22 +4,25 @@ Two indexed queries (partial indexes on ``risk_at`` / ``due_at`` over running cl
 find clocks that crossed their at-risk point or their due time. Each crossing is claimed
 with a conditional UPDATE (``... WHERE at_risk_at IS NULL``): only the scheduler whose
 UPDATE changed the row records the event and queues the alert, in the same transaction,
-so two schedulers running at once still alert exactly once."""
+so two schedulers running at once still alert exactly once. The alerts are drafts in
+that transaction; they are rendered and handed to the sender after it commits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, select, update
+from sqlalchemy.orm import Session
 
 from postdesk.storage.models import SlaClock, Staff, Ticket
-from postdesk.workflow.desk.events import add_event, ticket_ref
+from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.outbox import OutboxWriter, release_drafts
+from postdesk.workflow.desk.services import Dispatch, Services
+from postdesk.workflow.rules.config import Config
+from postdesk.workflow.rules.refs import ticket_ref
 from postdesk.workflow.rules.rota import on_rota
-
-if TYPE_CHECKING:
-    from postdesk.app import App
+from postdesk.workflow.rules.zones import desk_zone
 
 BATCH = 500
 
@@ -44,16 +47,18 @@ class ScanResult:
     breached: int = 0
 
 
-def scan(app: App, now: datetime | None = None) -> ScanResult:
-    now = now or app.now()
+def scan(services: Services, dispatch: Dispatch, now: datetime | None = None) -> ScanResult:
+    """One scan: claim each crossing, record it and queue its alerts (one transaction per
+    clock), then render the alerts and hand them to ``dispatch``."""
+    now = now or services.now()
     result = ScanResult()
     outbox_ids: list[int] = []
     for kind, query, column in (("at_risk", at_risk_query(now), SlaClock.at_risk_at),
                                 ("breached", breached_query(now), SlaClock.breached_at)):
-        with app.sessions() as session:
+        with services.sessions() as session:
             ids = list(session.scalars(query))
         for clock_id in ids:
-            with app.sessions() as session, session.begin():
+            with services.sessions() as session, session.begin():
                 won = session.execute(
                     update(SlaClock)
                     .where(SlaClock.id == clock_id, column.is_(None),
@@ -61,26 +66,27 @@ def scan(app: App, now: datetime | None = None) -> ScanResult:
                     .values({column: now})).rowcount
                 if not won:
                     continue  # another scheduler claimed it, or it stopped meanwhile
-                clock = session.get(SlaClock, clock_id)
-                ticket = session.get(Ticket, clock.ticket_id)
-                outbox_ids += _alert(app, session, ticket, clock, kind, now)
+                clock = session.get_one(SlaClock, clock_id)
+                ticket = session.get_one(Ticket, clock.ticket_id)
+                writer = OutboxWriter(session, services, now=now)
+                _alert(services.config, session, writer, ticket, clock, kind, now)
+            # Committed: the drafts are safe; a crash from here on leaves them to the
+            # scheduler's sweeper (``stale_draft_ids``).
+            outbox_ids += writer.queued_ids
             setattr(result, kind, getattr(result, kind) + 1)
-    for outbox_id in outbox_ids:
-        app.enqueue_outbox(outbox_id)
+    release_drafts(services, dispatch, outbox_ids)
     return result
 
 
-def _alert(app: App, session, ticket: Ticket, clock: SlaClock, kind: str,  # type: ignore[no-untyped-def]
-           now: datetime) -> list[int]:
-    from postdesk.workflow.desk.outbox import queue_email
-
-    prefix = app.config.desk.ticket_prefix
+def _alert(config: Config, session: Session, writer: OutboxWriter, ticket: Ticket,
+           clock: SlaClock, kind: str, now: datetime) -> None:
+    prefix = config.desk.ticket_prefix
     event = "sla_at_risk" if kind == "at_risk" else "sla_breached"
     if clock.target == "followup":
         event = "followup_due_soon" if kind == "at_risk" else "followup_missed"
     add_event(session, ticket, event, now, target=clock.target, cycle=clock.cycle,
               due_at=clock.due_at.isoformat())
-    recipients = alert_recipients(app, session, ticket, clock, kind, now)
+    recipients = alert_recipients(config, session, ticket, clock, kind, now)
     ref = ticket_ref(prefix, ticket.id)
     template = {"sla_at_risk": "sla_at_risk", "sla_breached": "sla_breached",
                 "followup_due_soon": "followup_reminder",
@@ -88,33 +94,32 @@ def _alert(app: App, session, ticket: Ticket, clock: SlaClock, kind: str,  # typ
     subject_word = {"sla_at_risk": "SLA at risk", "sla_breached": "SLA BREACHED",
                     "followup_due_soon": "Follow-up due soon",
                     "followup_missed": "Follow-up MISSED"}[event]
-    ids = []
+    target = clock.target.replace("_", " ")
     for email in recipients:
-        row = queue_email(
-            session, app, dedupe_key=f"{event}:{clock.id}:{email}", template=template,
-            to=[email], subject=f"[{ref}] {subject_word}: {clock.target.replace('_', ' ')} "
-                                f"({ticket.priority}) {ticket.subject}",
-            ticket=ticket, kind="system",
-            on_ticket=False, context={"ref": ref, "target": clock.target.replace("_", " "),
-                     "due_at": clock.due_at, "recipient": email}, now=now)
-        if row is not None:
-            ids.append(row.id)
-    return ids
+        writer.queue(
+            dedupe_key=f"{event}:{clock.id}:{email}", template=template, to=[email],
+            subject=f"[{ref}] {subject_word}: {target} ({ticket.priority}) {ticket.subject}",
+            ticket=ticket, kind="system", on_ticket=False,
+            context={"ref": ref, "target": target, "due_at": clock.due_at,
+                     "recipient": email})
 
 
-def alert_recipients(app: App, session, ticket: Ticket, clock: SlaClock, kind: str,  # type: ignore[no-untyped-def]
-                     now: datetime) -> list[str]:
+def alert_recipients(config: Config, session: Session, ticket: Ticket, clock: SlaClock,
+                     kind: str, now: datetime) -> list[str]:
     """At risk: the assignee. Breach: the assignee, and the leads too for P1 breaches and
-    missed follow-ups (a broken promise to a client is a lead's business)."""
+    missed follow-ups (a broken promise to a client is a lead's business).
+
+    Without an assignee, whoever is on rota: the rota week is the desk's own date, so it
+    is read in the desk's zone (a Monday 00:30 in London is still Sunday in UTC)."""
     people: list[str] = []
     assignee = session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
     if assignee:
         people.append(assignee.email)
     else:
-        rota = on_rota(app.config.rota, now.date())
+        rota = on_rota(config.rota, now.astimezone(desk_zone(config)).date())
         if rota:
             people.append(rota)
     escalate = kind == "breached" and (ticket.priority == "P1" or clock.target == "followup")
     if escalate or not people:
-        people += [s.email for s in app.config.leads()]
+        people += [s.email for s in config.leads()]
     return list(dict.fromkeys(people))

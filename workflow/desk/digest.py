@@ -2,29 +2,33 @@
 SLA compliance per client and priority this month, allowance use per client.
 
 Built per manager per period and queued under a key naming both, so a digest is never
-sent twice (two schedulers, a re-run of `postdesk digest`)."""
+sent twice (two schedulers, a re-run of `postdesk digest`). Periods and "this month" are
+the desk's own dates, so they are counted in the desk's zone (``rules.zones.desk_zone``)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from typing import Any
 
 from sqlalchemy import select
 
-from postdesk.storage.models import Event, Org, SlaClock, Ticket
-from postdesk.workflow.desk.allowance import hours, org_month_balance
-from postdesk.workflow.desk.events import ticket_ref
-from postdesk.workflow.desk.outbox import queue_email
-
-if TYPE_CHECKING:
-    from postdesk.app import App
+from postdesk.storage.models import Event, Org, Outbox, SlaClock, Ticket
+from postdesk.workflow.desk.allowance import org_month_balance
+from postdesk.workflow.desk.outbox import OutboxWriter, release_drafts
+from postdesk.workflow.desk.services import Dispatch, Services
+from postdesk.workflow.rules.allowance import format_hours
+from postdesk.workflow.rules.config import Config
+from postdesk.workflow.rules.refs import ticket_ref
+from postdesk.workflow.rules.zones import desk_zone
 
 
 @dataclass
 class Digest:
+    """The digest's data. Plain values only: it is the template data of a draft, stored
+    as JSON until the draft is rendered (``desk.outbox``)."""
+
     period: str
     since: datetime
     breaches: list[dict[str, Any]] = field(default_factory=list)
@@ -34,25 +38,25 @@ class Digest:
     allowance: list[dict[str, Any]] = field(default_factory=list)
 
 
-def period_start(app: App, now: datetime) -> tuple[str, datetime]:
+def period_start(config: Config, now: datetime) -> tuple[str, datetime]:
     """This period's name and when the previous one ended (digest time, local)."""
-    tz = ZoneInfo(app.config.digest.timezone)
-    hh, mm = (int(x) for x in app.config.digest.at.split(":"))
+    tz = desk_zone(config)
+    hh, mm = (int(x) for x in config.digest.at.split(":"))
     local = now.astimezone(tz)
     today_at = datetime.combine(local.date(), time(hh, mm), tz)
-    step = timedelta(days=7 if app.config.digest.period == "weekly" else 1)
+    step = timedelta(days=7 if config.digest.period == "weekly" else 1)
     current = today_at if local >= today_at else today_at - timedelta(days=1)
     return current.date().isoformat(), (current - step).astimezone(now.tzinfo)
 
 
-def build_digest(app: App, now: datetime) -> Digest:
-    prefix = app.config.desk.ticket_prefix
-    period, since = period_start(app, now)
+def build_digest(services: Services, now: datetime) -> Digest:
+    config = services.config
+    prefix = config.desk.ticket_prefix
+    period, since = period_start(config, now)
     digest = Digest(period=period, since=since)
-    tz = ZoneInfo(app.config.digest.timezone)
-    month_start = now.astimezone(tz).replace(day=1, hour=0, minute=0, second=0,
-                                             microsecond=0)
-    with app.sessions() as session:
+    month_start = now.astimezone(desk_zone(config)).replace(
+        day=1, hour=0, minute=0, second=0, microsecond=0)
+    with services.sessions() as session:
         def row(ticket: Ticket, **extra: Any) -> dict[str, Any]:
             return {"ref": ticket_ref(prefix, ticket.id), "subject": ticket.subject,
                     "org": ticket.org.slug, "priority": ticket.priority,
@@ -60,13 +64,13 @@ def build_digest(app: App, now: datetime) -> Digest:
 
         for event in session.scalars(select(Event).where(
                 Event.kind == "sla_breached", Event.at >= since).order_by(Event.at)):
-            ticket = session.get(Ticket, event.ticket_id)
+            ticket = session.get_one(Ticket, event.ticket_id)
             digest.breaches.append(row(ticket, target=event.data.get("target"),
                                        at=event.at))
         for clock in session.scalars(select(SlaClock).where(
                 SlaClock.stopped_at.is_(None), SlaClock.breached_at.is_(None),
                 SlaClock.at_risk_at.is_not(None)).order_by(SlaClock.due_at)):
-            digest.at_risk.append(row(session.get(Ticket, clock.ticket_id),
+            digest.at_risk.append(row(session.get_one(Ticket, clock.ticket_id),
                                       target=clock.target, due=clock.due_at))
         for ticket in session.scalars(select(Ticket).where(
                 Ticket.priority == "P1", Ticket.status.not_in(("resolved", "closed")))
@@ -87,40 +91,48 @@ def build_digest(app: App, now: datetime) -> Digest:
              "percent": round(100 * m / t, 1) if t else None}
             for (org, prio), (m, t) in sorted(met.items())]
         for org in session.scalars(select(Org).where(Org.active.is_(True)).order_by(Org.slug)):
-            balance = org_month_balance(session, app.config, org, now)
+            balance = org_month_balance(session, config, org, now)
             if balance is not None:
-                digest.allowance.append({"org": org.slug, "allowance": hours(balance.allowance),
-                                         "used": hours(balance.used),
-                                         "remaining": hours(balance.remaining)})
+                digest.allowance.append({"org": org.slug,
+                                         "allowance": format_hours(balance.allowance),
+                                         "used": format_hours(balance.used),
+                                         "remaining": format_hours(balance.remaining)})
     return digest
 
 
-def queue_digest(app: App, manager: str, now: datetime) -> int | None:
-    """Queue this period's digest for a manager; None when it was queued before."""
-    digest = build_digest(app, now)
-    with app.sessions() as session, session.begin():
-        row = queue_email(session, app, dedupe_key=f"digest:{manager}:{digest.period}",
-                          template="digest", to=[manager],
-                          subject=f"Support digest {digest.period}: {len(digest.breaches)} "
-                                  f"breaches, {len(digest.at_risk)} at risk, "
-                                  f"{len(digest.open_p1)} open P1",
-                          context={"d": digest}, now=now)
-        return row.id if row is not None else None
+def digest_key(manager: str, period: str) -> str:
+    return f"digest:{manager}:{period}"
 
 
-def due_digests(app: App) -> list[int]:
-    """Scheduler job: after the digest time each period, queue every manager's digest."""
-    from postdesk.storage.models import Outbox
+def queue_digest(services: Services, dispatch: Dispatch, manager: str, now: datetime
+                 ) -> int | None:
+    """Queue this period's digest for a manager and, once committed, render it and hand
+    it to ``dispatch``; returns its outbox id, or None when it was queued before."""
+    digest = build_digest(services, now)
+    with services.sessions() as session, session.begin():
+        writer = OutboxWriter(session, services, now=now)
+        writer.queue(dedupe_key=digest_key(manager, digest.period),
+                     template="digest", to=[manager],
+                     subject=f"Support digest {digest.period}: {len(digest.breaches)} "
+                             f"breaches, {len(digest.at_risk)} at risk, "
+                             f"{len(digest.open_p1)} open P1",
+                     context={"d": digest})
+    release_drafts(services, dispatch, writer.queued_ids)
+    return writer.queued_ids[0] if writer.queued_ids else None
 
+
+def due_digests(services: Services, dispatch: Dispatch) -> list[int]:
+    """Scheduler job: after the digest time each period, queue every manager's digest;
+    returns the outbox ids queued."""
     ids = []
-    period, _ = period_start(app, app.now())
-    for manager in app.config.digest.managers:
-        with app.sessions() as session:
+    now = services.now()
+    period, _ = period_start(services.config, now)
+    for manager in services.config.digest.managers:
+        with services.sessions() as session:
             if session.scalar(select(Outbox.id).where(
-                    Outbox.dedupe_key == f"digest:{manager}:{period}")) is not None:
-                continue
-        outbox_id = queue_digest(app, manager, app.now())
+                    Outbox.dedupe_key == digest_key(manager, period))) is not None:
+                continue   # cheap check first: building a digest reads a lot
+        outbox_id = queue_digest(services, dispatch, manager, now)
         if outbox_id is not None:
             ids.append(outbox_id)
-            app.enqueue_outbox(outbox_id)
     return ids

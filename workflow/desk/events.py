@@ -1,8 +1,7 @@
-"""Small ticket helpers shared by the steps: refs, events, participants."""
+"""A ticket's history: events, and who is on it."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -10,34 +9,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from postdesk.storage.models import Event, Message, Ticket
-
-
-def ticket_ref(prefix: str, ticket_id: int) -> str:
-    return f"{prefix}-{ticket_id}"
-
-
-def subject_token_re(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"\[{re.escape(prefix)}-(\d+)\]", re.IGNORECASE)
-
-
-def parse_ref(prefix: str, ref: str) -> int | None:
-    match = re.fullmatch(rf"{re.escape(prefix)}-(\d+)", ref.strip(), re.IGNORECASE)
-    return int(match.group(1)) if match else None
-
-
-_REPLY_PREFIX = re.compile(r"^\s*((re|fw|fwd|aw|wg|sv|vs|antw|tr|ref)\s*(\[\d+\])?\s*:\s*)+",
-                           re.IGNORECASE)
-
-
-def clean_subject(subject: str, prefix: str) -> str:
-    """The subject a ticket keeps: without reply prefixes or our own token."""
-    subject = subject_token_re(prefix).sub("", subject or "")
-    subject = _REPLY_PREFIX.sub("", subject.strip())
-    return " ".join(subject.split()) or "(no subject)"
-
-
-def ack_subject(prefix: str, ticket: Ticket) -> str:
-    return f"[{ticket_ref(prefix, ticket.id)}] {ticket.subject}"
 
 
 def add_event(session: Session, ticket: Ticket | None, kind: str, at: datetime,

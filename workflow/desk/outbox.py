@@ -1,84 +1,224 @@
-"""Queue an email: render it, give it its final Message-ID, store the exact bytes in the
-outbox and (for ticket mail) record it on the ticket — all inside the caller's
-transaction. Sending happens later, in ``outbound.sender``; the caller enqueues the
-returned id after commit."""
+"""The outbox, in two steps so that no email is rendered while a lock is held.
+
+1. ``OutboxWriter.queue`` runs inside the caller's (short) transaction: it decides the
+   email — recipients, subject, template, the data the template needs, its final
+   Message-ID — and stores it as a ``draft`` row. That is cheap (no template, no MIME), and
+   it commits with whatever the email is about, so a crash can never lose it.
+2. ``render_drafts`` runs after commit, holding nothing: it renders and composes each draft
+   and stores the exact bytes (``queued``, or ``suppressed`` when over the automatic-mail
+   limit), recording client-facing mail among the ticket's messages. It is idempotent
+   (a conditional UPDATE from ``draft``), so the worker and the sweeper may race.
+
+Only ``queued`` rows are ever sent (``postdesk.outbound.sender``)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import secrets
 from collections.abc import Sequence
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import date, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from postdesk.mail.compose import OutgoingEmail, compose
 from postdesk.mail.tokens import make_message_id
-from postdesk.storage.models import Message, Outbox, Ticket
+from postdesk.storage.db import read_only
+from postdesk.storage.models import Message, Outbox, OutboxStatus, Ticket
+from postdesk.workflow.desk.services import Dispatch, Services
 
-if TYPE_CHECKING:
-    from postdesk.app import App
+log = logging.getLogger("postdesk.outbox")
 
 
-def queue_email(session: Session, app: App, *, dedupe_key: str, template: str,
-                to: Sequence[str], subject: str, context: dict[str, Any],
-                ticket: Ticket | None = None, cc: Sequence[str] = (),
-                in_reply_to: str | None = None, references: Sequence[str] = (),
-                automatic: bool = True, reply_to: str | None = None,
-                kind: str = "system", extra_headers: dict[str, str] | None = None,
-                now: datetime | None = None, on_ticket: bool = True) -> Outbox | None:
-    """Returns the new outbox row, or None when ``dedupe_key`` was queued before.
+class OutboxWriter:
+    """Queues drafts in one session and remembers their ids, so whoever commits the
+    session can hand them to ``render_drafts`` and then to the sender."""
 
-    ``on_ticket``: record the email among the ticket's messages (client-facing mail);
-    staff alerts and pages are kept in the outbox only."""
-    if session.scalar(select(Outbox.id).where(Outbox.dedupe_key == dedupe_key)) is not None:
-        return None
-    now = now or app.now()
-    desk = app.config.desk
-    support = desk.support_addresses[0]
-    message_id = make_message_id(app.secret, ticket.id if ticket else None,
-                                 secrets.token_hex(6), support.split("@", 1)[1])
-    org_slug = ticket.org.slug if ticket is not None else None
-    body = app.renderer.render(template, {"desk": desk, "ticket": ticket, **context}, org_slug)
+    def __init__(self, session: Session, services: Services, now: datetime | None = None):
+        self.session, self.services = session, services
+        self.now = now
+        self.queued_ids: list[int] = []
+
+    def queue(self, *, dedupe_key: str, template: str, to: Sequence[str], subject: str,
+              context: dict[str, Any], ticket: Ticket | None = None, cc: Sequence[str] = (),
+              in_reply_to: str | None = None, references: Sequence[str] = (),
+              automatic: bool = True, reply_to: str | None = None, kind: str = "system",
+              extra_headers: dict[str, str] | None = None, on_ticket: bool = True
+              ) -> Outbox | None:
+        """The new draft, or None when ``dedupe_key`` was queued before.
+
+        ``on_ticket``: record the email among the ticket's messages (client-facing mail);
+        staff alerts and pages are kept in the outbox only."""
+        session, services = self.session, self.services
+        if session.scalar(select(Outbox.id).where(Outbox.dedupe_key == dedupe_key)) is not None:
+            return None
+        now = self.now or services.now()
+        support = services.config.desk.support_addresses[0]
+        message_id = make_message_id(services.secret, ticket.id if ticket else None,
+                                     secrets.token_hex(6), support.split("@", 1)[1])
+        suppress = automatic and over_automatic_limit(session, services, to[0], ticket, now)
+        row = Outbox(
+            dedupe_key=dedupe_key, ticket_id=ticket.id if ticket else None, template=template,
+            recipient=to[0].lower(), to=list(to), cc=list(cc), subject=subject,
+            message_id=message_id, in_reply_to=in_reply_to, automatic=automatic, raw=None,
+            status=OutboxStatus.DRAFT, created_at=now,
+            draft={"context": encode_context(context), "references": list(references),
+                   "reply_to": reply_to or support, "kind": kind,
+                   "extra_headers": extra_headers or {}, "on_ticket": on_ticket,
+                   "suppress": suppress,
+                   "org": ticket.org.slug if ticket is not None else None})
+        session.add(row)
+        session.flush()
+        self.queued_ids.append(row.id)
+        return row
+
+
+def render_drafts(services: Services, outbox_ids: Sequence[int]) -> list[int]:
+    """Render and compose each draft, outside any lock; returns the ids now ``queued``
+    (to hand to the sender). A draft that cannot be rendered is marked ``failed`` with
+    the reason, never left behind silently."""
+    ready: list[int] = []
+    for outbox_id in outbox_ids:
+        with services.sessions() as session:
+            # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
+            # write lock), on PostgreSQL no row lock. The write after it is short.
+            with read_only(session):
+                row = session.get(Outbox, outbox_id)
+                if row is None or row.status != OutboxStatus.DRAFT or row.draft is None:
+                    if row is not None and row.status == OutboxStatus.QUEUED:
+                        ready.append(outbox_id)   # finished by a racing renderer: send it
+                    continue
+                ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+                draft = dict(row.draft)
+                try:
+                    raw, text = _render(services, row, ticket, draft)
+                    error = None
+                except Exception as exc:
+                    log.exception("outbox %s (%s) could not be rendered", outbox_id,
+                                  row.template)
+                    raw, text, error = b"", "", f"render: {exc}"[:2000]
+                message = None
+                if error is None and ticket is not None and draft.get("on_ticket"):
+                    message = Message(
+                        ticket_id=ticket.id, outbox_id=outbox_id, direction="out",
+                        kind=draft.get("kind", "system"),
+                        dedupe_key=f"out:{row.message_id}", message_id=row.message_id,
+                        in_reply_to=row.in_reply_to, references=list(draft["references"]),
+                        from_addr=services.from_address,
+                        from_name=services.config.desk.name, to=list(row.to),
+                        cc=list(row.cc), subject=row.subject, text=text, stripped_text=text,
+                        sent_at=row.created_at, created_at=row.created_at)
+            if error is not None:
+                status = OutboxStatus.FAILED
+                values: dict[str, Any] = {"status": status, "last_error": error}
+            else:
+                status = (OutboxStatus.SUPPRESSED if draft.get("suppress")
+                          else OutboxStatus.QUEUED)
+                values = {"raw": raw, "status": status, "draft": None}
+            with session.begin():
+                won = session.execute(update(Outbox).where(
+                    Outbox.id == outbox_id, Outbox.status == OutboxStatus.DRAFT)
+                    .values(**values)).rowcount
+                if won and message is not None:
+                    session.add(message)
+            if won and status == OutboxStatus.QUEUED:
+                ready.append(outbox_id)
+    return ready
+
+
+def release_drafts(services: Services, dispatch: Dispatch, outbox_ids: Sequence[int]
+                   ) -> list[int]:
+    """After commit: render the drafts, then hand each one ready to the sender. The one
+    place where queued email is enqueued; returns the ids handed on."""
+    ready = render_drafts(services, outbox_ids)
+    for outbox_id in ready:
+        dispatch.outbox(outbox_id)
+    return ready
+
+
+def _render(services: Services, row: Outbox, ticket: Ticket | None, draft: dict[str, Any]
+            ) -> tuple[bytes, str]:
+    desk = services.config.desk
+    context = decode_context(draft["context"])
+    body = services.renderer.render(row.template, {"desk": desk, "ticket": ticket, **context},
+                                    draft.get("org"))
     raw = compose(OutgoingEmail(
-        from_addr=app.from_address, from_name=desk.name, to=list(to), cc=list(cc),
-        subject=subject, body=body, message_id=message_id, date=now,
-        reply_to=reply_to or support, in_reply_to=in_reply_to, references=list(references),
-        automatic=automatic, extra_headers=extra_headers or {},
-    ))
-    status = "queued"
-    if automatic and over_automatic_limit(session, app, to[0], ticket, now):
-        status = "suppressed"   # kept and counted, never sent: loop and flood protection
-    row = Outbox(dedupe_key=dedupe_key, ticket_id=ticket.id if ticket else None,
-                 template=template, recipient=to[0].lower(), to=list(to), cc=list(cc),
-                 subject=subject, message_id=message_id, in_reply_to=in_reply_to,
-                 automatic=automatic, raw=raw, status=status, created_at=now)
-    session.add(row)
-    session.flush()
-    if ticket is not None and on_ticket:
-        session.add(Message(
-            ticket_id=ticket.id, outbox_id=row.id, direction="out", kind=kind,
-            dedupe_key=f"out:{message_id}", message_id=message_id, in_reply_to=in_reply_to,
-            references=list(references), from_addr=app.from_address, from_name=desk.name,
-            to=list(to), cc=list(cc), subject=subject, text=body.text,
-            stripped_text=body.text, sent_at=now, created_at=now,
-        ))
-    return row
+        from_addr=services.from_address, from_name=desk.name, to=list(row.to),
+        cc=list(row.cc), subject=row.subject, body=body, message_id=row.message_id,
+        date=row.created_at, reply_to=draft["reply_to"], in_reply_to=row.in_reply_to,
+        references=list(draft["references"]), automatic=row.automatic,
+        extra_headers=dict(draft["extra_headers"])))
+    return raw, body.text
 
 
-def over_automatic_limit(session: Session, app: App, recipient: str, ticket: Ticket | None,
-                         now: datetime) -> bool:
+def stale_draft_ids(session: Session, before: datetime, limit: int = 500) -> list[int]:
+    """Drafts left by a process that died between commit and rendering."""
+    return list(session.scalars(select(Outbox.id).where(
+        Outbox.status == OutboxStatus.DRAFT, Outbox.created_at < before)
+        .order_by(Outbox.id).limit(limit)))
+
+
+def over_automatic_limit(session: Session, services: Services, recipient: str,
+                         ticket: Ticket | None, now: datetime) -> bool:
     """At most ``auto_reply_limit_per_hour`` automatic emails per outside recipient and per
     ticket in any hour (staff alerts are not limited: staff must hear about breaches)."""
     recipient = recipient.lower()
-    if app.config.staff_member(recipient) is not None:
+    if services.config.staff_member(recipient) is not None:
         return False
-    limit = app.config.desk.auto_reply_limit_per_hour
+    limit = services.config.desk.auto_reply_limit_per_hour
     since = now - timedelta(hours=1)
     sent = select(func.count(Outbox.id)).where(
-        Outbox.automatic.is_(True), Outbox.created_at >= since, Outbox.status != "suppressed")
-    if (session.scalar(sent.where(Outbox.recipient == recipient)) or 0) >= limit:
+        Outbox.automatic.is_(True), Outbox.created_at >= since,
+        Outbox.status != OutboxStatus.SUPPRESSED,
+        # A draft counts unless it is itself going to be suppressed.
+        Outbox.recipient == recipient)
+    if (session.scalar(sent) or 0) >= limit:
         return True
     return ticket is not None and (session.scalar(
-        sent.where(Outbox.ticket_id == ticket.id, Outbox.recipient == recipient)) or 0) >= limit
+        sent.where(Outbox.ticket_id == ticket.id)) or 0) >= limit
+
+
+# --- template data, kept as JSON in the draft -------------------------------------------
+# A draft must survive a restart, so the data a template needs is stored, not held in
+# memory. These few types are all the templates use; anything else is a programming
+# error and fails loudly at queue time, inside the transaction that wanted the email.
+
+def encode_context(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): encode_context(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_context(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, timedelta):
+        return {"__timedelta__": value.total_seconds()}
+    if isinstance(value, datetime):
+        return {"__datetime__": value.isoformat()}
+    if isinstance(value, date):
+        return {"__date__": value.isoformat()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__object__": {f.name: encode_context(getattr(value, f.name))
+                               for f in dataclasses.fields(value)}}
+    if isinstance(value, SimpleNamespace):
+        return {"__object__": encode_context(vars(value))}
+    raise TypeError(f"template data of type {type(value).__name__} cannot be stored in a "
+                    "draft; pass plain values")
+
+
+def decode_context(value: Any) -> Any:
+    if isinstance(value, list):
+        return [decode_context(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__timedelta__" in value:
+        return timedelta(seconds=value["__timedelta__"])
+    if "__datetime__" in value:
+        return datetime.fromisoformat(value["__datetime__"])
+    if "__date__" in value:
+        return date.fromisoformat(value["__date__"])
+    if "__object__" in value:
+        return SimpleNamespace(**{k: decode_context(v) for k, v in value["__object__"].items()})
+    return {k: decode_context(v) for k, v in value.items()}

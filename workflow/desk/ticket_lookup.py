@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from postdesk.mail.tokens import ticket_from_message_id, ticket_from_reply_address
 from postdesk.storage.models import Message, Ticket
-from postdesk.workflow.desk.events import participants, subject_token_re
+from postdesk.workflow.desk.events import participants
+from postdesk.workflow.rules.refs import subject_token_re
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,9 @@ def find_ticket(session: Session, *, secret: bytes, prefix: str, in_reply_to: st
         ticket_id = session.scalar(
             select(Message.ticket_id).where(Message.message_id.in_(thread_ids))
             .order_by(Message.id.desc()).limit(1))
-        if ticket_id is not None:
-            return TicketMatch(session.get(Ticket, ticket_id), "known_message_id")
+        ticket = session.get(Ticket, ticket_id) if ticket_id is not None else None
+        if ticket is not None:
+            return TicketMatch(ticket, "known_message_id")
     match = subject_token_re(prefix).search(subject or "")
     if match:
         ticket = session.get(Ticket, int(match.group(1)))
@@ -62,3 +64,19 @@ def find_ticket(session: Session, *, secret: bytes, prefix: str, in_reply_to: st
         ):
             return TicketMatch(ticket, "subject_token")
     return None
+
+
+def client_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:
+    """In-Reply-To and References that put our reply in the client's own thread: the
+    client's latest email, and the ids of the conversation so far."""
+    rows = session.execute(
+        select(Message.message_id, Message.direction, Message.kind, Message.author_staff_id)
+        .where(Message.ticket_id == ticket.id, Message.message_id.is_not(None),
+               Message.kind != "internal")
+        .order_by(Message.id)).all()
+    # The client's own emails, and what the client saw from us; never the staff member's
+    # email to postdesk, which the client never received.
+    client_ids = [r.message_id for r in rows if r.direction == "in" and r.author_staff_id is None]
+    public_ids = [r.message_id for r in rows if (r.direction == "in" and r.author_staff_id is None)
+                  or (r.direction == "out" and r.kind in ("public", "system"))]
+    return (client_ids[-1] if client_ids else None), public_ids

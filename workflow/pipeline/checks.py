@@ -1,84 +1,71 @@
-"""Pipeline steps that keep the desk safe from the mail it receives: automatic mail
-(auto-replies, bounces, loops), unauthenticated senders, floods, and the polite notice
-to unknown senders (at most once per address per day, never to automatic mail)."""
+"""Checks: the first phase. Each reads the email and the desk's state, annotates the
+context, and may end processing with an outcome (``Quarantine``, ``Duplicate``,
+``Handled``). Checks write nothing: they run in a read-only transaction, and what an
+outcome must change (a bounce marked, a notice to an unknown sender) is done by the
+runner's reaction to it, in the record transaction (``process``)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import TYPE_CHECKING
-
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from postdesk.mail.authentication import authenticate
 from postdesk.mail.classify import classify
+from postdesk.mail.parse import UnparseableEmail, parse_email
 from postdesk.mail.tokens import is_our_message_id
-from postdesk.storage.directory import contact_for
-from postdesk.storage.models import Contact, Outbox, Staff, Ticket
-from postdesk.workflow.desk.events import add_event, ticket_ref
-from postdesk.workflow.desk.outbox import queue_email
-from postdesk.workflow.pipeline.runner import Quarantine, step
+from postdesk.storage.directory import org_by_slug
+from postdesk.storage.models import Message
+from postdesk.workflow.desk.ticket_lookup import find_ticket
+from postdesk.workflow.desk.tickets import inbound_dedupe_key
+from postdesk.workflow.pipeline.context import Inbound
+from postdesk.workflow.pipeline.runner import Duplicate, Handled, Quarantine, step
+from postdesk.workflow.rules.senders import SenderIdentity, identify_sender
 
-if TYPE_CHECKING:
-    from postdesk.workflow.pipeline.process import Inbound
+
+@step
+def parse(ctx: Inbound) -> None:
+    try:
+        ctx.parsed = parse_email(ctx.raw_bytes)
+    except UnparseableEmail as exc:
+        raise Quarantine("unparseable", str(exc)) from None
 
 
 @step
 def classify_mail(ctx: Inbound) -> None:
     mail = ctx.email
-    if mail.message_id and is_our_message_id(ctx.app.secret, mail.message_id):
+    if mail.message_id and is_our_message_id(ctx.services.secret, mail.message_id):
         raise Quarantine("loop", f"our own email {mail.message_id} came back")
     verdict = classify(mail, ctx.raw.envelope_from)
     if verdict.kind == "bounce":
-        handle_bounce(ctx, verdict.bounced_addresses, verdict.permanent,
-                      verdict.original_message_id, verdict.reason)
-        raise Quarantine("bounce", f"{verdict.reason}: {', '.join(verdict.bounced_addresses)}")
+        raise Quarantine("bounce", f"{verdict.reason}: {', '.join(verdict.bounced_addresses)}",
+                         data=verdict)
     if verdict.kind == "auto_reply":
         ctx.auto_reply = True
         ctx.auto_reason = verdict.reason
 
 
-def handle_bounce(ctx: Inbound, addresses: list[str], permanent: bool | None,
-                  original_message_id: str | None, reason: str) -> None:
-    """Mark the outbox email that bounced, count hard bounces on the contact, and tell
-    the ticket's assignee. A bounce never creates a ticket."""
-    session = ctx.session
-    row = None
-    if original_message_id:
-        row = session.scalar(select(Outbox).where(Outbox.message_id == original_message_id))
-    if row is None and addresses:
-        since = ctx.now - timedelta(days=7)
-        row = session.scalar(select(Outbox).where(
-            Outbox.recipient.in_([a.lower() for a in addresses]), Outbox.created_at >= since)
-            .order_by(Outbox.id.desc()).limit(1))
-    if row is None:
-        return
-    failing = next((a for a in addresses if a.lower() in [t.lower() for t in row.to]),
-                   addresses[0] if addresses else row.recipient)
-    row.status, row.bounced_address = "bounced", failing
-    ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
-    if permanent is not False:
-        contact = session.scalar(select(Contact).where(Contact.email == failing.lower()))
-        if contact is not None:
-            contact.hard_bounces += 1
-            if contact.hard_bounces >= ctx.config.desk.hard_bounce_limit and not contact.flagged_at:
-                contact.flagged_at = ctx.now
-    if ticket is None:
-        return
-    ctx.raw.ticket_id = ticket.id
-    add_event(session, ticket, "email_bounced", ctx.now, "system", outbox_id=row.id,
-              address=failing, reason=reason, permanent=permanent)
-    assignee = session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
-    people = [assignee.email] if assignee else [s.email for s in ctx.config.leads()]
-    ref = ticket_ref(ctx.config.desk.ticket_prefix, ticket.id)
-    for email in people:
-        notice = queue_email(
-            session, ctx.app, dedupe_key=f"bounce-notice:{row.id}:{email}",
-            template="bounce_notice", to=[email], on_ticket=False, ticket=ticket,
-            subject=f"[{ref}] Email to {failing} bounced",
-            context={"ref": ref, "address": failing, "reason": reason,
-                     "permanent": permanent, "subject": row.subject}, now=ctx.now)
-        if notice is not None:
-            ctx.outbox_ids.append(notice.id)
+@step
+def identify(ctx: Inbound) -> None:
+    ctx.sender = identify_sender(ctx.email.from_addr, ctx.config)
+    if ctx.sender.kind == "unknown" and ctx.raw.authorised:
+        ctx.sender = released_sender(ctx)
+    if ctx.sender.kind == "unknown":
+        if ctx.auto_reply:
+            raise Quarantine("auto_reply", f"{ctx.auto_reason} from an unknown sender")
+        raise Quarantine("unknown_sender", f"{ctx.email.from_addr or '(no From)'} is not "
+                         "staff, a listed contact or in an org's domains")
+    if ctx.sender.org_slug:
+        ctx.org = org_by_slug(ctx.session, ctx.sender.org_slug)
+
+
+def released_sender(ctx: Inbound) -> SenderIdentity:
+    """An operator released this message from quarantine: treat its sender as a contact
+    of the org chosen on release, else of the catch-all org, if there is one."""
+    assert ctx.sender is not None
+    slug = ctx.raw.release_org or next(
+        (o.slug for o in ctx.config.orgs if "*" in o.domains), None)
+    if slug is None:
+        return ctx.sender
+    return SenderIdentity(kind="contact", email=ctx.sender.email, org_slug=slug)
 
 
 @step
@@ -99,35 +86,66 @@ def verify_sender(ctx: Inbound) -> None:
         return
     verdict = authenticate(ctx.raw_bytes, ctx.email.from_addr,
                            ctx.email.header_all("Authentication-Results"),
-                           ctx.config.desk.trusted_authserv_ids, ctx.app.dkim_dns)
+                           ctx.config.desk.trusted_authserv_ids, ctx.services.dkim_dns)
     ctx.sender_verified = verdict.passed
     if not verdict.passed and sender.kind == "contact":
         raise Quarantine("unauthenticated", verdict.how)
 
 
-def notice_unknown_sender(ctx: Inbound) -> None:
-    """A polite notice, at most once per address per day, and never to automatic mail
-    (no backscatter to forged senders of bulk mail)."""
-    address = (ctx.email.from_addr or "").lower()
-    if ctx.auto_reply or not address or not ctx.raw.notify:
+@step
+def deduplicate(ctx: Inbound) -> None:
+    """The same email by another door (SMTP and IMAP), or re-sent with new bytes."""
+    key = inbound_dedupe_key(ctx.email, ctx.raw)
+    existing = ctx.session.scalar(select(Message.ticket_id).where(Message.dedupe_key == key))
+    if existing is not None:
+        raise Duplicate("message_id", f"already on ticket {existing} as {key}", data=existing)
+
+
+@step
+def balance_request(ctx: Inbound) -> None:
+    """A client contact who emails the subject ``balance`` gets this month's allowance
+    (answered by the runner's reaction); no ticket is made."""
+    if not ctx.from_client or ctx.org is None:
         return
-    day = ctx.now.date().isoformat()
-    row = queue_email(ctx.session, ctx.app, dedupe_key=f"unknown-sender:{address}:{day}",
-                      template="unknown_sender", to=[address],
-                      subject=f"Re: {ctx.email.subject or 'your email'}",
-                      in_reply_to=ctx.email.message_id, context={}, now=ctx.now)
-    if row is not None:
-        ctx.outbox_ids.append(row.id)
+    if (ctx.email.subject or "").strip().lower() not in ("balance", "re: balance"):
+        return
+    if ctx.auto_reply or not ctx.raw.notify:
+        raise Handled("balance_request", "automatic or imported: not answered")
+    raise Handled("balance_request", data="answer")
 
 
-def check_flood(ctx: Inbound, requester: str) -> None:
-    """More than ``flood_tickets_per_hour`` new tickets from one sender: quarantine.
-    The sender's contact row is locked first so concurrent workers count in turn."""
-    assert ctx.org is not None
-    contact = contact_for(ctx.session, requester, ctx.org)
-    ctx.session.execute(select(Contact.id).where(Contact.id == contact.id).with_for_update())
-    since = ctx.now - timedelta(hours=1)
-    recent = ctx.session.scalar(select(func.count(Ticket.id)).where(
-        Ticket.requester_email == requester, Ticket.created_at >= since)) or 0
-    if recent >= ctx.config.desk.flood_tickets_per_hour:
-        raise Quarantine("flood", f"{requester} opened {recent} tickets in the last hour")
+@step
+def locate_ticket(ctx: Inbound) -> None:
+    mail = ctx.email
+    match = find_ticket(
+        ctx.session, secret=ctx.services.secret, prefix=ctx.config.desk.ticket_prefix,
+        in_reply_to=mail.in_reply_to, references=mail.references,
+        recipients=[*ctx.raw.envelope_to, *mail.to, *mail.cc], subject=mail.subject,
+        sender=mail.from_addr or "", sender_org_id=ctx.org.id if ctx.org else None,
+        sender_is_staff=ctx.from_staff)
+    if match:
+        ctx.ticket, ctx.matched_by = match.ticket, match.how
+
+
+@step
+def staff_trust(ctx: Inbound) -> None:
+    """A staff email that names a ticket must prove it is that staff member answering
+    about that ticket before anything is recorded or relayed."""
+    if not ctx.from_staff or ctx.ticket is None or ctx.auto_reply:
+        return
+    trusted, why = staff_reply_trusted(ctx)
+    if not trusted:
+        raise Quarantine("unauthenticated", f"staff reply not trusted: {why}")
+
+
+def staff_reply_trusted(ctx: Inbound) -> tuple[bool, str]:
+    """Is this staff email really from that staff member, about this ticket?"""
+    mail = ctx.email
+    if not ctx.sender_verified:
+        return False, "staff mail failed DKIM/DMARC verification"
+    envelope = (ctx.raw.envelope_from or mail.header("Return-Path") or "").strip("<> ").lower()
+    if envelope and envelope.rsplit("@", 1)[-1] != (mail.from_addr or "").rsplit("@", 1)[-1]:
+        return False, f"envelope sender {envelope} does not match the staff From address"
+    if ctx.matched_by not in ("our_message_id", "reply_address"):
+        return False, "not a reply to a signed postdesk email (no valid ticket token)"
+    return True, ""

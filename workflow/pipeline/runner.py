@@ -1,12 +1,12 @@
-"""A pipeline of small named steps, as GNU Mailman's handlers: each step does one job
-on a shared context. A step ends the pipeline by raising a named outcome; it never
-returns half-done. The runner records which step ended it."""
+"""A pipeline of small named steps, as GNU Mailman's handlers: each step does one job on
+a shared context. A step ends the pipeline by raising a named outcome; it never returns
+half-done. The runner records which step ended it; ``process`` reacts to the outcome."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 Ctx = TypeVar("Ctx")
 
@@ -14,10 +14,12 @@ Ctx = TypeVar("Ctx")
 class Outcome(Exception):  # noqa: N818 - outcomes are results, not errors
     status = "processed"
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: str, detail: str = "", data: Any = None):
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
+        self.data = data          # what the runner's reaction to this outcome needs
+        self.step: str | None = None
 
 
 class Quarantine(Outcome):
@@ -33,7 +35,7 @@ class Duplicate(Outcome):
 
 
 class Handled(Outcome):
-    """Fully dealt with by this step, no ticket content needed (e.g. a balance request)."""
+    """Fully dealt with, no (further) ticket content needed (e.g. a balance request)."""
 
     status = "processed"
 
@@ -54,14 +56,25 @@ class PipelineResult:
     reason: str | None
     detail: str
     ended_at: str | None   # the step that raised the outcome, None when all ran
-    ticket_id: int | None = None   # the ticket the email landed on (set by process_inbound)
+    ticket_id: int | None = None   # the ticket the email landed on
     created_ticket: bool = False   # True when this email opened that ticket
+    outbox_ids: tuple[int, ...] = ()   # emails rendered and ready to send, after commit
 
 
-def run_pipeline(steps: Sequence[Step[Ctx]], ctx: Ctx) -> PipelineResult:
+def run_steps(steps: Sequence[Step[Ctx]], ctx: Ctx) -> Outcome | None:
+    """Run the steps in order; the outcome that ended them (with ``.step`` set), or None
+    when every step ran."""
     for s in steps:
         try:
             s.run(ctx)
         except Outcome as outcome:
-            return PipelineResult(outcome.status, outcome.reason, outcome.detail, s.name)
-    return PipelineResult("processed", None, "", None)
+            outcome.step = s.name
+            return outcome
+    return None
+
+
+def run_pipeline(steps: Sequence[Step[Ctx]], ctx: Ctx) -> PipelineResult:
+    outcome = run_steps(steps, ctx)
+    if outcome is None:
+        return PipelineResult("processed", None, "", None)
+    return PipelineResult(outcome.status, outcome.reason, outcome.detail, outcome.step)

@@ -142,3 +142,11 @@ def month_of(at: datetime, tz: ZoneInfo) -> YearMonth:
         raise ValueError("month_of needs a timezone-aware datetime")
     local = at.astimezone(tz)
     return (local.year, local.month)
+
+
+def format_hours(value: timedelta) -> str:
+    """``5h 30m`` / ``-1h 15m``: how emails show support hours."""
+    total = int(value.total_seconds() // 60)
+    sign = "-" if total < 0 else ""
+    h, m = divmod(abs(total), 60)
+    return f"{sign}{h}h {m:02d}m"

@@ -71,9 +71,11 @@ def _as_utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _parse_day_hours(key: str, spec: object) -> tuple[tuple[int, int], ...]:
-    """``"08:00-12:00,13:00-17:30"`` → ((480, 720), (780, 1050)) in minutes since midnight."""
-    where = f"hours.{key}"
+def parse_day_hours(key: str, spec: object, where: str | None = None
+                    ) -> tuple[tuple[int, int], ...]:
+    """``"08:00-12:00,13:00-17:30"`` → ((480, 720), (780, 1050)) in minutes since midnight.
+    The one parser of opening hours: ``config check`` and the calendar both use it."""
+    where = where or f"hours.{key}"
     if not isinstance(spec, str):
         raise CalendarError(
             f"{where}: expected a string like '08:00-18:00', got {type(spec).__name__}"
@@ -183,7 +185,7 @@ class BusinessCalendar:
             for key, spec in hours.items():
                 if key not in WEEKDAYS:
                     raise CalendarError(f"hours.{key}: unknown weekday (use {', '.join(WEEKDAYS)})")
-                weekly[WEEKDAYS.index(key)] = _parse_day_hours(key, spec)
+                weekly[WEEKDAYS.index(key)] = parse_day_hours(key, spec)
             if not self._always and not any(weekly):
                 # Every search would run to the ten-year guard; better to fail at startup.
                 raise CalendarError("hours: the calendar is never open (no opening hours)")

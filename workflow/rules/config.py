@@ -18,13 +18,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from postdesk.workflow.rules.calendar import WEEKDAYS, parse_day_hours
 from postdesk.workflow.rules.durations import Duration, DurationError, parse_duration
+from postdesk.workflow.rules.priority import PRIORITIES
 
-PRIORITIES = ("P1", "P2", "P3")
 TARGETS = ("first_response", "next_update", "resolution")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_HHMM_RANGE = re.compile(r"^\d{2}:\d{2}-\d{2}:\d{2}$")
 
 
 class ConfigError(Exception):
@@ -150,9 +149,8 @@ class CalendarConfig(_Strict):
         for day, spec in value.items():
             if day not in WEEKDAYS:
                 raise ValueError(f"unknown weekday {day!r} (use {', '.join(WEEKDAYS)})")
-            for part in spec.split(","):
-                if not _HHMM_RANGE.match(part.strip()):
-                    raise ValueError(f"{day}: {spec!r} is not HH:MM-HH:MM[,HH:MM-HH:MM]")
+            # The calendar's own parser: what passes here, the calendar accepts.
+            parse_day_hours(day, spec, where=day)
         return value
 
     @field_validator("holidays")
@@ -168,7 +166,7 @@ class CalendarConfig(_Strict):
 
 
 def _targets(value: dict[str, Any]) -> dict[str, Duration]:
-    out = {}
+    out: dict[str, Duration] = {}
     for prio, text in value.items():
         if prio not in PRIORITIES:
             raise ValueError(f"unknown priority {prio!r} (use P1, P2, P3)")
@@ -197,7 +195,8 @@ class PlanConfig(_Strict):
         return value
 
     def target(self, kind: str, priority: str) -> Duration | None:
-        return getattr(self, kind).get(priority)
+        targets: dict[str, Duration] = getattr(self, kind)
+        return targets.get(priority)
 
     def calendar_for(self, priority: str) -> str:
         return self.priority_calendar.get(priority, self.calendar)
@@ -377,9 +376,10 @@ def cross_check(cfg: Config) -> list[str]:
     for name, plan in cfg.plans.items():
         if plan.calendar not in cfg.calendars:
             problems.append(f"plans.{name}.calendar: unknown calendar {plan.calendar!r}")
-        for prio, cal in plan.priority_calendar.items():
-            if cal not in cfg.calendars:
-                problems.append(f"plans.{name}.priority_calendar.{prio}: unknown calendar {cal!r}")
+        for prio, cal_name in plan.priority_calendar.items():
+            if cal_name not in cfg.calendars:
+                problems.append(
+                    f"plans.{name}.priority_calendar.{prio}: unknown calendar {cal_name!r}")
     seen_slugs: set[str] = set()
     claimed: dict[str, str] = {}
     for i, org in enumerate(cfg.orgs):

@@ -55,7 +55,7 @@ def check_priority(priority: str) -> Priority:
     """Return ``priority`` if it is one of PRIORITIES; raise ValueError otherwise."""
     if priority not in PRIORITIES:
         raise ValueError(f"unknown priority {priority!r}; expected one of {', '.join(PRIORITIES)}")
-    return priority  # type: ignore[return-value]
+    return priority
 
 
 def is_higher(a: str, b: str) -> bool:

@@ -1,21 +1,18 @@
-"""Dramatiq actors. Thin: each opens its own transaction(s) through the function it
-calls, which is idempotent, so a redelivered or retried message changes nothing.
+"""Dramatiq actors, thin: each takes an id and calls the body it was handed. The bodies
+(process an inbound email, send an outbox email) and what they enqueue next are wired by
+the shell (``postdesk.app``); this module knows nothing of the desk.
 
 Actors are declared per App on that App's broker (not at import time on a global
 broker), so one process can hold several isolated apps — the tests rely on that."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dramatiq
-
-from postdesk.outbound.sender import send_outbox
-from postdesk.workflow.pipeline.process import process_inbound
-
-if TYPE_CHECKING:
-    from postdesk.app import App
+from dramatiq import Broker
 
 # Retries back off exponentially from 1 s to 10 min; a message is given up after ~2 days
 # of failures (the sweeper still finds the raw message / outbox row afterwards).
@@ -29,20 +26,24 @@ class Actors:
     send_outbox: dramatiq.Actor[[int], Any]
 
 
-def register_actors(app: App) -> Actors:
-    ns = app.config.desk.queue_namespace
+def register_actors(broker: Broker, namespace: str, *, on_inbound: Callable[[int], object],
+                    on_outbox: Callable[[int], object]) -> Actors:
+    """Inbound and outbound work have their own queues, so sends never wait behind a
+    backlog of inbound processing."""
 
-    def _process_inbound(raw_id: int) -> None:
-        process_inbound(app, raw_id)
+    def process_inbound(raw_id: int) -> None:
+        on_inbound(raw_id)
 
-    def _send_outbox(outbox_id: int) -> None:
-        send_outbox(app, outbox_id)
+    def send_outbox(outbox_id: int) -> None:
+        on_outbox(outbox_id)
 
+    # The decorator form: dramatiq's overloads type ``actor(fn, **options)`` only without
+    # options; ``actor(**options)(fn)`` is the same call, typed.
     return Actors(
         process_inbound=dramatiq.actor(
-            _process_inbound, broker=app.broker, actor_name="process_inbound",
-            queue_name=f"{ns}-inbound", **RETRY_OPTIONS),
+            broker=broker, actor_name="process_inbound",
+            queue_name=f"{namespace}-inbound", **RETRY_OPTIONS)(process_inbound),
         send_outbox=dramatiq.actor(
-            _send_outbox, broker=app.broker, actor_name="send_outbox",
-            queue_name=f"{ns}-outbound", **RETRY_OPTIONS),
+            broker=broker, actor_name="send_outbox",
+            queue_name=f"{namespace}-outbound", **RETRY_OPTIONS)(send_outbox),
     )

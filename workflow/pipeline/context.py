@@ -1,0 +1,79 @@
+"""``Inbound``: what the steps know about the email being processed, and the parts of the
+desk they may use. Checks annotate it; handlers record from it; notify steps queue mail
+from what was recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from postdesk.mail.parse import ParsedEmail
+from postdesk.mail.reply_text import visible_reply
+from postdesk.storage.models import Message, Org, RawMessage, Ticket
+from postdesk.workflow.desk.outbox import OutboxWriter
+from postdesk.workflow.desk.services import Services
+from postdesk.workflow.rules.commands import CommandParse
+from postdesk.workflow.rules.config import Config
+from postdesk.workflow.rules.senders import SenderIdentity
+
+
+@dataclass
+class Inbound:
+    services: Services
+    session: Session
+    raw: RawMessage
+    raw_bytes: bytes
+    now: datetime
+    outbox: OutboxWriter
+    parsed: ParsedEmail | None = None
+    sender: SenderIdentity | None = None
+    org: Org | None = None
+    ticket: Ticket | None = None
+    matched_by: str | None = None
+    message: Message | None = None
+    created_ticket: bool = False
+    sender_verified: bool = True      # False when DKIM/DMARC was required and failed
+    auto_reply: bool = False          # automatic mail recorded on a ticket
+    auto_reason: str = ""
+    priority_reason: str = ""
+    became_p1: bool = False
+    staff_commands: CommandParse | None = None   # a trusted staff email's commands
+    signoff_refused: bool = False
+    _visible: str | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    @property
+    def email(self) -> ParsedEmail:
+        assert self.parsed is not None, "parse step has not run"
+        return self.parsed
+
+    @property
+    def visible_text(self) -> str:
+        """The new text of this email: quoted history and signature removed."""
+        if self._visible is None:
+            self._visible = visible_reply(self.email.text or "")
+        return self._visible
+
+    @property
+    def new_text(self) -> str:
+        """What this email added to the ticket (the stored stripped text once recorded)."""
+        return self.message.stripped_text if self.message is not None else (
+            self.email.text or "")
+
+    @property
+    def from_client(self) -> bool:
+        return self.sender is not None and self.sender.kind == "contact"
+
+    @property
+    def from_staff(self) -> bool:
+        return self.sender is not None and self.sender.kind == "staff"
+
+    @property
+    def ticket_ref(self) -> str:
+        assert self.ticket is not None
+        return f"{self.config.desk.ticket_prefix}-{self.ticket.id}"

@@ -1,0 +1,183 @@
+"""Notify: the last phase. From what was recorded, decide who hears about it and queue
+those emails as drafts (cheap: no template, no MIME); they are rendered and composed after
+the transaction commits, with no lock held (``desk.outbox``).
+
+Also here: the runner's reactions to outcomes — the notice to an unknown sender, the
+bookkeeping of a bounce, the answer to ``balance``, the staff member's command errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from postdesk.storage.models import Message, Staff
+from postdesk.workflow.desk.allowance import org_month_balance, per_ticket_usage
+from postdesk.workflow.desk.bounces import record_bounce
+from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.pipeline.context import Inbound
+from postdesk.workflow.pipeline.runner import Outcome, step
+from postdesk.workflow.rules.refs import MAX_SUBJECT, ack_subject, ticket_ref
+from postdesk.workflow.rules.rota import on_rota
+from postdesk.workflow.rules.zones import desk_zone, org_zone
+
+
+def _first_response_due(ctx: Inbound) -> str | None:
+    assert ctx.ticket is not None
+    clocks = ctx.services.clocks(ctx.session).running(ctx.ticket, "first_response")
+    if not clocks:
+        return None
+    tz = org_zone(ctx.config, ctx.ticket.org.slug, ctx.ticket.org.plan)
+    return clocks[0].due_at.astimezone(tz).strftime("%a %d %b %Y %H:%M %Z")
+
+
+@step
+def acknowledge(ctx: Inbound) -> None:
+    if not (ctx.created_ticket and ctx.raw.notify and ctx.from_client) or ctx.auto_reply:
+        return
+    mail, ticket = ctx.email, ctx.ticket
+    assert ticket is not None and ctx.sender is not None
+    prefix = ctx.config.desk.ticket_prefix
+    ctx.outbox.queue(
+        dedupe_key=f"ack:{ticket.id}", template="acknowledgement", to=[ctx.sender.email],
+        subject=ack_subject(prefix, ticket.id, ticket.subject), ticket=ticket,
+        in_reply_to=mail.message_id, references=[*mail.references],
+        context={"ref": ticket_ref(prefix, ticket.id), "requester_name": mail.from_name,
+                 "first_response_due": _first_response_due(ctx)})
+
+
+@step
+def page_p1(ctx: Inbound) -> None:
+    """A ticket that became P1 pages the on-rota person and every lead at once."""
+    ticket = ctx.ticket
+    if ticket is None or not ctx.became_p1 or not ctx.raw.notify:
+        return
+    ref = ctx.ticket_ref
+    rota = on_rota(ctx.config.rota, ctx.now.astimezone(desk_zone(ctx.config)).date())
+    people = list(dict.fromkeys([p for p in [rota, *(s.email for s in ctx.config.leads())]
+                                 if p]))
+    for email in people:
+        row = ctx.outbox.queue(
+            dedupe_key=f"p1-page:{ticket.id}:{email}", on_ticket=False, template="p1_page",
+            to=[email], subject=f"[{ref}] P1 PAGE: {ticket.subject}"[:MAX_SUBJECT],
+            ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
+            context={"ref": ref, "reason": ctx.priority_reason,
+                     "first_response_due": _first_response_due(ctx),
+                     "text": ctx.new_text})
+        if row is not None:
+            add_event(ctx.session, ticket, "p1_paged", ctx.now, "system", to=email)
+
+
+@step
+def notify_staff(ctx: Inbound) -> None:
+    """A client's new ticket or reply goes to the assignee (or whoever is on rota), with
+    a Reply-To that carries the signed ticket token so their answer finds its way back."""
+    ticket = ctx.ticket
+    if ticket is None or not ctx.from_client or not ctx.raw.notify or ctx.auto_reply:
+        return
+    assignee = ctx.session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
+    person = assignee.email if assignee else on_rota(
+        ctx.config.rota, ctx.now.astimezone(desk_zone(ctx.config)).date())
+    if not person:
+        return
+    recent = list(ctx.session.scalars(
+        select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc())
+        .limit(5)))[::-1]
+    due = {c.target: c.due_at for c in ctx.services.clocks(ctx.session).running(ticket)}
+    what = "New ticket" if ctx.created_ticket else "Client reply"
+    ref = ctx.ticket_ref
+    ctx.outbox.queue(
+        dedupe_key=f"staff_notification:{ctx.raw.id}:{person}", on_ticket=False,
+        template="staff_notification", to=[person],
+        subject=f"[{ref}] {what} ({ticket.priority}): {ticket.subject}"[:MAX_SUBJECT],
+        ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
+        context={"ref": ref, "new_text": ctx.visible_text,
+                 "recent": [_message_summary(m) for m in recent], "due": due,
+                 "from_addr": ctx.email.from_addr, "what": what})
+
+
+def _message_summary(message: Message) -> dict[str, Any]:
+    return {"direction": message.direction, "kind": message.kind,
+            "from_addr": message.from_addr, "sent_at": message.sent_at,
+            "created_at": message.created_at, "stripped_text": message.stripped_text,
+            "text": message.text}
+
+
+@step
+def answer_signoff_refusal(ctx: Inbound) -> None:
+    """Someone who may not sign off tried to: tell them who can."""
+    ticket = ctx.ticket
+    if ticket is None or not ctx.signoff_refused or ctx.sender is None:
+        return
+    org = ctx.config.org(ticket.org.slug)
+    approvers = [c.email for c in org.contacts if c.can_approve] if org else []
+    prefix = ctx.config.desk.ticket_prefix
+    ctx.outbox.queue(
+        dedupe_key=f"signoff-refused:{ctx.raw.id}", template="signoff_not_approver",
+        to=[ctx.sender.email], subject=ack_subject(prefix, ticket.id, ticket.subject),
+        ticket=ticket, in_reply_to=ctx.email.message_id, references=[*ctx.email.references],
+        context={"ref": ticket_ref(prefix, ticket.id), "approvers": approvers})
+
+
+# --- reactions to outcomes (run by the runner, in the record transaction) ---------------
+
+def notice_unknown_sender(ctx: Inbound, outcome: Outcome) -> None:
+    """A polite notice, at most once per address per day, and never to automatic mail
+    (no backscatter to forged senders of bulk mail)."""
+    if ctx.parsed is None:
+        return
+    address = (ctx.email.from_addr or "").lower()
+    if ctx.auto_reply or not address or not ctx.raw.notify:
+        return
+    day = ctx.now.date().isoformat()
+    ctx.outbox.queue(dedupe_key=f"unknown-sender:{address}:{day}", template="unknown_sender",
+                     to=[address], subject=f"Re: {ctx.email.subject or 'your email'}"[
+                         :MAX_SUBJECT],
+                     in_reply_to=ctx.email.message_id, context={})
+
+
+def bounce_bookkeeping(ctx: Inbound, outcome: Outcome) -> None:
+    verdict = outcome.data
+    if verdict is None:
+        return
+    ticket = record_bounce(ctx.session, ctx.config, ctx.outbox,
+                           addresses=list(verdict.bounced_addresses),
+                           permanent=verdict.permanent,
+                           original_message_id=verdict.original_message_id,
+                           reason=verdict.reason, now=ctx.now)
+    if ticket is not None:
+        ctx.raw.ticket_id = ticket.id
+
+
+def answer_balance(ctx: Inbound, outcome: Outcome) -> None:
+    """This month's allowance, used, rollover and remaining, per ticket."""
+    if outcome.data != "answer" or ctx.org is None or ctx.sender is None:
+        return
+    balance = org_month_balance(ctx.session, ctx.config, ctx.org, ctx.now)
+    usage = per_ticket_usage(ctx.session, ctx.org, balance.year, balance.month) \
+        if balance else []
+    prefix = ctx.config.desk.ticket_prefix
+    ctx.outbox.queue(
+        dedupe_key=f"balance:{ctx.raw.id}", template="balance", to=[ctx.sender.email],
+        subject=f"Support balance for {ctx.org.name}", in_reply_to=ctx.email.message_id,
+        references=[*ctx.email.references],
+        context={"org_name": ctx.org.name, "balance": balance,
+                 "usage": [(ticket_ref(prefix, t.id), t.subject, used) for t, used in usage]})
+
+
+def report_command_errors(ctx: Inbound, outcome: Outcome) -> None:
+    """Commands not understood: nothing was sent to the client; say so, and why."""
+    ticket = ctx.ticket
+    if ticket is None or ctx.sender is None:
+        return
+    ref = ticket_ref(ctx.config.desk.ticket_prefix, ticket.id)
+    ctx.outbox.queue(
+        dedupe_key=f"command-errors:{ctx.raw.id}", on_ticket=False, template="command_errors",
+        to=[ctx.sender.email], subject=f"[{ref}] Not sent: commands not understood",
+        ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
+        in_reply_to=ctx.email.message_id, context={"ref": ref, "errors": outcome.data})
+
+
+def note_duplicate(ctx: Inbound, outcome: Outcome) -> None:
+    if isinstance(outcome.data, int):
+        ctx.raw.ticket_id = outcome.data
