@@ -8,36 +8,66 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 _SIG_LEN = 20  # hex chars = 80 bits: far beyond guessing by email
-_MID = re.compile(rf"^<?pd-(\d+)-([a-z0-9]+)-([0-9a-f]{{{_SIG_LEN}}})@([^>]+)>?$", re.I)
-_REPLY = re.compile(rf"^[^+@]+\+([a-z]+)-(\d+)\.([0-9a-f]{{{_SIG_LEN}}})@", re.I)
+# ``pd-`` ids go to clients (acknowledgements, relayed replies): they thread a client's
+# reply. ``pds-`` ids go only to staff (notifications, pages): answering one is a staff
+# token. The purpose is inside the signature, so one cannot be turned into the other.
+_MID = re.compile(rf"^<?(pds?)-(\d{{1,18}})-([a-z0-9]+)-([0-9a-f]{{{_SIG_LEN}}})@([^>]+)>?$", re.I)
+_REPLY = re.compile(rf"^[^+@]+\+([a-z]+)-(\d{{1,18}})\.([0-9a-f]{{{_SIG_LEN}}})@", re.I)
+
+Purpose = Literal["client", "staff"]
+_PREFIX: dict[Purpose, str] = {"client": "pd", "staff": "pds"}
+
+
+@dataclass(frozen=True)
+class MessageIdToken:
+    ticket_id: int      # 0: ours, but about no ticket
+    purpose: Purpose
 
 
 def _sign(secret: bytes, payload: str) -> str:
     return hmac.new(secret, payload.encode(), hashlib.sha256).hexdigest()[:_SIG_LEN]
 
 
-def make_message_id(secret: bytes, ticket_id: int | None, nonce: str, domain: str) -> str:
-    """``<pd-12-k3j9x-<sig>@desk.example>``; ticket 0 means "not about a ticket"."""
+def _mid_payload(purpose: Purpose, tid: int, nonce: str) -> str:
+    # Client ids keep the payload they always had, so ids already sent stay valid.
+    return f"mid:{tid}:{nonce}" if purpose == "client" else f"mid-staff:{tid}:{nonce}"
+
+
+def make_message_id(secret: bytes, ticket_id: int | None, nonce: str, domain: str,
+                    purpose: Purpose = "client") -> str:
+    """``<pd-12-k3j9x-<sig>@desk.example>`` (``pds-`` for staff-facing email); ticket 0
+    means "not about a ticket"."""
     tid = ticket_id or 0
-    return f"<pd-{tid}-{nonce}-{_sign(secret, f'mid:{tid}:{nonce}')}@{domain}>"
+    sig = _sign(secret, _mid_payload(purpose, tid, nonce))
+    return f"<{_PREFIX[purpose]}-{tid}-{nonce}-{sig}@{domain}>"
 
 
-def ticket_from_message_id(secret: bytes, message_id: str) -> int | None:
-    """The ticket an id of ours names, or None if it is not ours or the signature fails.
-    Returns 0 for our own ids that belong to no ticket."""
+def read_message_id(secret: bytes, message_id: str) -> MessageIdToken | None:
+    """The ticket and purpose an id of ours names; None if it is not ours or the
+    signature fails."""
     match = _MID.match(message_id.strip())
     if not match:
         return None
-    tid, nonce, sig = int(match.group(1)), match.group(2), match.group(3).lower()
-    if not hmac.compare_digest(sig, _sign(secret, f"mid:{tid}:{nonce}")):
+    purpose: Purpose = "staff" if match.group(1).lower() == "pds" else "client"
+    tid, nonce, sig = int(match.group(2)), match.group(3), match.group(4).lower()
+    if not hmac.compare_digest(sig, _sign(secret, _mid_payload(purpose, tid, nonce))):
         return None
-    return tid
+    return MessageIdToken(tid, purpose)
+
+
+def ticket_from_message_id(secret: bytes, message_id: str) -> int | None:
+    """The ticket an id of ours names (either purpose), or None if it is not ours or the
+    signature fails. Returns 0 for our own ids that belong to no ticket."""
+    token = read_message_id(secret, message_id)
+    return token.ticket_id if token else None
 
 
 def is_our_message_id(secret: bytes, message_id: str) -> bool:
-    return ticket_from_message_id(secret, message_id) is not None
+    return read_message_id(secret, message_id) is not None
 
 
 def make_reply_address(secret: bytes, support_address: str, prefix: str, ticket_id: int) -> str:

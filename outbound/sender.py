@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 
 from postdesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
 from postdesk.storage.models import Outbox, OutboxStatus
@@ -28,7 +29,9 @@ def send_outbox(services: Services, transport: Transport, outbox_id: int) -> str
     """Returns what happened: sent | already-<status> | claimed-elsewhere | failed | missing."""
     now = services.now()
     with services.sessions() as session, session.begin():
-        claimed = session.execute(
+        # Session.execute is typed as returning a plain Result, but an UPDATE returns a
+        # CursorResult, which has the rowcount.
+        claimed = cast(CursorResult[Any], session.execute(
             update(Outbox)
             .where(Outbox.id == outbox_id,
                    or_(Outbox.status == OutboxStatus.QUEUED,
@@ -36,7 +39,7 @@ def send_outbox(services: Services, transport: Transport, outbox_id: int) -> str
             .values(status=OutboxStatus.SENDING,
                     claimed_until=now + services.config.desk.send_claim.as_timedelta(),
                     attempts=Outbox.attempts + 1)
-        ).rowcount
+        )).rowcount
         row = session.get(Outbox, outbox_id)
         if row is None:
             log.error("outbox %s does not exist", outbox_id)

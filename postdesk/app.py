@@ -63,6 +63,9 @@ class App:
         self.config = config
         self.clock = clock or SystemClock()
         self.data_dir = Path(config.desk.data_dir)
+        if not self.data_dir.exists():
+            # Raw mail, attachments and the secret live here: owner only.
+            self.data_dir.mkdir(parents=True, mode=0o700)
         self.engine = make_engine(
             config.desk.database_url,
             lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())

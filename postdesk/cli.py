@@ -92,7 +92,16 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
+    from postdesk.mail.render import check_overrides
+
     config = load_config(args.config)
+    problems = check_overrides(Path(config.desk.data_dir) / "templates")
+    if problems:
+        print("template override problems (the built-in template is used instead):",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"{find_config_path(args.config)}: OK "
           f"({len(config.orgs)} orgs, {len(config.plans)} plans, {len(config.staff)} staff, "
           f"{len(config.imap)} IMAP mailboxes)")
@@ -535,8 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 ).add_subparsers(dest="q_cmd", required=True)
     p = add("list", cmd_quarantine_list, "quarantined messages with reasons", quarantine)
     p.add_argument("--json", action="store_true")
-    p = add("release", cmd_quarantine_release, "process a message as if authorised",
-            quarantine)
+    p = add("release", cmd_quarantine_release,
+            "process a message again as client content of an org (--org, else the "
+            "sender's own org). Release is not a pardon: it never grants staff "
+            "authority, never runs # commands and never relays as staff, whatever the "
+            "From address says", quarantine)
     p.add_argument("id", type=int)
     p.add_argument("--org", help="org to file an unknown sender's ticket under")
     p = add("drop", cmd_quarantine_drop, "discard a message (kept, recorded as dropped)",

@@ -16,7 +16,7 @@ def iso(at: datetime | None) -> str | None:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ") if at else None
 
 
-def ticket_list_query() -> Select[tuple[Ticket]]:
+def ticket_list_query() -> Select[Ticket]:
     """Tickets with what their JSON needs loaded up front: one query per relation
     for the whole list, not one per ticket."""
     return select(Ticket).options(selectinload(Ticket.clocks), selectinload(Ticket.org),

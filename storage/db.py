@@ -4,8 +4,11 @@ with "database is locked" half-way through a transaction."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -30,6 +33,7 @@ def make_engine(url: str, *, lock_timeout_s: float = 30.0, **kwargs: Any) -> Eng
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
         if parsed.get_backend_name() == "sqlite":
+            _create_private(parsed.database)
             engine = create_engine(
                 parsed, connect_args={"timeout": lock_timeout_s, "check_same_thread": False},
                 **kwargs)
@@ -43,6 +47,19 @@ def make_engine(url: str, *, lock_timeout_s: float = 30.0, **kwargs: Any) -> Eng
             "install postdesk[postgres] and use postgresql+psycopg://"
         ) from None
     return engine
+
+
+def _create_private(database: str | None) -> None:
+    """A new SQLite database file is created readable by its owner only (0600): it holds
+    every client's email. SQLite gives its -wal and -shm files the same mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:

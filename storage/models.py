@@ -57,6 +57,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class Bounded(TypeDecorator[str]):
+    """A string column that keeps what fits. Text from email (display names, filenames,
+    content types, ids) can be any length; SQLite stores anything while PostgreSQL
+    refuses what is too long, so without this the same email would have two outcomes.
+    The whole original is always kept in the raw message."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        length = self.impl.length  # type: ignore[attr-defined]
+        if value is None or length is None or len(value) <= length:
+            return value
+        return value[:length]
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
@@ -68,7 +84,7 @@ class Org(Base):
     __tablename__ = "orgs"
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(64), unique=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(Bounded(200))
     plan: Mapped[str] = mapped_column(String(64))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
@@ -77,8 +93,8 @@ class Contact(Base):
     __tablename__ = "contacts"
     id: Mapped[int] = mapped_column(primary_key=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id"))
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(Bounded(320), unique=True)
+    name: Mapped[str] = mapped_column(Bounded(200), default="")
     can_approve: Mapped[bool] = mapped_column(Boolean, default=False)
     listed: Mapped[bool] = mapped_column(Boolean, default=False)  # named in the config
     hard_bounces: Mapped[int] = mapped_column(Integer, default=0)
@@ -89,8 +105,8 @@ class Contact(Base):
 class Staff(Base):
     __tablename__ = "staff"
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
-    name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(Bounded(320), unique=True)
+    name: Mapped[str] = mapped_column(Bounded(200), default="")
     role: Mapped[str] = mapped_column(String(16), default="agent")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
@@ -108,7 +124,7 @@ class Ticket(Base):
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("orgs.id"))
-    requester_email: Mapped[str] = mapped_column(String(320))
+    requester_email: Mapped[str] = mapped_column(Bounded(320))
     subject: Mapped[str] = mapped_column(Text, default="")
     status: Mapped[str] = mapped_column(String(20), default="new")
     priority: Mapped[str] = mapped_column(String(2), default="P3")
@@ -144,12 +160,12 @@ class Message(Base):
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
     direction: Mapped[str] = mapped_column(String(3))          # in | out
     kind: Mapped[str] = mapped_column(String(10))              # public | internal | system
-    dedupe_key: Mapped[str] = mapped_column(String(1000), unique=True)
-    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
-    in_reply_to: Mapped[str | None] = mapped_column(String(998))
+    dedupe_key: Mapped[str] = mapped_column(Bounded(1000), unique=True)
+    message_id: Mapped[str | None] = mapped_column(Bounded(998), index=True)
+    in_reply_to: Mapped[str | None] = mapped_column(Bounded(998))
     references: Mapped[list[Any]] = mapped_column(JSON, default=list)
-    from_addr: Mapped[str | None] = mapped_column(String(320))
-    from_name: Mapped[str] = mapped_column(String(200), default="")
+    from_addr: Mapped[str | None] = mapped_column(Bounded(320))
+    from_name: Mapped[str] = mapped_column(Bounded(200), default="")
     author_staff_id: Mapped[int | None] = mapped_column(ForeignKey("staff.id"))
     to: Mapped[list[Any]] = mapped_column(JSON, default=list)
     cc: Mapped[list[Any]] = mapped_column(JSON, default=list)
@@ -169,13 +185,13 @@ class Attachment(Base):
     __tablename__ = "attachments"
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
-    filename: Mapped[str] = mapped_column(String(255))
-    content_type: Mapped[str] = mapped_column(String(255))
+    filename: Mapped[str] = mapped_column(Bounded(255))
+    content_type: Mapped[str] = mapped_column(Bounded(255))
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))   # None: over the size limit, not kept
-    content_id: Mapped[str | None] = mapped_column(String(998))
+    content_id: Mapped[str | None] = mapped_column(Bounded(998))
     inline: Mapped[bool] = mapped_column(Boolean, default=False)
-    note: Mapped[str] = mapped_column(String(200), default="")  # e.g. "winmail.dat", "too large"
+    note: Mapped[str] = mapped_column(Bounded(200), default="")  # e.g. "winmail.dat", "too large"
     message: Mapped[Message] = relationship(back_populates="attachments")
 
 
@@ -187,7 +203,7 @@ class Event(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     at: Mapped[datetime]
     kind: Mapped[str] = mapped_column(String(40), index=True)
-    actor: Mapped[str] = mapped_column(String(320), default="system")
+    actor: Mapped[str] = mapped_column(Bounded(320), default="system")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
@@ -256,17 +272,17 @@ class RawMessage(Base):
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     size: Mapped[int] = mapped_column(BigInteger)
     source: Mapped[str] = mapped_column(String(100))
-    envelope_from: Mapped[str | None] = mapped_column(String(998))
+    envelope_from: Mapped[str | None] = mapped_column(Bounded(998))
     envelope_to: Mapped[list[Any]] = mapped_column(JSON, default=list)
     received_at: Mapped[datetime]
-    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    message_id: Mapped[str | None] = mapped_column(Bounded(998), index=True)
     status: Mapped[str] = mapped_column(String(12), default="pending")
     reason: Mapped[str | None] = mapped_column(String(40), index=True)
     detail: Mapped[str | None] = mapped_column(Text)
     notify: Mapped[bool] = mapped_column(Boolean, default=True)  # False for imports
     authorised: Mapped[bool] = mapped_column(Boolean, default=False)  # released from quarantine
     release_org: Mapped[str | None] = mapped_column(String(64))       # org chosen on release
-    from_addr: Mapped[str | None] = mapped_column(String(320))
+    from_addr: Mapped[str | None] = mapped_column(Bounded(320))
     subject: Mapped[str | None] = mapped_column(Text)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     processed_at: Mapped[datetime | None]
@@ -301,12 +317,12 @@ class Outbox(Base):
     dedupe_key: Mapped[str] = mapped_column(String(500), unique=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     template: Mapped[str] = mapped_column(String(100))
-    recipient: Mapped[str] = mapped_column(String(320))      # first To, for rate limits
+    recipient: Mapped[str] = mapped_column(Bounded(320))      # first To, for rate limits
     to: Mapped[list[Any]] = mapped_column(JSON, default=list)
     cc: Mapped[list[Any]] = mapped_column(JSON, default=list)
     subject: Mapped[str] = mapped_column(Text)
-    message_id: Mapped[str] = mapped_column(String(998), unique=True)
-    in_reply_to: Mapped[str | None] = mapped_column(String(998))
+    message_id: Mapped[str] = mapped_column(Bounded(998), unique=True)
+    in_reply_to: Mapped[str | None] = mapped_column(Bounded(998))
     automatic: Mapped[bool] = mapped_column(Boolean, default=True)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)   # None while a draft
     # What rendering a draft needs (template data, threading, reply-to); None once rendered.
@@ -315,7 +331,7 @@ class Outbox(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_until: Mapped[datetime | None]   # a sender holds the row until then
     last_error: Mapped[str | None] = mapped_column(Text)
-    bounced_address: Mapped[str | None] = mapped_column(String(320))
+    bounced_address: Mapped[str | None] = mapped_column(Bounded(320))
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from postdesk.workflow.rules import calendar as calendar_module
 from postdesk.workflow.rules.calendar import BusinessCalendar, CalendarError
 from postdesk.workflow.rules.durations import Duration, parse_duration
+from tests.support import examples
 
 LONDON = ZoneInfo("Europe/London")
 WEEKDAYS_8_18 = {day: "08:00-18:00" for day in ("mon", "tue", "wed", "thu", "fri")}
@@ -802,14 +803,14 @@ def check_add_roundtrip(cal: BusinessCalendar, start: datetime, duration: Durati
 
 
 @pytest.mark.parametrize("name", CALENDARS)
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(start=starts, duration=clock_durations)
 def test_property_elapsed_inverts_add(name: str, start: datetime, duration: Duration) -> None:
     check_add_roundtrip(CALENDARS[name], start, duration)
 
 
 @pytest.mark.parametrize("name", DST_EDGE_CALENDARS)
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(start=st.one_of(near_transitions, starts), duration=clock_durations)
 def test_property_elapsed_inverts_add_dst_edges(
     name: str, start: datetime, duration: Duration
@@ -818,7 +819,7 @@ def test_property_elapsed_inverts_add_dst_edges(
 
 
 @pytest.mark.parametrize("name", CALENDARS)
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(start=starts, d1=clock_durations, d2=clock_durations)
 def test_property_add_monotonic_in_duration(
     name: str, start: datetime, d1: Duration, d2: Duration
@@ -829,7 +830,7 @@ def test_property_add_monotonic_in_duration(
 
 
 @pytest.mark.parametrize("name", [*CALENDARS, *DST_EDGE_CALENDARS])
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(
     s1=st.one_of(starts, near_transitions),
     s2=st.one_of(starts, near_transitions),
@@ -844,7 +845,7 @@ def test_property_add_monotonic_in_start(
 
 
 @pytest.mark.parametrize("name", CALENDARS)
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(s1=starts, s2=starts, days=st.integers(0, 15), seconds=st.integers(0, 20 * 3600))
 def test_property_business_days(
     name: str, s1: datetime, s2: datetime, days: int, seconds: int

@@ -22,6 +22,7 @@ from postdesk.mail.parse import (
     parse_email,
 )
 from tests.corpus import corpus_dir, manifest_files, read, requires_corpus
+from tests.support import examples
 
 FIXTURES = Path(__file__).parent / "fixtures" / "mail"
 
@@ -362,7 +363,7 @@ def mutated_messages(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=5000,
+    max_examples=examples(5000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

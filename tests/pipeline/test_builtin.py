@@ -8,10 +8,12 @@ import ast
 import inspect
 import sys
 from collections.abc import Iterator
+from typing import get_args
 
 from postdesk.workflow.pipeline import checks, client, notify, staff
 from postdesk.workflow.pipeline.builtin import BUILTIN, CHECKS, HANDLERS, NOTIFY, REACTIONS
 from postdesk.workflow.pipeline.runner import Duplicate, Handled, Outcome, Quarantine, Step
+from postdesk.workflow.rules.trust import QuarantineReason
 
 ALL_STEPS = [*CHECKS, *HANDLERS, *NOTIFY]
 
@@ -21,13 +23,23 @@ def names(steps: list[Step]) -> list[str]:  # type: ignore[type-arg]
 
 
 def test_the_checks_run_in_the_declared_order() -> None:
-    assert names(CHECKS) == ["parse", "classify_mail", "identify", "verify_sender",
-                             "deduplicate", "balance_request", "locate_ticket", "staff_trust"]
+    assert names(CHECKS) == ["parse", "classify_mail", "identify", "authenticate_sender",
+                             "deduplicate", "balance_request", "locate_ticket",
+                             "decide_trust"]
+
+
+def test_the_trust_decision_is_the_last_check_so_nothing_acts_before_it() -> None:
+    assert CHECKS[-1].name == "decide_trust"
+    assert names(CHECKS).index("locate_ticket") < names(CHECKS).index("decide_trust")
 
 
 def test_the_handlers_run_in_the_declared_order() -> None:
     assert names(HANDLERS) == ["staff_mail", "record", "prioritise", "assign",
-                               "start_or_resume_clocks", "sign_off"]
+                               "start_or_resume_clocks", "sign_off", "flood_limit"]
+
+
+def test_the_flood_limit_is_the_last_handler_so_its_lock_is_held_only_to_the_commit() -> None:
+    assert HANDLERS[-1].name == "flood_limit"
 
 
 def test_the_notify_steps_run_in_the_declared_order() -> None:
@@ -65,6 +77,13 @@ def test_the_staff_handler_comes_first_so_staff_mail_is_never_recorded_as_a_clie
 OUTCOMES: dict[str, type[Outcome]] = {c.__name__: c for c in (Quarantine, Duplicate, Handled)}
 
 
+# The one reason not written as a literal: the trust decision's quarantine, whose reason
+# is the verdict's (``rules.trust.QuarantineReason``). Any other expression fails the reader.
+VERDICT_REASONS: dict[tuple[str, str], tuple[str, ...]] = {
+    (checks.__name__, "verdict.reason or 'unauthenticated'"): get_args(QuarantineReason),
+}
+
+
 def raised_outcomes(module: object) -> Iterator[tuple[str, str]]:
     """(status, reason) of every ``raise Quarantine("reason", ...)`` (and Duplicate,
     Handled) written in a module."""
@@ -75,6 +94,13 @@ def raised_outcomes(module: object) -> Iterator[tuple[str, str]]:
         func = node.exc.func
         if isinstance(func, ast.Name) and func.id in OUTCOMES:
             first = node.exc.args[0] if node.exc.args else None
+            if first is not None and not isinstance(first, ast.Constant):
+                key = (module.__name__, ast.unparse(first))  # type: ignore[attr-defined]
+                assert key in VERDICT_REASONS, (
+                    f"{module}: an outcome's reason must be a literal name, not {key[1]}")
+                for reason in VERDICT_REASONS[key]:
+                    yield OUTCOMES[func.id].status, reason
+                continue
             assert isinstance(first, ast.Constant) and isinstance(first.value, str), (
                 f"{module}: an outcome's reason must be a literal name")
             yield OUTCOMES[func.id].status, first.value
@@ -88,6 +114,15 @@ def test_the_steps_raise_outcomes_we_can_read() -> None:
     raised = {pair for m in step_modules() for pair in raised_outcomes(m)}
     assert ("quarantined", "unknown_sender") in raised       # the reader works
     assert ("duplicate", "message_id") in raised
+    assert ("quarantined", "unauthenticated") in raised        # the trust verdict's reasons
+    assert ("quarantined", "no_ticket") in raised
+    assert ("quarantined", "flood") in raised                  # flood_limit, a handler
+
+
+def test_quarantined_staff_mail_tells_the_staff_member() -> None:
+    assert REACTIONS[("quarantined", "unauthenticated")] is notify.tell_staff_member
+    assert REACTIONS[("quarantined", "no_ticket")] is notify.tell_staff_member
+    assert REACTIONS[("quarantined", "unknown_sender")] is notify.notice_unknown_sender
 
 
 def test_the_reactions_table_names_only_outcomes_the_steps_can_raise() -> None:

@@ -8,14 +8,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from postdesk.storage.models import Contact, Event, Message, SlaClock, Staff, Ticket
+from postdesk.storage.models import (
+    Contact,
+    Event,
+    Message,
+    Outbox,
+    RawMessage,
+    SlaClock,
+    Staff,
+    Ticket,
+)
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.pipeline import client
 from postdesk.workflow.pipeline.context import Inbound
+from postdesk.workflow.pipeline.process import process_inbound
 from postdesk.workflow.pipeline.runner import Outcome, Quarantine
 from postdesk.workflow.rules.clock import ManualClock
 from tests.pipeline.conftest import InboundBuilder
@@ -56,7 +66,7 @@ def test_record_opens_a_ticket_for_a_new_client_email(
                              subject="Fwd: Re: Checkout page slow",
                              message_id="<c1@client.example>",
                              body="It takes a minute.\n\nOn Monday Bob wrote:\n> old text\n"),
-                  through="staff_trust")
+                  through="decide_trust")
 
     client.record.run(ctx)
 
@@ -88,8 +98,8 @@ def test_record_adds_a_client_reply_to_its_ticket(
         inbound: InboundBuilder, session: Session, clock: ManualClock) -> None:
     ticket = opened(inbound)
     clock.advance(timedelta(minutes=20))
-    ctx = inbound(reply_to(ticket, session, body="More detail."), through="staff_trust")
-    assert ctx.matched_by == "known_message_id"
+    ctx = inbound(reply_to(ticket, session, body="More detail."), through="decide_trust")
+    assert ctx.matched_by == "client_message_id"
 
     client.record.run(ctx)
 
@@ -102,7 +112,7 @@ def test_record_adds_a_client_reply_to_its_ticket(
 def test_record_quarantines_an_auto_reply_that_is_on_no_ticket(
         inbound: InboundBuilder, session: Session) -> None:
     ctx = inbound(make_email(subject="Out of office", headers={"Auto-Submitted": "auto-replied"}),
-                  through="staff_trust")
+                  through="decide_trust")
     outcome = outcome_of(client.record, ctx)
     assert isinstance(outcome, Quarantine) and outcome.reason == "auto_reply"
     assert session.scalars(select(Ticket)).all() == []
@@ -122,27 +132,88 @@ def test_imported_history_keeps_its_own_date(inbound: InboundBuilder) -> None:
     assert ctx.ticket is not None and ctx.ticket.created_at == sent
 
 
-def test_a_sender_opening_too_many_tickets_in_an_hour_is_quarantined_as_flood(
+# --- flood_limit -------------------------------------------------------------------------
+
+def earlier_tickets(new_ticket: Any, clock: ManualClock, count: int,
+                    requester: str = "alice@client.example", minutes_ago: int = 30) -> None:
+    for _ in range(count):
+        new_ticket("clientco", requester, created_at=clock.now() - timedelta(minutes=minutes_ago))
+
+
+def test_the_new_ticket_one_over_the_hourly_limit_is_quarantined_as_flood(
         inbound: InboundBuilder, services: Services, new_ticket: Any,
         clock: ManualClock) -> None:
     limit = services.config.desk.flood_tickets_per_hour
-    for _ in range(limit):
-        new_ticket("clientco", "alice@client.example",
-                   created_at=clock.now() - timedelta(minutes=30))
-    ctx = inbound(make_email(sender="alice@client.example"), through="staff_trust")
-    outcome = outcome_of(client.record, ctx)
+    earlier_tickets(new_ticket, clock, limit - 1)
+    last = inbound(make_email(sender="alice@client.example"), through="flood_limit")
+    assert last.created_ticket                                   # the limit itself: fine
+
+    ctx = inbound(make_email(sender="alice@client.example"), through="sign_off")
+    assert ctx.created_ticket
+    outcome = outcome_of(client.flood_limit, ctx)
     assert isinstance(outcome, Quarantine) and outcome.reason == "flood"
-    assert f"opened {limit} tickets" in outcome.detail
+    assert f"alice@client.example opened {limit} tickets" in outcome.detail
+
+
+def test_a_reply_on_an_existing_ticket_never_counts_towards_the_flood_limit(
+        inbound: InboundBuilder, session: Session, services: Services, new_ticket: Any,
+        clock: ManualClock) -> None:
+    limit = services.config.desk.flood_tickets_per_hour
+    ticket = opened(inbound)
+    earlier_tickets(new_ticket, clock, limit - 2)
+    for i in range(3):                                            # replies: not counted
+        inbound(reply_to(ticket, session, body=f"More detail {i}."), through="flood_limit")
+    inbound(make_email(), through="flood_limit")                 # the limit-th ticket
+    # At the limit, a reply still goes through; one more new ticket does not.
+    reply = inbound(reply_to(ticket, session, body="Any news?"), through="flood_limit")
+    assert not reply.created_ticket and reply.ticket is not None
+    ctx = inbound(make_email(), through="sign_off")
+    assert outcome_of(client.flood_limit, ctx).reason == "flood"
+
+
+def test_the_flood_limit_is_per_sender(
+        inbound: InboundBuilder, services: Services, new_ticket: Any,
+        clock: ManualClock) -> None:
+    earlier_tickets(new_ticket, clock, services.config.desk.flood_tickets_per_hour)
+    ctx = inbound(make_email(sender="carol@client.example"), through="flood_limit")
+    assert ctx.created_ticket
 
 
 def test_tickets_older_than_an_hour_do_not_count_as_a_flood(
         inbound: InboundBuilder, services: Services, new_ticket: Any,
         clock: ManualClock) -> None:
-    for _ in range(services.config.desk.flood_tickets_per_hour):
-        new_ticket("clientco", "alice@client.example",
-                   created_at=clock.now() - timedelta(minutes=61))
-    ctx = inbound(make_email(sender="alice@client.example"), through="record")
+    earlier_tickets(new_ticket, clock, services.config.desk.flood_tickets_per_hour,
+                    minutes_ago=61)
+    ctx = inbound(make_email(sender="alice@client.example"), through="flood_limit")
     assert ctx.created_ticket
+
+
+def test_a_flood_quarantined_by_the_runner_leaves_only_its_raw_message(
+        inbound: InboundBuilder, session: Session, services: Services, new_ticket: Any,
+        clock: ManualClock) -> None:
+    """The whole email as a worker processes it: what record and notify wrote for it
+    (ticket, message, contact, acknowledgement, staff notification) is rolled back."""
+    earlier_tickets(new_ticket, clock, services.config.desk.flood_tickets_per_hour,
+                    requester="dave@client.example")
+    tickets_before = session.scalar(select(func.count(Ticket.id)))
+    ctx = inbound(make_email(sender="Dave <dave@client.example>"))
+    session.commit()
+
+    result = process_inbound(services, ctx.raw.id)
+
+    assert result is not None
+    assert (result.status, result.reason, result.ended_at) == ("quarantined", "flood",
+                                                               "flood_limit")
+    assert result.ticket_id is None and not result.created_ticket
+    assert result.outbox_ids == ()
+    session.expire_all()
+    raw = session.get(RawMessage, ctx.raw.id)
+    assert raw is not None and (raw.status, raw.reason) == ("quarantined", "flood")
+    assert session.scalar(select(func.count(Ticket.id))) == tickets_before
+    assert session.scalar(select(func.count(Message.id)).where(
+        Message.raw_id == ctx.raw.id)) == 0
+    assert session.scalar(select(Contact).where(Contact.email == "dave@client.example")) is None
+    assert session.scalars(select(Outbox)).all() == []
 
 
 # --- prioritise --------------------------------------------------------------------------

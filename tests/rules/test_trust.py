@@ -403,8 +403,9 @@ def test_the_table_names_every_kind_of_sender_and_token() -> None:
 
 
 def test_the_security_documentation_shows_exactly_the_trust_table() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
-    assert trust_table_markdown() in doc
+    root = Path(__file__).resolve().parents[2]
+    for page in (root / "docs" / "security.md", root / "README.md"):
+        assert trust_table_markdown() in page.read_text(), page
 
 
 # --- properties ---------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import CursorResult, Select, select, update
 from sqlalchemy.orm import Session
 
 from postdesk.storage.models import SlaClock, Staff, Ticket
@@ -27,14 +28,14 @@ from postdesk.workflow.rules.zones import desk_zone
 BATCH = 500
 
 
-def at_risk_query(now: datetime) -> Select[tuple[int]]:
+def at_risk_query(now: datetime) -> Select[int]:
     return (select(SlaClock.id)
             .where(SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None),
                    SlaClock.at_risk_at.is_(None), SlaClock.risk_at <= now)
             .order_by(SlaClock.risk_at).limit(BATCH))
 
 
-def breached_query(now: datetime) -> Select[tuple[int]]:
+def breached_query(now: datetime) -> Select[int]:
     return (select(SlaClock.id)
             .where(SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None),
                    SlaClock.breached_at.is_(None), SlaClock.due_at <= now)
@@ -59,11 +60,13 @@ def scan(services: Services, dispatch: Dispatch, now: datetime | None = None) ->
             ids = list(session.scalars(query))
         for clock_id in ids:
             with services.sessions() as session, session.begin():
-                won = session.execute(
+                # Session.execute is typed as returning a plain Result, but an UPDATE
+                # returns a CursorResult, which has the rowcount.
+                won = cast(CursorResult[Any], session.execute(
                     update(SlaClock)
                     .where(SlaClock.id == clock_id, column.is_(None),
                            SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None))
-                    .values({column: now})).rowcount
+                    .values({column: now}))).rowcount
                 if not won:
                     continue  # another scheduler claimed it, or it stopped meanwhile
                 clock = session.get_one(SlaClock, clock_id)

@@ -19,9 +19,9 @@ import secrets
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from postdesk.mail.compose import OutgoingEmail, compose
@@ -57,14 +57,21 @@ class OutboxWriter:
             return None
         now = self.now or services.now()
         support = services.config.desk.support_addresses[0]
+        # An email only staff receive gets a staff-purpose Message-ID: answering it is a
+        # staff token. Anything a client sees gets a client one (it threads, nothing more).
+        staff_only = all(services.config.staff_member(a) is not None for a in [*to, *cc])
         message_id = make_message_id(services.secret, ticket.id if ticket else None,
-                                     secrets.token_hex(6), support.split("@", 1)[1])
+                                     secrets.token_hex(6), support.split("@", 1)[1],
+                                     purpose="staff" if staff_only else "client")
         suppress = automatic and over_automatic_limit(session, services, to[0], ticket, now)
         row = Outbox(
             dedupe_key=dedupe_key, ticket_id=ticket.id if ticket else None, template=template,
             recipient=to[0].lower(), to=list(to), cc=list(cc), subject=subject,
             message_id=message_id, in_reply_to=in_reply_to, automatic=automatic, raw=None,
-            status=OutboxStatus.DRAFT, created_at=now,
+            # Over the limit: suppressed from the start (kept, rendered, never sent), so it
+            # does not count towards the limit while it waits to be rendered.
+            status=OutboxStatus.SUPPRESSED if suppress else OutboxStatus.DRAFT,
+            created_at=now,
             draft={"context": encode_context(context), "references": list(references),
                    "reply_to": reply_to or support, "kind": kind,
                    "extra_headers": extra_headers or {}, "on_ticket": on_ticket,
@@ -87,7 +94,8 @@ def render_drafts(services: Services, outbox_ids: Sequence[int]) -> list[int]:
             # write lock), on PostgreSQL no row lock. The write after it is short.
             with read_only(session):
                 row = session.get(Outbox, outbox_id)
-                if row is None or row.status != OutboxStatus.DRAFT or row.draft is None:
+                if row is None or row.raw is not None or row.draft is None or (
+                        row.status not in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)):
                     if row is not None and row.status == OutboxStatus.QUEUED:
                         ready.append(outbox_id)   # finished by a racing renderer: send it
                     continue
@@ -115,13 +123,16 @@ def render_drafts(services: Services, outbox_ids: Sequence[int]) -> list[int]:
                 status = OutboxStatus.FAILED
                 values: dict[str, Any] = {"status": status, "last_error": error}
             else:
-                status = (OutboxStatus.SUPPRESSED if draft.get("suppress")
-                          else OutboxStatus.QUEUED)
+                status = (OutboxStatus.QUEUED if row.status == OutboxStatus.DRAFT
+                          else OutboxStatus.SUPPRESSED)
                 values = {"raw": raw, "status": status, "draft": None}
             with session.begin():
-                won = session.execute(update(Outbox).where(
-                    Outbox.id == outbox_id, Outbox.status == OutboxStatus.DRAFT)
-                    .values(**values)).rowcount
+                # Session.execute is typed as returning a plain Result, but an UPDATE
+                # returns a CursorResult, which has the rowcount.
+                won = cast(CursorResult[Any], session.execute(update(Outbox).where(
+                    Outbox.id == outbox_id, Outbox.status == row.status,
+                    Outbox.raw.is_(None))
+                    .values(**values))).rowcount
                 if won and message is not None:
                     session.add(message)
             if won and status == OutboxStatus.QUEUED:
@@ -157,7 +168,8 @@ def _render(services: Services, row: Outbox, ticket: Ticket | None, draft: dict[
 def stale_draft_ids(session: Session, before: datetime, limit: int = 500) -> list[int]:
     """Drafts left by a process that died between commit and rendering."""
     return list(session.scalars(select(Outbox.id).where(
-        Outbox.status == OutboxStatus.DRAFT, Outbox.created_at < before)
+        Outbox.status.in_((OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)),
+        Outbox.raw.is_(None), Outbox.created_at < before)
         .order_by(Outbox.id).limit(limit)))
 
 

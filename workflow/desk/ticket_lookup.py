@@ -1,12 +1,14 @@
-"""Which ticket an inbound email belongs to.
+"""What an inbound email's references point at. This module only gathers: which tickets
+the references name and how; the trust decision (``workflow.rules.trust``) decides which
+of them the sender may use.
 
-In order of trust:
-1. our own Message-IDs in In-Reply-To/References (signed: they name the ticket and
-   cannot be forged), newest first;
-2. the plus-address reply token the email was sent to (signed as well);
-3. Message-IDs of earlier emails already on a ticket (the client's own thread);
-4. the ``[PD-n]`` subject token, only when the sender is already on that ticket or
-   belongs to its org (a guessable number must not let a stranger into a ticket).
+References, most trusted first:
+* staff tokens: a signed staff-purpose Message-ID of ours in In-Reply-To/References (a
+  notification only staff received), or the signed plus-address the email was sent to
+  (the Reply-To of staff notifications);
+* client references: a signed client-purpose Message-ID of ours (an acknowledgement, a
+  relayed reply), the Message-ID of an earlier email already on a ticket, and the
+  ``[PD-n]`` subject token.
 """
 
 from __future__ import annotations
@@ -17,53 +19,67 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from postdesk.mail.tokens import ticket_from_message_id, ticket_from_reply_address
-from postdesk.storage.models import Message, Ticket
-from postdesk.workflow.desk.events import participants
+from postdesk.mail.tokens import read_message_id, ticket_from_reply_address
+from postdesk.storage.models import Message, Org, Ticket
 from postdesk.workflow.rules.refs import subject_token_re
+from postdesk.workflow.rules.trust import RefHow, TicketRef
 
 
 @dataclass(frozen=True)
-class TicketMatch:
-    ticket: Ticket
-    how: str   # our_message_id | reply_address | known_message_id | subject_token
+class References:
+    staff_token_ticket: int | None
+    staff_token_how: str | None            # "our_message_id" | "reply_address"
+    client_refs: tuple[TicketRef, ...]
 
 
-def find_ticket(session: Session, *, secret: bytes, prefix: str, in_reply_to: str | None,
-                references: Sequence[str], recipients: Sequence[str], subject: str,
-                sender: str, sender_org_id: int | None,
-                sender_is_staff: bool = False) -> TicketMatch | None:
+def gather_references(session: Session, *, secret: bytes, prefix: str,
+                      in_reply_to: str | None, references: Sequence[str],
+                      recipients: Sequence[str], subject: str) -> References:
     thread_ids = list(dict.fromkeys(
         [i for i in [in_reply_to, *reversed(list(references))] if i]))
+    staff_ticket: int | None = None
+    staff_how: str | None = None
+    client: list[TicketRef] = []
+    seen: set[int] = set()
+
+    def add(ticket_id: int | None, how: RefHow) -> None:
+        if not ticket_id or ticket_id in seen:
+            return
+        ticket = session.get(Ticket, ticket_id)
+        if ticket is None:
+            return
+        seen.add(ticket_id)
+        org = session.get(Org, ticket.org_id)
+        client.append(TicketRef(
+            ticket_id=ticket.id, org_slug=org.slug if org else "",
+            # Listed participants only: the requester and cc added by staff, never
+            # "whoever wrote in" (which is how one org's client would get into another's).
+            participants=frozenset({ticket.requester_email.lower(),
+                                    *(c.lower() for c in ticket.cc or [])}),
+            how=how))
+
     for mid in thread_ids:
-        tid = ticket_from_message_id(secret, mid)
-        if tid:
-            ticket = session.get(Ticket, tid)
-            if ticket is not None:
-                return TicketMatch(ticket, "our_message_id")
+        token = read_message_id(secret, mid)
+        if token is None or not token.ticket_id:
+            continue
+        if token.purpose == "staff":
+            if staff_ticket is None and session.get(Ticket, token.ticket_id) is not None:
+                staff_ticket, staff_how = token.ticket_id, "our_message_id"
+        else:
+            add(token.ticket_id, "our_message_id")
     for rcpt in recipients:
         tid = ticket_from_reply_address(secret, rcpt)
-        if tid:
-            ticket = session.get(Ticket, tid)
-            if ticket is not None:
-                return TicketMatch(ticket, "reply_address")
+        if tid and staff_ticket is None and session.get(Ticket, tid) is not None:
+            staff_ticket, staff_how = tid, "reply_address"
     if thread_ids:
-        ticket_id = session.scalar(
-            select(Message.ticket_id).where(Message.message_id.in_(thread_ids))
-            .order_by(Message.id.desc()).limit(1))
-        ticket = session.get(Ticket, ticket_id) if ticket_id is not None else None
-        if ticket is not None:
-            return TicketMatch(ticket, "known_message_id")
+        for ticket_id in session.scalars(
+                select(Message.ticket_id).where(Message.message_id.in_(thread_ids))
+                .order_by(Message.id.desc()).limit(20)):
+            add(ticket_id, "client_message_id")
     match = subject_token_re(prefix).search(subject or "")
     if match:
-        ticket = session.get(Ticket, int(match.group(1)))
-        if ticket is not None and (
-            sender_is_staff
-            or (sender_org_id is not None and ticket.org_id == sender_org_id)
-            or sender.lower() in participants(session, ticket)
-        ):
-            return TicketMatch(ticket, "subject_token")
-    return None
+        add(int(match.group(1)), "subject")
+    return References(staff_ticket, staff_how, tuple(client))
 
 
 def client_thread(session: Session, ticket: Ticket) -> tuple[str | None, list[str]]:

@@ -26,11 +26,11 @@ CHECKS: list[Step[Inbound]] = [
     checks.parse,                  # bytes -> ParsedEmail, or quarantine "unparseable"
     checks.classify_mail,          # loops and bounces quarantined, auto-replies flagged
     checks.identify,               # staff / contact of an org / unknown sender
-    checks.verify_sender,          # DKIM / trusted Authentication-Results where required
+    checks.authenticate_sender,    # DKIM / trusted Authentication-Results, where it matters
     checks.deduplicate,            # the same Message-ID by another door
     checks.balance_request,        # "balance" from a client: answered, no ticket
-    checks.locate_ticket,          # signed ids, reply address, client ids, [PD-n]
-    checks.staff_trust,            # a staff reply must prove who and which ticket
+    checks.locate_ticket,          # staff tokens; our ids, the client's ids, [PD-n]
+    checks.decide_trust,           # THE trust verdict: what this email may do, or quarantine
 ]
 
 HANDLERS: list[Step[Inbound]] = [
@@ -40,6 +40,7 @@ HANDLERS: list[Step[Inbound]] = [
     client.assign,                 # rota
     client.start_or_resume_clocks, # SLA clocks, reopen, resume from pending
     client.sign_off,               # approvals while awaiting sign-off
+    client.flood_limit,            # too many new tickets from one sender: undo, quarantine
 ]
 
 NOTIFY: list[Step[Inbound]] = [
@@ -51,6 +52,8 @@ NOTIFY: list[Step[Inbound]] = [
 
 REACTIONS: dict[tuple[str, str], Reaction] = {
     ("quarantined", "unknown_sender"): notify.notice_unknown_sender,
+    ("quarantined", "unauthenticated"): notify.tell_staff_member,
+    ("quarantined", "no_ticket"): notify.tell_staff_member,
     ("quarantined", "bounce"): notify.bounce_bookkeeping,
     ("processed", "balance_request"): notify.answer_balance,
     ("processed", "command_errors"): notify.report_command_errors,

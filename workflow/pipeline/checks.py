@@ -13,12 +13,15 @@ from postdesk.mail.classify import classify
 from postdesk.mail.parse import UnparseableEmail, parse_email
 from postdesk.mail.tokens import is_our_message_id
 from postdesk.storage.directory import org_by_slug
-from postdesk.storage.models import Message
-from postdesk.workflow.desk.ticket_lookup import find_ticket
+from postdesk.storage.models import Message, Ticket
+from postdesk.workflow.desk.ticket_lookup import gather_references
 from postdesk.workflow.desk.tickets import inbound_dedupe_key
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Duplicate, Handled, Quarantine, step
+from postdesk.workflow.rules import commands as cmd
 from postdesk.workflow.rules.senders import SenderIdentity, identify_sender
+from postdesk.workflow.rules.trust import Evidence, decide
+from postdesk.workflow.rules.zones import desk_zone
 
 
 @step
@@ -69,27 +72,33 @@ def released_sender(ctx: Inbound) -> SenderIdentity:
 
 
 @step
-def verify_sender(ctx: Inbound) -> None:
-    """Orgs with ``require_dkim`` (and staff, with ``staff_require_dkim``) must prove their
-    From domain; a released message was vouched for by an operator."""
+def authenticate_sender(ctx: Inbound) -> None:
+    """The DKIM / trusted Authentication-Results verdict, where it can matter: for staff
+    mail always (staff authority may need it), for an org's contacts when the org requires
+    it. ``None`` means nothing to verify with (no signature, no trusted header) or not
+    needed; the trust decision says what that allows. A released message is not
+    checked again."""
     sender = ctx.sender
     assert sender is not None
     if ctx.raw.authorised:
         return
-    required = False
     if sender.kind == "contact" and sender.org_slug:
         org = ctx.config.org(sender.org_slug)
-        required = bool(org and org.require_dkim)
+        if not (org and org.require_dkim):
+            return
     elif sender.kind == "staff":
-        required = ctx.config.desk.staff_require_dkim
-    if not required:
+        signed = b"dkim-signature:" in ctx.raw_bytes[:65536].lower()
+        trusted = bool(ctx.config.desk.trusted_authserv_ids) and bool(
+            ctx.email.header_all("Authentication-Results"))
+        if not (signed or trusted or ctx.config.desk.staff_require_dkim):
+            return
+    else:
         return
     verdict = authenticate(ctx.raw_bytes, ctx.email.from_addr,
                            ctx.email.header_all("Authentication-Results"),
                            ctx.config.desk.trusted_authserv_ids, ctx.services.dkim_dns)
+    ctx.dkim, ctx.dkim_how = verdict.passed, verdict.how
     ctx.sender_verified = verdict.passed
-    if not verdict.passed and sender.kind == "contact":
-        raise Quarantine("unauthenticated", verdict.how)
 
 
 @step
@@ -116,36 +125,56 @@ def balance_request(ctx: Inbound) -> None:
 
 @step
 def locate_ticket(ctx: Inbound) -> None:
+    """Gather what the email's references point at; which of them the sender may use is
+    the trust decision's, next."""
     mail = ctx.email
-    match = find_ticket(
+    ctx.references = gather_references(
         ctx.session, secret=ctx.services.secret, prefix=ctx.config.desk.ticket_prefix,
         in_reply_to=mail.in_reply_to, references=mail.references,
-        recipients=[*ctx.raw.envelope_to, *mail.to, *mail.cc], subject=mail.subject,
-        sender=mail.from_addr or "", sender_org_id=ctx.org.id if ctx.org else None,
-        sender_is_staff=ctx.from_staff)
-    if match:
-        ctx.ticket, ctx.matched_by = match.ticket, match.how
+        recipients=[*ctx.raw.envelope_to, *mail.to, *mail.cc], subject=mail.subject)
 
 
 @step
-def staff_trust(ctx: Inbound) -> None:
-    """A staff email that names a ticket must prove it is that staff member answering
-    about that ticket before anything is recorded or relayed."""
-    if not ctx.from_staff or ctx.ticket is None or ctx.auto_reply:
+def decide_trust(ctx: Inbound) -> None:
+    """THE trust decision (``workflow.rules.trust.decide``), made once, before anything
+    acts: every later step works within its verdict."""
+    sender, refs, mail = ctx.sender, ctx.references, ctx.email
+    assert sender is not None and refs is not None
+    asks_on_behalf = False
+    if sender.kind == "staff":
+        parse = cmd.parse_commands(ctx.visible_text, now=ctx.now, tz=desk_zone(ctx.config))
+        asks_on_behalf = any(isinstance(c, cmd.TICKET_CREATION_COMMANDS)
+                             for c in parse.commands)
+    org_cfg = ctx.config.org(sender.org_slug) if sender.org_slug else None
+    verdict = decide(Evidence(
+        sender=sender,
+        envelope_from=ctx.raw.envelope_from or mail.header("Return-Path") or "",
+        staff_token_ticket=refs.staff_token_ticket, client_refs=refs.client_refs,
+        dkim=ctx.dkim, staff_require_dkim=ctx.config.desk.staff_require_dkim,
+        org_require_dkim=bool(org_cfg and org_cfg.require_dkim),
+        staff_unverified_on_behalf=ctx.config.desk.staff_unverified_on_behalf,
+        released=ctx.raw.authorised, released_to_org=ctx.raw.release_org,
+        asks_on_behalf=asks_on_behalf))
+    ctx.verdict = verdict
+    if verdict.kind == "quarantine":
+        if ctx.auto_reply:
+            # An out-of-office from staff (null envelope, no token): not a forgery to
+            # report, and never relayed.
+            raise Quarantine("auto_reply", f"{ctx.auto_reason}: {verdict.detail}")
+        raise Quarantine(verdict.reason or "unauthenticated", verdict.detail, data=verdict)
+    if verdict.kind == "staff_reply":
+        ctx.ticket = ctx.session.get(Ticket, verdict.ticket_id)
+        ctx.matched_by = refs.staff_token_how
         return
-    trusted, why = staff_reply_trusted(ctx)
-    if not trusted:
-        raise Quarantine("unauthenticated", f"staff reply not trusted: {why}")
-
-
-def staff_reply_trusted(ctx: Inbound) -> tuple[bool, str]:
-    """Is this staff email really from that staff member, about this ticket?"""
-    mail = ctx.email
-    if not ctx.sender_verified:
-        return False, "staff mail failed DKIM/DMARC verification"
-    envelope = (ctx.raw.envelope_from or mail.header("Return-Path") or "").strip("<> ").lower()
-    if envelope and envelope.rsplit("@", 1)[-1] != (mail.from_addr or "").rsplit("@", 1)[-1]:
-        return False, f"envelope sender {envelope} does not match the staff From address"
-    if ctx.matched_by not in ("our_message_id", "reply_address"):
-        return False, "not a reply to a signed postdesk email (no valid ticket token)"
-    return True, ""
+    if verdict.kind == "staff_action":
+        return
+    # Client content (or a released email, which is client content whatever its From):
+    # from here on the sender is a contact of the verdict's org.
+    if sender.kind != "contact" or sender.org_slug != verdict.org_slug:
+        sender = SenderIdentity(kind="contact", email=sender.email,
+                                org_slug=verdict.org_slug, name=sender.name)
+        ctx.sender = sender
+    ctx.org = org_by_slug(ctx.session, sender.org_slug) if sender.org_slug else None
+    if verdict.kind == "client_content":
+        ctx.ticket = ctx.session.get(Ticket, verdict.ticket_id)
+        ctx.matched_by = verdict.matched_by

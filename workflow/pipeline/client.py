@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from postdesk.storage.directory import staff_by_email
-from postdesk.storage.models import Ticket
+from postdesk.storage.models import Contact, Ticket
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.tickets import open_ticket, store_message
@@ -26,20 +26,6 @@ from postdesk.workflow.rules.rota import on_rota
 from postdesk.workflow.rules.zones import desk_zone
 
 
-def check_flood(ctx: Inbound, requester: str) -> None:
-    """More than ``flood_tickets_per_hour`` new tickets from one sender: quarantine.
-
-    A soft limit, counted without a lock (the index on requester and time makes it one
-    index range): emails of one sender processed at the same instant by several workers
-    may pass it by one or two. Locking the sender's row made every email of a sender wait
-    for the one before it, so more workers did not help a single busy sender."""
-    since = ctx.now - timedelta(hours=1)
-    recent = ctx.session.scalar(select(func.count(Ticket.id)).where(
-        Ticket.requester_email == requester, Ticket.created_at >= since)) or 0
-    if recent >= ctx.config.desk.flood_tickets_per_hour:
-        raise Quarantine("flood", f"{requester} opened {recent} tickets in the last hour")
-
-
 @step
 def record(ctx: Inbound) -> None:
     """A client's email: open a ticket or add the email to its ticket."""
@@ -50,7 +36,6 @@ def record(ctx: Inbound) -> None:
             raise Quarantine("auto_reply", f"{ctx.auto_reason}, not on any ticket")
         if ctx.org is None:
             raise Quarantine("unknown_sender", "no org to file this email under")
-        check_flood(ctx, sender.email)
         mail = ctx.email
         # Imported history keeps its own time line.
         opened = mail.date if (not ctx.raw.notify and mail.date) else ctx.now
@@ -138,6 +123,28 @@ def start_or_resume_clocks(ctx: Inbound) -> None:
     if ticket.status in ("pending", "resolved", "closed"):
         # The client answered: clocks resume; a resolved ticket reopens.
         set_status(keeper, ticket, "open", ctx.now, ctx.sender.email if ctx.sender else "")
+
+
+@step
+def flood_limit(ctx: Inbound) -> None:
+    """More than ``flood_tickets_per_hour`` new tickets from one sender: quarantine (the
+    runner rolls back what this email recorded).
+
+    Last of the handlers, so the sender's contact row is locked only from here to the
+    commit: concurrent workers creating tickets for the same sender count in turn (the
+    count includes this email's own ticket and every one committed before the lock was
+    granted), and the limit is exact; nothing slow happens while the lock is held."""
+    ticket = ctx.ticket
+    if not ctx.created_ticket or ticket is None or ctx.org is None:
+        return
+    requester = ticket.requester_email
+    ctx.session.execute(select(Contact.id).where(
+        Contact.email == requester.lower()).with_for_update())
+    since = ctx.now - timedelta(hours=1)
+    recent = ctx.session.scalar(select(func.count(Ticket.id)).where(
+        Ticket.requester_email == requester, Ticket.created_at >= since)) or 0
+    if recent > ctx.config.desk.flood_tickets_per_hour:
+        raise Quarantine("flood", f"{requester} opened {recent - 1} tickets in the last hour")
 
 
 @step

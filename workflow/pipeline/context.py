@@ -14,9 +14,11 @@ from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.models import Message, Org, RawMessage, Ticket
 from postdesk.workflow.desk.outbox import OutboxWriter
 from postdesk.workflow.desk.services import Services
+from postdesk.workflow.desk.ticket_lookup import References
 from postdesk.workflow.rules.commands import CommandParse
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.senders import SenderIdentity
+from postdesk.workflow.rules.trust import Verdict
 
 
 @dataclass
@@ -34,7 +36,11 @@ class Inbound:
     matched_by: str | None = None
     message: Message | None = None
     created_ticket: bool = False
-    sender_verified: bool = True      # False when DKIM/DMARC was required and failed
+    sender_verified: bool = True      # False when DKIM/DMARC was checked and failed
+    dkim: bool | None = None          # aligned DKIM pass; None: not checked / nothing to check
+    dkim_how: str = ""
+    references: References | None = None   # what the email's references point at
+    verdict: Verdict | None = None    # the trust decision: what this email may do
     auto_reply: bool = False          # automatic mail recorded on a ticket
     auto_reason: str = ""
     priority_reason: str = ""

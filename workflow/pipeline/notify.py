@@ -91,16 +91,32 @@ def notify_staff(ctx: Inbound) -> None:
         template="staff_notification", to=[person],
         subject=f"[{ref}] {what} ({ticket.priority}): {ticket.subject}"[:MAX_SUBJECT],
         ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
-        context={"ref": ref, "new_text": ctx.visible_text,
+        context={"ref": ref, "new_text": quoted(ctx.visible_text),
                  "recent": [_message_summary(m) for m in recent], "due": due,
                  "from_addr": ctx.email.from_addr, "what": what})
+
+
+QUOTE_LIMIT = 64 * 1024
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Client text copied into a notification, bounded: a client can send megabytes, and
+    the whole of it is on the ticket anyway."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    rest_kb = (len(data) - limit + 1023) // 1024
+    return (data[:limit].decode("utf-8", "ignore")
+            + f"\n\n[... {rest_kb} KB more in the ticket]")
 
 
 def _message_summary(message: Message) -> dict[str, Any]:
     return {"direction": message.direction, "kind": message.kind,
             "from_addr": message.from_addr, "sent_at": message.sent_at,
-            "created_at": message.created_at, "stripped_text": message.stripped_text,
-            "text": message.text}
+            "created_at": message.created_at,
+            # The template shows 500 characters of each; keep a little more than that.
+            "stripped_text": quoted(message.stripped_text or "", 2000),
+            "text": quoted(message.text or "", 2000)}
 
 
 @step
@@ -134,6 +150,28 @@ def notice_unknown_sender(ctx: Inbound, outcome: Outcome) -> None:
                      to=[address], subject=f"Re: {ctx.email.subject or 'your email'}"[
                          :MAX_SUBJECT],
                      in_reply_to=ctx.email.message_id, context={})
+
+
+def tell_staff_member(ctx: Inbound, outcome: Outcome) -> None:
+    """Mail from a staff address was quarantined (a mistake, or a forgery): the
+    *configured* staff address — never the email's envelope or Reply-To — is told what
+    arrived, why nothing was done and how to do it right; at most once an hour."""
+    verdict = outcome.data
+    staff = getattr(verdict, "notify_staff", None)
+    if not staff or ctx.parsed is None or not ctx.raw.notify:
+        return
+    member = ctx.config.staff_member(staff)
+    if member is None:
+        return
+    hour = ctx.now.strftime("%Y-%m-%dT%H")
+    ctx.outbox.queue(
+        dedupe_key=f"staff-quarantine:{member.email}:{hour}", on_ticket=False,
+        template="staff_quarantine_notice", to=[member.email],
+        subject="Not acted on: an email from your address"[:MAX_SUBJECT],
+        context={"from_addr": ctx.email.from_addr or "", "subject":
+                 (ctx.email.subject or "")[:MAX_SUBJECT],
+                 "envelope": ctx.raw.envelope_from or "", "reason": outcome.reason,
+                 "detail": outcome.detail, "received": ctx.now.strftime("%Y-%m-%d %H:%M UTC")})
 
 
 def bounce_bookkeeping(ctx: Inbound, outcome: Outcome) -> None:

@@ -31,7 +31,7 @@ from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
-from postdesk.workflow.pipeline.runner import Outcome, PipelineResult, run_steps
+from postdesk.workflow.pipeline.runner import Outcome, PipelineResult, Quarantine, run_steps
 
 log = logging.getLogger("postdesk.inbound")
 
@@ -99,12 +99,28 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline) -> PipelineRe
                 return None   # another worker finished it while the checks ran
             _refresh(ctx)
             if outcome is None:
-                outcome = run_steps([*pipeline.handlers, *pipeline.notify], ctx)
+                outcome = _record(ctx, pipeline)
             if outcome is not None:
                 reaction = pipeline.reactions.get((outcome.status, outcome.reason))
                 if reaction is not None:
                     reaction(ctx, outcome)
             return _finish(ctx, outcome)
+
+
+def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
+    """Handlers and notify steps, in a savepoint: a handler that quarantines the email
+    (a flood, a staff email that names no client) undoes what was recorded for it, so a
+    quarantined email leaves nothing behind but its raw message."""
+    queued = len(ctx.outbox.queued_ids)
+    savepoint = ctx.session.begin_nested()
+    outcome = run_steps([*pipeline.handlers, *pipeline.notify], ctx)
+    if isinstance(outcome, Quarantine):
+        savepoint.rollback()
+        del ctx.outbox.queued_ids[queued:]
+        ctx.ticket, ctx.message, ctx.created_ticket = None, None, False
+    else:
+        savepoint.commit()
+    return outcome
 
 
 def _refresh(ctx: Inbound) -> None:

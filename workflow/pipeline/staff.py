@@ -1,6 +1,7 @@
 """Handler for staff email, in the record phase: a trusted reply is stored, its commands
 applied and its text relayed to the client; a staff email with no ticket may open one on
-a client's behalf. Trust was decided before this runs (``checks.staff_trust``)."""
+a client's behalf. It acts only within the trust verdict (``checks.decide_trust``):
+staff authority needs an exact envelope, a staff-only token and, where required, DKIM."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from postdesk.workflow.rules.zones import desk_zone, org_zone
 @step
 def staff_mail(ctx: Inbound) -> None:
     """Handle a staff email completely, then end the pipeline."""
-    if not ctx.from_staff:
+    verdict = ctx.verdict
+    if not ctx.from_staff or verdict is None or not verdict.staff_authority:
         return
     staff = staff_by_email(ctx.session, ctx.email.from_addr or "")
     assert staff is not None

@@ -80,6 +80,10 @@ class DeskConfig(_Strict):
     trusted_authserv_ids: list[str] = Field(default_factory=list)
     # Staff commands only from DKIM-verified staff mail (set when the staff domain signs).
     staff_require_dkim: bool = False
+    # A staff email without a ticket token may open a ticket on a client's behalf only
+    # when DKIM-verified; where staff mail cannot be verified at all, an operator may
+    # accept an exact envelope instead by turning this on (off: refused).
+    staff_unverified_on_behalf: bool = False
     hard_bounce_limit: int = Field(default=3, ge=1)
     # Words in a client's reply that sign off work awaiting approval (None: built-in list).
     approval_phrases: list[str] | None = None

@@ -11,7 +11,7 @@ def ticket_ref(prefix: str, ticket_id: int) -> str:
 
 
 def subject_token_re(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"\[{re.escape(prefix)}-(\d+)\]", re.IGNORECASE)
+    return re.compile(rf"\[{re.escape(prefix)}-(\d{{1,18}})\]", re.IGNORECASE)
 
 
 def parse_ref(prefix: str, ref: str) -> int | None:
