@@ -186,7 +186,7 @@ weeks = ["dev1@agency.example", "dev2@agency.example"]
 
 def child_env() -> dict[str, str]:
     """The environment for postdesk processes: POSTDESK_* variables would override the
-    config file (CONTRACT.md), so none is passed on."""
+    config file (docs/reference.md), so none is passed on."""
     return {k: v for k, v in os.environ.items() if not k.startswith("POSTDESK_")}
 
 

@@ -14,14 +14,20 @@ Headerless *text* is still parsed (everything becomes the body, with a
 defect): it may be a message whose headers were lost, and the later pipeline
 steps (no sender...) decide what to do with it; nothing is thrown away here.
 
-Division of labour: mail-parser reads the header side (addresses with its
-recovery rules, dates, defects); the MIME tree is walked here with the stdlib
-``email`` package, because mail-parser's own body/attachment split does not
+Division of labour: the bytes are parsed once, by the stdlib ``email`` package
+(compat32); mail-parser is handed only the header fields of that parse and reads
+the header side (addresses with its recovery rules, dates, defects); the MIME
+tree is walked here, because mail-parser's own body/attachment split does not
 fit a ticket: it appends the text of forwarded messages and of named inline
 text files to the body, lists ``message/rfc822`` parts only when they are
 marked as attachments, and names unnamed attachments with *random* strings,
 which would make processing the same raw message twice give different
-results.
+results (and it decodes and base64-encodes again every attachment).
+
+Memory: in a large message, long runs of base64 lines are left out of the
+stdlib parse and decoded straight from the raw bytes (see "large messages"
+below), so a 34 MB email with a 25 MiB attachment costs about the decoded
+attachment on top of its bytes, not hundreds of MB.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import logging
 import mimetypes
 import quopri
 import re
+import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,7 +53,6 @@ from html.parser import HTMLParser
 from typing import Any
 
 import mailparser
-from mailparser.exceptions import MailParserRecursionError
 from mailparser.utils import as_string_safe
 
 from postdesk.mail.filenames import clean_filename
@@ -118,6 +124,8 @@ class ParsedAttachment:
     ``content_id`` has no angle brackets, so it compares equal to what a
     ``cid:`` URL in the HTML body names (RFC 2392). ``is_rfc822`` marks a
     forwarded message (payload: its bytes); ``is_tnef`` a winmail.dat.
+    ``size`` is the decoded size; ``too_large`` means it was over the limit
+    given to ``parse_email`` and not decoded (``payload`` is then empty).
     """
 
     filename: str
@@ -127,6 +135,12 @@ class ParsedAttachment:
     inline: bool = False
     is_rfc822: bool = False
     is_tnef: bool = False
+    size: int = -1
+    too_large: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.payload))
 
 
 @dataclass(frozen=True)
@@ -587,7 +601,8 @@ def _leaf_parts(message: email.message.Message) -> Iterator[email.message.Messag
     return (part for part in own_parts(message) if not _is_container(part))
 
 
-def _walk(message: email.message.Message, hints: list[str | None]) -> _Walk:
+def _walk(message: email.message.Message, hints: list[str | None],
+          max_attachment_bytes: int | None = None) -> _Walk:
     result = _Walk()
     forwarded = 0
     for part in _leaf_parts(message):
@@ -613,11 +628,16 @@ def _walk(message: email.message.Message, hints: list[str | None]) -> _Walk:
             default_name = f"attachment-{index}{_extension_for(content_type)}"
         name = clean_filename(filename, default_name)
         content_id = _content_id(part)
+        known = _known_size(part) if max_attachment_bytes is not None else None
+        too_large = known is not None and known > (max_attachment_bytes or 0)
+        payload = b"" if too_large else _payload_bytes(part, result.defects)
         result.attachments.append(
             ParsedAttachment(
                 filename=_storable(name),
                 content_type=content_type,
-                payload=_payload_bytes(part, result.defects),
+                payload=payload,
+                size=known if too_large and known is not None else len(payload),
+                too_large=too_large,
                 content_id=content_id,
                 inline=disposition == "inline" or (disposition is None and content_id is not None),
                 is_rfc822=is_forward,
@@ -625,6 +645,217 @@ def _walk(message: email.message.Message, hints: list[str | None]) -> _Walk:
             )
         )
     return result
+
+
+# --- large messages: base64 left out of the parse ----------------------------
+#
+# The stdlib parser holds a message several times over while it works (the text, its
+# lines, the joined payload), and decoding a base64 payload copies it twice more: an
+# email with a 25 MiB attachment cost hundreds of MB. So in a large message every long
+# run of base64 lines is replaced, before parsing, by one line holding a token, and the
+# part that receives the token decodes its payload straight from the raw bytes when asked.
+# The token line is, like the lines it stands for, a run of base64 characters: every
+# rule of the parser (header line, boundary, end of line) treats it as it treats them,
+# so the MIME tree is the same. Anything that asks a part for its text gets the exact
+# text back; only the decoding of a well-formed run takes the short path.
+
+_HOLLOW_MESSAGE_BYTES = 1 << 20   # smaller messages are parsed as they are
+_HOLLOW_RUN_BYTES = 64 << 10      # shorter runs stay in the parse
+_B64_RUN = re.compile(rb"(?:^[A-Za-z0-9+/]++={0,2}\r?\n)++", re.MULTILINE)
+_BASE64_LINE_BREAKS = re.compile(rb"\r?\n")
+
+
+@dataclass(frozen=True)
+class _Run:
+    token: str
+    text: memoryview        # the run's bytes in the raw message, without its last line end
+    chars: int              # base64 characters in it, "=" included (a multiple of 4)
+    padding: int            # "=" at its end (only there)
+
+
+def _parse_mime(raw: bytes) -> email.message.Message:
+    """The stdlib (compat32) parse of ``raw``; large base64 runs are left out of it."""
+    if len(raw) >= _HOLLOW_MESSAGE_BYTES:
+        hollowed = _hollow(raw, _HOLLOW_RUN_BYTES)
+        if hollowed is not None:
+            fed, prefix, runs = hollowed
+            message = email.message_from_bytes(fed)
+            del fed
+            if _fill(message, prefix, runs):
+                return message
+    return email.message_from_bytes(raw)
+
+
+def _hollow(raw: bytes, min_run: int) -> tuple[bytes, str, dict[str, _Run]] | None:
+    prefix = "PostdeskHollow" + secrets.token_hex(8)
+    if prefix.encode() in raw:
+        return None
+    view = memoryview(raw)
+    pieces: list[bytes | memoryview] = []
+    runs: dict[str, _Run] = {}
+    position = 0
+    for match in _B64_RUN.finditer(raw):
+        start, end = match.span()
+        pad_at = raw.find(b"=", start, end)
+        if pad_at != -1:
+            end = raw.index(b"\n", pad_at) + 1   # padding ends the data: the run too
+        if end - start < min_run:
+            continue
+        # The last line end stays in the parse: the parser drops the line end before a
+        # boundary, and it must find the same one there.
+        end -= 2 if raw[end - 2:end] == b"\r\n" else 1
+        breaks = raw.count(b"\n", start, end) + raw.count(b"\r", start, end)
+        chars = end - start - breaks
+        if chars % 4:
+            continue   # not a whole number of base64 quads: leave it to the parser
+        padding = end - pad_at if pad_at != -1 else 0
+        token = f"{prefix}n{len(runs)}x"   # "x": no token is the start of another
+        runs[token] = _Run(token, view[start:end], chars, padding)
+        pieces += [view[position:start], token.encode()]
+        position = end
+    if not runs:
+        return None
+    pieces.append(view[position:])
+    return b"".join(pieces), prefix, runs
+
+
+def _fill(message: email.message.Message, prefix: str, runs: dict[str, _Run]) -> bool:
+    """Give every token back: a part whose payload holds one becomes a ``_HollowPart``;
+    a token in a preamble or epilogue is replaced by its text. False if a token is not
+    found exactly once (then the caller parses the whole message instead)."""
+    found: dict[str, int] = {}
+    stack = [message]
+    while stack:
+        part = stack.pop()
+        for attr in ("preamble", "epilogue"):
+            value = getattr(part, attr, None)
+            if isinstance(value, str) and prefix in value:
+                tokens = [t for t in runs if t in value]
+                for token in tokens:
+                    found[token] = found.get(token, 0) + 1
+                setattr(part, attr, _restore(value, [runs[t] for t in tokens]))
+        payload = part.__dict__.get("_payload")
+        if isinstance(payload, list):
+            stack.extend(p for p in payload if isinstance(p, email.message.Message))
+        elif isinstance(payload, str) and prefix in payload:
+            tokens = [t for t in runs if t in payload]
+            for token in tokens:
+                found[token] = found.get(token, 0) + 1
+            part.__class__ = _HollowPart
+            part.__dict__["_hollow"] = [runs[t] for t in tokens]
+    return found == dict.fromkeys(runs, 1)
+
+
+def _restore(template: str, runs: list[_Run]) -> str:
+    for run in runs:
+        template = template.replace(run.token, bytes(run.text).decode("ascii"), 1)
+    return template
+
+
+class _HollowPart(email.message.Message):
+    """A leaf part whose payload text holds tokens for base64 runs of the raw message.
+
+    Its ``_payload`` is the real text, built on first access (the part then turns back
+    into a plain ``Message``), so the generator, ``get_payload()`` and every other reader
+    see exactly what the parser would have given. ``get_payload(decode=True)`` of a
+    base64 part decodes the runs in place instead, without building the text."""
+
+    _hollow: list[_Run]
+
+    @property
+    def _payload(self) -> str:
+        template = self.__dict__["_payload"]
+        text = _restore(template, self.__dict__.pop("_hollow"))
+        self.__dict__["_payload"] = text
+        self.__class__ = email.message.Message   # type: ignore[assignment]
+        return text
+
+    @_payload.setter
+    def _payload(self, value: Any) -> None:
+        self.__dict__.pop("_hollow", None)
+        self.__dict__["_payload"] = value
+        self.__class__ = email.message.Message   # type: ignore[assignment]
+
+    def is_multipart(self) -> bool:
+        return False
+
+    def get_payload(self, i: Any = None, decode: bool = False) -> Any:
+        if decode and i is None:
+            decoded = self._decode_runs(size_only=False)
+            if isinstance(decoded, bytes):
+                return decoded
+        if decode:
+            return super().get_payload(i, decode=True)
+        return super().get_payload(i)
+
+    def decoded_size(self) -> int | None:
+        """The size ``get_payload(decode=True)`` returns, without decoding the runs;
+        None when that needs the text."""
+        size = self._decode_runs(size_only=True)
+        return size if isinstance(size, int) else None
+
+    def _decode_runs(self, *, size_only: bool) -> bytes | int | None:
+        # The same result as Message.get_payload(decode=True) of the text: that joins
+        # the lines and base64-decodes them (email._encoded_words.decode_b). A run is
+        # whole quads of valid characters, padded at most at its end. When nothing but
+        # line ends comes before it, the result is: a padded run decoded, if nothing but
+        # line ends follows; an unpadded run decoded, followed by the rest decoded (the
+        # quads of the run do not change how the rest decodes, strictly or not).
+        if str(self.get("content-transfer-encoding", "")).lower() != "base64":
+            return None
+        runs: list[_Run] | None = self.__dict__.get("_hollow")
+        template = self.__dict__.get("_payload")
+        if not runs or len(runs) != 1 or not isinstance(template, str):
+            return None
+        run = runs[0]
+        head, _, tail = template.partition(run.token)
+        if head.strip("\r\n"):
+            return None
+        if not tail.strip("\r\n"):
+            decoded_size = run.chars // 4 * 3 - run.padding
+            return decoded_size if size_only else binascii.a2b_base64(run.text)
+        if run.padding:
+            return None   # data after the padding: the stdlib's lenient path decides
+        rest = email.message.Message()
+        rest["Content-Transfer-Encoding"] = "base64"
+        rest.set_payload(tail)
+        got = rest.get_payload(decode=True)
+        if not isinstance(got, bytes):
+            return None
+        value: bytes = got
+        for defect in rest.defects:
+            self.policy.handle_defect(self, defect)
+        if any(isinstance(d, email.errors.InvalidBase64LengthDefect) for d in rest.defects):
+            # Undecodable: the stdlib hands back the joined base64 text itself.
+            if size_only:
+                return run.chars + len(value)
+            joined: bytes = _BASE64_LINE_BREAKS.sub(b"", run.text)
+            return joined + value
+        if size_only:
+            return run.chars // 4 * 3 + len(value)
+        decoded: bytes = binascii.a2b_base64(run.text)
+        return decoded + value
+
+
+def _known_size(part: email.message.Message) -> int | None:
+    """The decoded size of a leaf part's payload when its encoded form tells it without
+    decoding (base64); None otherwise."""
+    if isinstance(part, _HollowPart):
+        return part.decoded_size()
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if cte != "base64" or part.is_multipart():
+        return None
+    payload = part.get_payload()   # the encoded text, not decoded: no copy of the data
+    if not isinstance(payload, str):
+        return None
+    characters = len(payload) - sum(payload.count(c) for c in " \t\r\n")
+    padding = 0
+    for char in reversed(payload):   # the "=" at the end, past any trailing white space
+        if char == "=":
+            padding += 1
+        elif char not in " \t\r\n":
+            break
+    return max(0, characters * 3 // 4 - min(padding, 2))
 
 
 # --- the parse ---------------------------------------------------------------
@@ -717,35 +948,33 @@ def _first_raw_header(message: email.message.Message, name: str) -> str | None:
     return None
 
 
-def parse_email(raw: bytes) -> ParsedEmail:
-    """Parse one raw message; see the module docstring for what may raise."""
+def parse_email(raw: bytes, *, max_attachment_bytes: int | None = None) -> ParsedEmail:
+    """Parse one raw message; see the module docstring for what may raise.
+
+    With ``max_attachment_bytes``, an attachment whose decoded size is known from its
+    encoded form to be larger is not decoded: it comes with an empty ``payload``, its
+    ``size`` and ``too_large`` set.
+    """
     raw = bytes(raw)
-    if not raw.strip():
+    if not raw or raw.isspace():   # (strip() would copy a large message)
         raise UnparseableEmail("empty message")
 
     defects: list[str] = []
+    try:
+        message = _parse_mime(raw)
+    except RecursionError as exc:
+        raise UnparseableEmail("MIME structure nested too deeply") from exc
     header_source: Any
     try:
-        header_source = mailparser.parse_from_bytes(raw)
-        message = header_source.message
-    except MailParserRecursionError as exc:
-        raise UnparseableEmail("MIME structure nested too deeply") from exc
+        # mail-parser reads the header side only: its own MIME walk would decode (and
+        # base64-encode again) every attachment, which this module does itself.
+        header_source = mailparser.MailParser(_headers_only(message))
     except Exception as exc:  # noqa: BLE001 - a mail-parser bug must not lose the email
-        defects.append(f"mail-parser failed ({type(exc).__name__}: {exc}); headers read alone")
-        try:
-            message = email.message_from_bytes(raw)
-        except RecursionError as nested:
-            raise UnparseableEmail("MIME structure nested too deeply") from nested
-        try:
-            # The failures seen are in mail-parser's MIME walk; its header
-            # logic (addresses, dates) still works on the headers alone.
-            header_source = mailparser.MailParser(_headers_only(message))
-        except Exception as again:  # noqa: BLE001 - then no addresses or date
-            defects.append(f"mail-parser failed on the headers too ({type(again).__name__})")
-            header_source = None
-        defects += _stdlib_defects(message)
+        defects.append(f"mail-parser failed on the headers ({type(exc).__name__}: {exc})")
+        header_source = None
     else:
         defects += _mail_parser_defects(header_source)
+    defects += _stdlib_defects(message)
 
     if len(message.keys()) == 0:
         if _looks_binary(raw):
@@ -767,7 +996,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
     )
     from_addresses = _addresses(from_pairs)
 
-    walk = _walk(message, hints)
+    walk = _walk(message, hints, max_attachment_bytes)
     defects += walk.defects
     html = "\n".join(walk.html) if walk.html else None
     text = "\n".join(walk.plain)
@@ -789,7 +1018,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         html=html,
         attachments=walk.attachments,
         headers=headers,
-        defects=defects,
+        defects=[_storable(d) for d in defects],   # they quote the damaged input
         message=message,
     )
 

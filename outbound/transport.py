@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from postdesk.workflow.rules.errors import PermanentError, TransientError
 
-class TemporaryFailure(Exception):
+
+class TemporaryFailure(TransientError):
     """Try again later (4xx, connection trouble)."""
 
 
-class PermanentFailure(Exception):
+class PermanentFailure(PermanentError):
     """Never try again (5xx for every recipient)."""
 
 

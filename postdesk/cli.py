@@ -1,4 +1,4 @@
-"""The ``postdesk`` command (CONTRACT.md). Errors a user can meet print one clear message
+"""The ``postdesk`` command (docs/reference.md). Errors a user can meet print one clear message
 and exit non-zero; tracebacks are for bugs only."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
+from postdesk.workflow.rules.errors import UserError
 
 if TYPE_CHECKING:
     # Imported where used at run time: `config check` and `sla due` must start without
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-
-
-class UserError(Exception):
-    """A mistake the user can fix; printed without a traceback."""
 
 
 def _print_json(data: Any) -> None:
@@ -589,14 +586,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OperationalError as exc:
         print(f"postdesk: cannot use the database: {exc.orig}", file=sys.stderr)
         return EXIT_FAILURE
-    except ValueError as exc:
-        from postdesk.storage.db import DatabaseUrlError
-        from postdesk.workflow.tasks.broker import BrokerUrlError
-
-        if isinstance(exc, DatabaseUrlError | BrokerUrlError):
-            print(f"postdesk: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
     except KeyboardInterrupt:
         return 130
 

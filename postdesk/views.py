@@ -1,4 +1,4 @@
-"""The JSON shapes of CONTRACT.md (tickets, outbox, quarantine)."""
+"""The JSON shapes of docs/reference.md (tickets, outbox, quarantine)."""
 
 from __future__ import annotations
 

@@ -16,10 +16,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
+from postdesk.workflow.rules.errors import UserError
+
 READ_ONLY = "postdesk_read_only"
 
 
-class DatabaseUrlError(ValueError):
+class DatabaseUrlError(UserError, ValueError):
     pass
 
 

@@ -4,14 +4,24 @@ member removed from the config is marked inactive, keeping history intact."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+import threading
+import weakref
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Engine, event, inspect, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from postdesk.storage.models import Contact, Org, Staff
 from postdesk.workflow.rules.config import Config
 
 
 def sync_from_config(session: Session, config: Config) -> None:
+    # The cached org/staff rows are stale from here on, and again once this commits
+    # (another thread may have cached the old rows in between).
+    forget_cached_rows()
+    event.listen(session, "after_commit", _forget_after_commit, once=True)
     orgs = {o.slug: o for o in session.scalars(select(Org))}
     for org_cfg in config.orgs:
         org = orgs.get(org_cfg.slug)
@@ -49,19 +59,107 @@ def sync_from_config(session: Session, config: Config) -> None:
             member.active = False
 
 
+# --- look-ups -----------------------------------------------------------------------------
+# Org and staff rows change only in ``sync_from_config``, from this process's own config:
+# they are cached per process (and per database: one per engine), as detached copies that
+# each session takes with ``merge(load=False)`` — no SQL, and a session's changes to its
+# copy never reach the cache. ``sync_from_config`` empties the cache.
+
+_T = TypeVar("_T", Org, Staff)
+
+
+class _Rows:
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[type, str, object], Any] = {}
+
+
+_CACHES: weakref.WeakKeyDictionary[Engine, _Rows] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
+
+
+def _rows(session: Session) -> _Rows | None:
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else getattr(bind, "engine", None)
+    if not isinstance(engine, Engine):
+        return None
+    with _CACHES_LOCK:
+        rows = _CACHES.get(engine)
+        if rows is None:
+            rows = _CACHES[engine] = _Rows()
+    return rows
+
+
+def forget_cached_rows() -> None:
+    """Empty the org/staff cache (every database): the directory was just re-synced."""
+    with _CACHES_LOCK:
+        _CACHES.clear()
+
+
+def _forget_after_commit(session: Session) -> None:
+    forget_cached_rows()
+
+
+def _detached_copy(row: _T) -> _T:
+    mapper = inspect(type(row))
+    copy = type(row)(**{c.key: getattr(row, c.key) for c in mapper.column_attrs})
+    make_transient_to_detached(copy)
+    return copy
+
+
+def _cached(session: Session, model: type[_T], column: str, value: object) -> _T | None:
+    rows = _rows(session)
+    key = (model, column, value)
+    hit = rows.by_key.get(key) if rows is not None else None
+    if hit is not None:
+        present = session.identity_map.get(inspect(hit).key)
+        if present is not None:
+            return cast(_T, present)
+        # merge(load=False): into this session as it was cached, without a query.
+        return cast(_T, session.merge(hit, load=False))
+    with session.no_autoflush:
+        row = session.scalar(select(model).where(getattr(model, column) == value))
+    if row is not None and rows is not None and not session.is_modified(row):
+        copy = _detached_copy(row)
+        rows.by_key[key] = copy
+        rows.by_key[(model, "id", row.id)] = copy
+    return row
+
+
 def org_by_slug(session: Session, slug: str) -> Org | None:
-    return session.scalar(select(Org).where(Org.slug == slug))
+    return _cached(session, Org, "slug", slug)
+
+
+def org_by_id(session: Session, org_id: int) -> Org | None:
+    return _cached(session, Org, "id", org_id)
 
 
 def staff_by_email(session: Session, email: str) -> Staff | None:
-    return session.scalar(select(Staff).where(Staff.email == email.lower()))
+    return _cached(session, Staff, "email", email.lower())
 
 
-def contact_for(session: Session, email: str, org: Org, name: str = "") -> Contact:
-    """The contact row for an address, created on first contact for domain members."""
-    row = session.scalar(select(Contact).where(Contact.email == email))
-    if row is None:
-        row = Contact(email=email, org_id=org.id, name=name)
-        session.add(row)
-        session.flush()
-    return row
+def staff_by_id(session: Session, staff_id: int) -> Staff | None:
+    return _cached(session, Staff, "id", staff_id)
+
+
+_ENSURE_CONTACT = {
+    "postgresql": pg_insert(Contact).on_conflict_do_nothing(index_elements=["email"]),
+    "sqlite": sqlite_insert(Contact).on_conflict_do_nothing(index_elements=["email"]),
+}
+
+
+def ensure_contact(session: Session, email: str, org: Org, name: str = "") -> None:
+    """The contact row for an address exists: created on first contact for domain
+    members, in one statement on the session's connection (``INSERT ... ON CONFLICT DO
+    NOTHING``: a concurrent first email from the same address neither fails nor
+    duplicates it). Nothing pending in the session is flushed."""
+    values = {"email": email, "org_id": org.id, "name": name, "can_approve": False,
+              "listed": False, "hard_bounces": 0}
+    connection = session.connection()
+    statement = _ENSURE_CONTACT.get(connection.dialect.name)
+    if statement is not None:
+        connection.execute(statement, values)
+        return
+    with session.no_autoflush:
+        found = session.scalar(select(Contact.id).where(Contact.email == email))
+    if found is None:
+        session.add(Contact(**values))

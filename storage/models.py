@@ -66,11 +66,14 @@ class Bounded(TypeDecorator[str]):
     impl = String
     cache_ok = True
 
+    def __init__(self, length: int):
+        super().__init__(length)
+        self.length = length
+
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
-        length = self.impl.length  # type: ignore[attr-defined]
-        if value is None or length is None or len(value) <= length:
+        if value is None or len(value) <= self.length:
             return value
-        return value[:length]
+        return value[:self.length]
 
 
 class Base(DeclarativeBase):

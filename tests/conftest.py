@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import smtplib
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -9,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import select
 
 from postdesk.app import App
@@ -17,7 +20,14 @@ from postdesk.storage.models import Outbox, RawMessage, Ticket
 from postdesk.views import outbox_json, raw_json, ticket_json, ticket_list_query
 from postdesk.workflow.rules.clock import Clock
 from postdesk.workflow.rules.config import Config, parse_config
-from tests.support import backend, config_text, free_port, wait_for
+from tests.support import (
+    HYPOTHESIS_PROFILE_ENV,
+    backend,
+    backend_param,
+    config_text,
+    free_port,
+    wait_for,
+)
 
 # The Dovecot fixture lives in its own plugin module.
 _DOVECOT_PLUGIN = Path(__file__).parent / "conftest_dovecot.py"
@@ -26,6 +36,23 @@ pytest_plugins = ["tests.conftest_dovecot"] if _DOVECOT_PLUGIN.exists() else []
 logging.getLogger("mailparser").setLevel(logging.WARNING)
 
 BACKENDS = ["sqlite", "postgres-redis", "postgres-rabbitmq"]
+
+# Hypothesis profiles. "ci" keeps every property at the example count it declares; "fast"
+# runs a tenth of them. Properties that set their own count scale it with
+# tests.support.examples(). Chosen in pytest_configure.
+settings.register_profile("ci", max_examples=100)
+settings.register_profile("fast", max_examples=10)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load a Hypothesis profile: POSTDESK_HYPOTHESIS_PROFILE when set; otherwise "fast"
+    for the fast tier (``-m "not services and not slow"``: any run that leaves out the slow
+    tests) and "ci" for every other run, the full suite in CI included."""
+    profile = os.environ.get(HYPOTHESIS_PROFILE_ENV)
+    if not profile:
+        fast_tier = re.search(r"\bnot\s+slow\b", config.getoption("markexpr") or "")
+        profile = "fast" if fast_tier else "ci"
+    settings.load_profile(profile)
 
 
 class Desk:
@@ -89,7 +116,7 @@ class Desk:
                 Outbox.status.in_(("draft", "queued", "sending"))).limit(1))
         return pending is None and unsent is None
 
-    def wait_settled(self, timeout: float = 15.0) -> None:
+    def wait_settled(self, timeout: float = 30.0) -> None:
         wait_for(self.settled, timeout, what="all mail processed and sent")
 
 
@@ -117,11 +144,12 @@ def stop_desk(desk: Desk) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests using ``make_desk`` run on every backend, or on those a
     ``@pytest.mark.backends(...)`` marker names (to keep CI time in hand: RabbitMQ adds
-    nothing to a test about staff commands that Redis has not shown)."""
+    nothing to a test about staff commands that Redis has not shown). Every backend but
+    SQLite is marked ``services``."""
     if "backend_kind" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("backends")
         kinds = list(marker.args) if marker else BACKENDS
-        metafunc.parametrize("backend_kind", kinds)
+        metafunc.parametrize("backend_kind", [backend_param(kind) for kind in kinds])
 
 
 @pytest.fixture

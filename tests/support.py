@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 REQUIRE_SERVICES = os.environ.get("POSTDESK_REQUIRE_SERVICES") == "1"
+HYPOTHESIS_PROFILE_ENV = "POSTDESK_HYPOTHESIS_PROFILE"
 
 BASE_CONFIG = """
 [desk]
@@ -130,6 +132,19 @@ def service_or_skip(var: str, what: str) -> str:
     if REQUIRE_SERVICES:
         pytest.fail(f"{var} is not set but POSTDESK_REQUIRE_SERVICES=1: {what} is required")
     pytest.skip(f"{var} not set: {what} tests skipped")
+
+
+def backend_param(kind: str) -> Any:
+    """A backend kind as a pytest parameter: all but SQLite+StubBroker need real servers,
+    so they carry the ``services`` marker (``-m "not services"`` leaves them out)."""
+    return pytest.param(kind, marks=() if kind == "sqlite" else pytest.mark.services, id=kind)
+
+
+def examples(ci: int) -> int:
+    """``max_examples`` for a property that runs more examples than Hypothesis' default:
+    ``ci`` under the "ci" profile, scaled down like every property under "fast" (see the
+    profiles in tests/conftest.py)."""
+    return max(1, ci * settings.default.max_examples // 100)
 
 
 @dataclass

@@ -44,7 +44,7 @@ def balance(
 
 
 def test_base_plan_rollover_cap_and_overuse_over_a_year_end() -> None:
-    # 2h a month, rollover capped at 4h (the "base" plan of CONTRACT.md).
+    # 2h a month, rollover capped at 4h (the "base" plan of docs/reference.md).
     balances = month_balances(
         monthly_allowance=2 * H,
         rollover_cap=4 * H,

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import backend, config_text, free_port, make_email, wait_for
+from tests.support import backend, backend_param, config_text, free_port, make_email, wait_for
+
+# `postdesk serve` subprocesses, a SIGKILL and a restart: slow.
+pytestmark = pytest.mark.slow
 
 POSTDESK = [sys.executable, "-m", "postdesk.cli"]
 BURST = 40
@@ -42,7 +45,7 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres-redis"])
+@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
 def test_sigkill_mid_burst_then_restart_is_exactly_once(kind: str, tmp_path: Path) -> None:
     with backend(kind, tmp_path) as be:
         port = free_port()

@@ -25,6 +25,10 @@ from tests.conftest_dovecot import (
     require_dovecot,
 )
 from tests.dovecot import DovecotError, DovecotServer, port_accepts
+from tests.support import wait_for
+
+# Real Dovecot servers started, restarted and filled: the whole module is slow.
+pytestmark = pytest.mark.slow
 
 USER = "support@desk.example"
 
@@ -92,12 +96,12 @@ def test_append_then_fetch_over_imap(dovecot: DovecotServer) -> None:
     assert b"\\Seen" not in data[1][b"FLAGS"]
 
 
-def test_wrong_password_is_rejected_quickly(dovecot: DovecotServer) -> None:
+def test_wrong_password_is_rejected_without_a_delay(dovecot: DovecotServer) -> None:
+    # Dovecot's default holds a failed login for 2 s; the login-failure tests need none.
+    assert "\nauth_failure_delay = 0\n" in dovecot.config_path.read_text()
     conn = imapclient.IMAPClient(dovecot.host, port=dovecot.port, ssl=False, timeout=10)
-    started = time.monotonic()
     with pytest.raises(LoginError):
         conn.login(USER, "wrong")
-    assert time.monotonic() - started < 1.0  # auth_failure_delay = 0
     conn.shutdown()
 
 
@@ -155,13 +159,11 @@ def test_stop_closes_port_and_ends_processes(dovecot: DovecotServer) -> None:
     print(f"\nstop took {elapsed:.2f} s")
 
 
-def test_start_time(second_server: DovecotServer) -> None:
-    started = time.monotonic()
+def test_start_returns_once_a_login_succeeds(second_server: DovecotServer) -> None:
     second_server.start()
-    elapsed = time.monotonic() - started
     assert second_server.running
-    assert elapsed < 15
-    print(f"\nstart (to first successful LOGIN) took {elapsed * 1000:.0f} ms")
+    with second_server.client() as conn:
+        assert conn.select_folder("INBOX")[b"EXISTS"] == 0
 
 
 def test_two_servers_run_side_by_side(dovecot: DovecotServer, second_server: DovecotServer) -> None:
@@ -245,19 +247,16 @@ def test_idle_sees_message_appended_from_another_connection(dovecot: DovecotServ
         watcher.select_folder("INBOX")
         watcher.idle()
         try:
-            appended_at = time.monotonic()
             threading.Thread(target=dovecot.append, args=(make_message(1),)).start()
-            deadline = appended_at + 2.0
-            seen: list[tuple[object, ...]] = []
-            while time.monotonic() < deadline and not seen:
-                responses = watcher.idle_check(timeout=max(0.0, deadline - time.monotonic()))
-                seen = [r for r in responses if len(r) > 1 and r[1] == b"EXISTS"]
-            latency = time.monotonic() - appended_at
+
+            def exists() -> list[tuple[object, ...]]:
+                return [r for r in watcher.idle_check(timeout=1)
+                        if len(r) > 1 and r[1] == b"EXISTS"]
+
+            seen = wait_for(exists, 30, interval=0, what="EXISTS announced during IDLE")
         finally:
             watcher.idle_done()
-    assert seen, "no EXISTS within 2 s of the APPEND"
     assert seen[0][0] == 1
-    print(f"\nIDLE saw the new message after {latency * 1000:.0f} ms")
 
 
 # --------------------------------------------------------------------------- bulk append

@@ -38,7 +38,7 @@ def vacation_reply(to_email: dict, sender: str = "alice@client.example") -> Emai
                       headers={"Auto-Submitted": "auto-replied", "X-Autoreply": "yes"})
 
 
-def test_out_of_office_reply_is_recorded_and_never_answered(make_desk):  # type: ignore[no-untyped-def]
+def test_out_of_office_reply_is_recorded_and_never_answered(make_desk):
     desk = make_desk()
     desk.send(make_email(subject="Broken form"))
     desk.wait_settled()
@@ -54,7 +54,7 @@ def test_out_of_office_reply_is_recorded_and_never_answered(make_desk):  # type:
     assert len(desk.tickets()) == 1
 
 
-def test_vacation_responder_and_postdesk_stop_after_one_each(make_desk):  # type: ignore[no-untyped-def]
+def test_vacation_responder_and_postdesk_stop_after_one_each(make_desk):
     """A responder that answers everything, even our automatic mail: one email each way."""
     desk = make_desk()
     desk.send(make_email(subject="Help", sender="carol@client.example"))
@@ -92,7 +92,7 @@ def dsn_for(outbox_row: dict, raw_sent: bytes) -> bytes:
         "--B--\r\n").encode()
 
 
-def test_dsn_marks_outbox_bounced_and_makes_no_ticket(make_desk):  # type: ignore[no-untyped-def]
+def test_dsn_marks_outbox_bounced_and_makes_no_ticket(make_desk):
     desk = make_desk()
     desk.send(make_email(subject="Please call me", sender="gone@client.example"))
     desk.wait_settled()
@@ -124,7 +124,7 @@ def _signed(msg: EmailMessage) -> bytes:
                      include_headers=[b"from", b"to", b"subject", b"message-id", b"date"]) + raw
 
 
-def test_require_dkim_quarantines_forgery_and_accepts_signed_mail(make_desk):  # type: ignore[no-untyped-def]
+def test_require_dkim_quarantines_forgery_and_accepts_signed_mail(make_desk):
     desk = make_desk(extra=DKIM_ORG)
     desk.app.dkim_dns = _dkim_dns
     forged = make_email(sender="ceo@client.example.org", subject="Wire the money SECURE-URGENT")
@@ -145,7 +145,7 @@ def test_require_dkim_quarantines_forgery_and_accepts_signed_mail(make_desk):  #
     assert ticket["priority"] == "P1"          # authenticated contact: keyword honoured
 
 
-def test_trusted_authentication_results_header_is_accepted(make_desk):  # type: ignore[no-untyped-def]
+def test_trusted_authentication_results_header_is_accepted(make_desk):
     desk = make_desk(extra=DKIM_ORG, desk_extra='trusted_authserv_ids = ["mx.desk.example"]')
     ok = make_email(sender="ceo@client.example.org", subject="Via our MX", headers={
         "Authentication-Results": "mx.desk.example; dkim=pass header.d=client.example.org; "
@@ -160,7 +160,8 @@ def test_trusted_authentication_results_header_is_accepted(make_desk):  # type: 
         ["unauthenticated"]
 
 
-def test_flood_of_200_messages_is_throttled(make_desk):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_flood_of_200_messages_is_throttled(make_desk):
     desk = make_desk()
     for i in range(200):
         desk.send(make_email(sender="bot@client.example", subject=f"Alert #{i}"))
@@ -172,7 +173,7 @@ def test_flood_of_200_messages_is_throttled(make_desk):  # type: ignore[no-untyp
     assert len([o for o in to_bot if o["status"] != "suppressed"]) <= 5
 
 
-def test_header_injection_in_subject_and_name_is_neutralised(make_desk):  # type: ignore[no-untyped-def]
+def test_header_injection_in_subject_and_name_is_neutralised(make_desk):
     desk = make_desk()
     raw = (b"From: =?utf-8?q?Eve=0D=0ABcc=3A_victim=40else=2Eexample?= <eve@client.example>\r\n"
            b"To: support@desk.example\r\n"
@@ -190,7 +191,7 @@ def test_header_injection_in_subject_and_name_is_neutralised(make_desk):  # type
     assert "<script>" not in html
 
 
-def test_quarantine_release_and_drop(make_desk):  # type: ignore[no-untyped-def]
+def test_quarantine_release_and_drop(make_desk):
     desk = make_desk()
     desk.send(make_email(sender="newclient@prospect.example", subject="Can you help?"))
     desk.send(make_email(sender="spam@spam.example", subject="Cheap pills"))
@@ -211,7 +212,7 @@ def test_quarantine_release_and_drop(make_desk):  # type: ignore[no-untyped-def]
         release(desk.app.services, desk.app.dispatch, second["id"])
 
 
-def test_no_notice_to_automatic_mail_from_unknown_senders(make_desk):  # type: ignore[no-untyped-def]
+def test_no_notice_to_automatic_mail_from_unknown_senders(make_desk):
     desk = make_desk()
     desk.send(make_email(sender="noreply@newsletter.example", subject="Weekly news",
                          headers={"Precedence": "bulk", "List-Id": "<news.newsletter.example>"}))
@@ -221,7 +222,7 @@ def test_no_notice_to_automatic_mail_from_unknown_senders(make_desk):  # type: i
     assert raw["reason"] == "auto_reply"
 
 
-def test_attachments_kept_cleaned_and_limited(make_desk):  # type: ignore[no-untyped-def]
+def test_attachments_kept_cleaned_and_limited(make_desk):
     desk = make_desk(desk_extra="max_attachment_bytes = 10000")
     msg = make_email(subject="Screenshots attached")
     msg.add_alternative("<p>See <img src=\"cid:shot1\"> <script>alert(1)</script></p>",
@@ -251,7 +252,7 @@ def test_attachments_kept_cleaned_and_limited(make_desk):  # type: ignore[no-unt
     assert "<script>" not in html and "cid:shot1" in html
 
 
-def test_commands_from_clients_are_never_executed(make_desk):  # type: ignore[no-untyped-def]
+def test_commands_from_clients_are_never_executed(make_desk):
     desk = make_desk()
     desk.send(make_email(subject="Hello", body="#status resolved\n#priority P1\nPlease help."))
     desk.wait_settled()
@@ -259,7 +260,7 @@ def test_commands_from_clients_are_never_executed(make_desk):  # type: ignore[no
     assert ticket["status"] == "new" and ticket["priority"] == "P3"
 
 
-def test_contact_flagged_after_repeated_hard_bounces(make_desk):  # type: ignore[no-untyped-def]
+def test_contact_flagged_after_repeated_hard_bounces(make_desk):
     from postdesk.storage.models import Contact
 
     desk = make_desk()

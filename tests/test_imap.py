@@ -148,18 +148,19 @@ def test_token_source_caches_until_shortly_before_expiry(tmp_path: Path) -> None
 
 
 # --- the poller against Dovecot -----------------------------------------------------------
+# Everything from here on runs a real Dovecot (and some a `postdesk imap` subprocess): slow.
 
-def test_new_mail_during_idle_becomes_a_ticket_within_2s(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
-    # A 60 s poll interval: only IDLE can explain a pickup within 2 s.
-    desk = make_desk(extra=imap_toml(dovecot, poll="60s"))
+@pytest.mark.slow
+def test_new_mail_during_idle_becomes_a_ticket_before_the_next_poll(make_desk, dovecot,
+                                                                     imap_pw):
+    # A one-hour poll interval (and IDLE re-issued only every 25 minutes): only IDLE can
+    # explain a pickup within the wait below.
+    desk = make_desk(extra=imap_toml(dovecot, poll="1h"))
     with running(poller_for(desk)) as poller:
-        wait_for(poller.waiting.is_set, 10, what="poller idling")
+        wait_for(poller.waiting.is_set, 30, what="poller idling")
         time.sleep(0.2)   # inside IDLE, not between the sync and IDLE
-        started = time.monotonic()
         dovecot.append(make_email(subject="Printer on fire").as_bytes())
-        wait_for(lambda: desk.tickets(), 2.0, interval=0.02, what="ticket from IDLE")
-        elapsed = time.monotonic() - started
-    assert elapsed < 2.0
+        wait_for(lambda: desk.tickets(), 60, what="ticket from IDLE")
     [ticket] = desk.tickets()
     assert ticket["subject"] == "Printer on fire"
     assert dovecot.uids("INBOX") == []
@@ -168,16 +169,18 @@ def test_new_mail_during_idle_becomes_a_ticket_within_2s(make_desk, dovecot, ima
     assert raw["source"] == "imap:inbox"
 
 
-def test_idle_is_reissued_every_idle_timeout(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_idle_is_reissued_every_idle_timeout(make_desk, dovecot, imap_pw, caplog):
     caplog.set_level(logging.DEBUG, logger="imapclient.imapclient")   # logs each "< DONE"
     desk = make_desk(extra=imap_toml(dovecot, poll="60s", extra='idle_timeout = "1s"\n'))
     with running(poller_for(desk)):
-        wait_for(lambda: caplog.text.count("< DONE") >= 3, 10, what="three IDLE cycles")
+        wait_for(lambda: caplog.text.count("< DONE") >= 3, 30, what="three IDLE cycles")
         dovecot.append(make_email(subject="Still listening").as_bytes())
-        wait_for(lambda: desk.tickets(), 5, what="mail after the re-issues")
+        wait_for(lambda: desk.tickets(), 30, what="mail after the re-issues")
 
 
-def test_same_email_by_smtp_and_imap_is_one_ticket_message(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_same_email_by_smtp_and_imap_is_one_ticket_message(make_desk, dovecot, imap_pw):
     desk = make_desk(extra=imap_toml(dovecot))
     poller = poller_for(desk)
     first, second = make_email(subject="Two doors A"), make_email(subject="Two doors B")
@@ -204,7 +207,8 @@ def test_same_email_by_smtp_and_imap_is_one_ticket_message(make_desk, dovecot, i
     assert len([o for o in desk.outbox() if o["template"] == "acknowledgement"]) == 2
 
 
-def test_restarted_dovecot_mid_batch_and_while_idle(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_restarted_dovecot_mid_batch_and_while_idle(make_desk, dovecot, imap_pw, caplog):
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     h = history(300, tag="restart")
     dovecot.append_many(h.raws())
@@ -227,7 +231,8 @@ def test_restarted_dovecot_mid_batch_and_while_idle(make_desk, dovecot, imap_pw,
     assert inbound_messages(desk) == h.tickets + h.replies + 1
 
 
-def test_uidvalidity_change_rescans_without_duplicates_or_misses(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_uidvalidity_change_rescans_without_duplicates_or_misses(make_desk, dovecot, imap_pw,
                                                                 caplog):
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     # \Seen mode keeps processed mail in the folder: the hard case for a re-scan.
@@ -260,7 +265,7 @@ def test_uidvalidity_change_rescans_without_duplicates_or_misses(make_desk, dove
 
 
 @pytest.mark.slow
-def test_thousand_waiting_messages_exactly_once(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+def test_thousand_waiting_messages_exactly_once(make_desk, dovecot, imap_pw):
     h = history(1000, tag="k")
     dovecot.append_many(h.raws())
     desk = make_desk(extra=imap_toml(dovecot), workers=False)
@@ -331,7 +336,8 @@ def process_everything(desk: Any, timeout: float = 60) -> None:
     desk.wait_settled(timeout)
 
 
-def test_sigkill_between_commit_and_move_makes_no_duplicate(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_sigkill_between_commit_and_move_makes_no_duplicate(make_desk, dovecot, imap_pw,
                                                            tmp_path):
     extra = imap_toml(dovecot)
     desk = make_desk(extra=extra, workers=False)
@@ -368,7 +374,7 @@ def test_sigkill_between_commit_and_move_makes_no_duplicate(make_desk, dovecot, 
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_moment_of_a_thousand_then_restart(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+def test_sigkill_at_a_random_moment_of_a_thousand_then_restart(make_desk, dovecot, imap_pw,
                                                               tmp_path):
     seed = int(os.environ.get("PD_TEST_SEED", random.randrange(1 << 30)))
     kill_at = random.Random(seed).randint(1, 999)
@@ -409,7 +415,8 @@ def test_sigkill_at_a_random_moment_of_a_thousand_then_restart(make_desk, doveco
 
 # --- bad mail, bad logins -----------------------------------------------------------------
 
-def test_huge_and_unparseable_messages_do_not_stop_the_batch(make_desk, dovecot, imap_pw,  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_huge_and_unparseable_messages_do_not_stop_the_batch(make_desk, dovecot, imap_pw,
                                                             caplog):
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     desk = make_desk(extra=imap_toml(dovecot))      # smtp_in.max_message_bytes = 200,000
@@ -438,7 +445,8 @@ def test_huge_and_unparseable_messages_do_not_stop_the_batch(make_desk, dovecot,
     assert sum(n for k, n in statuses(desk).items() if k.startswith("q:")) == 1
 
 
-def test_message_the_server_cannot_read_is_skipped(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_message_the_server_cannot_read_is_skipped(make_desk, dovecot, imap_pw, caplog):
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     desk = make_desk(extra=imap_toml(dovecot))
     for subject in ("Readable A", "Unreadable", "Readable B"):
@@ -461,7 +469,8 @@ def test_message_the_server_cannot_read_is_skipped(make_desk, dovecot, imap_pw, 
     assert sorted(t["subject"] for t in desk.tickets()) == ["Readable A", "Readable B"]
 
 
-def test_missing_folder_is_a_clear_error_not_a_crash(make_desk, dovecot, imap_pw, caplog):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_missing_folder_is_a_clear_error_not_a_crash(make_desk, dovecot, imap_pw, caplog):
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     desk = make_desk(extra=imap_toml(dovecot, folder="Support"))
     with running(poller_for(desk, login_retry=0.2)) as poller:
@@ -515,7 +524,8 @@ def oauth_dovecot() -> Iterator[OAuthDovecot]:
     server.kill()
 
 
-def test_login_failure_is_logged_retried_and_alerted_once(make_desk, prompt_dovecot,  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_login_failure_is_logged_retried_and_alerted_once(make_desk, prompt_dovecot,
                                                          monkeypatch, caplog):
     dovecot = prompt_dovecot
     caplog.set_level(logging.INFO, logger="postdesk.imap")
@@ -544,7 +554,8 @@ def test_login_failure_is_logged_retried_and_alerted_once(make_desk, prompt_dove
     assert len([o for o in desk.outbox() if o["template"] == "imap_auth_alert"]) == 1
 
 
-def test_oauth2_token_refreshed_before_expiry_and_one_alert_when_refused(  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_oauth2_token_refreshed_before_expiry_and_one_alert_when_refused(
         make_desk, oauth_dovecot, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="postdesk.imap")
     token_file, runs = tmp_path / "token.json", tmp_path / "runs"
@@ -588,8 +599,9 @@ class TlsDovecot(DovecotServer):
                             f"    port = {self.imaps_port}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["starttls", "ssl"])
-def test_tls_and_starttls(make_desk, imap_pw, tmp_path, monkeypatch, mode):  # type: ignore[no-untyped-def]
+def test_tls_and_starttls(make_desk, imap_pw, tmp_path, monkeypatch, mode):
     require_dovecot()
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
@@ -613,7 +625,8 @@ def test_tls_and_starttls(make_desk, imap_pw, tmp_path, monkeypatch, mode):  # t
         server.kill()
 
 
-def test_copy_store_expunge_when_the_server_has_no_move(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_copy_store_expunge_when_the_server_has_no_move(make_desk, dovecot, imap_pw):
     desk = make_desk(extra=imap_toml(dovecot))
     for i in range(3):
         dovecot.append(make_email(subject=f"No MOVE {i}").as_bytes())
@@ -630,7 +643,8 @@ def test_copy_store_expunge_when_the_server_has_no_move(make_desk, dovecot, imap
     assert len(desk.tickets()) == 4
 
 
-def test_two_mailboxes_polled_at_once(make_desk, dovecot, imap_pw):  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_two_mailboxes_polled_at_once(make_desk, dovecot, imap_pw):
     with dovecot.client() as c:
         c.create_folder("Sales")
     extra = imap_toml(dovecot) + "\n" + imap_toml(dovecot, name="sales", folder="Sales")

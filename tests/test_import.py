@@ -36,7 +36,7 @@ def write_config(make_desk: Any, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_mbox_of_5000_messages_with_progress_and_exact_summary(tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_mbox_of_5000_messages_with_progress_and_exact_summary(tmp_path, capsys):
     h = history(5000, tag="mbox")
     raws = h.raws()
     # Five messages twice, byte for byte; three re-sent with the same Message-ID but new
@@ -84,7 +84,7 @@ def _config(path: Path) -> Any:
     return parse_config(path.read_text(), environ={})
 
 
-def test_every_input_counted_once_and_unreadable_ones_named(make_desk, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_every_input_counted_once_and_unreadable_ones_named(make_desk, tmp_path, capsys):
     desk = make_desk(smtp=False, workers=False)
     config = write_config(make_desk, tmp_path)
     emls = tmp_path / "emls"
@@ -114,7 +114,7 @@ def test_every_input_counted_once_and_unreadable_ones_named(make_desk, tmp_path,
     assert "not an mbox file" in err
 
 
-def test_maildir_import_and_rerun(make_desk, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_maildir_import_and_rerun(make_desk, tmp_path, capsys):
     desk = make_desk(smtp=False, workers=False)
     config = write_config(make_desk, tmp_path)
     h = history(40, tag="maildir")
@@ -131,7 +131,7 @@ def test_maildir_import_and_rerun(make_desk, tmp_path, capsys):  # type: ignore[
     assert len(desk.tickets()) == h.tickets
 
 
-def test_interrupted_import_processes_what_was_left_pending(make_desk, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_interrupted_import_processes_what_was_left_pending(make_desk, tmp_path, capsys):
     desk = make_desk(smtp=False, workers=False)
     config = write_config(make_desk, tmp_path)
     msg = make_email(subject="Half imported")
@@ -144,7 +144,7 @@ def test_interrupted_import_processes_what_was_left_pending(make_desk, tmp_path,
     assert [t["subject"] for t in desk.tickets()] == ["Half imported"]
 
 
-def test_notify_flag_acknowledges_like_live_mail(make_desk, tmp_path, capsys):  # type: ignore[no-untyped-def]
+def test_notify_flag_acknowledges_like_live_mail(make_desk, tmp_path, capsys):
     desk = make_desk(smtp=False, workers=False)
     config = write_config(make_desk, tmp_path)
     quiet, loud = tmp_path / "quiet.eml", tmp_path / "loud.eml"

@@ -12,10 +12,10 @@ from alembic.runtime.migration import MigrationContext
 from postdesk.storage.db import make_engine
 from postdesk.storage.migrate import upgrade
 from postdesk.storage.models import Base
-from tests.support import backend
+from tests.support import backend, backend_param
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres-redis"])
+@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
 def test_migrations_match_models(kind: str, tmp_path: Path) -> None:
     with backend(kind, tmp_path) as be:
         engine = make_engine(be.database_url)

@@ -69,7 +69,7 @@ CASES = [
 
 @pytest.mark.parametrize(("plan", "prio", "target", "start", "expected", "why"), CASES,
                          ids=[c[5] for c in CASES])
-def test_sla_due_matches_hand_computation(config_file, capsys, plan, prio, target, start,  # type: ignore[no-untyped-def]
+def test_sla_due_matches_hand_computation(config_file, capsys, plan, prio, target, start,
                                           expected, why):
     code = main(["sla", "due", "--config", str(config_file), "--plan", plan, "--priority", prio,
                  "--from", start, "--target", target, "--json"])
@@ -77,14 +77,14 @@ def test_sla_due_matches_hand_computation(config_file, capsys, plan, prio, targe
     assert json.loads(capsys.readouterr().out)["due"] == expected, why
 
 
-def test_absent_target_is_best_effort(config_file, capsys):  # type: ignore[no-untyped-def]
+def test_absent_target_is_best_effort(config_file, capsys):
     assert main(["sla", "due", "--config", str(config_file), "--plan", "base",
                  "--priority", "P3", "--from", "2026-11-23T09:00:00Z", "--target",
                  "resolution", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["due"] is None
 
 
-def test_bad_input_is_a_clear_error_not_a_traceback(config_file, capsys):  # type: ignore[no-untyped-def]
+def test_bad_input_is_a_clear_error_not_a_traceback(config_file, capsys):
     assert main(["sla", "due", "--config", str(config_file), "--plan", "gold", "--priority",
                  "P1", "--from", "2026-11-23T09:00:00Z"]) == 2
     assert "--plan: unknown plan 'gold'" in capsys.readouterr().err
@@ -93,7 +93,7 @@ def test_bad_input_is_a_clear_error_not_a_traceback(config_file, capsys):  # typ
     assert "--from: give a time zone" in capsys.readouterr().err
 
 
-def test_real_command_prints_plain_instant(config_file):  # type: ignore[no-untyped-def]
+def test_real_command_prints_plain_instant(config_file):
     out = subprocess.run(
         [sys.executable, "-m", "postdesk.cli", "sla", "due", "--config", str(config_file),
          "--plan", "base", "--priority", "P1", "--from", "2026-12-23T17:00:00Z"],

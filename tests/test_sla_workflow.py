@@ -23,7 +23,7 @@ MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)   # GMT: UTC == London
 pytestmark = pytest.mark.backends("sqlite", "postgres-redis")
 
 
-def staff_reply(desk, to_email: dict, body: str, sender: str = "dev1@agency.example"):  # type: ignore[no-untyped-def]
+def staff_reply(desk, to_email: dict, body: str, sender: str = "dev1@agency.example"):
     """A staff member answering a postdesk email from their mail client."""
     msg = make_email(sender=sender, subject=f"Re: {to_email['subject']}", body=body,
                      in_reply_to=to_email["message_id"], references=to_email["message_id"])
@@ -31,7 +31,7 @@ def staff_reply(desk, to_email: dict, body: str, sender: str = "dev1@agency.exam
     return msg
 
 
-def test_escalation_keyword_makes_p1_and_pages_rota_and_leads(make_desk):  # type: ignore[no-untyped-def]
+def test_escalation_keyword_makes_p1_and_pages_rota_and_leads(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock)
     desk.send(make_email(subject="CLIENTCO-URGENT checkout broken", body="Nobody can pay."))
@@ -47,7 +47,7 @@ def test_escalation_keyword_makes_p1_and_pages_rota_and_leads(make_desk):  # typ
     assert "Priority: P1" in raw
 
 
-def test_escalation_keyword_from_second_rota_week(make_desk):  # type: ignore[no-untyped-def]
+def test_escalation_keyword_from_second_rota_week(make_desk):
     clock = ManualClock(MONDAY_10 + timedelta(days=7))
     desk = make_desk(clock=clock)
     desk.send(make_email(subject="Site down", body="CLIENTCO-URGENT"))
@@ -58,7 +58,7 @@ def test_escalation_keyword_from_second_rota_week(make_desk):  # type: ignore[no
     assert [p["to"] for p in desk.outbox(template="p1_page")] == [["dev2@agency.example"]]
 
 
-def test_keyword_rule_raises_priority_on_later_email_never_lowers(make_desk):  # type: ignore[no-untyped-def]
+def test_keyword_rule_raises_priority_on_later_email_never_lowers(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock, extra=BASECO)
     first = make_email(sender="bob@base.example", subject="Question about invoices")
@@ -81,7 +81,7 @@ def test_keyword_rule_raises_priority_on_later_email_never_lowers(make_desk):  #
     assert desk.tickets()[0]["priority"] == "P2"
 
 
-def test_pending_moves_due_by_exactly_the_paused_business_time(make_desk):  # type: ignore[no-untyped-def]
+def test_pending_moves_due_by_exactly_the_paused_business_time(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock, extra=BASECO)
     desk.send(make_email(sender="bob@base.example", subject="Report export fails"))
@@ -108,12 +108,12 @@ def test_pending_moves_due_by_exactly_the_paused_business_time(make_desk):  # ty
     assert ticket["first_response_due"] == "2026-11-24T18:00:00Z"
 
 
-def _count(desk, model, *where) -> int:  # type: ignore[no-untyped-def]
+def _count(desk, model, *where) -> int:
     with desk.app.sessions() as s:
         return s.scalar(select(func.count()).select_from(model).where(*where))
 
 
-def test_breach_alerted_exactly_once_with_two_schedulers(make_desk):  # type: ignore[no-untyped-def]
+def test_breach_alerted_exactly_once_with_two_schedulers(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock)
     second = make_desk(clock=clock, smtp=False)   # another scheduler process, own workers
@@ -150,7 +150,7 @@ def test_breach_alerted_exactly_once_with_two_schedulers(make_desk):  # type: ig
     assert desk.tickets()[0]["breaches"] == ["first_response"]
 
 
-def test_first_public_reply_stops_first_response_clock(make_desk):  # type: ignore[no-untyped-def]
+def test_first_public_reply_stops_first_response_clock(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock, extra=BASECO)
     desk.send(make_email(sender="bob@base.example", subject="Where is my invoice?"))
@@ -170,7 +170,7 @@ def test_first_public_reply_stops_first_response_clock(make_desk):  # type: igno
     assert _count(desk, Event, Event.kind == "sla_breached") == 1   # next_update only
 
 
-def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):  # type: ignore[no-untyped-def]
+def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):
     from postdesk.workflow.desk.digest import due_digests
 
     clock = ManualClock(MONDAY_10)
@@ -196,7 +196,7 @@ def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):  # t
     assert "baseco  used 0h 00m of 2h 00m, remaining 2h 00m" in text
 
 
-def test_resolved_ticket_closes_after_quiet_days_and_client_reply_reopens(make_desk):  # type: ignore[no-untyped-def]
+def test_resolved_ticket_closes_after_quiet_days_and_client_reply_reopens(make_desk):
     from postdesk.scheduler import close_quiet_tickets
 
     clock = ManualClock(MONDAY_10)

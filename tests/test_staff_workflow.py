@@ -57,7 +57,7 @@ APPLE_QUOTE = """
 pytestmark = pytest.mark.backends("sqlite", "postgres-redis")
 
 
-def open_ticket(desk, sender="alice@client.example", subject="Checkout is broken"):  # type: ignore[no-untyped-def]
+def open_ticket(desk, sender="alice@client.example", subject="Checkout is broken"):
     client = make_email(sender=sender, subject=subject, body="Checkout is broken.")
     desk.send(client)
     desk.wait_settled()
@@ -65,7 +65,7 @@ def open_ticket(desk, sender="alice@client.example", subject="Checkout is broken
     return client, note
 
 
-def reply_from_staff(desk, note, body, sender="dev1@agency.example", mail_from=None,  # type: ignore[no-untyped-def]
+def reply_from_staff(desk, note, body, sender="dev1@agency.example", mail_from=None,
                      in_reply_to=None, rcpt=None):
     msg = make_email(sender=sender, subject=f"Re: {note['subject']}", body=body,
                      in_reply_to=in_reply_to or note["message_id"],
@@ -75,12 +75,12 @@ def reply_from_staff(desk, note, body, sender="dev1@agency.example", mail_from=N
     return msg
 
 
-def client_copy(desk) -> email.message.EmailMessage:  # type: ignore[no-untyped-def]
+def client_copy(desk) -> email.message.EmailMessage:
     [row] = desk.outbox(template="staff_reply")
     return email.message_from_bytes(desk.outbox_raw(row["id"]), policy=policy.default)
 
 
-def test_staff_reply_with_commands_reaches_client_stripped_and_threaded(make_desk):  # type: ignore[no-untyped-def]
+def test_staff_reply_with_commands_reaches_client_stripped_and_threaded(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock)
     client, note = open_ticket(desk)
@@ -110,7 +110,7 @@ def test_staff_reply_with_commands_reaches_client_stripped_and_threaded(make_des
         assert s.scalar(select(func.sum(TimeEntry.seconds))) == 30 * 60
 
 
-def test_outlook_and_apple_quotes_are_stripped(make_desk):  # type: ignore[no-untyped-def]
+def test_outlook_and_apple_quotes_are_stripped(make_desk):
     desk = make_desk()
     for n, quote in enumerate((OUTLOOK_QUOTE, OUTLOOK_FROM_SENT, APPLE_QUOTE)):
         _, note = open_ticket(desk, subject=f"Problem {n}")
@@ -125,7 +125,7 @@ def test_outlook_and_apple_quotes_are_stripped(make_desk):  # type: ignore[no-un
         assert "Original Message" not in text and "Sent:" not in text and "wrote:" not in text
 
 
-def test_internal_note_reaches_staff_view_only(make_desk):  # type: ignore[no-untyped-def]
+def test_internal_note_reaches_staff_view_only(make_desk):
     desk = make_desk()
     _, note = open_ticket(desk)
     reply_from_staff(desk, note, "#internal\nClient's server is out of disk, ask ops.")
@@ -135,7 +135,7 @@ def test_internal_note_reaches_staff_view_only(make_desk):  # type: ignore[no-un
     assert [m["text"] for m in internal] == ["Client's server is out of disk, ask ops."]
 
 
-def test_only_commands_send_nothing_to_client(make_desk):  # type: ignore[no-untyped-def]
+def test_only_commands_send_nothing_to_client(make_desk):
     desk = make_desk()
     _, note = open_ticket(desk)
     reply_from_staff(desk, note, "#assign dev2@agency.example\n#cc bob@client.example\n")
@@ -145,7 +145,7 @@ def test_only_commands_send_nothing_to_client(make_desk):  # type: ignore[no-unt
     assert ticket["cc"] == ["bob@client.example"]
 
 
-def test_bad_command_is_answered_to_staff_and_nothing_reaches_client(make_desk):  # type: ignore[no-untyped-def]
+def test_bad_command_is_answered_to_staff_and_nothing_reaches_client(make_desk):
     desk = make_desk()
     _, note = open_ticket(desk)
     reply_from_staff(desk, note, "#priority P7\n#prio P1\nFixed.")
@@ -157,7 +157,7 @@ def test_bad_command_is_answered_to_staff_and_nothing_reaches_client(make_desk):
     assert desk.tickets()[0]["priority"] == "P3"
 
 
-def test_forged_staff_replies_execute_nothing(make_desk):  # type: ignore[no-untyped-def]
+def test_forged_staff_replies_execute_nothing(make_desk):
     desk = make_desk()
     _, note = open_ticket(desk)
     # 1. Staff From header, but the envelope sender is a client's address.
@@ -174,7 +174,7 @@ def test_forged_staff_replies_execute_nothing(make_desk):  # type: ignore[no-unt
     assert reasons == ["unauthenticated", "unauthenticated"]
 
 
-def test_staff_email_never_makes_a_ticket_unless_it_names_a_client(make_desk):  # type: ignore[no-untyped-def]
+def test_staff_email_never_makes_a_ticket_unless_it_names_a_client(make_desk):
     # This desk cannot verify staff mail (no DKIM), so its operator accepts an exact
     # envelope for tickets opened on a client's behalf (the trust issue's opt-in).
     desk = make_desk(desk_extra="staff_unverified_on_behalf = true")
@@ -192,7 +192,7 @@ def test_staff_email_never_makes_a_ticket_unless_it_names_a_client(make_desk):  
     assert ticket["assignee"] == "dev1@agency.example"
 
 
-def test_followup_passing_without_update_alerts_lead_once(make_desk):  # type: ignore[no-untyped-def]
+def test_followup_passing_without_update_alerts_lead_once(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock)
     _, note = open_ticket(desk)
@@ -209,7 +209,7 @@ def test_followup_passing_without_update_alerts_lead_once(make_desk):  # type: i
                         .where(Event.kind == "followup_missed")) == 1
 
 
-def test_followup_met_by_public_update_raises_no_alert(make_desk):  # type: ignore[no-untyped-def]
+def test_followup_met_by_public_update_raises_no_alert(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock)
     _, note = open_ticket(desk)
@@ -221,7 +221,7 @@ def test_followup_met_by_public_update_raises_no_alert(make_desk):  # type: igno
     assert desk.outbox(template="followup_missed") == []
 
 
-def test_sign_off_only_from_an_approver(make_desk):  # type: ignore[no-untyped-def]
+def test_sign_off_only_from_an_approver(make_desk):
     desk = make_desk()
     _, note = open_ticket(desk)
     reply_from_staff(desk, note, "#status awaiting_signoff\nFix is on UAT, please approve.")
@@ -238,7 +238,7 @@ def test_sign_off_only_from_an_approver(make_desk):  # type: ignore[no-untyped-d
     assert desk.tickets()[0]["status"] == "resolved"
 
 
-def test_balance_after_two_months_with_rollover_and_cap(make_desk):  # type: ignore[no-untyped-def]
+def test_balance_after_two_months_with_rollover_and_cap(make_desk):
     """Base plan: 2h a month, rollover capped at 4h. October: 30m used -> 1h30 rolls
     over... computed month by month below."""
     clock = ManualClock(datetime(2026, 9, 7, 10, 0, tzinfo=UTC))
@@ -269,7 +269,7 @@ def test_balance_after_two_months_with_rollover_and_cap(make_desk):  # type: ign
     assert "PD-1  1h 45m  Retainer work" in text
 
 
-def test_rollover_cap_hit(make_desk):  # type: ignore[no-untyped-def]
+def test_rollover_cap_hit(make_desk):
     """Three idle months: 2h + 2h + 2h would be 6h, the cap keeps 4h."""
     clock = ManualClock(datetime(2026, 8, 3, 10, 0, tzinfo=UTC))
     desk = make_desk(clock=clock, extra=BASECO)
@@ -285,7 +285,7 @@ def test_rollover_cap_hit(make_desk):  # type: ignore[no-untyped-def]
     assert "Remaining:           6h 00m" in text
 
 
-def test_time_over_allowance_warns_lead_and_requester_once(make_desk):  # type: ignore[no-untyped-def]
+def test_time_over_allowance_warns_lead_and_requester_once(make_desk):
     clock = ManualClock(MONDAY_10)
     desk = make_desk(clock=clock, extra=BASECO)
     _, note = open_ticket(desk, sender="bob@base.example", subject="Big job")
@@ -297,7 +297,7 @@ def test_time_over_allowance_warns_lead_and_requester_once(make_desk):  # type: 
     assert warned == ["bob@base.example", "dev2@agency.example"]
 
 
-def test_staff_domain_with_dkim_runs_commands_only_from_signed_mail(make_desk):  # type: ignore[no-untyped-def]
+def test_staff_domain_with_dkim_runs_commands_only_from_signed_mail(make_desk):
     from email.policy import SMTP
     from pathlib import Path
 

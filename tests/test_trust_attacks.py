@@ -106,7 +106,7 @@ def quarantine_reasons(desk: Any) -> list[str | None]:
 
 @pytest.mark.parametrize("desk_extra", ["", "staff_require_dkim = true"],
                          ids=["default", "staff_require_dkim"])
-def test_a_forged_staff_email_opens_no_ticket_on_anyones_behalf(make_desk, desk_extra):  # type: ignore[no-untyped-def]
+def test_a_forged_staff_email_opens_no_ticket_on_anyones_behalf(make_desk, desk_extra):
     desk = new_desk(make_desk, desk_extra)
     subjects = ["Password reset for Org B", "Password reset for Org B, again"]
     for subject in subjects:
@@ -130,7 +130,7 @@ def test_a_forged_staff_email_opens_no_ticket_on_anyones_behalf(make_desk, desk_
     ("acknowledgement", "nobody@agency.example"),  # the staff domain, another address
     ("notification", "nobody@agency.example"),     # a real staff token, a wrong envelope
 ], ids=["ack-exact-envelope", "ack-same-domain-envelope", "notification-same-domain"])
-def test_a_client_cannot_run_staff_commands_on_their_own_ticket(make_desk, cite, envelope):  # type: ignore[no-untyped-def]
+def test_a_client_cannot_run_staff_commands_on_their_own_ticket(make_desk, cite, envelope):
     desk = new_desk(make_desk)
     client = open_ticket(desk)
     [ack] = desk.acks()
@@ -155,7 +155,7 @@ def test_a_client_cannot_run_staff_commands_on_their_own_ticket(make_desk, cite,
 
 # --- 3. a client of org A gets into org B's ticket ----------------------------------------
 
-def test_a_client_cannot_thread_into_another_orgs_ticket(make_desk):  # type: ignore[no-untyped-def]
+def test_a_client_cannot_thread_into_another_orgs_ticket(make_desk):
     desk = new_desk(make_desk)
     bob = open_ticket(desk, sender="bob@clientb.example", subject="Invoice export fails",
                       message_id="<invoice-1@clientb.example>")
@@ -183,7 +183,7 @@ def test_a_client_cannot_thread_into_another_orgs_ticket(make_desk):  # type: ig
     assert_reveals_nothing_to(desk, "alice@client.example", about="PD-1")
 
 
-def test_a_client_citing_another_orgs_acknowledgement_gets_a_ticket_of_their_own(make_desk):  # type: ignore[no-untyped-def]
+def test_a_client_citing_another_orgs_acknowledgement_gets_a_ticket_of_their_own(make_desk):
     """The same with our own signed Message-ID (org B's acknowledgement, forwarded to A)."""
     desk = new_desk(make_desk)
     open_ticket(desk, sender="bob@clientb.example", subject="Invoice export fails")
@@ -208,7 +208,7 @@ def assert_reveals_nothing_to(desk: Any, address: str, about: str) -> None:
 
 # --- the genuine paths still work ---------------------------------------------------------
 
-def test_a_clients_reply_citing_the_acknowledgement_still_threads_onto_their_own_ticket(  # type: ignore[no-untyped-def]
+def test_a_clients_reply_citing_the_acknowledgement_still_threads_onto_their_own_ticket(
         make_desk):
     desk = new_desk(make_desk)
     first = open_ticket(desk)
@@ -229,7 +229,7 @@ def reply_address(desk: Any, note: dict[str, Any]) -> str:
     return str(sent["Reply-To"].addresses[0].addr_spec)
 
 
-def test_a_genuine_staff_reply_to_the_notification_still_runs_commands(make_desk):  # type: ignore[no-untyped-def]
+def test_a_genuine_staff_reply_to_the_notification_still_runs_commands(make_desk):
     desk = new_desk(make_desk)
     open_ticket(desk)
     [note] = desk.outbox(template="staff_notification")
@@ -249,7 +249,7 @@ def test_a_genuine_staff_reply_to_the_notification_still_runs_commands(make_desk
     assert snapshot(desk)["time_logged"] == 30 * 60
 
 
-def test_with_staff_require_dkim_only_a_signed_staff_reply_runs_commands(make_desk):  # type: ignore[no-untyped-def]
+def test_with_staff_require_dkim_only_a_signed_staff_reply_runs_commands(make_desk):
     import dkim
 
     keys = Path(__file__).parent / "fixtures" / "dkim"
@@ -282,7 +282,7 @@ def test_with_staff_require_dkim_only_a_signed_staff_reply_runs_commands(make_de
     assert_staff_told_once(desk, about=f"Re: {note['subject']}")   # of the unsigned one
 
 
-def test_a_staff_email_naming_no_ticket_is_quarantined_no_ticket_and_its_author_told(  # type: ignore[no-untyped-def]
+def test_a_staff_email_naming_no_ticket_is_quarantined_no_ticket_and_its_author_told(
         make_desk):
     desk = new_desk(make_desk)
     desk.send(make_email(sender=STAFF, subject="Note to self", body="call the bank"),
@@ -295,7 +295,7 @@ def test_a_staff_email_naming_no_ticket_is_quarantined_no_ticket_and_its_author_
 
 # --- 4. release is not a pardon -----------------------------------------------------------
 
-def test_releasing_a_forged_staff_reply_never_runs_its_commands(make_desk):  # type: ignore[no-untyped-def]
+def test_releasing_a_forged_staff_reply_never_runs_its_commands(make_desk):
     desk = new_desk(make_desk, "staff_require_dkim = true")
     open_ticket(desk)
     [note] = desk.outbox(template="staff_notification")
@@ -322,7 +322,7 @@ def test_releasing_a_forged_staff_reply_never_runs_its_commands(make_desk):  # t
     assert "staff" not in outcome, outcome
 
 
-def test_quarantine_release_help_says_it_never_grants_staff_authority(capsys):  # type: ignore[no-untyped-def]
+def test_quarantine_release_help_says_it_never_grants_staff_authority(capsys):
     from postdesk.cli import main
 
     with pytest.raises(SystemExit) as done:
@@ -334,7 +334,7 @@ def test_quarantine_release_help_says_it_never_grants_staff_authority(capsys):  
 
 # --- 7. portable limits on stored fields --------------------------------------------------
 
-def test_a_300_character_display_name_has_the_same_outcome_on_every_database(make_desk):  # type: ignore[no-untyped-def]
+def test_a_300_character_display_name_has_the_same_outcome_on_every_database(make_desk):
     desk = new_desk(make_desk)
     msg = make_email(sender="alice@client.example", subject="S" * 1200)
     del msg["From"]
@@ -357,7 +357,7 @@ def test_a_300_character_display_name_has_the_same_outcome_on_every_database(mak
 
 @pytest.mark.parametrize("payload", ["{{ ''.__class__.__mro__ }}",
                                      "{{ cycler.__init__.__globals__ }}"])
-def test_an_override_that_reaches_for_python_internals_renders_nothing_of_them(  # type: ignore[no-untyped-def]
+def test_an_override_that_reaches_for_python_internals_renders_nothing_of_them(
         make_desk, payload):
     desk = new_desk(make_desk)
     overrides = Path(desk.config.desk.data_dir) / "templates"
@@ -374,3 +374,21 @@ def test_an_override_that_reaches_for_python_internals_renders_nothing_of_them( 
     problems = check_overrides(overrides)
     assert problems and all("acknowledgement.txt" in p for p in problems)
     assert any("sandbox violation" in p for p in problems)
+
+
+def test_config_check_names_a_broken_template_override(tmp_path: Path, capsys) -> None:
+    from postdesk.cli import main
+    from tests.support import Backend, config_text
+
+    data = tmp_path / "data"
+    overrides = data / "templates" / "orgs" / "clientco"
+    overrides.mkdir(parents=True)
+    (overrides / "acknowledgement.txt").write_text("{{ cycler.__init__.__globals__ }}")
+    config = tmp_path / "postdesk.toml"
+    be = Backend("sqlite", f"sqlite:///{tmp_path / 'pd.db'}", "stub://", "cfg")
+    config.write_text(config_text(be, data))
+    assert main(["config", "check", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(overrides / "acknowledgement.txt") in err and "sandbox violation" in err
+    (overrides / "acknowledgement.txt").write_text("Thanks, {{ requester_name }}: {{ ref }}")
+    assert main(["config", "check", "--config", str(config)]) == 0

@@ -13,24 +13,47 @@ Only ``queued`` rows are ever sent (``postdesk.outbound.sender``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from postdesk.mail.compose import OutgoingEmail, compose
 from postdesk.mail.tokens import make_message_id
 from postdesk.storage.db import read_only
+from postdesk.storage.directory import org_by_id
 from postdesk.storage.models import Message, Outbox, OutboxStatus, Ticket
 from postdesk.workflow.desk.services import Dispatch, Services
+from postdesk.workflow.desk.tickets import insert_now
 
 log = logging.getLogger("postdesk.outbox")
+
+
+# Built once (building a statement costs more than running it on SQLite).
+_DEDUPE = select(Outbox.id).where(Outbox.dedupe_key == bindparam("key"))
+_AUTOMATIC_SENT = select(
+    func.count(Outbox.id),
+    func.sum(case((Outbox.ticket_id == bindparam("ticket_id"), 1), else_=0)),
+).where(Outbox.automatic.is_(True), Outbox.created_at >= bindparam("since"),
+        # A draft counts unless it is itself going to be suppressed.
+        Outbox.status != OutboxStatus.SUPPRESSED, Outbox.recipient == bindparam("recipient"))
+_DRAFTS = select(Outbox).where(Outbox.id.in_(bindparam("ids", expanding=True)))
+_INSERT_MESSAGE = insert(Message)
+# Rendering is stored only if the draft is still as it was read (a racing renderer, the
+# worker or the sweeper, may have stored it first).
+_STILL_DRAFT = (Outbox.id == bindparam("outbox_id"), Outbox.status == bindparam("was"),
+                Outbox.raw.is_(None))
+_STORE_RENDERED = update(Outbox).where(*_STILL_DRAFT).values(
+    raw=bindparam("new_raw"), status=bindparam("new_status"), draft=None)
+_STORE_FAILED = update(Outbox).where(*_STILL_DRAFT).values(
+    status=bindparam("new_status"), last_error=bindparam("error"))
 
 
 class OutboxWriter:
@@ -41,6 +64,16 @@ class OutboxWriter:
         self.session, self.services = session, services
         self.now = now
         self.queued_ids: list[int] = []
+        # The drafts as written, with their tickets: once the session has committed,
+        # ``render_drafts(..., written=writer.written)`` renders them without reading
+        # them back.
+        self.written: list[tuple[Outbox, Ticket | None]] = []
+
+    def forget(self, count: int) -> None:
+        """Drop the drafts queued after the first ``count`` (their savepoint was rolled
+        back)."""
+        del self.queued_ids[count:]
+        del self.written[count:]
 
     def queue(self, *, dedupe_key: str, template: str, to: Sequence[str], subject: str,
               context: dict[str, Any], ticket: Ticket | None = None, cc: Sequence[str] = (),
@@ -53,9 +86,13 @@ class OutboxWriter:
         ``on_ticket``: record the email among the ticket's messages (client-facing mail);
         staff alerts and pages are kept in the outbox only."""
         session, services = self.session, self.services
-        if session.scalar(select(Outbox.id).where(Outbox.dedupe_key == dedupe_key)) is not None:
+        # Plain statements that flush nothing: they read drafts only, and every draft is
+        # written (``insert_now``) as it is queued. What else is pending stays pending.
+        if session.connection().execute(
+                _DEDUPE, {"key": dedupe_key}).first() is not None:
             return None
         now = self.now or services.now()
+        suppress = automatic and over_automatic_limit(session, services, to[0], ticket, now)
         support = services.config.desk.support_addresses[0]
         # An email only staff receive gets a staff-purpose Message-ID: answering it is a
         # staff token. Anything a client sees gets a client one (it threads, nothing more).
@@ -63,7 +100,6 @@ class OutboxWriter:
         message_id = make_message_id(services.secret, ticket.id if ticket else None,
                                      secrets.token_hex(6), support.split("@", 1)[1],
                                      purpose="staff" if staff_only else "client")
-        suppress = automatic and over_automatic_limit(session, services, to[0], ticket, now)
         row = Outbox(
             dedupe_key=dedupe_key, ticket_id=ticket.id if ticket else None, template=template,
             recipient=to[0].lower(), to=list(to), cc=list(cc), subject=subject,
@@ -71,73 +107,119 @@ class OutboxWriter:
             # Over the limit: suppressed from the start (kept, rendered, never sent), so it
             # does not count towards the limit while it waits to be rendered.
             status=OutboxStatus.SUPPRESSED if suppress else OutboxStatus.DRAFT,
-            created_at=now,
+            created_at=now, attempts=0, claimed_until=None, last_error=None,
+            bounced_address=None, sent_at=None,
             draft={"context": encode_context(context), "references": list(references),
                    "reply_to": reply_to or support, "kind": kind,
                    "extra_headers": extra_headers or {}, "on_ticket": on_ticket,
                    "suppress": suppress,
                    "org": ticket.org.slug if ticket is not None else None})
-        session.add(row)
-        session.flush()
+        insert_now(session, row)   # its id, now: it is handed to render_drafts
         self.queued_ids.append(row.id)
+        self.written.append((row, ticket))
         return row
 
 
-def render_drafts(services: Services, outbox_ids: Sequence[int]) -> list[int]:
+RENDER_BATCH = 50
+
+
+def render_drafts(services: Services, outbox_ids: Sequence[int], *,
+                  written: Sequence[tuple[Outbox, Ticket | None]] = ()) -> list[int]:
     """Render and compose each draft, outside any lock; returns the ids now ``queued``
-    (to hand to the sender). A draft that cannot be rendered is marked ``failed`` with
-    the reason, never left behind silently."""
-    ready: list[int] = []
-    for outbox_id in outbox_ids:
-        with services.sessions() as session:
-            # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
-            # write lock), on PostgreSQL no row lock. The write after it is short.
-            with read_only(session):
-                row = session.get(Outbox, outbox_id)
+    (to hand to the sender), in the order given. A draft that cannot be rendered is
+    marked ``failed`` with the reason, never left behind silently.
+
+    Drafts are taken in batches: one read-only transaction reads and renders a batch,
+    one short write transaction stores it (a conditional UPDATE per draft). ``written``:
+    drafts (with their tickets) exactly as the caller has just committed them
+    (``OutboxWriter.written``); those are rendered as they are, not read again."""
+    known = {row.id: (row, ticket) for row, ticket in written
+             if row.raw is None and row.draft is not None
+             and row.status in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)}
+    ready: set[int] = set()
+    unique = list(dict.fromkeys(outbox_ids))
+    for start in range(0, len(unique), RENDER_BATCH):
+        ready.update(_render_batch(services, unique[start:start + RENDER_BATCH], known))
+    return [i for i in outbox_ids if i in ready]
+
+
+@dataclasses.dataclass
+class _Rendered:
+    outbox_id: int
+    status: str                       # the status the draft was read in
+    values: dict[str, Any]            # the UPDATE, if the draft is still in that status
+    message: dict[str, Any] | None    # the row recorded on the ticket, if it is
+
+
+def _render_batch(services: Services, outbox_ids: Sequence[int],
+                  known: dict[int, tuple[Outbox, Ticket | None]]) -> set[int]:
+    ready: set[int] = set()
+    done = [_render_one(services, *known[i]) for i in outbox_ids if i in known]
+    unknown = [i for i in outbox_ids if i not in known]
+    with services.sessions() as session:
+        # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
+        # write lock), on PostgreSQL no row lock. The write after it is short.
+        with read_only(session) if unknown else contextlib.nullcontext(session):
+            rows = {row.id: row for row in session.scalars(
+                _DRAFTS, {"ids": unknown})} if unknown else {}
+            held: list[Any] = []      # the identity map holds rows weakly: keep them
+            for outbox_id in unknown:
+                row = rows.get(outbox_id)
                 if row is None or row.raw is not None or row.draft is None or (
                         row.status not in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)):
                     if row is not None and row.status == OutboxStatus.QUEUED:
-                        ready.append(outbox_id)   # finished by a racing renderer: send it
+                        ready.add(outbox_id)   # finished by a racing renderer: send it
                     continue
                 ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
-                draft = dict(row.draft)
-                try:
-                    raw, text = _render(services, row, ticket, draft)
-                    error = None
-                except Exception as exc:
-                    log.exception("outbox %s (%s) could not be rendered", outbox_id,
-                                  row.template)
-                    raw, text, error = b"", "", f"render: {exc}"[:2000]
-                message = None
-                if error is None and ticket is not None and draft.get("on_ticket"):
-                    message = Message(
-                        ticket_id=ticket.id, outbox_id=outbox_id, direction="out",
-                        kind=draft.get("kind", "system"),
-                        dedupe_key=f"out:{row.message_id}", message_id=row.message_id,
-                        in_reply_to=row.in_reply_to, references=list(draft["references"]),
-                        from_addr=services.from_address,
-                        from_name=services.config.desk.name, to=list(row.to),
-                        cc=list(row.cc), subject=row.subject, text=text, stripped_text=text,
-                        sent_at=row.created_at, created_at=row.created_at)
-            if error is not None:
-                status = OutboxStatus.FAILED
-                values: dict[str, Any] = {"status": status, "last_error": error}
-            else:
-                status = (OutboxStatus.QUEUED if row.status == OutboxStatus.DRAFT
-                          else OutboxStatus.SUPPRESSED)
-                values = {"raw": raw, "status": status, "draft": None}
-            with session.begin():
-                # Session.execute is typed as returning a plain Result, but an UPDATE
-                # returns a CursorResult, which has the rowcount.
-                won = cast(CursorResult[Any], session.execute(update(Outbox).where(
-                    Outbox.id == outbox_id, Outbox.status == row.status,
-                    Outbox.raw.is_(None))
-                    .values(**values))).rowcount
-                if won and message is not None:
-                    session.add(message)
-            if won and status == OutboxStatus.QUEUED:
-                ready.append(outbox_id)
+                if ticket is not None:
+                    # The org (templates name it) from the directory cache, so that
+                    # ``ticket.org`` needs no query.
+                    held += [ticket, org_by_id(session, ticket.org_id)]
+                done.append(_render_one(services, row, ticket))
+        if not done:
+            return ready
+        with session.begin():
+            connection = session.connection()
+            messages = []
+            for item in done:
+                won = connection.execute(
+                    _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED,
+                    {"outbox_id": item.outbox_id, "was": item.status, **item.values}
+                ).rowcount
+                if not won:
+                    continue
+                if item.message is not None:
+                    messages.append(item.message)
+                if item.values["new_status"] == OutboxStatus.QUEUED:
+                    ready.add(item.outbox_id)
+            if messages:
+                connection.execute(_INSERT_MESSAGE, messages)
     return ready
+
+
+def _render_one(services: Services, row: Outbox, ticket: Ticket | None) -> _Rendered:
+    assert row.draft is not None
+    draft = dict(row.draft)
+    try:
+        raw, text = _render(services, row, ticket, draft)
+    except Exception as exc:
+        log.exception("outbox %s (%s) could not be rendered", row.id, row.template)
+        return _Rendered(row.id, row.status, {"new_status": OutboxStatus.FAILED,
+                                              "error": f"render: {exc}"[:2000]}, None)
+    message = None
+    if ticket is not None and draft.get("on_ticket"):
+        message = {
+            "ticket_id": ticket.id, "outbox_id": row.id, "direction": "out",
+            "kind": draft.get("kind", "system"),
+            "dedupe_key": f"out:{row.message_id}", "message_id": row.message_id,
+            "in_reply_to": row.in_reply_to, "references": list(draft["references"]),
+            "from_addr": services.from_address, "from_name": services.config.desk.name,
+            "author_staff_id": None, "to": list(row.to), "cc": list(row.cc),
+            "subject": row.subject, "text": text, "html": None, "stripped_text": text,
+            "sent_at": row.created_at, "created_at": row.created_at}
+    status = (OutboxStatus.QUEUED if row.status == OutboxStatus.DRAFT
+              else OutboxStatus.SUPPRESSED)
+    return _Rendered(row.id, row.status, {"new_raw": raw, "new_status": status}, message)
 
 
 def release_drafts(services: Services, dispatch: Dispatch, outbox_ids: Sequence[int]
@@ -181,16 +263,11 @@ def over_automatic_limit(session: Session, services: Services, recipient: str,
     if services.config.staff_member(recipient) is not None:
         return False
     limit = services.config.desk.auto_reply_limit_per_hour
-    since = now - timedelta(hours=1)
-    sent = select(func.count(Outbox.id)).where(
-        Outbox.automatic.is_(True), Outbox.created_at >= since,
-        Outbox.status != OutboxStatus.SUPPRESSED,
-        # A draft counts unless it is itself going to be suppressed.
-        Outbox.recipient == recipient)
-    if (session.scalar(sent) or 0) >= limit:
-        return True
-    return ticket is not None and (session.scalar(
-        sent.where(Outbox.ticket_id == ticket.id)) or 0) >= limit
+    # One statement for both counts: to this recipient, and of those on this ticket.
+    to_recipient, on_ticket = session.connection().execute(_AUTOMATIC_SENT, {
+        "recipient": recipient, "since": now - timedelta(hours=1),
+        "ticket_id": ticket.id if ticket is not None else None}).one()
+    return (to_recipient or 0) >= limit or (on_ticket or 0) >= limit
 
 
 # --- template data, kept as JSON in the draft -------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from postdesk.storage.models import SlaClock, Ticket
@@ -21,6 +21,15 @@ from postdesk.workflow.rules.sla import Target, due_at, risk_at, target_for, tar
 
 Calendars = Mapping[str, BusinessCalendar]
 
+# Built once: building a statement costs more than running it on SQLite.
+_RUNNING = (select(SlaClock).where(SlaClock.ticket_id == bindparam("ticket_id"),
+                                   SlaClock.stopped_at.is_(None)).order_by(SlaClock.id))
+_RUNNING_OF = _RUNNING.where(SlaClock.target == bindparam("target"))
+_LAST_CYCLES = (select(SlaClock.target, func.max(SlaClock.cycle))
+                .where(SlaClock.ticket_id == bindparam("ticket_id"),
+                       SlaClock.target.in_(bindparam("kinds", expanding=True)))
+                .group_by(SlaClock.target))
+
 
 class ClockKeeper:
     def __init__(self, session: Session, config: Config, calendars: Calendars):
@@ -28,20 +37,38 @@ class ClockKeeper:
 
     # --- queries ----------------------------------------------------------------------
     def running(self, ticket: Ticket, target: str | None = None) -> list[SlaClock]:
-        query = select(SlaClock).where(SlaClock.ticket_id == ticket.id,
-                                       SlaClock.stopped_at.is_(None))
-        if target:
-            query = query.where(SlaClock.target == target)
-        return list(self.session.scalars(query.order_by(SlaClock.id)))
+        """The ticket's running clocks (of ``target``), oldest first, as this
+        transaction sees them — without flushing it: the rows read are filtered by their
+        in-memory state (a clock stopped here and not yet written is not running), and
+        the clocks started here and not yet written are added, in the order started."""
+        session = self.session
+        with session.no_autoflush:
+            if target:
+                stored = session.scalars(_RUNNING_OF, {"ticket_id": ticket.id,
+                                                       "target": target})
+            else:
+                stored = session.scalars(_RUNNING, {"ticket_id": ticket.id})
+            clocks = [c for c in stored if c.stopped_at is None]
+        clocks += [c for c in self._pending(ticket)
+                   if c.stopped_at is None and (not target or c.target == target)]
+        return clocks
+
+    def _pending(self, ticket: Ticket) -> list[SlaClock]:
+        """Clocks of the ticket added to the session and not yet written."""
+        return [c for c in self.session.new
+                if isinstance(c, SlaClock) and c.ticket_id == ticket.id]
 
     def plan_of(self, ticket: Ticket):  # type: ignore[no-untyped-def]
         return self.config.plans[ticket.org.plan]
 
     # --- lifecycle --------------------------------------------------------------------
-    def start(self, ticket: Ticket, target: Target, at: datetime) -> SlaClock:
-        cycle = self.session.scalar(
-            select(func.coalesce(func.max(SlaClock.cycle) + 1, 0)).where(
-                SlaClock.ticket_id == ticket.id, SlaClock.target == target.kind)) or 0
+    def start(self, ticket: Ticket, target: Target, at: datetime,
+              cycle: int | None = None) -> SlaClock:
+        """A new run of ``target``; ``cycle`` when the caller already knows it. Added to
+        the session, not flushed: it is written with the rest of the transaction (any
+        query of the session sees it first)."""
+        if cycle is None:
+            cycle = self._next_cycles(ticket, target.kind).get(target.kind, 0)
         clock = SlaClock(ticket_id=ticket.id, target=target.kind, cycle=cycle,
                          calendar=target.calendar_name, target_days=target.duration.days,
                          target_seconds=target.duration.seconds, started_at=at,
@@ -50,15 +77,16 @@ class ClockKeeper:
                          due_at=at, risk_at=None)
         self._schedule(clock)
         self.session.add(clock)
-        self.session.flush()
         return clock
 
     def start_ticket(self, ticket: Ticket, at: datetime) -> None:
         """A new ticket: first response and resolution clocks (next_update starts with
         the first public update)."""
-        for target in targets_for(self.plan_of(ticket), ticket.priority):
-            if target.kind != "next_update":
-                self.start(ticket, target, at)
+        targets = [t for t in targets_for(self.plan_of(ticket), ticket.priority)
+                   if t.kind != "next_update"]
+        cycles = self._next_cycles(ticket, *(t.kind for t in targets)) if targets else {}
+        for target in targets:
+            self.start(ticket, target, at, cycle=cycles.get(target.kind, 0))
 
     def stop(self, ticket: Ticket, target: str, at: datetime) -> list[SlaClock]:
         clocks = self.running(ticket, target)
@@ -138,6 +166,17 @@ class ClockKeeper:
         clock.due_at = due
         clock.risk_at = at + (due - at) * self.config.scheduler.at_risk
         return clock
+
+    def _next_cycles(self, ticket: Ticket, *kinds: str) -> dict[str, int]:
+        """The next cycle number of each target kind that has run on the ticket before
+        (one query for all of them, plus the clocks started here not yet written)."""
+        rows = self.session.connection().execute(
+            _LAST_CYCLES, {"ticket_id": ticket.id, "kinds": list(kinds)})
+        cycles = {target: cycle + 1 for target, cycle in rows}
+        for clock in self._pending(ticket):
+            if clock.target in kinds:
+                cycles[clock.target] = max(cycles.get(clock.target, 0), clock.cycle + 1)
+        return cycles
 
     def _ever(self, ticket: Ticket, kind: str) -> bool:
         return self.session.scalar(select(SlaClock.id).where(

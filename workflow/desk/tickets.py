@@ -3,30 +3,58 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TypeVar
 
-from sqlalchemy.orm import Session
+from sqlalchemy import Insert, insert
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from postdesk.mail.html_safety import sanitize_html
 from postdesk.mail.parse import ParsedEmail
 from postdesk.storage.blobs import BlobStore
-from postdesk.storage.directory import contact_for
-from postdesk.storage.models import Attachment, Message, Org, RawMessage, Ticket
+from postdesk.storage.directory import ensure_contact
+from postdesk.storage.models import Attachment, Message, Org, Outbox, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.rules.refs import clean_subject, ticket_ref
 
 
 def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, requester: str,
                 opened_at: datetime, now: datetime) -> Ticket:
-    contact_for(session, requester, org,
-                (mail.from_name or "") if requester == mail.from_addr else "")
+    ensure_contact(session, requester, org,
+                   (mail.from_name or "") if requester == mail.from_addr else "")
     ticket = Ticket(org_id=org.id, requester_email=requester,
                     subject=clean_subject(mail.subject, prefix), status="new", priority="P3",
-                    created_at=opened_at, updated_at=opened_at, cc=[])
-    session.add(ticket)
-    session.flush()
+                    assignee_id=None, created_at=opened_at, updated_at=opened_at,
+                    first_responded_at=None, last_public_update_at=None, resolved_at=None,
+                    closed_at=None, paused_since=None, cc=[], chargeable=False)
+    insert_now(session, ticket)   # its number is in the event below, and all that follows
     add_event(session, ticket, "ticket_created", now, mail.from_addr or requester,
               ref=ticket_ref(prefix, ticket.id))
     return ticket
+
+
+_Row = TypeVar("_Row", Ticket, Message, Outbox)
+_INSERTS: dict[type, tuple[Insert, str]] = {}
+
+
+def insert_now(session: Session, row: _Row) -> None:
+    """Write ``row`` now, in one INSERT on the session's connection, and attach it to
+    the session as the persistent row it is: what a flush does for it, without the unit
+    of work (nothing else pending is written with it, no per-flush bookkeeping). Columns
+    left unset take their database defaults, and are loaded if read."""
+    state = sa_inspect(row)
+    mapper = state.mapper
+    cls = mapper.class_
+    if cls not in _INSERTS:
+        [pk] = mapper.primary_key
+        _INSERTS[cls] = (insert(cls).returning(pk),
+                         mapper.get_property_by_column(pk).key)
+    statement, pk_key = _INSERTS[cls]
+    values = {attr.key: state.dict[attr.key] for attr in mapper.column_attrs
+              if attr.key in state.dict and attr.key != pk_key}
+    setattr(row, pk_key, session.connection().execute(statement, values).scalar_one())
+    make_transient_to_detached(row)
+    session.add(row)
 
 
 def inbound_dedupe_key(mail: ParsedEmail, raw: RawMessage) -> str:
@@ -49,14 +77,16 @@ def store_message(session: Session, blobs: BlobStore, *, raw: RawMessage, mail: 
         # Sanitised once, here, so no later template can render a client's script.
         html=sanitize_html(mail.html) if mail.html else None,
         stripped_text=text if text is not None else (mail.text or ""),
-        sent_at=mail.date, created_at=now)
-    session.add(message)
-    session.flush()
+        outbox_id=None, sent_at=mail.date, created_at=now)
+    # Written now: its id is for its attachments and for callers (time entries cite it).
+    insert_now(session, message)
     for part in mail.attachments:
-        too_big = len(part.payload) > max_attachment_bytes
+        # The parser already knows a part that is over the limit (and did not decode it).
+        too_big = part.too_large or len(part.payload) > max_attachment_bytes
+        size = part.size if part.size >= 0 else len(part.payload)
         session.add(Attachment(
             message_id=message.id, filename=part.filename, content_type=part.content_type,
-            size=len(part.payload), sha256=None if too_big else blobs.put(part.payload),
+            size=size, sha256=None if too_big else blobs.put(part.payload),
             content_id=part.content_id, inline=part.inline,
             note="too large: not kept" if too_big else ("winmail.dat (TNEF)"
                                                          if part.is_tnef else "")))

@@ -27,7 +27,8 @@ from postdesk.workflow.rules.zones import desk_zone
 @step
 def parse(ctx: Inbound) -> None:
     try:
-        ctx.parsed = parse_email(ctx.raw_bytes)
+        ctx.parsed = parse_email(ctx.raw_bytes,
+                                 max_attachment_bytes=ctx.config.desk.max_attachment_bytes)
     except UnparseableEmail as exc:
         raise Quarantine("unparseable", str(exc)) from None
 

@@ -47,7 +47,9 @@ class Inbound:
     became_p1: bool = False
     staff_commands: CommandParse | None = None   # a trusted staff email's commands
     signoff_refused: bool = False
-    _visible: str | None = field(default=None, repr=False)
+    # The new text, once known: computed on first use, or handed in by a caller that
+    # worked it out ahead (the importer's parse-ahead process).
+    visible: str | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
@@ -61,9 +63,9 @@ class Inbound:
     @property
     def visible_text(self) -> str:
         """The new text of this email: quoted history and signature removed."""
-        if self._visible is None:
-            self._visible = visible_reply(self.email.text or "")
-        return self._visible
+        if self.visible is None:
+            self.visible = visible_reply(self.email.text or "")
+        return self.visible
 
     @property
     def new_text(self) -> str:

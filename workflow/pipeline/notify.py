@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
-from postdesk.storage.models import Message, Staff
+from postdesk.storage.directory import staff_by_id
+from postdesk.storage.models import Message
 from postdesk.workflow.desk.allowance import org_month_balance, per_ticket_usage
 from postdesk.workflow.desk.bounces import record_bounce
 from postdesk.workflow.desk.events import add_event
@@ -68,6 +69,13 @@ def page_p1(ctx: Inbound) -> None:
             add_event(ctx.session, ticket, "p1_paged", ctx.now, "system", to=email)
 
 
+# The columns the summaries need, not whole messages (their HTML, headers...).
+_RECENT = (select(Message.direction, Message.kind, Message.from_addr, Message.sent_at,
+                  Message.created_at, Message.stripped_text, Message.text)
+           .where(Message.ticket_id == bindparam("ticket_id"))
+           .order_by(Message.id.desc()).limit(5))
+
+
 @step
 def notify_staff(ctx: Inbound) -> None:
     """A client's new ticket or reply goes to the assignee (or whoever is on rota), with
@@ -75,14 +83,12 @@ def notify_staff(ctx: Inbound) -> None:
     ticket = ctx.ticket
     if ticket is None or not ctx.from_client or not ctx.raw.notify or ctx.auto_reply:
         return
-    assignee = ctx.session.get(Staff, ticket.assignee_id) if ticket.assignee_id else None
+    assignee = staff_by_id(ctx.session, ticket.assignee_id) if ticket.assignee_id else None
     person = assignee.email if assignee else on_rota(
         ctx.config.rota, ctx.now.astimezone(desk_zone(ctx.config)).date())
     if not person:
         return
-    recent = list(ctx.session.scalars(
-        select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id.desc())
-        .limit(5)))[::-1]
+    recent = list(ctx.session.execute(_RECENT, {"ticket_id": ticket.id}))[::-1]
     due = {c.target: c.due_at for c in ctx.services.clocks(ctx.session).running(ticket)}
     what = "New ticket" if ctx.created_ticket else "Client reply"
     ref = ctx.ticket_ref
@@ -110,7 +116,8 @@ def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
             + f"\n\n[... {rest_kb} KB more in the ticket]")
 
 
-def _message_summary(message: Message) -> dict[str, Any]:
+def _message_summary(message: Any) -> dict[str, Any]:
+    """One of the ticket's last messages (a row of ``_RECENT``) for the template."""
     return {"direction": message.direction, "kind": message.kind,
             "from_addr": message.from_addr, "sent_at": message.sent_at,
             "created_at": message.created_at,

@@ -22,11 +22,11 @@ import dataclasses
 import logging
 import traceback
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from postdesk.storage.db import read_only
-from postdesk.storage.models import Org, RawMessage, RawStatus, Ticket
+from postdesk.storage.models import RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -36,6 +36,9 @@ from postdesk.workflow.pipeline.runner import Outcome, PipelineResult, Quarantin
 log = logging.getLogger("postdesk.inbound")
 
 RACE_RETRIES = 3
+_CLAIM = (select(RawMessage).where(RawMessage.id == bindparam("raw_id"),
+                                   RawMessage.status == RawStatus.PENDING)
+          .with_for_update().execution_options(populate_existing=True))
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -53,7 +56,7 @@ def process_inbound(services: Services, raw_id: int, pipeline: Pipeline = BUILTI
     now-existing row settles it. It is never taken as a verdict by itself."""
     for attempt in range(1, RACE_RETRIES + 1):
         try:
-            result = _run_once(services, raw_id, pipeline)
+            done = _run_once(services, raw_id, pipeline)
         except IntegrityError as exc:
             log.info("raw %s: unique-key race (attempt %s): %s", raw_id, attempt, exc.orig)
             if attempt < RACE_RETRIES:
@@ -66,15 +69,18 @@ def process_inbound(services: Services, raw_id: int, pipeline: Pipeline = BUILTI
             log.exception("processing raw message %s failed", raw_id)
             detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             return _mark(services, raw_id, "processing_error", detail)
-        if result is None:
+        if done is None:
             return None
-        # Phase 3: committed; render and compose with no lock held.
-        return dataclasses.replace(
-            result, outbox_ids=tuple(render_drafts(services, result.outbox_ids)))
+        # Phase 3: committed; render and compose with no lock held (the drafts as this
+        # run wrote them: nothing to read back).
+        result, outbox = done
+        return dataclasses.replace(result, outbox_ids=tuple(
+            render_drafts(services, result.outbox_ids, written=outbox.written)))
     return None
 
 
-def _run_once(services: Services, raw_id: int, pipeline: Pipeline) -> PipelineResult | None:
+def _run_once(services: Services, raw_id: int, pipeline: Pipeline
+              ) -> tuple[PipelineResult, OutboxWriter] | None:
     with services.sessions() as session:
         # Phase 1: checks, reading only.
         with read_only(session):
@@ -91,10 +97,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline) -> PipelineRe
             outcome = run_steps(pipeline.checks, ctx)
         # Phase 2: record, in one short transaction.
         with session.begin():
-            claimed = session.scalar(
-                select(RawMessage).where(RawMessage.id == raw_id,
-                                         RawMessage.status == RawStatus.PENDING)
-                .with_for_update().execution_options(populate_existing=True))
+            claimed = session.scalar(_CLAIM, {"raw_id": raw_id})
             if claimed is None:
                 return None   # another worker finished it while the checks ran
             _refresh(ctx)
@@ -104,7 +107,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline) -> PipelineRe
                 reaction = pipeline.reactions.get((outcome.status, outcome.reason))
                 if reaction is not None:
                     reaction(ctx, outcome)
-            return _finish(ctx, outcome)
+            return _finish(ctx, outcome), ctx.outbox
 
 
 def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
@@ -116,7 +119,7 @@ def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
     outcome = run_steps([*pipeline.handlers, *pipeline.notify], ctx)
     if isinstance(outcome, Quarantine):
         savepoint.rollback()
-        del ctx.outbox.queued_ids[queued:]
+        ctx.outbox.forget(queued)
         ctx.ticket, ctx.message, ctx.created_ticket = None, None, False
     else:
         savepoint.commit()
@@ -124,21 +127,20 @@ def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
 
 
 def _refresh(ctx: Inbound) -> None:
-    """What the checks read may have changed since: take the rows again, in this
-    transaction, before writing on top of them."""
-    session = ctx.session
-    if ctx.org is not None:
-        ctx.org = session.get(Org, ctx.org.id, populate_existing=True)
+    """What the checks read may have changed since: take the ticket again, in this
+    transaction, before writing on top of it. (The org is a directory row, mirrored from
+    this process's config and cached: it changes only when the config is synced.)"""
     if ctx.ticket is not None:
-        ctx.ticket = session.get(Ticket, ctx.ticket.id, populate_existing=True)
-    if ctx.parsed is not None:
-        ctx.raw.message_id = ctx.parsed.message_id
-        ctx.raw.from_addr = ctx.parsed.from_addr
-        ctx.raw.subject = (ctx.parsed.subject or "")[:2000]
+        ctx.ticket = ctx.session.get(Ticket, ctx.ticket.id, populate_existing=True)
 
 
 def _finish(ctx: Inbound, outcome: Outcome | None) -> PipelineResult:
     raw = ctx.raw
+    if ctx.parsed is not None:
+        # Written here, with the outcome: one UPDATE of the raw message per email.
+        raw.message_id = ctx.parsed.message_id
+        raw.from_addr = ctx.parsed.from_addr
+        raw.subject = (ctx.parsed.subject or "")[:2000]
     status = outcome.status if outcome else RawStatus.PROCESSED
     reason = outcome.reason if outcome else None
     detail = outcome.detail if outcome else ""

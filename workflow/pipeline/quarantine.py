@@ -7,9 +7,10 @@ from postdesk.storage.models import RawMessage, RawStatus
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.pipeline.process import process_inbound
+from postdesk.workflow.rules.errors import UserError
 
 
-class QuarantineActionError(ValueError):
+class QuarantineActionError(UserError, ValueError):
     pass
 
 

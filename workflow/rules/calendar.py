@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import holidays
 
 from postdesk.workflow.rules.durations import Duration
+from postdesk.workflow.rules.errors import UserError
 
 __all__ = ["BusinessCalendar", "CalendarError"]
 
@@ -54,7 +55,7 @@ _RANGE = re.compile(r"^(\d{2}):(\d{2})\s*-\s*(\d{2}):(\d{2})$")
 Interval = tuple[datetime, datetime]
 
 
-class CalendarError(ValueError):
+class CalendarError(UserError, ValueError):
     """A calendar spec that cannot work, or a search that ran past ~10 years.
 
     The message starts with the offending key, e.g. ``hours.mon: '8-18' is not HH:MM-HH:MM``.

@@ -1,4 +1,4 @@
-"""The TOML configuration of CONTRACT.md, loaded into validated models.
+"""The TOML configuration of docs/reference.md, loaded into validated models.
 
 Two passes: pydantic checks each table's shape (unknown keys, types, formats), then
 ``cross_check`` checks references between tables (an org's plan exists, a plan's
@@ -20,13 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from postdesk.workflow.rules.calendar import WEEKDAYS, parse_day_hours
 from postdesk.workflow.rules.durations import Duration, DurationError, parse_duration
+from postdesk.workflow.rules.errors import UserError
 from postdesk.workflow.rules.priority import PRIORITIES
 
 TARGETS = ("first_response", "next_update", "resolution")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-class ConfigError(Exception):
+class ConfigError(UserError):
     """The configuration cannot be used; ``problems`` lists each one with its key path."""
 
     def __init__(self, problems: list[str], source: str = ""):
@@ -62,7 +63,7 @@ class DeskConfig(_Strict):
     database_url: str = "sqlite:///postdesk.db"
     broker_url: str = "stub://"
     data_dir: str = "./data"
-    # Extensions to CONTRACT.md:
+    # Extensions to docs/reference.md (listed in README "Configuration"):
     secret: str | None = None          # HMAC key for Message-IDs and reply tokens
     database_lock_timeout: Duration = Field(default_factory=lambda: Duration(seconds=30))
     # How long a sender owns an email it is sending. A process killed mid-send leaves the

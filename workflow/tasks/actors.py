@@ -28,8 +28,9 @@ class Actors:
 
 def register_actors(broker: Broker, namespace: str, *, on_inbound: Callable[[int], object],
                     on_outbox: Callable[[int], object]) -> Actors:
-    """Inbound and outbound work have their own queues, so sends never wait behind a
-    backlog of inbound processing."""
+    """Inbound and outbound work have their own queues, and a worker runs a prefetched
+    send before prefetched inbound work (dramatiq: a lower priority number runs first),
+    so acknowledgements do not wait behind a backlog of inbound processing."""
 
     def process_inbound(raw_id: int) -> None:
         on_inbound(raw_id)
@@ -41,9 +42,9 @@ def register_actors(broker: Broker, namespace: str, *, on_inbound: Callable[[int
     # options; ``actor(**options)(fn)`` is the same call, typed.
     return Actors(
         process_inbound=dramatiq.actor(
-            broker=broker, actor_name="process_inbound",
+            broker=broker, actor_name="process_inbound", priority=10,
             queue_name=f"{namespace}-inbound", **RETRY_OPTIONS)(process_inbound),
         send_outbox=dramatiq.actor(
-            broker=broker, actor_name="send_outbox",
+            broker=broker, actor_name="send_outbox", priority=0,
             queue_name=f"{namespace}-outbound", **RETRY_OPTIONS)(send_outbox),
     )

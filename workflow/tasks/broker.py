@@ -8,8 +8,10 @@ from collections.abc import Callable
 from dramatiq import Broker
 from dramatiq.brokers.stub import StubBroker
 
+from postdesk.workflow.rules.errors import UserError
 
-class BrokerUrlError(ValueError):
+
+class BrokerUrlError(UserError, ValueError):
     pass
 
 

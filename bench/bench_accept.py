@@ -1,0 +1,498 @@
+"""SMTP accept throughput and latency: postdesk's SMTP door against a do-nothing aiosmtpd.
+
+Run with the tree's own interpreter (loopback only; a few minutes at most)::
+
+    .venv/bin/python bench/bench_accept.py
+    .venv/bin/python bench/bench_accept.py --messages 2000 --max-seconds 20 --conns 1,4
+    .venv/bin/python bench/bench_accept.py --servers null,smtp-sqlite   # no PostgreSQL
+
+What is measured, each in its own server process started by this script:
+
+* ``null``: the baseline, a do-nothing aiosmtpd handler (``handle_DATA`` answers 250 at
+  once) with the same ``data_size_limit``: the ceiling of one Python SMTP process here;
+* ``smtp-sqlite``: ``postdesk smtp`` on the embedded default (SQLite in WAL mode), with
+  ``broker_url = "stub://"``, so the accepted emails are committed and nothing processes
+  them (the stub queue lives in that process and nobody consumes it);
+* ``smtp-postgres``: the same on PostgreSQL (``--pg-admin-url``, default
+  ``postgresql://postgres@127.0.0.1:5432/postgres``; a private database is created for the
+  run and dropped afterwards);
+* ``serve-sqlite``: the embedded ``postdesk serve``: SMTP plus the workers processing every
+  email (ticket, acknowledgement, staff notification) in the same process.
+
+Every server row is measured with 1 and with 4 concurrent smtplib connections (``--conns``),
+``--messages`` emails of about 2 KB each (every one different, so none is a duplicate), split
+evenly over the connections, each connection stopping early after ``--max-seconds``. The first
+``--warmup`` emails of each server are sent before measuring. messages/s = emails answered
+250 / wall time from the first MAIL FROM to the last 250. Latency = end of DATA (the last byte
+of ``<CRLF>.<CRLF>`` handed to the socket) to the 250 reply being read: p50/p99 nearest rank.
+"usr"/"sys" = user and system CPU time of the server process over the measurement
+(``/proc/PID/stat``) per email (fsync, mkdir and the other file system calls are system
+time). "ratio" = messages/s over the do-nothing baseline's with the same number of
+connections, measured in the same run.
+
+Before the servers, the "durability floor" is measured on the same disk: the median time to
+publish a 2 KB blob the way a 250 must wait for (temporary file fsynced, renamed, directory
+fsynced; plus a new directory made durable, as for most blobs of a young store). It bounds
+what one connection can reach: the do-nothing server's time per email plus the floor.
+
+Prints one table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+SCRIPT = Path(__file__).resolve()
+TREE = SCRIPT.parent.parent
+POSTDESK = Path(sys.executable).with_name("postdesk")
+DEFAULT_PG_ADMIN = os.environ.get("POSTDESK_TEST_POSTGRES_URL",
+                                  "postgresql://postgres@127.0.0.1:5432/postgres")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SUPPORT = "support@desk.example"
+MAX_MESSAGE_BYTES = 26214400
+SERVERS = ("null", "smtp-sqlite", "smtp-postgres", "serve-sqlite")
+
+CONFIG = """
+[desk]
+name = "Bench Support"
+support_addresses = ["{support}"]
+ticket_prefix = "PD"
+database_url = "{database_url}"
+broker_url = "stub://"
+data_dir = "{data_dir}"
+secret = "bench-secret-key"
+flood_tickets_per_hour = 1000000
+auto_reply_limit_per_hour = 1000000
+
+[smtp_in]
+host = "127.0.0.1"
+port = {port}
+max_message_bytes = {max_bytes}
+
+[calendars.always]
+always_open = true
+
+[plans.basic]
+calendar = "always"
+first_response = {{ P1 = "1h", P2 = "2h", P3 = "5h" }}
+
+[[orgs]]
+slug = "clientco"
+name = "Client Co"
+plan = "basic"
+domains = ["client.example"]
+
+[[staff]]
+email = "dev1@agency.example"
+name = "Dev One"
+role = "lead"
+"""
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def child_env() -> dict[str, str]:
+    """POSTDESK_* variables would override the config file: none is passed on."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("POSTDESK_")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], log: Path, timeout: float = 60
+                  ) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server on port {port} did not start:\n"
+                               + log.read_text(errors="replace")[-3000:])
+        time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 20) -> None:
+    """Stop one process this script started, by its pid: SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU time of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def wire(raw: bytes) -> bytes:
+    """The DATA bytes as sent: CRLF line ends, dot-stuffed, with the final <CRLF>.<CRLF>."""
+    data = re.sub(rb"\r?\n", b"\r\n", raw)
+    data = re.sub(rb"(?m)^\.", b"..", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def make_email(tag: str, i: int) -> bytes:
+    """About 2 KB: a client's plain-text email, unique per (tag, i)."""
+    body = "".join(
+        f"Line {n} of report {i}: the printer on floor {n % 7} shows PC LOAD LETTER again.\n"
+        for n in range(22))
+    text = (
+        f"From: Client {i % 50} <client{i % 50}@client.example>\n"
+        f"To: {SUPPORT}\n"
+        f"Subject: Bench {tag} {i}: printer trouble\n"
+        f"Message-ID: <bench-{tag}-{i}@client.example>\n"
+        "Date: Mon, 23 Nov 2026 10:00:00 +0000\n"
+        "MIME-Version: 1.0\n"
+        "Content-Type: text/plain; charset=utf-8\n\n"
+        f"Hello,\n\n{body}\nThanks,\nClient\n")
+    return text.replace("\n", "\r\n").encode()
+
+
+# --- the do-nothing baseline server (child process) ----------------------------------------
+
+class NullHandler:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        return "250 2.0.0 OK"
+
+
+def run_null_server(port: int) -> None:
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(NullHandler(), hostname="127.0.0.1", port=port,
+                            data_size_limit=MAX_MESSAGE_BYTES, server_hostname="null",
+                            ready_timeout=10)
+    controller.start()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    controller.stop()
+
+
+# --- the client ----------------------------------------------------------------------------
+
+@dataclass
+class ConnResult:
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    last: float = 0.0
+
+
+@dataclass
+class Measurement:
+    server: str
+    conns: int
+    sent: int
+    seconds: float
+    latencies: list[float]
+    user_s: float
+    sys_s: float
+    errors: list[str]
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def measure(server: str, port: int, pid: int, conns: int, messages: list[bytes],
+            max_seconds: float) -> Measurement:
+    share = [messages[i::conns] for i in range(conns)]
+    results = [ConnResult() for _ in range(conns)]
+    start = threading.Barrier(conns + 1)
+    # The deadline is set once every connection is open (below); until then it is far away.
+    deadline = [time.perf_counter() + 3600.0]
+    threads = [threading.Thread(target=_run_conn, args=(port, share[i], deadline, start,
+                                                        results[i]), daemon=True)
+               for i in range(conns)]
+    for thread in threads:
+        thread.start()
+    cpu0 = cpu_seconds(pid)
+    with suppress(threading.BrokenBarrierError):
+        start.wait(timeout=60)
+    t0 = time.perf_counter()
+    deadline[0] = t0 + max_seconds
+    for thread in threads:
+        thread.join()
+    cpu1 = cpu_seconds(pid)
+    latencies = [v for r in results for v in r.latencies]
+    last = max((r.last for r in results), default=t0)
+    return Measurement(server, conns, len(latencies), max(last - t0, 1e-9), latencies,
+                       cpu1[0] - cpu0[0], cpu1[1] - cpu0[1],
+                       [e for r in results for e in r.errors])
+
+
+def _run_conn(port: int, messages: list[bytes], deadline: list[float],
+              start: threading.Barrier, out: ConnResult) -> None:
+    """One connection: open it, wait for the others, send until done or past the deadline
+    (a one-element list, set by ``measure`` once every connection is open)."""
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=120) as client:
+            client.ehlo("bench.example")
+            start.wait(timeout=60)
+            for raw in messages:
+                if time.perf_counter() > deadline[0]:
+                    break
+                _one(client, raw, out)
+    except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
+        out.errors.append(f"{type(exc).__name__}: {exc}")
+        with suppress(threading.BrokenBarrierError):
+            start.abort()
+
+
+def _one(client: smtplib.SMTP, raw: bytes, out: ConnResult) -> None:
+    code, resp = client.mail("client@client.example")
+    if code != 250:
+        out.errors.append(f"MAIL {code} {resp!r}")
+        return
+    code, resp = client.rcpt(SUPPORT)
+    if code != 250:
+        out.errors.append(f"RCPT {code} {resp!r}")
+        client.rset()
+        return
+    code, resp = client.docmd("DATA")
+    if code != 354:
+        out.errors.append(f"DATA {code} {resp!r}")
+        client.rset()
+        return
+    client.send(wire(raw))
+    t0 = time.perf_counter()
+    code, resp = client.getreply()
+    t1 = time.perf_counter()
+    if code == 250:
+        out.latencies.append(t1 - t0)
+        out.last = t1
+    else:
+        out.errors.append(f"end of DATA {code} {resp!r}")
+
+
+# --- servers -------------------------------------------------------------------------------
+
+@contextmanager
+def pg_database(admin_url: str) -> Iterator[str]:
+    import psycopg
+
+    host = urlsplit(admin_url).hostname or ""
+    if host not in LOOPBACK:
+        sys.exit(f"--pg-admin-url {admin_url!r} is not a loopback address; refusing")
+    name = f"pdbench_accept_{uuid.uuid4().hex[:10]}"
+    admin = admin_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        parts = urlsplit(admin)
+        yield f"postgresql+psycopg://{parts.netloc}/{name}"
+    finally:
+        with suppress(Exception), psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def server_process(kind: str, workdir: Path, pg_admin: str) -> Iterator[tuple[int, int]]:
+    """Start one server; yield (port, pid)."""
+    port = free_port()
+    log = workdir / f"{kind}.log"
+    with log.open("w") as log_fh, contextlib_database(kind, pg_admin) as database_url:
+        if kind == "null":
+            argv = [sys.executable, str(SCRIPT), "--null-server", str(port)]
+        else:
+            config = workdir / f"{kind}.toml"
+            config.write_text(CONFIG.format(
+                support=SUPPORT, database_url=database_url or
+                f"sqlite:///{workdir / (kind + '.db')}", data_dir=workdir / f"{kind}-data",
+                port=port, max_bytes=MAX_MESSAGE_BYTES))
+            subprocess.run([str(POSTDESK), "db", "upgrade", "--config", str(config)],
+                           check=True, capture_output=True, env=child_env(), cwd=workdir,
+                           timeout=300)
+            command = "serve" if kind.startswith("serve") else "smtp"
+            argv = [str(POSTDESK), command, "--config", str(config)]
+        proc = subprocess.Popen(argv, stdout=log_fh, stderr=log_fh, env=child_env(),
+                                cwd=workdir)
+        try:
+            wait_for_port(port, proc, log)
+            yield port, proc.pid
+        finally:
+            stop_process(proc)
+
+
+@contextmanager
+def contextlib_database(kind: str, pg_admin: str) -> Iterator[str | None]:
+    if kind.endswith("postgres"):
+        with pg_database(pg_admin) as url:
+            yield url
+    else:
+        yield None
+
+
+# --- the durability floor ------------------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durability_floor(root: Path, n: int = 300) -> tuple[float, float]:
+    """Median ms to publish 2 KB durably as a blob store must (temporary file written and
+    fsynced, renamed, its directory fsynced): into an existing directory, and into a new
+    one (made and fsynced in its parent too), as most blobs of a young store are."""
+    data = os.urandom(2000)
+    old = root / "floor-old"
+    old.mkdir()
+    fsync_dir(root)
+    timings: tuple[list[float], list[float]] = ([], [])
+    for i in range(n):
+        for new, out in ((False, timings[0]), (True, timings[1])):
+            t0 = time.perf_counter()
+            directory = old
+            if new:
+                directory = root / f"floor-new-{i}"
+                directory.mkdir()
+            tmp = directory / f".tmp-{i}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, directory / f"blob-{i}")
+            if new:
+                fsync_dir(root)
+            fsync_dir(directory)
+            out.append(time.perf_counter() - t0)
+    return pct(timings[0], 50) * 1000, pct(timings[1], 50) * 1000
+
+
+# --- main ----------------------------------------------------------------------------------
+
+def describe_tree() -> str:
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(TREE), *args], capture_output=True, text=True)
+        return proc.stdout.strip()
+
+    dirty = len([line for line in git("status", "--porcelain").splitlines() if line])
+    return f"{TREE} (git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
+        f", {dirty} uncommitted changes)" if dirty else ")")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--messages", type=int, default=1000,
+                        help="emails per measurement (split over the connections)")
+    parser.add_argument("--max-seconds", type=float, default=15.0,
+                        help="each measurement stops sending after this long")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--conns", default="1,4")
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN)
+    parser.add_argument("--null-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.null_server:
+        run_null_server(args.null_server)
+        return 0
+
+    conns_list = [int(c) for c in args.conns.split(",") if c]
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers {sorted(unknown)}; choose from {SERVERS}")
+    if "null" not in servers:
+        servers.insert(0, "null")
+    if not POSTDESK.exists():
+        sys.exit(f"{POSTDESK} not found: run this script with the tree's .venv/bin/python")
+
+    print(f"postdesk SMTP accept - tree {describe_tree()}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start; "
+          f"{args.messages} emails (~{len(make_email('x', 0))} bytes) per measurement, "
+          f"at most {args.max_seconds:g} s each")
+    results: list[Measurement] = []
+    workdir = Path(tempfile.mkdtemp(prefix="pdbench-accept-"))
+    floor: tuple[float, float] | None = None
+    try:
+        floor = durability_floor(workdir)
+        for kind in servers:
+            print(f"  {kind} ...", file=sys.stderr, flush=True)
+            try:
+                with server_process(kind, workdir, args.pg_admin_url) as (port, pid):
+                    warm = [make_email(f"{kind}-warm", i) for i in range(args.warmup)]
+                    measure(kind, port, pid, 1, warm, 60)
+                    for conns in conns_list:
+                        tag = f"{kind}-{conns}-{uuid.uuid4().hex[:6]}"
+                        batch = [make_email(tag, i) for i in range(args.messages)]
+                        results.append(measure(kind, port, pid, conns, batch,
+                                               args.max_seconds))
+            except Exception as exc:  # noqa: BLE001 - one server failing keeps the others
+                print(f"  {kind} failed: {exc}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    baseline = {m.conns: m.rate for m in results if m.server == "null"}
+    head = (f"{'server':<15}{'conns':>6}{'emails':>8}{'msg/s':>9}{'ratio':>8}"
+            f"{'p50 ms':>9}{'p99 ms':>9}{'usr ms':>8}{'sys ms':>8}  errors")
+    print()
+    print(head)
+    print("-" * len(head))
+    for m in results:
+        base = baseline.get(m.conns)
+        ratio = f"{m.rate / base:.3f}" if base else "-"
+        usr = f"{m.user_s / m.sent * 1000:.2f}" if m.sent else "-"
+        sys_ = f"{m.sys_s / m.sent * 1000:.2f}" if m.sent else "-"
+        errors = f"{len(m.errors)} (first: {m.errors[0][:60]})" if m.errors else "0"
+        print(f"{m.server:<15}{m.conns:>6}{m.sent:>8}{m.rate:>9.0f}{ratio:>8}"
+              f"{pct(m.latencies, 50) * 1000:>9.2f}{pct(m.latencies, 99) * 1000:>9.2f}"
+              f"{usr:>8}{sys_:>8}  {errors}")
+    if floor is not None and baseline.get(1):
+        null_ms = 1000 / baseline[1]
+        best = null_ms / (null_ms + floor[1])
+        print(f"durability floor (median, this disk, measured before the servers): "
+              f"{floor[0]:.2f} ms to publish a 2 KB blob into an existing directory, "
+              f"{floor[1]:.2f} ms into a new one; one connection can reach at most "
+              f"~{best:.2f}x the do-nothing server while a 250 waits for that "
+              f"({null_ms:.2f} ms per email + {floor[1]:.2f} ms)")
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("ratio: msg/s over the do-nothing aiosmtpd's with as many connections, this run. "
+          "Latency: end of DATA -> 250. usr/sys: the server process's CPU time per email.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The per-email path's look-ups: org and staff rows cached per process (and re-read
+after the directory is synced), contacts created in one statement, SLA clocks seen
+before they are written, events written as they happen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from postdesk.storage.directory import (
+    ensure_contact,
+    org_by_id,
+    org_by_slug,
+    staff_by_email,
+    staff_by_id,
+    sync_from_config,
+)
+from postdesk.storage.models import Contact, Event, Org, SlaClock, Ticket
+from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.services import Services
+from postdesk.workflow.rules.clock import ManualClock
+from postdesk.workflow.rules.config import Config
+
+
+@pytest.fixture
+def statements(session: Session) -> Iterator[list[str]]:
+    seen: list[str] = []
+    connection = session.connection()
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    yield seen
+    event.remove(connection, "before_cursor_execute", record)
+
+
+# --- orgs and staff --------------------------------------------------------------------
+
+def test_orgs_and_staff_are_read_once_then_come_from_the_cache(
+        session: Session, sessions: sessionmaker[Session], statements: list[str]) -> None:
+    org = org_by_slug(session, "clientco")
+    staff = staff_by_email(session, "DEV1@agency.example")
+    assert org is not None and staff is not None
+    statements.clear()
+    with sessions() as other:
+        again = org_by_slug(other, "clientco")
+        by_id = org_by_id(other, org.id)
+        member = staff_by_id(other, staff.id)
+        assert staff_by_email(other, "dev1@agency.example") is member
+        assert again is by_id and again is not org          # this session's own copy
+        assert again is not None and (again.id, again.name, again.plan) == (
+            org.id, org.name, org.plan)
+        assert member is not None and member.email == "dev1@agency.example"
+        assert other.get(Org, org.id) is again                # in its identity map
+    assert statements == []
+
+
+def test_a_change_to_a_sessions_copy_never_reaches_the_cache(
+        session: Session, sessions: sessionmaker[Session]) -> None:
+    assert org_by_slug(session, "clientco") is not None
+    with sessions() as other:
+        copy = org_by_slug(other, "clientco")
+        assert copy is not None
+        copy.name = "Scribbled"
+    with sessions() as third:
+        fresh = org_by_slug(third, "clientco")
+        assert fresh is not None and fresh.name == "Client Co"
+
+
+def test_the_cache_follows_a_sync_of_the_directory(
+        session: Session, config: Config) -> None:
+    org = org_by_slug(session, "clientco")
+    assert org is not None and org.active
+    renamed = config.model_copy(update={"orgs": [
+        o.model_copy(update={"name": "Client Company"}) if o.slug == "clientco" else o
+        for o in config.orgs]})
+    sync_from_config(session, renamed)
+    session.flush()
+    again = org_by_slug(session, "clientco")
+    assert again is not None and again.name == "Client Company"
+
+
+def test_unknown_names_are_not_cached(session: Session, statements: list[str]) -> None:
+    assert org_by_slug(session, "nosuch") is None
+    assert org_by_slug(session, "nosuch") is None
+    assert len(statements) == 2
+
+
+# --- contacts --------------------------------------------------------------------------
+
+def test_a_contact_is_created_once_in_one_statement(
+        session: Session, statements: list[str]) -> None:
+    org = org_by_slug(session, "clientco")
+    assert org is not None
+    statements.clear()
+    ensure_contact(session, "new@client.example", org, "New Person")
+    ensure_contact(session, "new@client.example", org, "Another Name")
+    assert len(statements) == 2 and all("INSERT" in s for s in statements)
+    rows = session.scalars(select(Contact).where(Contact.email == "new@client.example")).all()
+    assert [(c.name, c.org_id, c.listed, c.can_approve, c.hard_bounces) for c in rows] == [
+        ("New Person", org.id, False, False, 0)]
+
+
+def test_a_listed_contact_is_left_as_configured(session: Session) -> None:
+    org = org_by_slug(session, "clientco")
+    assert org is not None
+    ensure_contact(session, "ops@partner.example", org, "Someone Else")
+    contact = session.scalar(select(Contact).where(Contact.email == "ops@partner.example"))
+    assert contact is not None and (contact.name, contact.can_approve, contact.listed) == (
+        "Ops", True, True)
+
+
+# --- events ----------------------------------------------------------------------------
+
+def test_events_are_written_at_once_and_go_with_a_rolled_back_savepoint(
+        session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock) -> None:
+    ticket = new_ticket()
+    add_event(session, ticket, "kept", clock.now(), "tester", n=1)
+    savepoint = session.begin_nested()
+    add_event(session, ticket, "undone", clock.now())
+    savepoint.rollback()
+    with session.no_autoflush:
+        rows = session.scalars(select(Event).where(Event.ticket_id == ticket.id)
+                               .order_by(Event.id)).all()
+    assert [(e.kind, e.actor, e.data) for e in rows] == [("kept", "tester", {"n": 1})]
+
+
+# --- SLA clocks ------------------------------------------------------------------------
+
+def test_running_clocks_include_those_not_yet_written_and_exclude_those_stopped_here(
+        session: Session, services: Services, new_ticket: Callable[..., Ticket],
+        clock: ManualClock, statements: list[str]) -> None:
+    ticket = new_ticket("clientco", priority="P1")
+    keeper = services.clocks(session)
+    keeper.start_ticket(ticket, clock.now())
+    pending = [c for c in session.new if isinstance(c, SlaClock)]
+    assert pending, "started clocks are written with the transaction, not one by one"
+    running = keeper.running(ticket)
+    assert running == pending
+    assert keeper.running(ticket, "first_response") == [
+        c for c in pending if c.target == "first_response"]
+
+    session.flush()
+    written = keeper.running(ticket)
+    assert [c.id for c in written] == sorted(c.id for c in pending)
+    written[0].stopped_at = clock.now()             # stopped here, not yet written
+    assert keeper.running(ticket) == written[1:]
+    assert session.scalar(select(func.count(SlaClock.id)).where(
+        SlaClock.ticket_id == ticket.id, SlaClock.stopped_at.is_(None))) == len(written) - 1
+
+
+def test_a_second_start_before_anything_is_written_is_the_next_cycle(
+        session: Session, services: Services, new_ticket: Callable[..., Ticket],
+        clock: ManualClock) -> None:
+    ticket = new_ticket("clientco")
+    keeper = services.clocks(session)
+    keeper.start_ticket(ticket, clock.now())
+    keeper.start_ticket(ticket, clock.now())
+    session.flush()
+    cycles = session.execute(select(SlaClock.target, SlaClock.cycle).where(
+        SlaClock.ticket_id == ticket.id).order_by(SlaClock.id)).all()
+    kinds = {target for target, _ in cycles}
+    assert sorted(cycles) == sorted([(k, 0) for k in kinds] + [(k, 1) for k in kinds])

@@ -1,0 +1,211 @@
+"""``postdesk import`` accepts messages in batches (one transaction per batch, the blobs
+published side by side) and then processes them one by one: the per-email outcomes are
+those of importing one by one, and a crash anywhere in a batch re-runs without creating
+anything twice."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from postdesk.importer import Importer, ImportSummary, Item
+from postdesk.storage.blobs import BlobStore
+from postdesk.storage.models import Message, RawMessage, Ticket
+from postdesk.workflow.pipeline.runner import PipelineResult
+from postdesk.workflow.rules.config import parse_config
+from tests.conftest import start_desk, stop_desk
+from tests.mailgen import history, write_mbox
+from tests.support import backend, config_text, make_email
+
+pytestmark = pytest.mark.backends("sqlite", "postgres-redis")
+
+
+class Crash(BaseException):
+    """Stands for the process dying (not an Exception: nothing may catch it)."""
+
+
+def _mbox_with_duplicates(tmp_path: Path, count: int, tag: str) -> tuple[Path, Any, int]:
+    """A history, plus three messages again byte for byte: one right after itself (same
+    batch), two far from the first copy (another batch)."""
+    h = history(count, tag=tag)
+    copies = [h.messages[3], h.messages[0], h.messages[1]]
+    messages = [*h.messages[:4], copies[0], *h.messages[4:], *copies[1:]]
+    return write_mbox(tmp_path / f"{tag}.mbox", messages), h, len(copies)
+
+
+def _import(desk: Any, path: Path, **kw: Any) -> ImportSummary:
+    importer = Importer(desk.app.services, desk.app.dispatch, "mbox", warn=print, **kw)
+    return importer.run(importer.sources([str(path)]))
+
+
+def _state(desk: Any) -> dict[str, Any]:
+    with desk.app.sessions() as s:
+        tickets = list(s.scalars(select(Ticket.subject).order_by(Ticket.id)))
+        inbound = s.scalar(select(func.count(Message.id)).where(Message.direction == "in"))
+        raws = s.scalar(select(func.count(RawMessage.id)))
+        pending = s.scalar(select(func.count(RawMessage.id))
+                           .where(RawMessage.status == "pending"))
+    return {"tickets": tickets, "inbound": inbound, "raws": raws, "pending": pending}
+
+
+@pytest.mark.parametrize("batch", [1, 7, 200])
+def test_batches_give_the_outcomes_of_one_by_one(make_desk: Any, tmp_path: Path,
+                                                   batch: int) -> None:
+    desk = make_desk(smtp=False, workers=False)
+    path, h, copies = _mbox_with_duplicates(tmp_path, 60, f"b{batch}")
+    summary = _import(desk, path, batch_messages=batch)
+    assert summary.as_json() == {
+        "total": 60 + copies, "tickets_created": h.tickets, "replies_threaded": h.replies,
+        "duplicates": copies, "quarantined": {"unknown_sender": h.unknown}, "failed": 0}
+    state = _state(desk)
+    # Tickets numbered in the mbox's order, as one by one; every message stored once.
+    opened = [m["Subject"] for m in h.messages if m["Subject"].startswith("Problem number")]
+    assert state["tickets"] == opened
+    assert state == {"tickets": opened, "inbound": h.tickets + h.replies, "raws": 60,
+                     "pending": 0}
+    again = _import(desk, path, batch_messages=batch)
+    assert again.as_json()["duplicates"] == 60 + copies and again.tickets_created == 0
+    assert _state(desk) == state
+
+
+def test_crash_mid_batch_after_commit_reruns_without_duplicates(make_desk: Any,
+                                                                tmp_path: Path) -> None:
+    desk = make_desk(smtp=False, workers=False)
+    h = history(40, tag="crash")
+    path = write_mbox(tmp_path / "crash.mbox", h.messages)
+
+    class Dying(Importer):
+        processed = 0
+
+        def _process(self, raw_id: int) -> PipelineResult | None:
+            if self.processed == 14:      # the 5th message of the 2nd batch of 10
+                raise Crash
+            self.processed += 1
+            return super()._process(raw_id)
+
+    dying = Dying(desk.app.services, desk.app.dispatch, "mbox", batch_messages=10)
+    with pytest.raises(Crash):
+        dying.run(dying.sources([str(path)]))
+    # The whole second batch was accepted (one transaction), six of it not processed.
+    assert _state(desk)["raws"] == 20 and _state(desk)["pending"] == 6
+
+    summary = _import(desk, path, batch_messages=10)
+    assert summary.duplicates == 14                         # processed before the crash
+    assert (summary.tickets_created + summary.replies_threaded
+            + sum(summary.quarantined.values())) == 26
+    state = _state(desk)
+    assert len(state["tickets"]) == h.tickets
+    assert state["inbound"] == h.tickets + h.replies
+    assert state["raws"] == 40 and state["pending"] == 0
+
+
+def test_crash_while_publishing_a_batch_leaves_no_row(make_desk: Any, tmp_path: Path) -> None:
+    desk = make_desk(smtp=False, workers=False)
+    h = history(30, tag="blobs")
+    path = write_mbox(tmp_path / "blobs.mbox", h.messages)
+    blobs: BlobStore = desk.app.services.blobs
+    real_put = blobs.put
+    calls = {"n": 0}
+
+    def failing_put(data: Any, digest: str | None = None) -> str:
+        calls["n"] += 1
+        if calls["n"] == 15:          # in the second batch
+            raise OSError(28, "No space left on device")
+        return real_put(data, digest)
+
+    setattr(blobs, "put", failing_put)  # noqa: B010 - an instance attribute, for this test
+    try:
+        with pytest.raises(OSError):
+            _import(desk, path, batch_messages=10)
+    finally:
+        del blobs.put
+    # The first batch is in; of the second, some blobs at most, no row.
+    assert _state(desk)["raws"] == 10 and _state(desk)["pending"] == 0
+
+    summary = _import(desk, path, batch_messages=10)
+    assert summary.duplicates == 10 and summary.total == 30
+    state = _state(desk)
+    assert len(state["tickets"]) == h.tickets and state["raws"] == 30
+    assert state["inbound"] == h.tickets + h.replies and state["pending"] == 0
+
+
+def test_batches_bounded_by_count_and_bytes() -> None:
+    sizes = [10, 10, 10, 50, 10, 10, 10, 10]
+
+    def reader(size: int) -> Callable[[], bytes]:
+        return lambda: b"x" * size
+
+    items = [Item(f"m{i}", reader(n)) for i, n in enumerate(sizes)]
+    importer = Importer.__new__(Importer)
+    importer.summary = ImportSummary()
+    importer.warn = print
+    importer.batch_messages, importer.batch_bytes = 3, 40
+    batches = [[item.label for item, _raw in b] for b in importer._batches(items, None)]
+    # A batch closes at 3 messages or once it holds 40 bytes or more.
+    assert batches == [["m0", "m1", "m2"], ["m3"], ["m4", "m5", "m6"], ["m7"]]
+
+
+def test_byte_duplicate_in_one_batch_is_processed_once(make_desk: Any, tmp_path: Path) -> None:
+    desk = make_desk(smtp=False, workers=False)
+    h = history(3, tag="twice")
+    path = write_mbox(tmp_path / "twice.mbox", [h.messages[0], *h.messages])
+    summary = _import(desk, path)
+    assert (summary.total, summary.duplicates) == (4, 1)
+    assert _state(desk)["raws"] == 3
+
+
+def _import_alone(tmp_path: Path, mbox: Path, importer_cls: type[Importer], **kw: Any
+                  ) -> tuple[Importer, dict[str, Any]]:
+    """Import into a desk of its own (SQLite); the summary and what was stored."""
+    with backend("sqlite", tmp_path) as be:
+        desk = start_desk(parse_config(config_text(be, tmp_path / "data"), environ={}),
+                          smtp=False, workers=False)
+        try:
+            importer = importer_cls(desk.app.services, desk.app.dispatch, "mbox",
+                                    batch_messages=10, **kw)
+            summary = importer.run(importer.sources([str(mbox)]))
+            with desk.app.sessions() as s:
+                stored = {
+                    "summary": summary.as_json(),
+                    "raws": [(r.status, r.reason, r.detail, r.ticket_id, r.subject) for r in
+                             s.scalars(select(RawMessage).order_by(RawMessage.id))],
+                    "messages": [(m.ticket_id, m.subject, m.text, m.stripped_text) for m in
+                                 s.scalars(select(Message).where(Message.direction == "in")
+                                           .order_by(Message.id))]}
+        finally:
+            stop_desk(desk)
+    return importer, stored
+
+
+def test_parsing_ahead_in_a_second_process_changes_no_outcome(tmp_path: Path) -> None:
+    h = history(40, tag="ahead")
+    quoted = make_email(sender="user0@client.example", subject=f"Re: {h.messages[0]['Subject']}",
+                        in_reply_to=h.messages[0]["Message-ID"],
+                        body="Still broken.\n\nOn Monday, Support wrote:\n> We are on it.\n")
+    garbage = b"\x00\xff\xfe not an email \x00\n"
+    raws = [m.as_bytes() for m in h.messages]
+    mbox = write_mbox(tmp_path / "ahead.mbox", [*raws[:20], garbage, quoted.as_bytes(),
+                                                *raws[20:]])
+
+    class Patient(Importer):
+        """Waits for each message's parse-ahead result, so that every one is used."""
+
+        used = 0
+
+        def _parsed_ahead(self, digest: str) -> Any:
+            entry = self._ahead.get(digest)
+            if entry is not None:
+                entry[0].result(timeout=60)
+            ahead = super()._parsed_ahead(digest)
+            self.used += ahead is not None
+            return ahead
+
+    inline, plain = _import_alone(tmp_path / "inline", mbox, Importer, parse_ahead=False)
+    importer, ahead = _import_alone(tmp_path / "ahead", mbox, Patient, parse_ahead=True)
+    assert isinstance(importer, Patient) and importer.used == 42   # every message
+    assert ahead == plain
+    assert plain["summary"]["quarantined"] == {"unknown_sender": h.unknown, "unparseable": 1}
