@@ -41,13 +41,11 @@ Prints one table; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import re
 import shutil
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import tempfile
@@ -61,102 +59,35 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchlib import (
+    DEFAULT_PG_ADMIN,
+    LOOPBACK,
+    SUPPORT,
+    child_env,
+    describe_tree,
+    desk_config,
+    free_port,
+    load_average,
+    pct,
+    print_head,
+    python_line,
+    stop_process,
+    wait_for_port,
+)
+
 SCRIPT = Path(__file__).resolve()
 TREE = SCRIPT.parent.parent
 POSTDESK = Path(sys.executable).with_name("postdesk")
-DEFAULT_PG_ADMIN = os.environ.get("POSTDESK_TEST_POSTGRES_URL",
-                                  "postgresql://postgres@127.0.0.1:5432/postgres")
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-SUPPORT = "support@desk.example"
 MAX_MESSAGE_BYTES = 26214400
 SERVERS = ("null", "smtp-sqlite", "smtp-postgres", "serve-sqlite")
 
-CONFIG = """
-[desk]
-name = "Bench Support"
-support_addresses = ["{support}"]
-ticket_prefix = "PD"
-database_url = "{database_url}"
-broker_url = "stub://"
-data_dir = "{data_dir}"
-secret = "bench-secret-key"
-flood_tickets_per_hour = 1000000
-auto_reply_limit_per_hour = 1000000
-
-[smtp_in]
-host = "127.0.0.1"
-port = {port}
-max_message_bytes = {max_bytes}
-
-[calendars.always]
-always_open = true
-
-[plans.basic]
-calendar = "always"
-first_response = {{ P1 = "1h", P2 = "2h", P3 = "5h" }}
-
-[[orgs]]
-slug = "clientco"
-name = "Client Co"
-plan = "basic"
-domains = ["client.example"]
-
-[[staff]]
-email = "dev1@agency.example"
-name = "Dev One"
-role = "lead"
-"""
-
-
 # --- helpers ------------------------------------------------------------------------------
-
-def child_env() -> dict[str, str]:
-    """POSTDESK_* variables would override the config file: none is passed on."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("POSTDESK_")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[Any], log: Path, timeout: float = 60
-                  ) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server on port {port} did not start:\n"
-                               + log.read_text(errors="replace")[-3000:])
-        time.sleep(0.05)
-
-
-def stop_process(proc: subprocess.Popen[Any], grace: float = 20) -> None:
-    """Stop one process this script started, by its pid: SIGTERM, then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(user, system) CPU time of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / ticks, int(fields[12]) / ticks
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def wire(raw: bytes) -> bytes:
@@ -333,10 +264,9 @@ def server_process(kind: str, workdir: Path, pg_admin: str) -> Iterator[tuple[in
             argv = [sys.executable, str(SCRIPT), "--null-server", str(port)]
         else:
             config = workdir / f"{kind}.toml"
-            config.write_text(CONFIG.format(
-                support=SUPPORT, database_url=database_url or
-                f"sqlite:///{workdir / (kind + '.db')}", data_dir=workdir / f"{kind}-data",
-                port=port, max_bytes=MAX_MESSAGE_BYTES))
+            config.write_text(desk_config(
+                database_url=database_url or f"sqlite:///{workdir / (kind + '.db')}",
+                data_dir=workdir / f"{kind}-data", port=port, max_bytes=MAX_MESSAGE_BYTES))
             subprocess.run([str(POSTDESK), "db", "upgrade", "--config", str(config)],
                            check=True, capture_output=True, env=child_env(), cwd=workdir,
                            timeout=300)
@@ -348,7 +278,7 @@ def server_process(kind: str, workdir: Path, pg_admin: str) -> Iterator[tuple[in
             wait_for_port(port, proc, log)
             yield port, proc.pid
         finally:
-            stop_process(proc)
+            stop_process(proc, grace=20)
 
 
 @contextmanager
@@ -403,16 +333,6 @@ def durability_floor(root: Path, n: int = 300) -> tuple[float, float]:
 
 # --- main ----------------------------------------------------------------------------------
 
-def describe_tree() -> str:
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(TREE), *args], capture_output=True, text=True)
-        return proc.stdout.strip()
-
-    dirty = len([line for line in git("status", "--porcelain").splitlines() if line])
-    return f"{TREE} (git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
-        f", {dirty} uncommitted changes)" if dirty else ")")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--messages", type=int, default=1000,
@@ -439,9 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not POSTDESK.exists():
         sys.exit(f"{POSTDESK} not found: run this script with the tree's .venv/bin/python")
 
-    print(f"postdesk SMTP accept - tree {describe_tree()}")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start; "
+    print(f"postdesk SMTP accept - tree {describe_tree(TREE)}")
+    print(f"{python_line()}, load average {load_average()} at start; "
           f"{args.messages} emails (~{len(make_email('x', 0))} bytes) per measurement, "
           f"at most {args.max_seconds:g} s each")
     results: list[Measurement] = []
@@ -469,8 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head = (f"{'server':<15}{'conns':>6}{'emails':>8}{'msg/s':>9}{'ratio':>8}"
             f"{'p50 ms':>9}{'p99 ms':>9}{'usr ms':>8}{'sys ms':>8}  errors")
     print()
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for m in results:
         base = baseline.get(m.conns)
         ratio = f"{m.rate / base:.3f}" if base else "-"
@@ -488,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{floor[1]:.2f} ms into a new one; one connection can reach at most "
               f"~{best:.2f}x the do-nothing server while a 250 waits for that "
               f"({null_ms:.2f} ms per email + {floor[1]:.2f} ms)")
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at end: {load_average()}")
     print("ratio: msg/s over the do-nothing aiosmtpd's with as many connections, this run. "
           "Latency: end of DATA -> 250. usr/sys: the server process's CPU time per email.")
     return 0

@@ -68,16 +68,20 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_pipeline_locks import (  # noqa: E402
-    CONFIG_TEMPLATE,
+from bench_pipeline_locks import CONFIG_TEMPLATE, pg_admin  # noqa: E402
+from benchlib import (  # noqa: E402
     DEFAULT_PG_ADMIN,
     SUPPORT,
     Tree,
     child_env,
+    fmt,
     free_port,
-    pg_admin,
+    load_average,
+    print_head,
+    python_line,
     require_loopback,
 )
+from benchlib import reexec_in_tree as _reexec_in_tree  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_TREE = SCRIPT.parent.parent
@@ -86,12 +90,7 @@ ROUNDUP_VERSION = "2.6.0"
 
 def reexec_in_tree(tree: Tree) -> None:
     """Run with the tree's own interpreter: re-execute THIS script there."""
-    if Path(sys.prefix).resolve() == (tree.path / ".venv").resolve():
-        return
-    if not tree.python.exists():
-        sys.exit(f"{tree.python} does not exist: create it with\n  cd {tree.path} && "
-                 "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'")
-    os.execv(str(tree.python), [str(tree.python), str(SCRIPT), *sys.argv[1:]])
+    _reexec_in_tree(tree, SCRIPT)
 
 
 BODY_LINE = "The printer on the third floor shows 'PC LOAD LETTER' again since Monday."
@@ -354,10 +353,6 @@ def keep_or_remove(args: argparse.Namespace, workdir: Path) -> None:
 
 # --- report ----------------------------------------------------------------------------------
 
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def print_report(rows: list[Row], args: argparse.Namespace, mbox_bytes: int) -> None:
     print(f"\nimport of one mbox: {args.emails} new-ticket emails from {args.senders} known "
           f"senders, {mbox_bytes / args.emails:.0f} bytes each on average; "
@@ -365,8 +360,7 @@ def print_report(rows: list[Row], args: argparse.Namespace, mbox_bytes: int) -> 
     head = (f"{'tool':26} {'backend':8} {'tickets':>7} {'wall s':>7} {'tickets/s':>9} "
             f"{'CPU s':>7} {'CPU ms/t':>8} {'fixed CPU s':>11} {'net ms/t':>8} {'load':>5}  "
             "emails out")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in rows:
         print(f"{r.tool:26} {r.backend:8} {r.tickets:>7} {r.wall_s:>7.2f} {r.rate:>9.1f} "
               f"{r.cpu_s:>7.2f} {fmt(r.cpu_ms):>8} {r.fixed_cpu_s:>11.2f} "
@@ -436,9 +430,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_loopback(args.pg_admin_url, "--pg-admin-url")
     bin_dir = ensure_roundup(args.roundup_venv.resolve())
     print(f"postdesk import vs roundup-mailgw - tree {tree.describe()}")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-          f"{datetime.now(UTC).isoformat(timespec='seconds')}, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{python_line()}, {datetime.now(UTC).isoformat(timespec='seconds')}, "
+          f"load average {load_average()}")
     data = Path(tempfile.mkdtemp(prefix="pdpeers-"))
     rows: list[Row] = []
     try:

@@ -43,9 +43,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -57,49 +55,24 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from benchlib import (
+    SUPPORT,
+    child_env,
+    describe_tree,
+    desk_config,
+    free_port,
+    load_average,
+    print_head,
+    python_line,
+    stop_process,
+    wait_for_port,
+    wait_until,
+)
+
 SCRIPT = Path(__file__).resolve()
 TREE = SCRIPT.parent.parent
 POSTDESK = Path(sys.executable).with_name("postdesk")
-SUPPORT = "support@desk.example"
 MIB = 1024 * 1024
-
-CONFIG = """
-[desk]
-name = "Bench Support"
-support_addresses = ["{support}"]
-ticket_prefix = "PD"
-database_url = "sqlite:///{db}"
-broker_url = "stub://"
-data_dir = "{data_dir}"
-secret = "bench-secret-key"
-flood_tickets_per_hour = 1000000
-auto_reply_limit_per_hour = 1000000
-{extra}
-
-[smtp_in]
-host = "127.0.0.1"
-port = {port}
-max_message_bytes = {max_bytes}
-
-[calendars.always]
-always_open = true
-
-[plans.basic]
-calendar = "always"
-first_response = {{ P1 = "1h", P2 = "2h", P3 = "5h" }}
-
-[[orgs]]
-slug = "clientco"
-name = "Client Co"
-plan = "basic"
-domains = ["client.example"]
-
-[[staff]]
-email = "dev1@agency.example"
-name = "Dev One"
-role = "lead"
-"""
-
 
 # --- /proc ---------------------------------------------------------------------------------
 
@@ -233,17 +206,6 @@ def child_many(config_path: str, count: int, max_seconds: float) -> dict[str, An
 
 # --- the orchestrator ----------------------------------------------------------------------
 
-def child_env() -> dict[str, str]:
-    """POSTDESK_* variables would override the config file: none is passed on."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("POSTDESK_")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_child(*args: str, timeout: float = 600) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--child", *args], capture_output=True,
                           text=True, env=child_env(), timeout=timeout)
@@ -256,9 +218,9 @@ def run_child(*args: str, timeout: float = 600) -> dict[str, Any]:
 def make_desk(workdir: Path, name: str, extra: str = "") -> tuple[Path, int]:
     port = free_port()
     config = workdir / f"{name}.toml"
-    config.write_text(CONFIG.format(support=SUPPORT, db=workdir / f"{name}.db",
-                                    data_dir=workdir / f"{name}-data", extra=extra,
-                                    port=port, max_bytes=64 * MIB))
+    config.write_text(desk_config(database_url=f"sqlite:///{workdir / f'{name}.db'}",
+                                  data_dir=workdir / f"{name}-data", desk_extra=extra,
+                                  port=port, max_bytes=64 * MIB))
     subprocess.run([str(POSTDESK), "db", "upgrade", "--config", str(config)], check=True,
                    capture_output=True, env=child_env(), timeout=300)
     return config, port
@@ -274,14 +236,13 @@ def pending(db: Path) -> tuple[int, int]:
 
 
 def wait_processed(db: Path, total: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def processed() -> bool:
         with suppress(sqlite3.Error):
             count, waiting = pending(db)
-            if count >= total and waiting == 0:
-                return True
-        time.sleep(0.2)
-    return False
+            return count >= total and waiting == 0
+        return False
+
+    return wait_until(processed, timeout)
 
 
 def serve_row(workdir: Path, raw: bytes, extra: str) -> dict[str, Any]:
@@ -291,14 +252,8 @@ def serve_row(workdir: Path, raw: bytes, extra: str) -> dict[str, Any]:
     proc = subprocess.Popen([str(POSTDESK), "serve", "--config", str(config)], stdout=log,
                             stderr=log, env=child_env())
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("postdesk serve did not start:\n"
-                                   + (workdir / "serve.log").read_text()[-2000:])
-            time.sleep(0.1)
+        wait_for_port(port, proc, workdir / "serve.log", what="postdesk serve",
+                      interval=0.1)
         with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:
             client.sendmail("client0@client.example", [SUPPORT], small_email(0, "warm"))
         if not wait_processed(db, 1, 60):
@@ -318,24 +273,8 @@ def serve_row(workdir: Path, raw: bytes, extra: str) -> dict[str, Any]:
         return {"before_kib": before, "peak_kib": peak, "reset": reset, "seconds": seconds,
                 "status": status if processed else f"{status} (timed out)", "reason": reason}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, grace=30)
         log.close()
-
-
-def describe_tree() -> str:
-    def git(*args: str) -> str:
-        proc = subprocess.run(["git", "-C", str(TREE), *args], capture_output=True, text=True)
-        return proc.stdout.strip()
-
-    dirty = len([line for line in git("status", "--porcelain").splitlines() if line])
-    return f"{TREE} (git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
-        f", {dirty} uncommitted changes)" if dirty else ")")
 
 
 def mib(kib: float) -> str:
@@ -365,9 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not POSTDESK.exists():
         sys.exit(f"{POSTDESK} not found: run this script with the tree's .venv/bin/python")
 
-    print(f"postdesk memory - tree {describe_tree()}")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
+    print(f"postdesk memory - tree {describe_tree(TREE)}")
+    print(f"{python_line()}, load average {load_average()} at start")
     workdir = Path(tempfile.mkdtemp(prefix="pdbench-mem-"))
     try:
         raw = big_email(int(args.attachment_mib * MIB))
@@ -401,8 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     head = (f"{'case':<32}{'peak MiB':>9}{'- base':>8}{'x msg':>7}{'own MiB':>9}"
             f"{'x msg':>7}{'s':>6}  outcome")
     print()
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     print(f"{'import only (baseline)':<32}{mib(base['peak_kib']):>9}{'':>8}{'':>7}{'':>9}"
           f"{'':>7}{'':>6}  RSS {mib(base['rss_kib'])} MiB")
     for label, r in rows:
@@ -423,12 +360,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nRSS over {samples[-1][0]} small emails, accepted and processed one by one in one "
           "process")
     head = f"{'emails':>8}{'RSS MiB':>10}{'vs 10%':>9}"
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     first = samples[1][1] if len(samples) > 1 else samples[0][1]
     for done, rss in samples:
         print(f"{done:>8}{mib(rss):>10}{mib(rss - first) if done else '':>9}")
-    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load average at end: {load_average()}")
     return 0
 
 

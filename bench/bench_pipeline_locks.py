@@ -84,13 +84,10 @@ from __future__ import annotations
 import argparse
 import email.message
 import json
-import math
 import os
 import re
 import shutil
-import signal
 import smtplib
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -109,13 +106,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchlib import (
+    DEFAULT_PG_ADMIN,
+    SUPPORT,
+    Tree,
+    child_env,
+    fmt,
+    free_port,
+    pct,
+    print_head,
+    python_line,
+    require_loopback,
+    stop_process,
+    wait_for_port,
+)
+from benchlib import reexec_in_tree as _reexec_in_tree
+
 SCRIPT = Path(__file__).resolve()
 DEFAULT_TREE = SCRIPT.parent.parent
-DEFAULT_PG_ADMIN = os.environ.get("POSTDESK_TEST_POSTGRES_URL",
-                                  "postgresql://postgres@127.0.0.1:5432/postgres")
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-SUPPORT = "support@desk.example"
 # Desk keys the benchmark sets; the optional ones are dropped (with a warning) if the tree's
 # config model does not know them. flood_tickets_per_hour is required: without it the one
 # sender's emails would be quarantined as a flood.
@@ -184,33 +193,8 @@ weeks = ["dev1@agency.example", "dev2@agency.example"]
 
 # === shared helpers ========================================================================
 
-def child_env() -> dict[str, str]:
-    """The environment for postdesk processes: POSTDESK_* variables would override the
-    config file (docs/reference.md), so none is passed on."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("POSTDESK_")}
-
-
-def require_loopback(url: str, what: str) -> None:
-    host = urlsplit(url).hostname or ""
-    if host not in LOOPBACK:
-        sys.exit(f"{what}: {url!r} is not a loopback address; refusing to use it")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def fmt_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    return fmt(value)
 
 
 # === part 1, in the child: the probes ======================================================
@@ -602,38 +586,9 @@ def child_enqueue(config_path: str) -> None:
 
 # === the orchestrator ======================================================================
 
-@dataclass
-class Tree:
-    path: Path
-
-    @property
-    def python(self) -> Path:
-        return self.path / ".venv" / "bin" / "python"
-
-    @property
-    def postdesk(self) -> Path:
-        return self.path / ".venv" / "bin" / "postdesk"
-
-    def describe(self) -> str:
-        def git(*args: str) -> str:
-            proc = subprocess.run(["git", "-C", str(self.path), *args], capture_output=True,
-                                  text=True)
-            return proc.stdout.strip()
-
-        dirty = len([line for line in git("status", "--porcelain").splitlines() if line])
-        return f"{self.path} (git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
-            f", {dirty} uncommitted changes)" if dirty else ")")
-
-
 def reexec_in_tree(tree: Tree) -> None:
     """Run the tree's code with the tree's own interpreter: re-execute this script there."""
-    venv = (tree.path / ".venv").resolve()
-    if Path(sys.prefix).resolve() == venv:
-        return
-    if not tree.python.exists():
-        sys.exit(f"{tree.python} does not exist: create it with\n  cd {tree.path} && "
-                 "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'")
-    os.execv(str(tree.python), [str(tree.python), str(SCRIPT), *sys.argv[1:]])
+    _reexec_in_tree(tree, SCRIPT)
 
 
 def make_email(i: int, sender: int, tag: str) -> tuple[str, bytes]:
@@ -740,15 +695,8 @@ class Desk:
                                  str(self.feed_config)], stdout=log, stderr=log,
                                 env=child_env(), cwd=self.workdir)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                with suppress(OSError), socket.create_connection(("127.0.0.1", self.smtp_port),
-                                                                 timeout=1):
-                    break
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("postdesk smtp did not start:\n"
-                                       + (self.workdir / "smtp.log").read_text()[-3000:])
-                time.sleep(0.1)
+            wait_for_port(self.smtp_port, proc, self.workdir / "smtp.log",
+                          what="postdesk smtp", interval=0.1)
             started = time.perf_counter()
             with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=60) as client:
                 for sender, raw in emails:
@@ -782,18 +730,6 @@ def pg_admin(url: str) -> Iterator[Any]:
         yield conn
     finally:
         conn.close()
-
-
-def stop_process(proc: subprocess.Popen[Any], grace: float = 15) -> None:
-    """Stop one process this script started, by its pid: SIGTERM, then SIGKILL."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextmanager
@@ -863,8 +799,7 @@ def print_locks(results: list[dict[str, Any]], args: argparse.Namespace) -> None
           f"time by 1 worker thread (first {args.warmup} = warm-up, excluded); median / p95")
     head = f"{'metric':58}" + "".join(f"{r['backend'][:8] + ' med':>14}{'p95':>9}"
                                       for r in results)
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for label, key in LOCK_ROWS:
         cells = ""
         for r in results:
@@ -992,8 +927,7 @@ def print_e2e(rows: list[E2E], args: argparse.Namespace) -> None:
           f"k `postdesk worker` processes x {args.worker_threads} thread(s)")
     head = (f"{'senders':>7} {'k':>3} {'emails':>6} {'done s':>8} {'emails/s':>9} "
             f"{'all sent s':>10} {'feed s':>7} {'load':>5} {'lock-wait':>9}  raw messages")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in sorted(rows, key=lambda r: (r.senders, r.workers)):
         print(f"{r.senders:>7} {r.workers:>3} {r.emails:>6} {fmt_ms(r.done_s):>8} "
               f"{fmt_ms(r.rate):>9} {fmt_ms(r.sent_s):>10} {r.feed_s:>7.1f} {r.load:>5.2f} "
@@ -1057,8 +991,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_loopback(args.pg_admin_url, "--pg-admin-url")
     require_loopback(args.redis_url, "--redis-url")
     print(f"postdesk pipeline locks - tree {tree.describe()}")
-    print(f"python {sys.version.split()[0]} ({sys.executable}), {os.cpu_count()} CPUs, "
-          f"{datetime.now(UTC).isoformat(timespec='seconds')}")
+    print(f"{python_line(executable=True)}, {datetime.now(UTC).isoformat(timespec='seconds')}")
     report: dict[str, Any] = {"tree": str(tree.path)}
     if not args.skip_locks:
         results = []

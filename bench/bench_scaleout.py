@@ -64,7 +64,6 @@ import json
 import os
 import queue
 import smtplib
-import socket
 import statistics
 import subprocess
 import sys
@@ -81,21 +80,29 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline_locks import (  # noqa: E402
-    DEFAULT_PG_ADMIN,
     DEFAULT_REDIS,
-    SUPPORT,
     Desk,
-    Tree,
-    child_env,
+    child_enqueue,
     emails_for,
     make_email,
-    pct,
     private_desk,
-    require_loopback,
-    stop_process,
-    tree_app,
     wait_for_workers,
 )
+from benchlib import (  # noqa: E402
+    DEFAULT_PG_ADMIN,
+    SUPPORT,
+    Tree,
+    child_env,
+    fmt,
+    load_average,
+    pct,
+    print_head,
+    python_line,
+    require_loopback,
+    stop_process,
+    wait_for_port,
+)
+from benchlib import reexec_in_tree as _reexec_in_tree  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_TREE = SCRIPT.parent.parent
@@ -104,30 +111,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def reexec_in_tree(tree: Tree) -> None:
     """Run with the tree's own interpreter: re-execute THIS script there."""
-    if Path(sys.prefix).resolve() == (tree.path / ".venv").resolve():
-        return
-    if not tree.python.exists():
-        sys.exit(f"{tree.python} does not exist: create it with\n  cd {tree.path} && "
-                 "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'")
-    os.execv(str(tree.python), [str(tree.python), str(SCRIPT), *sys.argv[1:]])
-
-
-# === children (the tree's python) ============================================================
-
-def child_enqueue(config_path: str) -> None:
-    app, _used = tree_app(config_path)
-    from sqlalchemy import text
-
-    with app.engine.connect() as conn:
-        ids = [int(r[0]) for r in conn.execute(text(
-            "SELECT id FROM raw_messages WHERE status = 'pending' ORDER BY id"))]
-    t0 = time.time()
-    for raw_id in ids:
-        app.enqueue_inbound(raw_id)
-    t1 = time.time()
-    with suppress(Exception):
-        app.close()
-    print(json.dumps({"t0": t0, "t1": t1, "n": len(ids)}), flush=True)
+    _reexec_in_tree(tree, SCRIPT)
 
 
 # === processes ================================================================================
@@ -166,16 +150,13 @@ def start_smtp(desk: Desk, tree: Tree, config: Path) -> subprocess.Popen[Any]:
     proc = subprocess.Popen([str(tree.postdesk), "smtp", "--config", str(config)],
                             stdout=log, stderr=log, env=child_env(), cwd=desk.workdir)
     log.close()
-    deadline = time.monotonic() + 60
-    while True:
-        with suppress(OSError), socket.create_connection(("127.0.0.1", desk.smtp_port),
-                                                         timeout=1):
-            return proc
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_process(proc)
-            raise RuntimeError("postdesk smtp did not start:\n"
-                               + (desk.workdir / "smtp-live.log").read_text()[-3000:])
-        time.sleep(0.1)
+    try:
+        wait_for_port(desk.smtp_port, proc, desk.workdir / "smtp-live.log",
+                      what="postdesk smtp", interval=0.1)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
 
 
 def pg_connect(desk: Desk) -> Any:
@@ -274,10 +255,6 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                    "" if acked else f"not done after {args.timeout:.0f}s")
 
 
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
     print(f"\n1. Throughput, end to end on PostgreSQL + Redis: {args.emails} emails, k "
           f"`postdesk worker` processes x {args.worker_threads} thread(s); seconds from the "
@@ -285,8 +262,7 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
     head = (f"{'senders':>7} {'k':>3} {'processed s':>11} {'acks sent s':>11} "
             f"{'all sent s':>10} {'emails/s':>9} {'worker CPU ms/email':>19} {'feed s':>7} "
             f"{'load':>5} {'lock-wait':>9}  raw messages")
-    print(head)
-    print("-" * len(head))
+    print_head(head)
     for r in runs:
         print(f"{r.senders:>7} {r.workers:>3} {fmt(r.processed_s, 2):>11} "
               f"{fmt(r.acked_s, 2):>11} {fmt(r.all_sent_s, 2):>10} {fmt(r.rate):>9} "
@@ -510,8 +486,7 @@ def print_latency(r: Latency, args: argparse.Namespace) -> None:
           f"{r.errors} SMTP errors; {r.missing_ack} without a sent acknowledgement after "
           f"{args.drain:g} s; load {r.load:.2f} at the start")
     head = f"  {'due -> ...':38} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9} {'max ms':>9}"
-    print(head)
-    print("  " + "-" * (len(head) - 2))
+    print_head(head, "  ")
     for label, values in (("250 for DATA (accepted)", r.accept_ms),
                           ("ack row stamped (created_at)", r.created_ms),
                           ("ack in outbox (rendered, committed)", r.outbox_ms),
@@ -576,9 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     require_loopback(args.pg_admin_url, "--pg-admin-url")
     require_loopback(args.redis_url, "--redis-url")
     print(f"postdesk scale-out - tree {tree.describe()}")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
-          f"{datetime.now(UTC).isoformat(timespec='seconds')}, load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{python_line()}, {datetime.now(UTC).isoformat(timespec='seconds')}, "
+          f"load average {load_average()}")
     report: dict[str, Any] = {"tree": str(tree.path)}
     if not args.skip_throughput:
         runs: list[Run] = []

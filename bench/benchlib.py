@@ -1,0 +1,204 @@
+"""Helpers shared by the benchmark scripts in this folder (standard library only).
+
+The scripts are run as ``python3 bench/X.py`` (or re-executed with another tree's
+``.venv/bin/python`` on this same file), so this folder is ``sys.path[0]`` and
+``import benchlib`` works; a script imported as a module (``bench_pipeline_locks`` from
+``bench_scaleout``) finds it the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_PG_ADMIN = os.environ.get("POSTDESK_TEST_POSTGRES_URL",
+                                  "postgresql://postgres@127.0.0.1:5432/postgres")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+SUPPORT = "support@desk.example"
+
+
+# --- processes -------------------------------------------------------------------------------
+
+def child_env() -> dict[str, str]:
+    """The environment for postdesk processes: POSTDESK_* variables would override the
+    config file (docs/reference.md), so none is passed on."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("POSTDESK_")}
+
+
+def require_loopback(url: str, what: str) -> None:
+    host = urlsplit(url).hostname or ""
+    if host not in LOOPBACK:
+        sys.exit(f"{what}: {url!r} is not a loopback address; refusing to use it")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(done: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    """Call ``done`` every ``interval`` seconds until it is true (True) or ``timeout``
+    seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], log: Path, *,
+                  what: str | None = None, timeout: float = 60, interval: float = 0.05
+                  ) -> None:
+    """Until something accepts connections on 127.0.0.1:``port``; RuntimeError (with the
+    tail of ``log``) if ``proc`` exits first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what or f'server on port {port}'} did not start:\n"
+                               + log.read_text(errors="replace")[-3000:])
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 15) -> None:
+    """Stop one process this script started, by its pid: SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- the tree measured ------------------------------------------------------------------------
+
+def describe_tree(path: Path) -> str:
+    """``PATH (git SHORT[, N uncommitted changes])``."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True)
+        return proc.stdout.strip()
+
+    dirty = len([line for line in git("status", "--porcelain").splitlines() if line])
+    return f"{path} (git {git('rev-parse', '--short', 'HEAD') or '?'}" + (
+        f", {dirty} uncommitted changes)" if dirty else ")")
+
+
+@dataclass
+class Tree:
+    """A checkout with its own ``.venv``."""
+
+    path: Path
+
+    @property
+    def python(self) -> Path:
+        return self.path / ".venv" / "bin" / "python"
+
+    @property
+    def postdesk(self) -> Path:
+        return self.path / ".venv" / "bin" / "postdesk"
+
+    def describe(self) -> str:
+        return describe_tree(self.path)
+
+
+def reexec_in_tree(tree: Tree, script: Path) -> None:
+    """Run the tree's code with the tree's own interpreter: re-execute ``script`` (the
+    calling script, with the same arguments) there, unless already running in it."""
+    if Path(sys.prefix).resolve() == (tree.path / ".venv").resolve():
+        return
+    if not tree.python.exists():
+        sys.exit(f"{tree.python} does not exist: create it with\n  cd {tree.path} && "
+                 "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'")
+    os.execv(str(tree.python), [str(tree.python), str(script), *sys.argv[1:]])
+
+
+# --- an embedded desk's configuration ---------------------------------------------------------
+
+def desk_config(*, database_url: str, data_dir: Path | str, port: int, max_bytes: int,
+                broker_url: str = "stub://", desk_extra: str = "") -> str:
+    """The TOML of a minimal desk: one always-open plan, one client org (client.example),
+    one lead; flood and auto-reply limits out of the way. ``desk_extra`` is added to
+    ``[desk]``."""
+    extra = f"{desk_extra}\n" if desk_extra else ""
+    return f"""
+[desk]
+name = "Bench Support"
+support_addresses = ["{SUPPORT}"]
+ticket_prefix = "PD"
+database_url = "{database_url}"
+broker_url = "{broker_url}"
+data_dir = "{data_dir}"
+secret = "bench-secret-key"
+flood_tickets_per_hour = 1000000
+auto_reply_limit_per_hour = 1000000
+{extra}
+[smtp_in]
+host = "127.0.0.1"
+port = {port}
+max_message_bytes = {max_bytes}
+
+[calendars.always]
+always_open = true
+
+[plans.basic]
+calendar = "always"
+first_response = {{ P1 = "1h", P2 = "2h", P3 = "5h" }}
+
+[[orgs]]
+slug = "clientco"
+name = "Client Co"
+plan = "basic"
+domains = ["client.example"]
+
+[[staff]]
+email = "dev1@agency.example"
+name = "Dev One"
+role = "lead"
+"""
+
+
+# --- figures and tables -----------------------------------------------------------------------
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); NaN for no values."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, ``"0.52 0.61 0.70"``."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def python_line(*, executable: bool = False) -> str:
+    """``python 3.12.3[ (/path/python)], N CPUs``: the start of a report's second line."""
+    where = f" ({sys.executable})" if executable else ""
+    return f"python {sys.version.split()[0]}{where}, {os.cpu_count()} CPUs"
+
+
+def print_head(head: str, indent: str = "") -> None:
+    """A table's heading line (``head`` includes ``indent``) and its rule below."""
+    print(head)
+    print(indent + "-" * (len(head) - len(indent)))
