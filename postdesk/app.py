@@ -16,6 +16,7 @@ from pathlib import Path
 from dramatiq import Worker
 from sqlalchemy.orm import Session
 
+from postdesk.clock import SystemClock
 from postdesk.ingest.accept import AcceptResult, Envelope, accept
 from postdesk.mail.authentication import DnsFunc
 from postdesk.mail.render import Renderer
@@ -29,7 +30,7 @@ from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.sla_clocks import ClockKeeper
 from postdesk.workflow.pipeline.process import process_inbound
 from postdesk.workflow.rules.allowance import format_hours
-from postdesk.workflow.rules.clock import Clock, SystemClock
+from postdesk.workflow.rules.clock import Clock
 from postdesk.workflow.rules.config import Config, secret_from_env
 from postdesk.workflow.rules.sla import build_calendars
 from postdesk.workflow.tasks.actors import Actors, register_actors

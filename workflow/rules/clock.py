@@ -1,4 +1,6 @@
-"""Where "now" comes from. Rules never read the wall clock; they are handed ``now``."""
+"""Where "now" comes from. Rules never read the wall clock: they are handed ``now`` or a
+``Clock``. The one clock that reads the system time lives in the shell
+(``postdesk.clock.SystemClock``); tests use ``ManualClock``."""
 
 from __future__ import annotations
 
@@ -9,11 +11,6 @@ from typing import Protocol
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
 
 
 class ManualClock:
