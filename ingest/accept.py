@@ -55,6 +55,15 @@ _UPSERTS: dict[str, Any] = {
     .returning(_RAW.c.id)
     for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))}
 _FIND = select(_RAW.c.id, _RAW.c.status).where(_RAW.c.sha256 == bindparam("digest"))
+_FIND_MANY = select(_RAW.c.id, _RAW.c.sha256, _RAW.c.status).where(
+    _RAW.c.sha256.in_(bindparam("digests", expanding=True)))
+
+
+def _row(digest: str, size: int, envelope: Envelope, source: str, now: datetime,
+         notify: bool) -> dict[str, Any]:
+    return {"sha256": digest, "size": size, "source": source[:100],
+            "envelope_from": envelope.mail_from, "envelope_to": list(envelope.rcpt_tos),
+            "received_at": now, "status": "pending", "notify": notify}
 
 
 def accept(sessions: sessionmaker[Session], blobs: BlobStore, raw: bytes, envelope: Envelope,
@@ -64,9 +73,7 @@ def accept(sessions: sessionmaker[Session], blobs: BlobStore, raw: bytes, envelo
     # accepted before this only checks that the blob is there (a retry after a crash
     # between blob and row finds the blob and adds the row).
     blobs.put(raw, digest)
-    values = {"sha256": digest, "size": len(raw), "source": source[:100],
-              "envelope_from": envelope.mail_from, "envelope_to": list(envelope.rcpt_tos),
-              "received_at": now, "status": "pending", "notify": notify}
+    values = _row(digest, len(raw), envelope, source, now, notify)
     with _transaction(sessions) as conn:
         upsert = _UPSERTS.get(conn.dialect.name)
         if upsert is None:
@@ -76,6 +83,58 @@ def accept(sessions: sessionmaker[Session], blobs: BlobStore, raw: bytes, envelo
             return AcceptResult(raw_id=row.id, created=True, status="pending")
         # Accepted before (or by another door a moment ago: ON CONFLICT waited for it).
         return _existing(conn, digest)
+
+
+def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequence[bytes],
+                envelope: Envelope, source: str, *, now: datetime, notify: bool = True,
+                publish: Callable[[Callable[[str], object], Sequence[str]], object] | None
+                = None) -> list[AcceptResult | None]:
+    """``accept`` for a batch (``postdesk import``), with the same guarantees: one look-up
+    of the known digests, the new blobs published durably first (``publish`` may map the
+    writes over a thread pool so their fsyncs overlap), then one transaction inserting
+    every new row with the same ON CONFLICT statement. A message whose bytes came earlier
+    in the same batch gets None. Where no upsert exists, each message goes through
+    ``accept``."""
+    digests = [sha256_hex(raw) for raw in raws]
+    bind = sessions.kw.get("bind")
+    if not isinstance(bind, Engine) or bind.dialect.name not in _UPSERTS:
+        first: set[str] = set()
+        out: list[AcceptResult | None] = []
+        for raw, digest in zip(raws, digests, strict=True):
+            out.append(None if digest in first else accept(
+                sessions, blobs, raw, envelope, source, now=now, notify=notify))
+            first.add(digest)
+        return out
+    unique = list(dict.fromkeys(digests))   # first occurrences, in input order
+    with bind.connect() as conn:
+        known = {row.sha256: AcceptResult(row.id, False, row.status)
+                 for row in conn.execute(_FIND_MANY, {"digests": unique})}
+    raw_of = dict(zip(digests, raws, strict=True))
+    new = [d for d in unique if d not in known]
+
+    def put(digest: str) -> object:
+        return blobs.put(raw_of[digest], digest)
+
+    if publish is not None and len(new) > 1:
+        publish(put, new)
+    else:
+        for digest in new:
+            put(digest)
+    if new:
+        upsert = _UPSERTS[bind.dialect.name]
+        with bind.begin() as conn:
+            for digest in new:
+                row = conn.execute(upsert, _row(digest, len(raw_of[digest]), envelope,
+                                                source, now, notify)).first()
+                # None: taken by another door between the look-up and the insert.
+                known[digest] = (AcceptResult(row.id, True, "pending") if row is not None
+                                 else _existing(conn, digest))
+    seen: set[str] = set()
+    results: list[AcceptResult | None] = []
+    for digest in digests:
+        results.append(None if digest in seen else known[digest])
+        seen.add(digest)
+    return results
 
 
 def _insert_portable(conn: Connection, digest: str, values: dict[str, Any]) -> AcceptResult:

@@ -45,11 +45,10 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from postdesk.ingest.accept import AcceptResult, Envelope, accept
+from postdesk.ingest.accept import AcceptResult, Envelope, accept_many
 from postdesk.mail.parse import ParsedEmail, UnparseableEmail, parse_email
 from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.blobs import sha256_hex
@@ -69,8 +68,6 @@ BATCH_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes of them held a
 BLOB_THREADS = 8                # blobs published at once (their fsyncs overlap)
 AHEAD_CHUNK = 25                # messages parsed ahead per job of the parsing process
 AHEAD_MAX_BYTES = 1024 * 1024   # larger messages are parsed by the pipeline itself
-_RAW = RawMessage.__table__
-_UPSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 class SourceError(Exception):
@@ -356,70 +353,13 @@ class Importer:
 
     # --- the door, for a batch --------------------------------------------------------------
     def _accept_batch(self, raws: Sequence[bytes]) -> list[AcceptResult | None]:
-        """``accept`` for each message, with one look-up, the new blobs published at once,
-        and one insert. A message whose bytes came earlier in the same batch gets None."""
+        """The door for a batch (``accept_many``); the blobs' fsyncs overlap in the pool."""
         services = self.services
-        digests = [sha256_hex(raw) for raw in raws]
-        engine = services.sessions.kw.get("bind")
-        upsert = _UPSERTS.get(engine.dialect.name) if isinstance(engine, Engine) else None
-        if upsert is None or not isinstance(engine, Engine):
-            # Another database, or a session factory bound to a connection: the door as is.
-            first: set[str] = set()
-            out: list[AcceptResult | None] = []
-            for raw, digest in zip(raws, digests, strict=True):
-                out.append(None if digest in first else self._accept_one(raw))
-                first.add(digest)
-            return out
-
-        unique = list(dict.fromkeys(digests))   # first occurrences, in input order
-        with engine.connect() as conn:
-            known = {row.sha256: AcceptResult(row.id, False, row.status)
-                     for chunk in _chunks(unique, 500)
-                     for row in conn.execute(select(_RAW.c.id, _RAW.c.sha256, _RAW.c.status)
-                                             .where(_RAW.c.sha256.in_(chunk)))}
-        raw_of = dict(zip(digests, raws, strict=True))
-        new = [d for d in unique if d not in known]
-        # Blobs first, durably, as the door does: a row never points at missing bytes.
-        blobs = services.blobs
-        if self._pool is not None and len(new) > 1:
-            for _ in self._pool.map(lambda d: blobs.put(raw_of[d], d), new):
-                pass
-        else:
-            for digest in new:
-                blobs.put(raw_of[digest], digest)
-        if new:
-            now = services.now()
-            source = f"import:{self.kind}"[:100]
-            values: list[dict[str, Any]] = [
-                {"sha256": d, "size": len(raw_of[d]), "source": source, "envelope_from": None,
-                 "envelope_to": [], "received_at": now, "status": RawStatus.PENDING.value,
-                 "notify": self.notify} for d in new]
-            with engine.begin() as conn:
-                for chunk in _chunks(values, 100):
-                    for row in conn.execute(
-                            upsert(_RAW).values(chunk)
-                            .on_conflict_do_nothing(index_elements=["sha256"])
-                            .returning(_RAW.c.id, _RAW.c.sha256)):
-                        known[row.sha256] = AcceptResult(row.id, True,
-                                                         RawStatus.PENDING.value)
-                # Taken by another door between the look-up and the insert.
-                raced = [d for d in new if d not in known]
-                for row in conn.execute(select(_RAW.c.id, _RAW.c.sha256, _RAW.c.status)
-                                        .where(_RAW.c.sha256.in_(raced))) if raced else ():
-                    known[row.sha256] = AcceptResult(row.id, False, row.status)
-        seen: set[str] = set()
-        results: list[AcceptResult | None] = []
-        for digest in digests:
-            results.append(None if digest in seen else known[digest])
-            seen.add(digest)
-        return results
-
-    def _accept_one(self, raw: bytes) -> AcceptResult:
-        # The door itself, not App.accept: no queue job, this process handles the message.
-        services = self.services
-        return accept(services.sessions, services.blobs, raw,
-                      Envelope(mail_from=None, rcpt_tos=()), f"import:{self.kind}",
-                      now=services.now(), notify=self.notify)
+        pool = self._pool
+        return accept_many(
+            services.sessions, services.blobs, raws, Envelope(mail_from=None, rcpt_tos=()),
+            f"import:{self.kind}", now=services.now(), notify=self.notify,
+            publish=(lambda put, digests: list(pool.map(put, digests))) if pool else None)
 
     def _process(self, raw_id: int) -> PipelineResult | None:
         # process_inbound re-raises only transient database errors (a busy SQLite, say,
