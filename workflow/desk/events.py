@@ -1,14 +1,14 @@
-"""A ticket's history: events, and who is on it."""
+"""A ticket's history: its events."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from postdesk.storage.models import Event, Message, Ticket
+from postdesk.storage.models import Event, Ticket
 
 _INSERT_EVENT = insert(Event)
 
@@ -23,12 +23,3 @@ def add_event(session: Session, ticket: Ticket | None, kind: str, at: datetime,
     session.connection().execute(_INSERT_EVENT, {
         "ticket_id": ticket.id if ticket else None, "at": at, "kind": kind,
         "actor": actor, "data": data})
-
-
-def participants(session: Session, ticket: Ticket) -> set[str]:
-    """Addresses already on a ticket: requester, cc, and everyone who wrote in."""
-    people = {ticket.requester_email.lower(), *(c.lower() for c in ticket.cc or [])}
-    people.update(a.lower() for a in session.scalars(
-        select(Message.from_addr).where(Message.ticket_id == ticket.id,
-                                        Message.direction == "in")) if a)
-    return people
