@@ -107,7 +107,7 @@ class BacklogCollector(Collector):
                     select(func.count(), func.min(RawMessage.received_at))
                     .where(RawMessage.status == RawStatus.PENDING)).one()
                 by_status = session.execute(
-                    select(Outbox.status, func.count()).group_by(Outbox.status)).tuples().all()
+                    select(Outbox.status, func.count()).group_by(Outbox.status)).all()
         except Exception:   # a scrape during a database outage: no gauges, not a 500
             log.warning("metrics: cannot read the backlog", exc_info=True)
             return

@@ -148,7 +148,7 @@ def backlog(session: Session, now: datetime) -> dict[str, Any]:
         .where(Outbox.status.in_((OutboxStatus.DRAFT, OutboxStatus.QUEUED,
                                   OutboxStatus.SENDING, OutboxStatus.FAILED,
                                   OutboxStatus.BOUNCED)))
-        .group_by(Outbox.status)).tuples().all())
+        .group_by(Outbox.status)).all())
     oldest_queued = session.scalar(
         select(func.min(Outbox.created_at))
         .where(Outbox.status.in_((OutboxStatus.DRAFT, OutboxStatus.QUEUED))))
@@ -170,7 +170,7 @@ def quarantine_last_day(session: Session, now: datetime) -> dict[str, int]:
         select(RawMessage.reason, func.count())
         .where(RawMessage.status == RawStatus.QUARANTINED,
                RawMessage.processed_at >= now - timedelta(hours=24))
-        .group_by(RawMessage.reason).order_by(RawMessage.reason)).tuples().all()
+        .group_by(RawMessage.reason).order_by(RawMessage.reason)).all()
     return {str(reason): count for reason, count in rows}
 
 
