@@ -17,20 +17,13 @@ def startup_warnings(config: Config, command: str) -> list[str]:
         outbox = Path(config.desk.data_dir) / "outbox"
         warnings.append(f"smtp_out is not configured: every email postdesk sends is only "
                         f"written to the local maildir {outbox}; nobody receives it")
-    known = {d for org in config.orgs for d in org.domains} | {
-        c.email.split("@", 1)[1] for org in config.orgs for c in org.contacts} | {
-        s.email.split("@", 1)[1] for s in config.staff}
     for address in config.desk.support_addresses:
-        domain = address.split("@", 1)[1]
         if not config.staff:
             warnings.append(f"desk.support_addresses: {address} has no [[staff]] configured: "
                             "nobody is told about new tickets")
         elif not config.orgs:
             warnings.append(f"desk.support_addresses: {address} has no [[orgs]] configured: "
                             "every sender is unknown and quarantined")
-        elif domain not in known:
-            warnings.append(f"desk.support_addresses: no staff or org uses the domain "
-                            f"{domain!r} of {address}")
     shared = command in SPLIT_PROCESSES or not config.desk.database_url.startswith("sqlite")
     if config.desk.secret is None and shared:
         key = Path(config.desk.data_dir) / "secret.key"
