@@ -69,6 +69,9 @@ def _fsync_tree(root: Path) -> None:
 
 def backup(config: Config, dest: Path) -> dict[str, Any]:
     """Write a backup into the new directory ``dest``; returns its manifest."""
+    data_dir = Path(config.desk.data_dir)
+    if dest.resolve().is_relative_to(data_dir.resolve()):
+        raise UserError(f"{dest}: is inside desk.data_dir; the next backup would copy it")
     if dest.exists() and any(dest.iterdir()):
         raise UserError(f"{dest}: exists and is not empty; give a new directory")
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -90,7 +93,6 @@ def backup(config: Config, dest: Path) -> dict[str, Any]:
     else:
         database = {"kind": "postgresql", "file": PG_DUMP_FILE}
         _pg_dump(config.desk.database_url, dest / PG_DUMP_FILE)
-    data_dir = Path(config.desk.data_dir)
     if data_dir.exists():
         shutil.copytree(data_dir, dest / DATA, ignore=_ignore_database(db_file),
                         dirs_exist_ok=True)

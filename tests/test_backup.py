@@ -130,7 +130,7 @@ def test_a_backup_taken_mid_burst_restores_every_ticket_message_and_attachment(
         assert len(on_tickets[mid]) == 1
 
 
-def test_backup_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
+def test_backup_refuses_a_directory_that_is_not_empty_or_inside_data_dir(tmp_path: Path) -> None:
     with backend("sqlite", tmp_path) as be:
         config = parse_config(config_text(be, tmp_path / "data"), environ={})
         (tmp_path / "dest").mkdir()
@@ -138,6 +138,8 @@ def test_backup_refuses_a_directory_that_is_not_empty(tmp_path: Path) -> None:
         from postdesk.workflow.rules.errors import UserError
         with pytest.raises(UserError, match="not empty"):
             backup(config, tmp_path / "dest")
+        with pytest.raises(UserError, match="inside desk.data_dir"):
+            backup(config, tmp_path / "data" / "backups" / "one")
 
 
 def test_restore_refuses_to_overwrite_a_desk(tmp_path: Path, capsys) -> None:
