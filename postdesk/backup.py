@@ -132,7 +132,7 @@ def _pg_dump(url: str, target: Path) -> None:
 def restore(config: Config, src: Path, *, force: bool = False) -> dict[str, Any]:
     """Put the backup ``src`` in place of the config's (empty) database and data_dir."""
     try:
-        manifest = json.loads((src / MANIFEST).read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads((src / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise UserError(f"{src}: not a postdesk backup (no readable {MANIFEST})") from None
     if manifest["database"]["kind"] != "sqlite":

@@ -26,8 +26,10 @@ from pydantic_core import PydanticUndefined
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.durations import Duration
 
+# In the repository (an editable install): the generator is a tool for the source tree.
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
-_ROW = re.compile(r"^\| `(?P<key>[^`]+)` \| (?P<type>.*?) \| (?P<default>.*?) \| (?P<meaning>.*) \|$")
+_ROW = re.compile(r"^\| `(?P<key>[^`]+)` \| (?P<type>.*?) \| (?P<default>.*?) "
+                  r"\| (?P<meaning>.*) \|$")
 
 # One sentence under each table's heading: what the table is for.
 SECTION_INTROS = {

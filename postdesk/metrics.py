@@ -128,7 +128,7 @@ def _registry() -> CollectorRegistry:
     mode, every process's) plus the backlog gauges."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     else:
         registry.register(REGISTRY)
     return registry

@@ -94,7 +94,7 @@ def check_broker(url: str) -> str | None:
             finally:
                 client.close()
         elif scheme.startswith("amqp"):
-            import pika
+            import pika  # type: ignore[import-untyped]
 
             params = pika.URLParameters(url)
             params.socket_timeout = CONNECT_TIMEOUT_S
