@@ -117,7 +117,8 @@ def check_smtp_port(host: str, port: int) -> str | None:
     """None when our own SMTP server answers NOOP with 250."""
     target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     try:
-        with smtplib.SMTP(target, port, timeout=CONNECT_TIMEOUT_S) as smtp:
+        with smtplib.SMTP(target, port, local_hostname="localhost",
+                          timeout=CONNECT_TIMEOUT_S) as smtp:
             code, _ = smtp.noop()
     except (OSError, smtplib.SMTPException) as exc:
         return f"{target}:{port}: {exc}"
@@ -130,7 +131,8 @@ def check_smarthost(config: Config) -> str | None:
     assert out is not None
     try:
         cls = smtplib.SMTP_SSL if out.ssl else smtplib.SMTP
-        with cls(out.host, out.port, timeout=CONNECT_TIMEOUT_S) as smtp:
+        with cls(out.host, out.port, local_hostname="localhost",
+                 timeout=CONNECT_TIMEOUT_S) as smtp:
             code, _ = smtp.ehlo()
     except (OSError, smtplib.SMTPException) as exc:
         return f"{out.host}:{out.port}: {exc}"

@@ -221,3 +221,28 @@ email = "sam@agency.example"
     assert startup_warnings(staffed, "worker") == [
         "desk.support_addresses: support@desk.example has no [[orgs]] configured: every "
         "sender is unknown and quarantined"]
+
+
+def test_a_metrics_port_in_use_is_a_clear_error_unless_another_process_serves_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from postdesk.workflow.rules.config import MetricsConfig
+    from postdesk.workflow.rules.errors import UserError
+
+    def start(cfg: MetricsConfig) -> object:
+        # The port is never bound in these cases, so no sessions or clock are needed.
+        return metrics.start_metrics_server(cfg, None, None)  # type: ignore[arg-type]
+
+    assert start(MetricsConfig()) is None   # off by default
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        with pytest.raises(UserError, match=f"metrics.port: cannot listen on 127.0.0.1:{port}"):
+            start(MetricsConfig(port=port))
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        assert start(MetricsConfig(port=port)) is None   # another process serves the samples
+    finally:
+        busy.close()

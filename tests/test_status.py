@@ -212,3 +212,33 @@ def test_quarantine_counts_by_reason_in_the_last_day(desk_config) -> None:
         wait_for(quarantined, 30, what="the unknown sender quarantined")
     report = status_report(config)
     assert report.sections["quarantine_24h"] == {"unknown_sender": 1}
+
+
+def test_a_smarthost_that_does_not_answer_is_degraded_and_named(desk_config) -> None:
+    from aiosmtpd.controller import Controller
+
+    _, config, _ = desk_config
+    run_scheduler_once(config)
+
+    def with_relay(port: int) -> Any:
+        return config.model_copy(update={"smtp_out": parse_config(
+            '[desk]\nsupport_addresses = ["support@desk.example"]\n'
+            f'[smtp_out]\nhost = "127.0.0.1"\nport = {port}\nstarttls = false\n'
+            'from_address = "support@desk.example"\n', environ={}).smtp_out})
+
+    closed = status_report(with_relay(free_port()))
+    assert closed.exit_code == 1
+    assert [(v, part) for v, part, _ in closed.problems] == [("degraded", "smarthost")]
+
+    class Sink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            return "250 OK"
+
+    relay = Controller(Sink(), hostname="127.0.0.1", port=free_port())
+    relay.start()
+    try:
+        answering = status_report(with_relay(relay.port))
+    finally:
+        relay.stop()
+    assert answering.exit_code == 0
+    assert answering.sections["smarthost"] == {"host": "127.0.0.1", "reachable": True}
