@@ -34,13 +34,10 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("mailparser", "mail-parser", "pika", "dramatiq", "asyncio", "mail.log",
-                  "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(verbose: bool = False, fmt: str | None = None) -> None:
+    from postdesk.logs import setup_logging
+
+    setup_logging(verbose, fmt)
 
 
 @contextlib.contextmanager
@@ -114,8 +111,11 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
-                         what: str) -> int:
+                         what: str, app: App | None = None) -> int:
+    from postdesk.operate import started, stopping
+
     done = threading.Event()
+    metrics_server = started(app, what.split()[-1]) if app is not None else None
 
     def _handler(signum: int, _frame: object) -> None:
         logging.getLogger("postdesk").info("received %s, shutting down",
@@ -131,6 +131,7 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
             pass
     finally:
         stop()
+        stopping(metrics_server)
     return 0
 
 
@@ -192,7 +193,7 @@ def _serve(app: App) -> int:
         # The workers stop, and the App closes, when cmd_serve's `with` ends.
 
     try:
-        return _run_until_signalled(start, stop, "postdesk serve")
+        return _run_until_signalled(start, stop, "postdesk serve", app)
     except UserError:
         stop()
         raise
@@ -203,7 +204,7 @@ def cmd_smtp(args: argparse.Namespace) -> int:
         server = _smtp_server(app)
         cfg = app.config.smtp_in
         return _run_until_signalled(lambda: _start_smtp(server, cfg.host, cfg.port),
-                                    server.stop, "postdesk smtp")
+                                    server.stop, "postdesk smtp", app)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -215,7 +216,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         def start() -> None:
             app.start_workers(args.threads)
 
-        return _run_until_signalled(start, app.stop_workers, "postdesk worker")
+        return _run_until_signalled(start, app.stop_workers, "postdesk worker", app)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -223,7 +224,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     with _app(args) as app:
         scheduler = Scheduler(app.services, app.dispatch)
-        return _run_until_signalled(scheduler.start, scheduler.stop, "postdesk scheduler")
+        return _run_until_signalled(scheduler.start, scheduler.stop, "postdesk scheduler",
+                                    app)
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
@@ -250,7 +252,7 @@ def _imap(app: App) -> int:
         for p in pollers:
             p.stop()
 
-    return _run_until_signalled(start, stop, "postdesk imap")
+    return _run_until_signalled(start, stop, "postdesk imap", app)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -482,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postdesk", description="postdesk: an email-driven support desk.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=["text", "json"], default=None,
+                        help="log lines as text or one JSON object each "
+                             "(default: $POSTDESK_LOG_FORMAT, else text)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
@@ -565,13 +570,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="first_response",
                    choices=["first_response", "next_update", "resolution"])
     p.add_argument("--json", action="store_true")
+    from postdesk.operate import add_operate_commands
+
+    add_operate_commands(add)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     command: Callable[[argparse.Namespace], int] = args.fn
     try:
         return command(args)

@@ -16,7 +16,9 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from postdesk.metrics import observe_duty
 from postdesk.outbound.sender import stale_outbox_ids
+from postdesk.status import record_duty_run
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import breaches, digest
 from postdesk.workflow.desk.outbox import release_drafts, stale_draft_ids
@@ -99,11 +101,14 @@ class Scheduler:
     def run_once(self) -> dict[str, object]:
         results: dict[str, object] = {}
         for name, job in self.jobs:
+            started, error = self.services.now(), None
             try:
                 results[name] = job()
             except Exception as exc:  # one failing job must not stop the others
                 log.exception("scheduler job %s failed", name)
-                results[name] = exc
+                results[name] = error = exc
+            record_duty_run(self.services.sessions, name, started, self.services.now(), error)
+            observe_duty(name, results[name])
         return results
 
     def run_forever(self) -> None:

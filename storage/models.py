@@ -356,3 +356,14 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime]
+
+
+class DutyRun(Base):
+    """The last run of each scheduler duty (``postdesk status`` shows it)."""
+
+    __tablename__ = "duty_runs"
+    duty: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))          # host:pid of the scheduler
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    error: Mapped[str | None] = mapped_column(Text)           # None: the run succeeded

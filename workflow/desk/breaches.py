@@ -9,7 +9,7 @@ that transaction; they are rendered and handed to the sender after it commits.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
@@ -46,6 +46,8 @@ def breached_query(now: datetime) -> Select[int]:
 class ScanResult:
     at_risk: int = 0
     breached: int = 0
+    # (kind, priority) of each crossing claimed, for the metrics by priority.
+    crossings: list[tuple[str, str]] = field(default_factory=list)
 
 
 def scan(services: Services, dispatch: Dispatch, now: datetime | None = None) -> ScanResult:
@@ -73,10 +75,12 @@ def scan(services: Services, dispatch: Dispatch, now: datetime | None = None) ->
                 ticket = session.get_one(Ticket, clock.ticket_id)
                 writer = OutboxWriter(session, services, now=now)
                 _alert(services.config, session, writer, ticket, clock, kind, now)
+                priority = ticket.priority
             # Committed: the drafts are safe; a crash from here on leaves them to the
             # scheduler's sweeper (``stale_draft_ids``).
             outbox_ids += writer.queued_ids
             setattr(result, kind, getattr(result, kind) + 1)
+            result.crossings.append((kind, priority))
     release_drafts(services, dispatch, outbox_ids)
     return result
 

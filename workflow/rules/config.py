@@ -269,6 +269,14 @@ class SchedulerConfig(_Strict):
     _d = field_validator("scan_interval", "sweep_grace", mode="before")(_duration)
 
 
+class MetricsConfig(_Strict):
+    """Prometheus metrics over HTTP (docs/metrics.md); off until a port is set."""
+
+    host: str = Field(default="127.0.0.1", description="address the /metrics endpoint listens on")
+    port: int | None = Field(default=None, ge=0, le=65535,
+                             description="port of the /metrics endpoint; unset: no endpoint")
+
+
 class PriorityRuleConfig(_Strict):
     phrase: str = Field(min_length=2)
     priority: Literal["P1", "P2", "P3"]
@@ -287,6 +295,7 @@ class Config(_Strict):
     digest: DigestConfig = Field(default_factory=DigestConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     priority_rules: list[PriorityRuleConfig] | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     # --- derived look-ups -------------------------------------------------------------
     @property
