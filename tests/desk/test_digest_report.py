@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email import policy
 
 import pytest
