@@ -328,7 +328,7 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
             print("no tickets")
             return 0
         out = console()
-        table = tickets_table(tickets, prefix, now, desk_zone(app.config))
+        table = tickets_table(tickets, prefix, now, desk_zone(app.config), out.width)
         if out.is_terminal and len(tickets) > out.height - 2:
             with out.pager(styles=True):
                 out.print(table)
@@ -566,8 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def group(name: str, help_: str) -> Any:
         """A command with subcommands: ``postdesk tickets`` alone names them."""
+        # No dest: argparse then names the choices ({list,show}) when one is missing.
         return sub.add_parser(name, help=help_, description=help_).add_subparsers(
-            dest=f"{name}_command", required=True, metavar="SUBCOMMAND")
+            required=True)
 
     p = add("init", cmd_init, "write an example postdesk.toml and create the database")
     p.add_argument("--dir", default=".", help="where to write postdesk.toml")

@@ -73,16 +73,11 @@ def next_due(ticket: Ticket) -> datetime | None:
     return min(dues) if dues else None
 
 
-def tickets_table(tickets: list[Ticket], prefix: str, now: datetime, zone: ZoneInfo) -> Table:
-    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold",
-                  expand=False)
-    table.add_column("REF", no_wrap=True)
-    table.add_column("PRI", no_wrap=True)
-    table.add_column("STATUS", no_wrap=True, max_width=11, overflow="ellipsis")
-    table.add_column("ORG", no_wrap=True, max_width=14, overflow="ellipsis")
-    table.add_column("ASSIGNEE", no_wrap=True, max_width=12, overflow="ellipsis")
-    table.add_column("NEXT DUE", no_wrap=True, overflow="ellipsis")
-    table.add_column("SUBJECT", no_wrap=True, overflow="ellipsis", ratio=1, min_width=8)
+def tickets_table(tickets: list[Ticket], prefix: str, now: datetime, zone: ZoneInfo,
+                  width: int) -> Table:
+    """Fixed widths for the short columns (cut with an ellipsis) and the rest of the
+    terminal for the subject: rich's own shrinking squeezes the short columns first."""
+    rows = []
     for ticket in tickets:
         due = next_due(ticket)
         if due is None:
@@ -92,8 +87,20 @@ def tickets_table(tickets: list[Ticket], prefix: str, now: datetime, zone: ZoneI
             due_cell = Text(f"{relative(due, now)} ({local})",
                             style="bold red" if due < now else "")
         assignee = ticket.assignee.email.split("@", 1)[0] if ticket.assignee else "-"
-        table.add_row(ticket_ref(prefix, ticket.id),
-                      Text(ticket.priority, style="bold red" if ticket.priority == "P1"
-                           else ""),
-                      ticket.status, ticket.org.name, assignee, due_cell, ticket.subject)
+        rows.append((ticket_ref(prefix, ticket.id),
+                     Text(ticket.priority, style="bold red" if ticket.priority == "P1" else ""),
+                     Text(ticket.status), Text(ticket.org.name), Text(assignee), due_cell,
+                     Text(ticket.subject)))
+    headers = ("REF", "PRI", "STATUS", "ORG", "ASSIGNEE", "NEXT DUE", "SUBJECT")
+    caps = (10, 3, 11, 14, 10, 26)
+    widths = [min(cap, max([len(headers[i])] + [len(str(r[i])) for r in rows]))
+              for i, cap in enumerate(caps)]
+    # One space between columns; the subject gets what is left (at least 8).
+    widths.append(max(8, width - sum(widths) - len(headers) + 1))
+    table = Table(box=None, pad_edge=False, padding=(0, 1, 0, 0), header_style="bold",
+                  show_edge=False, collapse_padding=True)
+    for header, column_width in zip(headers, widths, strict=True):
+        table.add_column(header, no_wrap=True, overflow="ellipsis", width=column_width)
+    for row in rows:
+        table.add_row(*row)
     return table
