@@ -546,6 +546,40 @@ def cmd_digest(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_report_time(args: argparse.Namespace) -> int:
+    from postdesk.storage.models import Org
+    from postdesk.workflow.desk.statement import build_statement
+    from postdesk.workflow.rules.report import parse_month, statement_csv
+
+    try:
+        year, month = parse_month(args.month)
+    except ValueError as exc:
+        raise UserError(f"--month: {exc}") from None
+    with _app(args) as app, app.sessions() as session:
+        _check_org(app.config, args.org)
+        query = select(Org).where(Org.active.is_(True)).order_by(Org.slug)
+        if args.org:
+            query = query.where(Org.slug == args.org)
+        statements = [build_statement(session, app.services, org, year, month, app.now())
+                      for org in session.scalars(query)]
+    if args.csv:
+        sys.stdout.write(statement_csv([row for st in statements for row in st.tickets]))
+        return 0
+    for st in statements:
+        if not st.tickets and st.allowance is None:
+            continue
+        print(f"{st.org_name} ({st.org}), {st.month_name}: {len(st.tickets)} tickets, "
+              f"time logged {st.total_time}")
+        if st.allowance:
+            a = st.allowance
+            print(f"  allowance {a['allowance']} + rolled over {a['rollover_in']} = "
+                  f"{a['available']}; used {a['used']}; remaining {a['remaining']}; "
+                  f"carried into next month {a['rollover_out']}")
+        for t in st.tickets:
+            print(f"  {t['ticket']:>8}  {t['priority']}  {t['time']:>8}  {t['subject'][:50]}")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -639,6 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", metavar="FILE",
                    help="with --dry-run: where to write the HTML (default: "
                         "data_dir/digest-PERIOD.html)")
+
+    report = group("report", "figures for invoicing")
+    p = add("time", cmd_report_time, "time logged per org and ticket in a month, with "
+            "the allowance (the monthly statement's figures)", report)
+    p.add_argument("--month", required=True, metavar="YYYY-MM")
+    p.add_argument("--org", help="org slug (default: every org)")
+    p.add_argument("--csv", action="store_true", help="the statement CSV rows instead")
 
     sla = group("sla", "SLA arithmetic")
     p = add("due", cmd_sla_due, "when a ticket opened at --from is due", sla)

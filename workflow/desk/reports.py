@@ -89,19 +89,21 @@ def _ticket_row(prefix: str, ticket: Ticket) -> dict[str, Any]:
             "assignee": ticket.assignee.email if ticket.assignee else "unassigned"}
 
 
-def compliance_rows(session: Session, services: Services, since: datetime, now: datetime
+def compliance_rows(session: Session, services: Services, since: datetime, now: datetime,
+                    *, until: datetime | None = None, org_id: int | None = None
                     ) -> list[dict[str, Any]]:
     """Per client (by name) and priority: each target's met/missed and bar, and the
-    median first-response time in business hours, for clocks started on or after
-    ``since``."""
+    median first-response time in business hours, for clocks started from ``since`` up
+    to ``until`` (default: ``now``), of one org or all; outcomes as known at ``now``."""
     tally: dict[tuple[str, str], dict[str, list[int]]] = defaultdict(
         lambda: {t: [0, 0] for t in SLA_TARGETS})
     responses: dict[tuple[str, str], list[timedelta]] = defaultdict(list)
     for clock, ticket in session.execute(
             select(SlaClock, Ticket).join(Ticket, Ticket.id == SlaClock.ticket_id)
             .options(selectinload(Ticket.org))
-            .where(SlaClock.started_at >= since, SlaClock.started_at <= now,
-                   SlaClock.target.in_(SLA_TARGETS))):
+            .where(SlaClock.started_at >= since, SlaClock.started_at < (until or now),
+                   SlaClock.target.in_(SLA_TARGETS),
+                   *([Ticket.org_id == org_id] if org_id is not None else []))):
         key = (ticket.org.name, ticket.priority)
         outcome = clock_outcome(clock.due_at, clock.stopped_at, now)
         if outcome == "open":

@@ -224,6 +224,8 @@ class OrgConfig(_Strict):
     escalation_keyword: str | None = None
     contacts: list[ContactConfig] = Field(default_factory=list)
     timezone: str | None = None  # for allowance months; defaults to the plan calendar's zone
+    statement: bool = False      # a monthly statement on the first open day of the month
+    statement_to: list[str] = Field(default_factory=list)  # else contacts with can_approve
 
     @field_validator("domains")
     @classmethod

@@ -12,10 +12,13 @@ No I/O and no wall clock: the callers hand in instants, durations and ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import csv
+import io
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
+from zoneinfo import ZoneInfo
 
 Outcome = Literal["met", "missed", "open"]
 
@@ -122,3 +125,36 @@ def relative(at: datetime, now: datetime) -> str:
 
 def previous_month(year: int, month: int) -> tuple[int, int]:
     return (year - 1, 12) if month == 1 else (year, month - 1)
+
+
+def month_range(year: int, month: int, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The instants [start, end) of a calendar month in zone ``tz``, in UTC."""
+    start = datetime(year, month, 1, tzinfo=tz)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def parse_month(value: str) -> tuple[int, int]:
+    """``2026-11`` -> (2026, 11); ValueError names what is wrong."""
+    try:
+        year, month = (int(part) for part in value.split("-"))
+    except ValueError:
+        raise ValueError(f"not a month like 2026-11: {value!r}") from None
+    if not 1 <= month <= 12 or year < 1:
+        raise ValueError(f"not a month like 2026-11: {value!r}")
+    return year, month
+
+
+STATEMENT_CSV_FIELDS = ("org", "month", "ticket", "subject", "priority", "status",
+                        "opened", "resolved", "minutes", "hours")
+
+
+def statement_csv(rows: Sequence[Mapping[str, object]]) -> str:
+    """The statement's CSV: one row per ticket, ``minutes`` and ``hours`` (2 decimals)
+    of time logged that month; no total row, so a column sum is the total."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=STATEMENT_CSV_FIELDS, extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
