@@ -4,6 +4,7 @@ checked with a clear error, quiet broken pipes, exit codes as the README says.""
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -183,6 +184,7 @@ def test_config_check_reports_every_problem_in_one_pass(
 
 def test_outbox_show_prints_headers_and_the_decoded_text(
         desk_file: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from postdesk.workflow.desk.digest import build_digest
     from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
 
     with App.open(load_config(desk_file)) as app:
@@ -190,9 +192,7 @@ def test_outbox_show_prints_headers_and_the_decoded_text(
             writer = OutboxWriter(session, app.services, app.now())
             writer.queue(dedupe_key="t", template="digest", to=["boss@agency.example"],
                          subject="Caf\u00e9 digest \u2014 \u00fcber",
-                         context={"d": __import__("postdesk.workflow.desk.digest",
-                                                  fromlist=["build_digest"]
-                                                  ).build_digest(app.services, app.now())})
+                         context={"d": build_digest(app.services, app.now())})
             [outbox_id] = writer.queued_ids
         render_drafts(app.services, [outbox_id])
     code, out, _ = run(capsys, "outbox", "show", str(outbox_id), "--config", str(desk_file),
@@ -223,3 +223,49 @@ def test_tickets_show_into_head_ends_quietly(desk_file: Path) -> None:
                             text=True, env=env, timeout=120)
     assert result.stdout.startswith("PD-1  Ticket number 1")
     assert result.stderr == "" and result.returncode == 0
+
+
+def test_digest_dry_run_prints_the_text_and_writes_the_html_to_a_named_file(
+        desk_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fill(desk_file, 3)
+    code, out, _ = run(capsys, "digest", "--manager", "boss@agency.example", "--dry-run",
+                       "--config", str(desk_file))
+    assert code == 0
+    assert "support digest for" in out and "SLA COMPLIANCE THIS MONTH" in out
+    last = out.rstrip("\n").splitlines()[-1]
+    assert last.startswith("HTML part written to ")
+    html = Path(last.removeprefix("HTML part written to ")).read_text()
+    assert "<table" in html and "Client Co" in html and "<script" not in html
+
+
+def test_report_time_prints_the_statement_figures_and_csv(
+        desk_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from postdesk.storage.models import TimeEntry
+
+    with App.open(load_config(desk_file)) as app, app.sessions() as session, session.begin():
+        baseco = org_by_slug(session, "baseco")
+        assert baseco is not None
+        for n, minutes in ((1, 90), (2, 45)):
+            session.add(Ticket(org_id=baseco.id, requester_email="bob@base.example",
+                               subject=f"Job {n}", status="open", priority="P3",
+                               created_at=datetime(2026, 11, 2, 10, tzinfo=UTC),
+                               updated_at=datetime(2026, 11, 2, 10, tzinfo=UTC), cc=[]))
+            session.flush()
+            session.add(TimeEntry(ticket_id=n, org_id=baseco.id, seconds=minutes * 60,
+                                  year=2026, month=11,
+                                  logged_at=datetime(2026, 11, 3, 10, tzinfo=UTC)))
+    code, out, _ = run(capsys, "report", "time", "--month", "2026-11", "--org", "baseco",
+                       "--config", str(desk_file))
+    assert code == 0
+    assert out.splitlines()[:2] == [
+        "Base Co (baseco), November 2026: 2 tickets, time logged 2h 15m",
+        "  allowance 2h 00m + rolled over 0h 00m = 2h 00m; used 2h 15m; remaining -0h 15m; "
+        "carried into next month -0h 15m"]
+    code, out, _ = run(capsys, "report", "time", "--month", "2026-11", "--csv",
+                       "--config", str(desk_file))
+    rows = list(csv.DictReader(out.splitlines()))
+    assert [(r["org"], r["ticket"], r["minutes"], r["hours"]) for r in rows] == [
+        ("baseco", "PD-1", "90", "1.50"), ("baseco", "PD-2", "45", "0.75")]
+    code, _, err = run(capsys, "report", "time", "--month", "2026-13", "--config",
+                       str(desk_file))
+    assert code == 2 and "--month: not a month like 2026-11: '2026-13'" in err
