@@ -472,7 +472,11 @@ def parse_config(text: str, *, source: str = "<config>",
         problems = _pydantic_problems(exc)
         # Report every problem in one pass: the cross-table checks too, on what is left
         # once the keys already reported are set aside.
-        problems += [p for p in _cross_check_pruned(data, exc) if p not in problems]
+        # A key set aside is not reported again under its own path ("no opening hours"
+        # for hours that were refused).
+        reported = tuple(p.split(":", 1)[0] for p in problems)
+        problems += [p for p in _cross_check_pruned(data, exc)
+                     if not p.split(":", 1)[0].startswith(reported)]
         raise ConfigError(problems, source) from None
     problems = cross_check(cfg)
     if problems:
