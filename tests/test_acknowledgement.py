@@ -70,3 +70,27 @@ def test_a_p1_is_not_told_how_to_escalate_and_a_24_7_org_sees_its_own_zone(make_
     # 24/7 plan, 4h from 10:00 UTC = 14:00 UTC = 23:00 in Tokyo; no keyword, no advice.
     assert "first answer by Mon 23 Nov 2026 23:00 JST (Asia/Tokyo time).\n" in tokyo
     assert "emergency" not in tokyo
+
+
+def test_an_orgs_own_acknowledgement_gets_the_same_facts_and_passes_config_check(make_desk):
+    from pathlib import Path
+
+    from postdesk.mail.render import check_overrides
+
+    desk = make_desk(clock=ManualClock(MONDAY_10))
+    overrides = Path(desk.config.desk.data_dir) / "templates"
+    own = overrides / "orgs" / "clientco"
+    own.mkdir(parents=True)
+    (own / "acknowledgement.txt").write_text(
+        "{{ ref }}: P3 means a normal request. Hours: {{ support_hours }}."
+        " Urgent? Write {{ escalation_keyword }}. Answer by {{ first_response_due }} "
+        "({{ org_timezone }}).\n")
+    assert check_overrides(overrides) == []
+    desk.send(make_email(subject="Contact form broken"))
+    desk.wait_settled()
+    [ack] = desk.acks()
+    text, _ = parts(desk.outbox_raw(ack["id"]))
+    assert text == ("PD-1: P3 means a normal request. Hours: Mon-Fri "
+                    "08:00-18:00 (Europe/London time), closed on public holidays (GB-ENG). "
+                    "Urgent? Write CLIENTCO-URGENT. Answer by Mon 23 Nov 2026 15:00 GMT "
+                    "(Europe/London).\n")

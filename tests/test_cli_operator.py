@@ -269,3 +269,15 @@ def test_report_time_prints_the_statement_figures_and_csv(
     code, _, err = run(capsys, "report", "time", "--month", "2026-13", "--config",
                        str(desk_file))
     assert code == 2 and "--month: not a month like 2026-11: '2026-13'" in err
+
+
+def test_ctrl_c_ends_quietly_with_130(desk_file: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import postdesk.cli as cli
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt   # what Ctrl-C raises in the middle of a command
+
+    monkeypatch.setattr(cli, "cmd_tickets_list", interrupted)
+    code, out, err = run(capsys, "tickets", "list", "--config", str(desk_file))
+    assert (code, out, err) == (130, "", "\n")

@@ -121,7 +121,7 @@ def test_the_acknowledgement_renders(session: Session, services: Services,
     body = services.renderer.render("acknowledgement", {
         "ref": "PD-1", "requester_name": "Alice", "ticket": ticket,
         "desk": services.config.desk, "first_response_due": "Mon 23 Nov 2026 15:00 GMT",
-        "org_timezone": "Europe/London", "org_name": "Client Co",
+        "org_timezone": "Europe/London",
         "support_hours": "Mon-Fri 08:00-18:00 (Europe/London time), closed on public "
                          "holidays (GB-ENG)", "escalation_keyword": "CLIENTCO-URGENT"})
     assert body.html is not None

@@ -58,7 +58,6 @@ def _ack_facts(ctx: Inbound) -> dict[str, Any]:
     org = config.org(ticket.org.slug)
     return {"support_hours": describe_hours(config.calendars[plan.calendar_for(
                 ticket.priority)]),
-            "org_name": ticket.org.name,
             "org_timezone": str(org_zone(config, ticket.org.slug, ticket.org.plan)),
             "escalation_keyword": org.escalation_keyword if org is not None else None}
 
