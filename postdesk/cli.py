@@ -322,7 +322,7 @@ def cmd_tickets_list(args: argparse.Namespace) -> int:
             query = query.limit(args.limit)
         tickets = list(session.scalars(query))
         if args.json:
-            _print_json([ticket_json(session, t, prefix) for t in tickets])
+            _print_json([ticket_json(session, t, prefix, now=now) for t in tickets])
             return 0
         if not tickets:
             print("no tickets")
@@ -343,7 +343,7 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
     with _app(args) as app, app.sessions() as session:
         prefix = app.config.desk.ticket_prefix
         data = ticket_json(session, _find_ticket(session, prefix, args.ref), prefix,
-                           messages=True)
+                           messages=True, now=app.now())
     if args.json:
         _print_json(data)
         return 0

@@ -34,7 +34,9 @@ def test_a_first_response_5_s_late_with_no_scan_in_between_is_a_miss_in_the_dige
                        references=note["message_id"])
     desk.send(reply, mail_from="dev1@agency.example")
     desk.wait_settled()
-    assert desk.tickets()[0]["first_responded_at"] == "2026-11-23T15:00:05Z"
+    ticket = desk.tickets()[0]
+    assert ticket["first_responded_at"] == "2026-11-23T15:00:05Z"
+    assert ticket["breaches"] == ["first_response"]   # measured, though never alerted
     with desk.app.sessions() as session:   # no scan ran: no breach was ever recorded
         assert session.scalar(select(func.count()).select_from(Event).where(
             Event.kind == "sla_breached")) == 0
