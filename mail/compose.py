@@ -35,6 +35,15 @@ _DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?|\[[\x21-\x5a\x5e-\x7
 
 
 @dataclass(frozen=True)
+class FileAttachment:
+    """A file sent with an email (a statement's CSV): base64 in a multipart/mixed."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class OutgoingEmail:
     from_addr: str
     from_name: str
@@ -49,6 +58,7 @@ class OutgoingEmail:
     references: Sequence[str] = ()
     automatic: bool = True
     extra_headers: dict[str, str] = field(default_factory=dict)
+    attachments: Sequence[FileAttachment] = ()
 
 
 def compose(mail: OutgoingEmail) -> bytes:
@@ -85,23 +95,51 @@ def compose(mail: OutgoingEmail) -> bytes:
     for name, value in mail.extra_headers.items():
         lines.append(_header(_field_name(name), value))
     lines.append("MIME-Version: 1.0")
-    text_cte, text = _body(mail.body.text)
-    if mail.body.html is None:
-        lines.append('Content-Type: text/plain; charset="utf-8"')
-        lines.append(f"Content-Transfer-Encoding: {text_cte}")
-        return (CRLF.join(lines) + CRLF + CRLF).encode("ascii") + text
-    html_cte, html = _body(mail.body.html)
+    content_headers, content = _content(mail.body)
+    if mail.attachments:
+        content_headers, content = _mixed(content_headers, content, mail.attachments)
+    lines.extend(content_headers)
+    return (CRLF.join(lines) + CRLF + CRLF).encode("ascii") + content
+
+
+def _content(body: RenderedEmail) -> tuple[list[str], bytes]:
+    """The body's Content-* header fields and its bytes: text/plain, or text + HTML as
+    multipart/alternative."""
+    text_cte, text = _body(body.text)
+    if body.html is None:
+        return (['Content-Type: text/plain; charset="utf-8"',
+                 f"Content-Transfer-Encoding: {text_cte}"], text)
+    html_cte, html = _body(body.html)
     boundary = _boundary(text, html)
-    lines.append(f'Content-Type: multipart/alternative;{CRLF} boundary="{boundary}"')
-    head = (CRLF.join(lines) + CRLF + CRLF).encode("ascii")
     delimiter = f"--{boundary}".encode("ascii")
-    return b"".join([
-        head,
+    return ([f'Content-Type: multipart/alternative;{CRLF} boundary="{boundary}"'], b"".join([
         delimiter, b'\r\nContent-Type: text/plain; charset="utf-8"\r\n',
         b"Content-Transfer-Encoding: ", text_cte.encode("ascii"), b"\r\n\r\n", text,
         b"\r\n", delimiter, b'\r\nContent-Type: text/html; charset="utf-8"\r\n',
         b"Content-Transfer-Encoding: ", html_cte.encode("ascii"), b"\r\n\r\n", html,
-        b"\r\n", delimiter, b"--\r\n"])
+        b"\r\n", delimiter, b"--\r\n"]))
+
+
+def _mixed(headers: list[str], content: bytes, attachments: Sequence[FileAttachment]
+           ) -> tuple[list[str], bytes]:
+    """The body and the files as multipart/mixed; files base64, names RFC 2231-safe."""
+    parts = [(CRLF.join(headers) + CRLF + CRLF).encode("ascii") + content]
+    for item in attachments:
+        encoded = binascii.b2a_base64(item.data, newline=False)
+        name = header_safe(item.filename).replace('"', "")
+        if not name.isascii():
+            name = "attachment" + ("." + name.rsplit(".", 1)[1] if "." in name else "")
+        content_type = header_safe(item.content_type)
+        parts.append((f"Content-Type: {content_type}; name=\"{name}\"{CRLF}"
+                      f"Content-Disposition: attachment; filename=\"{name}\"{CRLF}"
+                      f"Content-Transfer-Encoding: base64{CRLF}{CRLF}").encode("ascii")
+                     + b"\r\n".join(encoded[i:i + 76] for i in range(0, len(encoded), 76))
+                     + b"\r\n")
+    boundary = _boundary(*parts)
+    delimiter = f"--{boundary}\r\n".encode("ascii")
+    body = b"".join(delimiter + part + b"\r\n" for part in parts)
+    return ([f'Content-Type: multipart/mixed;{CRLF} boundary="{boundary}"'],
+            body + f"--{boundary}--\r\n".encode("ascii"))
 
 
 # --- headers ----------------------------------------------------------------------------

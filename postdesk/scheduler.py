@@ -20,7 +20,7 @@ from postdesk.metrics import observe_duty
 from postdesk.outbound.sender import stale_outbox_ids
 from postdesk.status import record_duty_run
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
-from postdesk.workflow.desk import breaches, digest
+from postdesk.workflow.desk import breaches, digest, statement
 from postdesk.workflow.desk.outbox import release_drafts, stale_draft_ids
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.desk.sla_clocks import set_status
@@ -91,6 +91,7 @@ class Scheduler:
             ("sla_scan", lambda: breaches.scan(services, dispatch)),
             ("close_quiet_tickets", lambda: close_quiet_tickets(services)),
             ("digests", lambda: digest.due_digests(services, dispatch)),
+            ("statements", lambda: statement.due_statements(services, dispatch)),
         ]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

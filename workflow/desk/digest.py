@@ -7,35 +7,19 @@ the desk's own dates, so they are counted in the desk's zone (``rules.zones.desk
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
-from typing import Any
 
 from sqlalchemy import select
 
-from postdesk.storage.models import Event, Org, Outbox, SlaClock, Ticket
-from postdesk.workflow.desk.allowance import org_month_balance
+from postdesk.storage.models import Outbox
 from postdesk.workflow.desk.outbox import OutboxWriter, release_drafts
+from postdesk.workflow.desk.reports import Digest, build_report
 from postdesk.workflow.desk.services import Dispatch, Services
-from postdesk.workflow.rules.allowance import format_hours
 from postdesk.workflow.rules.config import Config
-from postdesk.workflow.rules.refs import ticket_ref
 from postdesk.workflow.rules.zones import desk_zone
 
-
-@dataclass
-class Digest:
-    """The digest's data. Plain values only: it is the template data of a draft, stored
-    as JSON until the draft is rendered (``desk.outbox``)."""
-
-    period: str
-    since: datetime
-    breaches: list[dict[str, Any]] = field(default_factory=list)
-    at_risk: list[dict[str, Any]] = field(default_factory=list)
-    open_p1: list[dict[str, Any]] = field(default_factory=list)
-    compliance: list[dict[str, Any]] = field(default_factory=list)
-    allowance: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["Digest", "build_digest", "digest_key", "due_digests", "period_start",
+           "queue_digest"]
 
 
 def period_start(config: Config, now: datetime) -> tuple[str, datetime]:
@@ -50,58 +34,18 @@ def period_start(config: Config, now: datetime) -> tuple[str, datetime]:
 
 
 def build_digest(services: Services, now: datetime) -> Digest:
-    config = services.config
-    prefix = config.desk.ticket_prefix
-    period, since = period_start(config, now)
-    digest = Digest(period=period, since=since)
-    month_start = now.astimezone(desk_zone(config)).replace(
-        day=1, hour=0, minute=0, second=0, microsecond=0)
-    with services.sessions() as session:
-        def row(ticket: Ticket, **extra: Any) -> dict[str, Any]:
-            return {"ref": ticket_ref(prefix, ticket.id), "subject": ticket.subject,
-                    "org": ticket.org.slug, "priority": ticket.priority,
-                    "status": ticket.status, **extra}
-
-        for event in session.scalars(select(Event).where(
-                Event.kind == "sla_breached", Event.at >= since).order_by(Event.at)):
-            ticket = session.get_one(Ticket, event.ticket_id)
-            digest.breaches.append(row(ticket, target=event.data.get("target"),
-                                       at=event.at))
-        for clock in session.scalars(select(SlaClock).where(
-                SlaClock.stopped_at.is_(None), SlaClock.breached_at.is_(None),
-                SlaClock.at_risk_at.is_not(None)).order_by(SlaClock.due_at)):
-            digest.at_risk.append(row(session.get_one(Ticket, clock.ticket_id),
-                                      target=clock.target, due=clock.due_at))
-        for ticket in session.scalars(select(Ticket).where(
-                Ticket.priority == "P1", Ticket.status.not_in(("resolved", "closed")))
-                .order_by(Ticket.id)):
-            digest.open_p1.append(row(ticket))
-        met: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-        for clock, ticket in session.execute(
-                select(SlaClock, Ticket).join(Ticket, Ticket.id == SlaClock.ticket_id)
-                .where(SlaClock.started_at >= month_start,
-                       SlaClock.target.in_(("first_response", "resolution")))):
-            finished = clock.stopped_at is not None or clock.breached_at is not None
-            if finished:
-                tally = met[(ticket.org.slug, ticket.priority)]
-                tally[1] += 1
-                tally[0] += clock.breached_at is None
-        digest.compliance = [
-            {"org": org, "priority": prio, "met": m, "total": t,
-             "percent": round(100 * m / t, 1) if t else None}
-            for (org, prio), (m, t) in sorted(met.items())]
-        for org in session.scalars(select(Org).where(Org.active.is_(True)).order_by(Org.slug)):
-            balance = org_month_balance(session, config, org, now)
-            if balance is not None:
-                digest.allowance.append({"org": org.slug,
-                                         "allowance": format_hours(balance.allowance),
-                                         "used": format_hours(balance.used),
-                                         "remaining": format_hours(balance.remaining)})
-    return digest
+    """This period's digest: the figures are ``desk.reports``."""
+    period, since = period_start(services.config, now)
+    return build_report(services, now, period, since)
 
 
 def digest_key(manager: str, period: str) -> str:
     return f"digest:{manager}:{period}"
+
+
+def digest_subject(digest: Digest) -> str:
+    return (f"Support digest {digest.period}: {len(digest.breaches)} breaches, "
+            f"{len(digest.at_risk)} at risk, {len(digest.open_p1)} open P1")
 
 
 def queue_digest(services: Services, dispatch: Dispatch, manager: str, now: datetime
@@ -113,9 +57,7 @@ def queue_digest(services: Services, dispatch: Dispatch, manager: str, now: date
         writer = OutboxWriter(session, services, now=now)
         writer.queue(dedupe_key=digest_key(manager, digest.period),
                      template="digest", to=[manager],
-                     subject=f"Support digest {digest.period}: {len(digest.breaches)} "
-                             f"breaches, {len(digest.at_risk)} at risk, "
-                             f"{len(digest.open_p1)} open P1",
+                     subject=digest_subject(digest),
                      context={"d": digest})
     release_drafts(services, dispatch, writer.queued_ids)
     return writer.queued_ids[0] if writer.queued_ids else None

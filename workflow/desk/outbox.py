@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from postdesk.mail.compose import OutgoingEmail, compose
+from postdesk.mail.compose import FileAttachment, OutgoingEmail, compose
 from postdesk.mail.tokens import make_message_id
 from postdesk.storage.db import read_only
 from postdesk.storage.directory import org_by_id
@@ -79,8 +79,8 @@ class OutboxWriter:
               context: dict[str, Any], ticket: Ticket | None = None, cc: Sequence[str] = (),
               in_reply_to: str | None = None, references: Sequence[str] = (),
               automatic: bool = True, reply_to: str | None = None, kind: str = "system",
-              extra_headers: dict[str, str] | None = None, on_ticket: bool = True
-              ) -> Outbox | None:
+              extra_headers: dict[str, str] | None = None, on_ticket: bool = True,
+              attachments: Sequence[tuple[str, str, str]] = ()) -> Outbox | None:
         """The new draft, or None when ``dedupe_key`` was queued before.
 
         ``on_ticket``: record the email among the ticket's messages (client-facing mail);
@@ -113,6 +113,8 @@ class OutboxWriter:
                    "reply_to": reply_to or support, "kind": kind,
                    "extra_headers": extra_headers or {}, "on_ticket": on_ticket,
                    "suppress": suppress,
+                   # (filename, content type, text): small generated files, e.g. a CSV
+                   "attachments": [list(a) for a in attachments],
                    "org": ticket.org.slug if ticket is not None else None})
         insert_now(session, row)   # its id, now: it is handed to render_drafts
         self.queued_ids.append(row.id)
@@ -243,7 +245,9 @@ def _render(services: Services, row: Outbox, ticket: Ticket | None, draft: dict[
         cc=list(row.cc), subject=row.subject, body=body, message_id=row.message_id,
         date=row.created_at, reply_to=draft["reply_to"], in_reply_to=row.in_reply_to,
         references=list(draft["references"]), automatic=row.automatic,
-        extra_headers=dict(draft["extra_headers"])))
+        extra_headers=dict(draft["extra_headers"]),
+        attachments=[FileAttachment(name, kind, text.encode("utf-8"))
+                     for name, kind, text in draft.get("attachments", [])]))
     return raw, body.text
 
 

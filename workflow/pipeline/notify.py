@@ -18,6 +18,7 @@ from postdesk.workflow.desk.bounces import record_bounce
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Outcome, step
+from postdesk.workflow.rules.hours import describe_hours
 from postdesk.workflow.rules.refs import MAX_SUBJECT, ack_subject, ticket_ref
 from postdesk.workflow.rules.rota import on_rota
 from postdesk.workflow.rules.zones import desk_zone, org_zone
@@ -44,7 +45,21 @@ def acknowledge(ctx: Inbound) -> None:
         subject=ack_subject(prefix, ticket.id, ticket.subject), ticket=ticket,
         in_reply_to=mail.message_id, references=[*mail.references],
         context={"ref": ticket_ref(prefix, ticket.id), "requester_name": mail.from_name,
-                 "first_response_due": _first_response_due(ctx)})
+                 "first_response_due": _first_response_due(ctx), **_ack_facts(ctx)})
+
+
+def _ack_facts(ctx: Inbound) -> dict[str, Any]:
+    """What a client asks on reading an acknowledgement: when the support hours of their
+    priority are, how to escalate, and in which zone the due time is shown."""
+    ticket = ctx.ticket
+    assert ticket is not None
+    config = ctx.config
+    plan = config.plans[ticket.org.plan]
+    org = config.org(ticket.org.slug)
+    return {"support_hours": describe_hours(config.calendars[plan.calendar_for(
+                ticket.priority)]),
+            "org_timezone": str(org_zone(config, ticket.org.slug, ticket.org.plan)),
+            "escalation_keyword": org.escalation_keyword if org is not None else None}
 
 
 @step

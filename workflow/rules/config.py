@@ -224,6 +224,8 @@ class OrgConfig(_Strict):
     escalation_keyword: str | None = None
     contacts: list[ContactConfig] = Field(default_factory=list)
     timezone: str | None = None  # for allowance months; defaults to the plan calendar's zone
+    statement: bool = False      # a monthly statement on the first open day of the month
+    statement_to: list[str] = Field(default_factory=list)  # else contacts with can_approve
 
     @field_validator("domains")
     @classmethod
@@ -254,6 +256,7 @@ class DigestConfig(_Strict):
     at: str = Field(default="08:30", pattern=r"^\d{2}:\d{2}$")
     timezone: str = "UTC"
     period: Literal["daily", "weekly"] = "daily"
+    waiting_days: int = Field(default=3, ge=1)  # digest lists tickets pending longer
 
     @field_validator("managers")
     @classmethod
@@ -431,6 +434,32 @@ def cross_check(cfg: Config) -> list[str]:
     return problems
 
 
+def _cross_check_pruned(data: dict[str, Any], exc: ValidationError) -> list[str]:
+    """``cross_check`` of ``data`` without the keys ``exc`` complained about (their
+    defaults apply), or nothing when what remains is still not a valid config."""
+    import copy
+
+    pruned = copy.deepcopy(data)
+    for _ in range(3):
+        for err in exc.errors():
+            loc = [p for p in err["loc"]
+                   if not (isinstance(p, str) and p.startswith("function-"))]
+            if err["type"] == "missing" or not loc or not isinstance(loc[-1], str):
+                return []
+            parent: Any = pruned
+            try:
+                for part in loc[:-1]:
+                    parent = parent[part]
+                del parent[loc[-1]]
+            except (KeyError, IndexError, TypeError):
+                return []
+        try:
+            return cross_check(Config.model_validate(pruned))
+        except ValidationError as again:
+            exc = again
+    return []
+
+
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     for var, (table, key) in ENV_OVERRIDES.items():
         if environ.get(var):
@@ -449,7 +478,15 @@ def parse_config(text: str, *, source: str = "<config>",
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc), source) from None
+        problems = _pydantic_problems(exc)
+        # Report every problem in one pass: the cross-table checks too, on what is left
+        # once the keys already reported are set aside.
+        # A key set aside is not reported again under its own path ("no opening hours"
+        # for hours that were refused).
+        reported = tuple(p.split(":", 1)[0] for p in problems)
+        problems += [p for p in _cross_check_pruned(data, exc)
+                     if not p.split(":", 1)[0].startswith(reported)]
+        raise ConfigError(problems, source) from None
     problems = cross_check(cfg)
     if problems:
         raise ConfigError(problems, source)
