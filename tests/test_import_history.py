@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from postdesk import importer
 from postdesk.cli import main
 from postdesk.scheduler import Scheduler
-from postdesk.storage.models import Event, Outbox, SlaClock, Ticket
+from postdesk.storage.models import Event, SlaClock, Ticket
 from postdesk.workflow.rules.config import parse_config
 from tests.conftest import Desk, start_desk, stop_desk
 from tests.mailgen import write_mbox
