@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from postdesk.workflow.rules.commands import SETTABLE_STATUSES
 from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
 from postdesk.workflow.rules.errors import UserError
 
@@ -511,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     filed.add_argument("--as-closed", action="store_true",
                        help="file the imported tickets as closed (as of their last email)")
     filed.add_argument("--as-status", metavar="STATUS",
-                       choices=["open", "pending", "awaiting_signoff", "resolved", "closed"],
+                       choices=SETTABLE_STATUSES,
                        help="file the imported tickets in this status")
     p = add("worker", cmd_worker, "Dramatiq workers alone (needs redis:// or amqp://)")
     p.add_argument("--threads", type=int, default=None)

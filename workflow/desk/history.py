@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 from postdesk.storage.models import Message, SlaClock, Ticket
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.sla_clocks import ClockKeeper, set_status
+from postdesk.workflow.rules.commands import SETTABLE_STATUSES
 
 IMPORT_ACTOR = "import"
-STATUSES = ("open", "pending", "awaiting_signoff", "resolved", "closed")
 
 
 def last_activity(session: Session, ticket: Ticket) -> datetime:
@@ -38,8 +38,8 @@ def last_activity(session: Session, ticket: Ticket) -> datetime:
 def file_as(keeper: ClockKeeper, tickets: Iterable[Ticket], status: str) -> int:
     """Put each ticket in ``status`` as of its last activity (so ``closed`` stops its
     clocks where its history ends); returns how many changed."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown status {status!r} (use {', '.join(STATUSES)})")
+    if status not in SETTABLE_STATUSES:
+        raise ValueError(f"unknown status {status!r} (use {', '.join(SETTABLE_STATUSES)})")
     changed = 0
     for ticket in tickets:
         changed += set_status(keeper, ticket, status, last_activity(keeper.session, ticket),
