@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from postdesk.workflow.rules.commands import SETTABLE_STATUSES
 from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
 from postdesk.workflow.rules.errors import UserError
 
@@ -284,7 +285,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     with _app(args) as app:
         summary = import_paths(app.services, app.dispatch, args.kind, args.paths,
-                               notify=args.notify)
+                               notify=args.notify,
+                               as_status="closed" if args.as_closed else args.as_status)
     if args.json:
         _print_json(summary.as_json())
     # Unreadable inputs were named on stderr as they were met; the exit status says so too.
@@ -623,6 +625,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--notify", action="store_true",
                    help="send acknowledgements as for live mail (default: import silently)")
+    filed = p.add_mutually_exclusive_group()
+    filed.add_argument("--as-closed", action="store_true",
+                       help="file the imported tickets as closed (as of their last email)")
+    filed.add_argument("--as-status", metavar="STATUS",
+                       choices=SETTABLE_STATUSES,
+                       help="file the imported tickets in this status")
     p = add("worker", cmd_worker, "Dramatiq workers alone (needs redis:// or amqp://)")
     p.add_argument("--threads", type=int, default=None)
     add("scheduler", cmd_scheduler, "the scheduler alone (SLA scans, sweeps, digests)")

@@ -257,6 +257,8 @@ class DigestConfig(_Strict):
     timezone: str = "UTC"
     period: Literal["daily", "weekly"] = "daily"
     waiting_days: int = Field(default=3, ge=1)  # digest lists tickets pending longer
+    # The days digests go out on (a [calendars] name); default Monday-Friday in `timezone`.
+    calendar: str | None = None
 
     @field_validator("managers")
     @classmethod
@@ -424,6 +426,8 @@ def cross_check(cfg: Config) -> list[str]:
             if email not in staff_emails:
                 problems.append(f"rota.weeks[{i}]: {email!r} is not listed in [[staff]]")
     check_zone("digest.timezone", cfg.digest.timezone)
+    if cfg.digest.calendar is not None and cfg.digest.calendar not in cfg.calendars:
+        problems.append(f"digest.calendar: unknown calendar {cfg.digest.calendar!r}")
     for i, box in enumerate(cfg.imap):
         if not box.password_env and not box.oauth2_token_command:
             problems.append(f"imap[{i}].password_env: set password_env or oauth2_token_command")
