@@ -265,8 +265,12 @@ class SchedulerConfig(_Strict):
     scan_interval: Duration = Field(default_factory=lambda: Duration(seconds=60))
     at_risk: float = Field(default=0.75, gt=0, lt=1)
     sweep_grace: Duration = Field(default_factory=lambda: Duration(seconds=120))
+    # One scheduler at a time: the holder renews its lease every third of this; a spare
+    # takes over at most one period (plus a third) after the holder dies.
+    lease_period: Duration = Field(default_factory=lambda: Duration(seconds=15))
 
-    _d = field_validator("scan_interval", "sweep_grace", mode="before")(_duration)
+    _d = field_validator("scan_interval", "sweep_grace", "lease_period",
+                         mode="before")(_duration)
 
 
 class PriorityRuleConfig(_Strict):
