@@ -47,8 +47,10 @@ def missing_blobs(session: Session, blobs: BlobStore, *, since: datetime | None 
             raw_count += 1
             if len(missing_raw) < show:
                 missing_raw.append(raw_id)
-    att_count = sum(1 for (digest,) in session.execute(
-        att_query.execution_options(yield_per=BATCH)) if not _exists(blobs, digest))
+    att_count = 0
+    for (kept,) in session.execute(att_query.execution_options(yield_per=BATCH)):
+        if kept is not None and not _exists(blobs, kept):
+            att_count += 1
     return MissingBlobs(raw_count, att_count, tuple(missing_raw))
 
 
