@@ -28,6 +28,7 @@ EMAIL = (b"From: alice@client.example\r\nTo: support@desk.example\r\nSubject: hi
 class Capture:
     def __init__(self) -> None:
         self.messages: list[bytes] = []
+        self.server: SmtpServer | None = None
 
     def accept(self, raw: bytes, envelope: Envelope, source: str) -> AcceptResult:
         self.messages.append(raw)
@@ -40,6 +41,7 @@ def door(limits: DoorLimits, max_recipients: int = 100) -> Iterator[tuple[int, C
     server = SmtpServer("127.0.0.1", free_port(), LIMIT,
                         IngestHandler([SUPPORT], capture.accept,
                                       max_recipients=max_recipients), limits)
+    capture.server = server
     server.start()
     try:
         yield server.address[1], capture
@@ -87,6 +89,8 @@ def test_beyond_max_sessions_a_connection_gets_421_and_the_door_still_serves() -
         finally:
             for sock in idle:
                 sock.close()
+        assert capture.server is not None
+        wait_for(lambda: capture.server.sessions.open == 0, 30, what="every session released")
     assert capture.messages == [EMAIL]
 
 
@@ -171,6 +175,9 @@ def test_a_client_delivers_over_starttls_with_the_configured_certificate(
         smtp.sendmail("alice@client.example", [SUPPORT], EMAIL)
     assert cipher is not None
     assert capture.messages == [EMAIL]
+    # the session was counted once through STARTTLS and released when it closed
+    assert capture.server is not None
+    wait_for(lambda: capture.server.sessions.open == 0, 30, what="the session released")
 
 
 def test_with_require_starttls_a_plain_mail_from_gets_530(
