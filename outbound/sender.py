@@ -2,9 +2,18 @@
 
 A row is claimed with a conditional UPDATE (queued, or a claim that has expired), so two
 workers handed the same id (a duplicate delivery, the sweeper racing the original) never
-both send it. ``sent`` is committed straight after the smarthost's 250; a redelivered
-job then finds ``sent`` and stops. 4xx and connection errors are retried by Dramatiq
-with backoff; 5xx marks the row ``failed``.
+both send it. The smarthost's 250 to DATA is the commitment: from then on the email is
+``sent`` whatever QUIT answers (the transport ignores it), and ``sent`` is recorded with
+retries *inside this process* while the claim still holds (a database outage must not
+release the claim, or the sweeper would send the email again once it expired). A
+redelivered job then finds ``sent`` and stops. 4xx and connection errors before the 250
+are retried by Dramatiq with backoff; 5xx marks the row ``failed``.
+
+Each row carries one Message-ID, fixed when it was rendered (``row.raw`` is sent as
+stored), so a receiving system can deduplicate even the copy the remaining window can
+produce: a process killed between the smarthost's 250 and the commit of ``sent`` leaves
+the row claimed; once the claim (``desk.send_claim``) expires the email is sent again
+(docs/reference.md, "Delivery guarantees").
 
 Only rendered rows are ever ``queued`` (``workflow.desk.outbox.render_drafts``): a
 ``draft`` is never claimed here, so nothing half-decided can go out."""
@@ -12,10 +21,12 @@ Only rendered rows are ever ``queued`` (``workflow.desk.outbox.render_drafts``):
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.exc import DBAPIError
 
 from postdesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
 from postdesk.storage.models import Outbox, OutboxStatus
@@ -28,6 +39,8 @@ FINAL = (OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.BOUNCED, OutboxSta
 def send_outbox(services: Services, transport: Transport, outbox_id: int) -> str:
     """Returns what happened: sent | already-<status> | claimed-elsewhere | failed | missing."""
     now = services.now()
+    claimed_at = time.monotonic()
+    claim_seconds = services.config.desk.send_claim.as_timedelta().total_seconds()
     with services.sessions() as session, session.begin():
         # Session.execute is typed as returning a plain Result, but an UPDATE returns a
         # CursorResult, which has the rowcount.
@@ -64,8 +77,28 @@ def send_outbox(services: Services, transport: Transport, outbox_id: int) -> str
         _finish(services, outbox_id, OutboxStatus.FAILED, error=str(exc))
         return "failed"
     error = f"refused: {refused}" if refused else None
-    _finish(services, outbox_id, OutboxStatus.SENT, error=error)
+    _record_sent(services, outbox_id, error, deadline=claimed_at + claim_seconds * 0.9)
     return "sent"
+
+
+def _record_sent(services: Services, outbox_id: int, error: str | None, *,
+                 deadline: float) -> None:
+    """Commit ``sent``, retrying database errors until shortly before our claim runs out:
+    the email is already delivered, so giving up early would hand it to the sweeper."""
+    delay = 0.2
+    while True:
+        try:
+            _finish(services, outbox_id, OutboxStatus.SENT, error=error)
+            return
+        except DBAPIError as exc:
+            if time.monotonic() + delay >= deadline:
+                log.error("outbox %s was delivered but recording 'sent' kept failing; it "
+                          "may be sent again when its claim expires: %s", outbox_id, exc)
+                raise
+            log.warning("outbox %s delivered; database error recording it, retrying in "
+                        "%.1fs: %s", outbox_id, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _finish(services: Services, outbox_id: int, status: OutboxStatus, *,

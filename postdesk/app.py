@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dramatiq import Worker
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from postdesk import observe
@@ -149,8 +150,16 @@ class App:
         upgrade(self.engine)
 
     def sync_directory(self) -> None:
-        with self.sessions() as session, session.begin():
-            sync_from_config(session, self.config)
+        # Processes started together (smtp, workers, scheduler) sync the same rows; the
+        # one that loses the race on a unique key syncs again and finds them in place.
+        for attempt in range(3):
+            try:
+                with self.sessions() as session, session.begin():
+                    sync_from_config(session, self.config)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
 
     # --- the ingest door -----------------------------------------------------------------
     def accept(self, raw: bytes, envelope: Envelope, source: str, *, notify: bool = True,

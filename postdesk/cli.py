@@ -161,11 +161,13 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
 
 
 def _smtp_server(app: App) -> Any:
-    from postdesk.ingest.smtp import IngestHandler, SmtpServer
+    from postdesk.ingest.smtp import DoorLimits, IngestHandler, SmtpServer
 
     cfg = app.config.smtp_in
-    handler = IngestHandler(app.config.desk.support_addresses, app.accept)
-    return SmtpServer(cfg.host, cfg.port, cfg.max_message_bytes, handler)
+    handler = IngestHandler(app.config.desk.support_addresses, app.accept,
+                            max_recipients=cfg.max_recipients)
+    return SmtpServer(cfg.host, cfg.port, cfg.max_message_bytes, handler,
+                      DoorLimits.from_config(cfg))
 
 
 def _start_smtp(server: Any, host: str, port: int) -> None:

@@ -1,7 +1,9 @@
 """The scheduler: periodic jobs run every ``scan_interval``.
 
 Each job is idempotent and safe to run in two scheduler processes at once (claims are
-conditional UPDATEs), so a second scheduler is a hot spare, not a hazard.
+conditional UPDATEs), but only one runs them: ``run_forever`` acts only while it holds the
+``scheduler`` lease (``workflow.desk.lease``), so a second scheduler is a hot spare that
+takes over when the holder dies.
 
 The sweepers are the safety net of "commit, then enqueue": whatever a dead process or a
 broker outage left behind after the grace period is picked up again — pending raw mail,
@@ -15,17 +17,26 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from postdesk.metrics import observe_duty
 from postdesk.outbound.sender import stale_outbox_ids
 from postdesk.status import record_duty_run
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import breaches, digest, statement
+from postdesk.workflow.desk.lease import (
+    SCHEDULER_LEASE,
+    LeaseKeeper,
+    claim_period,
+    default_holder,
+)
 from postdesk.workflow.desk.outbox import release_drafts, stale_draft_ids
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.desk.sla_clocks import set_status
 
 log = logging.getLogger("postdesk.scheduler")
+# Lease names: who is in charge, and when the duties last ran (for ``postdesk status``).
+SCHEDULER_PERIOD = "scheduler:period"
 
 
 def sweep_pending_raw(services: Services, dispatch: Dispatch, older_than: timedelta,
@@ -78,8 +89,9 @@ def close_quiet_tickets(services: Services) -> int:
 
 
 class Scheduler:
-    def __init__(self, services: Services, dispatch: Dispatch):
+    def __init__(self, services: Services, dispatch: Dispatch, holder: str | None = None):
         self.services = services
+        self.holder = holder or default_holder()
         config = services.config
         grace = config.scheduler.sweep_grace.as_timedelta()
         self.jobs: list[tuple[str, Callable[[], object]]] = [
@@ -113,10 +125,29 @@ class Scheduler:
         return results
 
     def run_forever(self) -> None:
-        interval = self.services.config.scheduler.scan_interval.as_timedelta().total_seconds()
-        while not self._stop.is_set():
-            self.run_once()
-            self._stop.wait(interval)
+        """Run the duties only while this process holds the ``scheduler`` lease, and
+        each run only once per ``scan_interval`` across all schedulers (a spare that
+        takes over does not repeat the period the dead holder already ran)."""
+        config = self.services.config.scheduler
+        interval = config.scan_interval.as_timedelta()
+        keeper = LeaseKeeper(self.services, SCHEDULER_LEASE, self.holder,
+                             config.lease_period.as_timedelta())
+        keeper.start()
+        try:
+            while not self._stop.is_set():
+                if keeper.held() and self._claim_period(interval):
+                    log.info("scheduler duties run by %s", self.holder)
+                    self.run_once()
+                self._stop.wait(min(interval.total_seconds(), keeper.renew_every))
+        finally:
+            keeper.stop()
+
+    def _claim_period(self, interval: timedelta) -> bool:
+        try:
+            return claim_period(self.services, SCHEDULER_PERIOD, self.holder, interval)
+        except DBAPIError as exc:   # database away: try again at the next tick
+            log.warning("scheduler: could not claim this period: %s", exc)
+            return False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run_forever, name="scheduler", daemon=True)

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import smtplib
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,13 +34,13 @@ from postdesk.storage.models import (
     RawMessage,
     RawStatus,
 )
+from postdesk.workflow.desk.lease import SCHEDULER_LEASE, default_holder
 from postdesk.workflow.rules.clock import Clock
 from postdesk.workflow.rules.config import Config
 
 HEALTHY, DEGRADED, UNREACHABLE = "healthy", "degraded", "unreachable"
 EXIT_CODES = {HEALTHY: 0, DEGRADED: 1, UNREACHABLE: 2}
 COMPONENTS = ("smtp", "worker", "scheduler", "imap")
-SCHEDULER_LEASE = "scheduler"
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -332,16 +330,11 @@ def _flat(value: Any) -> str:
     return str(value)
 
 
-def holder_name() -> str:
-    """host:pid, the way leases and duty runs name a process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def record_duty_run(sessions: sessionmaker[Session], duty: str, started_at: datetime,
                     finished_at: datetime, error: BaseException | None) -> None:
     """Write the last run of a scheduler duty. Best effort: two schedulers racing on the
     first insert, or a database blip, must not stop the duties themselves."""
-    holder = holder_name()
+    holder = default_holder()
     detail = (f"{type(error).__name__}: {error}"[:2000]) if error is not None else None
     try:
         with sessions() as session, session.begin():

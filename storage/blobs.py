@@ -19,6 +19,8 @@ import os
 import threading
 from pathlib import Path
 
+from postdesk.workflow.rules.errors import UserError
+
 Bytes = bytes | bytearray | memoryview
 
 # The temporary name is unique among live writers (pid, thread, counter): one left by a
@@ -41,6 +43,15 @@ def fsync_dir(path: Path | str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class BlobMissing(UserError):
+    """A row names a blob whose file is gone (restored from an older backup, deleted by
+    hand, a disk lost): said plainly, with the path, instead of a traceback."""
+
+    def __init__(self, digest: str, path: Path):
+        self.digest, self.path = digest, path
+        super().__init__(f"blob {digest} is missing from the blob store (expected at {path})")
 
 
 class BlobStore:
@@ -113,7 +124,11 @@ class BlobStore:
         return list(reversed(missing))
 
     def get(self, digest: str) -> bytes:
-        return self.path_for(digest).read_bytes()
+        path = self.path_for(digest)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(digest, path) from None
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).exists()

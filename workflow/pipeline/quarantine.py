@@ -24,6 +24,11 @@ def release(services: Services, dispatch: Dispatch, raw_id: int, *, org: str | N
         raw = session.get(RawMessage, raw_id)
         if raw is None or raw.status != RawStatus.QUARANTINED:
             raise QuarantineActionError(f"message {raw_id} is not in quarantine")
+        if not services.blobs.exists(raw.sha256):
+            raise QuarantineActionError(
+                f"message {raw_id} cannot be released: its raw bytes are missing from the "
+                f"blob store (expected at {services.blobs.path_for(raw.sha256)}); restore "
+                f"that file, or drop the message")
         previous = raw.reason
         raw.status, raw.authorised = RawStatus.PENDING, True
         raw.reason, raw.detail = None, f"released from {previous}" + (

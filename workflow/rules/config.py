@@ -108,6 +108,38 @@ class SmtpInConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=2525, ge=0, le=65535)
     max_message_bytes: int = Field(default=26214400, ge=1024)
+    # Limits of the door (ingest/smtp.py): sessions beyond max_sessions get 421,
+    # recipients beyond max_recipients 452 (RFC 5321 4.5.3.1.8: at least 100).
+    max_sessions: int = Field(default=100, ge=1)
+    max_recipients: int = Field(default=100, ge=100)
+    idle_timeout: Duration = Field(default_factory=lambda: Duration(seconds=300))
+    data_timeout: Duration = Field(default_factory=lambda: Duration(seconds=600))
+    # STARTTLS with this certificate and key (PEM files); require_starttls: 530 to any
+    # MAIL FROM before it.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    require_starttls: bool = False
+    # SMTP AUTH (over TLS only) for deployments that submit rather than relay from an MX.
+    auth_required: bool = False
+    auth_username_env: str | None = None
+    auth_password_env: str | None = None
+
+    _d = field_validator("idle_timeout", "data_timeout", mode="before")(_duration)
+
+
+def smtp_in_problems(cfg: SmtpInConfig) -> list[str]:
+    problems = []
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        problems.append("smtp_in.tls_key: tls_cert and tls_key go together")
+    if cfg.require_starttls and not cfg.tls_cert:
+        problems.append("smtp_in.require_starttls: needs tls_cert and tls_key")
+    if (cfg.auth_username_env or cfg.auth_required) and not (
+            cfg.auth_username_env and cfg.auth_password_env):
+        problems.append("smtp_in.auth_password_env: AUTH needs auth_username_env and "
+                        "auth_password_env")
+    if cfg.auth_required and not cfg.tls_cert:
+        problems.append("smtp_in.auth_required: AUTH is only offered over TLS: set tls_cert")
+    return problems
 
 
 class ImapConfig(_Strict):
@@ -270,8 +302,12 @@ class SchedulerConfig(_Strict):
     scan_interval: Duration = Field(default_factory=lambda: Duration(seconds=60))
     at_risk: float = Field(default=0.75, gt=0, lt=1)
     sweep_grace: Duration = Field(default_factory=lambda: Duration(seconds=120))
+    # One scheduler at a time: the holder renews its lease every third of this; a spare
+    # takes over at most one period (plus a third) after the holder dies.
+    lease_period: Duration = Field(default_factory=lambda: Duration(seconds=15))
 
-    _d = field_validator("scan_interval", "sweep_grace", mode="before")(_duration)
+    _d = field_validator("scan_interval", "sweep_grace", "lease_period",
+                         mode="before")(_duration)
 
 
 class MetricsConfig(_Strict):
@@ -431,6 +467,7 @@ def cross_check(cfg: Config) -> list[str]:
     for i, box in enumerate(cfg.imap):
         if not box.password_env and not box.oauth2_token_command:
             problems.append(f"imap[{i}].password_env: set password_env or oauth2_token_command")
+    problems += smtp_in_problems(cfg.smtp_in)
     names = [b.name for b in cfg.imap]
     for i, name in enumerate(names):
         if names.index(name) != i:
@@ -523,6 +560,10 @@ def resolve_paths(cfg: Config, base: Path) -> Config:
         rel = url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":
             updates["database_url"] = "sqlite:///" + str((base / rel).resolve())
+    door = {key: str((base / value).resolve()) for key in ("tls_cert", "tls_key")
+            if (value := getattr(cfg.smtp_in, key)) and not Path(value).is_absolute()}
+    if door:
+        cfg = cfg.model_copy(update={"smtp_in": cfg.smtp_in.model_copy(update=door)})
     if not updates:
         return cfg
     return cfg.model_copy(update={"desk": desk.model_copy(update=updates)})
