@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from postdesk import logs
 from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
 from postdesk.workflow.rules.errors import UserError
 
@@ -41,6 +42,8 @@ def _setup_logging(verbose: bool = False) -> None:
     for noisy in ("mailparser", "mail-parser", "pika", "dramatiq", "asyncio", "mail.log",
                   "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Repeated warnings counted, expected outages without tracebacks (postdesk/logs.py).
+    logs.install(logging.getLogger().handlers)
 
 
 @contextlib.contextmanager
@@ -131,6 +134,7 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
             pass
     finally:
         stop()
+        logs.flush()
     return 0
 
 

@@ -363,7 +363,7 @@ def test_sigkill_between_commit_and_move_makes_no_duplicate(make_desk, dovecot, 
         wait_for(lambda: not dovecot.uids("INBOX"), 30, what=f"leftovers moved\n{log.read_text()}")
     finally:
         stop_child(child, log)
-    assert "committed before an interruption" in log.read_text()
+    assert "stored earlier but not yet moved" in log.read_text()
     assert len(dovecot.uids("Processed")) == 3
 
     desk.app.start_workers(threads=1)
