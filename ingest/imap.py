@@ -179,6 +179,7 @@ class ImapPoller:
                 self.idle_off_until = time.monotonic() + IDLE_OFF_S
             except NETWORK_ERRORS as exc:
                 if self.strikes.in_flight:
+                    self.strikes.in_flight = False   # once: a dead server gets the backoff
                     # Lost while a FETCH ran: most likely to a message the server cannot
                     # send. Reconnect now; the strikes read it alone, then skip it.
                     log.warning("imap[%s]: connection lost during a FETCH (%s: %s); "

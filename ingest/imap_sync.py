@@ -313,8 +313,8 @@ class FolderSync:
         blamed = self.strikes.connection_lost()
         if blamed:
             log.warning("imap[%s]: the last connection broke during a FETCH of %d message(s): "
-                        "reading %s alone", self.box.name, blamed,
-                        "it" if blamed == 1 else "them one at a time")
+                        "reading %s", self.box.name, blamed,
+                        "it alone" if blamed == 1 else "them one at a time")
         uidvalidity = stats.uidvalidity = self.select()
         self._take_exists()
         last = load_cursor(self.services, self.cursor_key, uidvalidity)
