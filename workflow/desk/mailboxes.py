@@ -25,7 +25,7 @@ from postdesk.storage.models import ImapCursor, ImapMailboxState, ImapMessageStr
 
 _STATES = cast(Table, ImapMailboxState.__table__)
 _STRIKES = cast(Table, ImapMessageStrike.__table__)
-_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+_INSERTS: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 # A message alone that broke the connection (or failed) this many times is given up on.
 STRIKE_LIMIT = 2
