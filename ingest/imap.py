@@ -261,7 +261,11 @@ class ImapPoller:
         except BaseException:
             _close(client, logout=False)
             raise
-        ended = self.alerts.login_works()
+        try:
+            ended = self.alerts.login_works()
+        except BaseException:
+            _close(client, logout=False)
+            raise
         if ended is not None:
             log.warning("imap[%s]: login works again (failing since %s)", self.name,
                         ended.isoformat(timespec="seconds"))

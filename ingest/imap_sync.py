@@ -133,12 +133,18 @@ class FetchStrikes:
             mailboxes.fetch_begins(session, self.mailbox, uidvalidity, uids, self.services.now())
         self.in_flight = True
 
-    def end(self, uidvalidity: int, read: Iterable[int]) -> None:
-        """The FETCH returned; ``read``: the messages it delivered (their strikes go)."""
+    def end(self) -> None:
+        """The FETCH returned (answered or refused): it broke nothing."""
         with self.services.sessions() as session, session.begin():
             mailboxes.fetch_ends(session, self.mailbox, self.services.now())
-            mailboxes.fetched(session, self.cursor_key, uidvalidity, read)
         self.in_flight = False
+
+    def cleared(self, uidvalidity: int, stored: Iterable[int]) -> None:
+        """These messages are stored: their suspicion and strikes go."""
+        wanted = list(stored)
+        if wanted:
+            with self.services.sessions() as session, session.begin():
+                mailboxes.fetched(session, self.cursor_key, uidvalidity, wanted)
 
     def known(self, uidvalidity: int) -> dict[int, Record]:
         """The messages of this UIDVALIDITY with a record."""
@@ -280,6 +286,7 @@ class FolderSync:
         self.moves = moves if moves is not None else MoveRetry()
         self._too_large_size: dict[int, int] = {}    # found while reading alone
         self._failed_reason: dict[int, str] = {}     # given up in this pass, for the log
+        self._new_connection = True
         if box.processed_folder and box.processed_folder == box.folder:
             raise FolderProblem(f"processed_folder is the folder being read ({box.folder!r})")
         address = (box.username if "@" in box.username
@@ -310,7 +317,10 @@ class FolderSync:
 
     def run(self, stop: threading.Event | None = None) -> SyncStats:
         stats = SyncStats()
-        blamed = self.strikes.connection_lost()
+        # Once per connection (this object lives as long as one): a FETCH still recorded
+        # as in flight died with the previous connection.
+        blamed, self._new_connection = (
+            self.strikes.connection_lost() if self._new_connection else 0), False
         if blamed:
             log.warning("imap[%s]: the last connection broke during a FETCH of %d message(s): "
                         "reading %s", self.box.name, blamed,
@@ -405,9 +415,11 @@ class FolderSync:
         for uid in sorted(alone):
             outcome = self._read_alone(uid, uidvalidity, stats, strikes=0)
             {"done": done, "too_large": too_large, "failed": failed}[outcome].append(uid)
+        if alone:
+            self.strikes.cleared(uidvalidity, done)
         # Cursor before acknowledgement: what is acknowledged must already be committed.
         advance_cursor(self.services, self.cursor_key, uidvalidity, max(uids))
-        self._skip(too_large, failed, sizes, stats)
+        self._skip(too_large, failed, sizes, stats, uidvalidity)
         if done:
             self._acknowledge(sorted(done), stats)
 
@@ -425,7 +437,8 @@ class FolderSync:
                 done.append(uid)
             else:
                 self._skip([uid] if outcome == "too_large" else [],
-                           [uid] if outcome == "failed" else [], {}, stats)
+                           [uid] if outcome == "failed" else [], {}, stats, uidvalidity)
+        self.strikes.cleared(uidvalidity, done)
         if done:
             self._acknowledge(done, stats)
 
@@ -433,7 +446,9 @@ class FolderSync:
                     reason: str = "") -> str:
         """Size, body and store of one message, retried alone until ``STRIKE_LIMIT``
         strikes: "done", "too_large" or "failed" (given up, recorded with the reason)."""
-        while strikes < STRIKE_LIMIT:
+        attempts = 0   # the database count may be reset by another process: bound it here too
+        while strikes < STRIKE_LIMIT and attempts < STRIKE_LIMIT:
+            attempts += 1
             try:
                 size = self._fetch([uid], uidvalidity, SIZE, alone=True)[uid].get(SIZE)
                 if size is None:
@@ -470,7 +485,7 @@ class FolderSync:
         except IMAPClientAbortError:
             raise   # the connection is gone: the next one blames what was in flight
         except IMAPClientError as exc:
-            self.strikes.end(uidvalidity, [])
+            self.strikes.end()
             if alone or len(uids) == 1:
                 raise MessageProblem(f"FETCH {what} refused: {_text(exc)}") from None
             log.warning("imap[%s]: FETCH %s of %d messages refused (%s); fetching them one "
@@ -483,7 +498,7 @@ class FolderSync:
                     continue   # retried alone by the caller, with strikes
             return out
         answered = {int(u): d for u, d in found.items() if item in d}
-        self.strikes.end(uidvalidity, answered if item == BODY else [])
+        self.strikes.end()
         if alone and uids[0] not in answered:
             raise MessageProblem(f"the server answered FETCH {what} without it")
         return answered
@@ -503,9 +518,13 @@ class FolderSync:
             stats.duplicates += 1
 
     def _skip(self, too_large: list[int], failed: list[int],
-              sizes: dict[int, dict[bytes, Any]], stats: SyncStats) -> None:
+              sizes: dict[int, dict[bytes, Any]], stats: SyncStats, uidvalidity: int) -> None:
         for uid in too_large:
             size = sizes.get(uid, {}).get(SIZE) or self._too_large_size.get(uid)
+            # Recorded like a message given up on: kept out of the leftovers to move even
+            # if the flag cannot be set, and listed by `postdesk status`.
+            self.strikes.give_up(uidvalidity, uid, f"{size} bytes, over "
+                                 f"smtp_in.max_message_bytes ({self.max_bytes})")
             log.error("imap[%s]: UID %s is %s bytes, over smtp_in.max_message_bytes (%s): "
                       "not fetched; left in %r flagged %s", self.box.name, uid, size,
                       self.max_bytes, self.box.folder, TOO_LARGE.decode())

@@ -716,6 +716,36 @@ def test_one_unreadable_message_of_twenty_without_sizes_is_flagged_and_nineteen_
     assert count(desk, RawMessage) == 19
 
 
+@pytest.mark.slow
+def test_a_message_that_cannot_be_stored_is_retried_alone_then_skipped_and_flagged(
+        make_desk, dovecot, imap_pw):
+    desk = make_desk(extra=imap_toml(dovecot))
+    for subject in ("Fine A", "Poison", "Fine B"):
+        dovecot.append(make_email(subject=subject).as_bytes())
+    attempts = []
+
+    def accept(raw: bytes, envelope: Any, source: str) -> Any:
+        if b"Subject: Poison" in raw:
+            attempts.append(source)
+            raise ValueError("cannot store this one")
+        return desk.app.accept(raw, envelope, source)
+
+    box = desk.config.imap[0]
+    with dovecot.client() as client:
+        stats = FolderSync(desk.app.services, accept, box, client, client.capabilities()).run()
+    assert (stats.accepted, stats.skipped, stats.acknowledged) == (2, 1, 2)
+    assert len(attempts) == 3                 # in the batch, then twice alone
+    assert dovecot.uids("INBOX") == [2] and FAILED in flags_of(dovecot, 2)
+    [failed] = health_of(desk)["failed_messages"]
+    assert failed["uid"] == 2
+    assert failed["reason"] == "could not be stored: ValueError: cannot store this one"
+    with dovecot.client() as client:          # the next pass leaves it alone
+        again = FolderSync(desk.app.services, accept, box, client, client.capabilities()).run()
+    assert (again.fetched, again.skipped, len(attempts)) == (0, 0, 3)
+    desk.wait_settled()
+    assert sorted(t["subject"] for t in desk.tickets()) == ["Fine A", "Fine B"]
+
+
 def set_writable(path: Path, writable: bool) -> None:
     for sub in (path / "tmp", path / "new", path / "cur", path):
         sub.chmod(0o700 if writable else 0o500)
