@@ -2,15 +2,23 @@
 
 It connects (TLS, STARTTLS or, for loopback tests, plaintext), logs in (password or
 OAuth2), reads the folder (``ingest.imap_sync``), then waits for more: IDLE where the
-server offers it, re-issued every ``idle_timeout`` (servers may drop an IDLE after 30
-minutes, RFC 2177), otherwise a poll every ``poll_interval``. Even with IDLE the folder is
-re-read every ``poll_interval``: IDLE makes pickup fast, the poll makes it certain.
+server offers it, otherwise a poll every ``poll_interval``. Even with IDLE the folder is
+re-read every ``poll_interval``: IDLE makes pickup fast, the poll makes it certain. IDLE
+is re-issued every ``idle_timeout`` and always before the server's 29-minute limit (RFC
+2177), and every wait on the server is bounded: a server that does not answer IDLE (or
+DONE) within ``poll_interval`` (at most 10 s) is read by polling instead for a while.
 
 Failures never end the thread:
 - network errors, a server restart or ``BYE``: reconnect after a capped exponential
   backoff (1 s doubling to 60 s, with jitter so several pollers do not reconnect in step);
+- a connection lost during a FETCH: reconnect at once; the message is to blame, and
+  ``imap_sync.FetchStrikes`` reads it alone and gives up on it after two strikes;
 - a refused login: one clear ERROR line, one alert email to the leads per failure
-  episode, and a retry every ``login_retry`` seconds (5 minutes), never a tight loop;
+  episode (kept in the database, so a restart or a second process sends no second one),
+  and a retry every ``login_retry`` seconds (5 minutes), never a tight loop;
+- a refused move: see ``imap_sync`` (fetching goes on; one alert per episode);
+- the database down: a WARNING without a traceback and the same backoff (nothing was
+  acknowledged, so reading again later loses nothing);
 - a folder that cannot be selected: logged and retried slowly, like a refused login."""
 
 from __future__ import annotations
@@ -22,16 +30,23 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterator
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
 
 from postdesk.ingest.accept import AcceptFn
-from postdesk.ingest.imap_alert import send_auth_alert
+from postdesk.ingest.imap_alert import MailboxAlerts
 from postdesk.ingest.imap_auth import Authenticator, AuthFailed, AuthUnavailable
-from postdesk.ingest.imap_sync import FetchStrikes, FolderProblem, FolderSync, SyncStats
+from postdesk.ingest.imap_sync import (
+    OUTAGES,
+    FetchStrikes,
+    FolderProblem,
+    FolderSync,
+    MoveRetry,
+    SyncStats,
+    cursor_key_of,
+)
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.rules.config import ImapConfig
 
@@ -41,6 +56,18 @@ SOCKET_TIMEOUT_S = 60.0
 LOGIN_RETRY_S = 300.0
 # How often a waiting poller looks up from IDLE/sleep to notice stop() and deadlines.
 WAKE_SLICE_S = 0.5
+# Servers end an IDLE after 30 minutes (RFC 2177 asks clients to re-issue within 29).
+IDLE_SERVER_LIMIT_S = 29 * 60.0
+# The longest wait for the server to answer IDLE or DONE (a live one answers at once).
+IDLE_ANSWER_S = 10.0
+# After a server left IDLE unanswered, poll instead for this long before trying again.
+IDLE_OFF_S = 30 * 60.0
+# A connection lost during a FETCH is re-opened after this pause, without backoff.
+REFETCH_DELAY_S = 0.2
+
+
+class IdleUnanswered(Exception):
+    """The server did not answer IDLE or DONE in time: the connection's state is unknown."""
 
 
 class ConnectionLost(Exception):
@@ -76,7 +103,8 @@ class ImapPoller:
 
     def __init__(self, services: Services, accept: AcceptFn, dispatch: Dispatch,
                  box: ImapConfig, *, login_retry: float = LOGIN_RETRY_S,
-                 backoff: Backoff | None = None, socket_timeout: float = SOCKET_TIMEOUT_S):
+                 backoff: Backoff | None = None, socket_timeout: float = SOCKET_TIMEOUT_S,
+                 move_retry: MoveRetry | None = None):
         self.services = services
         self.accept = accept
         self.dispatch = dispatch
@@ -85,13 +113,17 @@ class ImapPoller:
         self.backoff = backoff or Backoff()
         self.socket_timeout = socket_timeout
         self.auth = Authenticator(box)
+        self.alerts = MailboxAlerts(services, dispatch, box, method=self.auth.method)
         self.stats = SyncStats()            # totals since start, for logs and benchmarks
-        self.strikes = FetchStrikes()       # FETCHes that broke a connection
+        # FETCHes that broke a connection (in the database), and when to move again.
+        self.strikes = FetchStrikes(services, box.name, cursor_key_of(box))
+        self.moves = move_retry or MoveRetry()
+        self.idle_off_until = 0.0           # monotonic: poll instead of IDLE until then
+        self.unmoved = 0                    # stored mail the last pass could not move
         self.connected = threading.Event()  # set while logged in
         self.waiting = threading.Event()    # set while idling/sleeping between passes
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._auth_episode: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -141,14 +173,29 @@ class ImapPoller:
             except FolderProblem as exc:
                 log.error("imap[%s]: %s; retrying in %.3g s", self.name, exc, self.login_retry)
                 self._stop.wait(self.login_retry)
+            except IdleUnanswered as exc:
+                log.warning("imap[%s]: %s; polling every %s instead of IDLE for %.0f min",
+                            self.name, exc, self.box.poll_interval, IDLE_OFF_S / 60)
+                self.idle_off_until = time.monotonic() + IDLE_OFF_S
             except NETWORK_ERRORS as exc:
-                self._reconnect_later("connection lost", exc)
+                if self.strikes.in_flight:
+                    self.strikes.in_flight = False   # once: a dead server gets the backoff
+                    # Lost while a FETCH ran: most likely to a message the server cannot
+                    # send. Reconnect now; the strikes read it alone, then skip it.
+                    log.warning("imap[%s]: connection lost during a FETCH (%s: %s); "
+                                "reconnecting now", self.name, type(exc).__name__,
+                                _describe(exc))
+                    self._stop.wait(REFETCH_DELAY_S)
+                else:
+                    self._reconnect_later("connection lost", exc)
             except IMAPClientError as exc:
                 # A NO/BAD to a command: the server is up but unhappy; back off the same way.
                 self._reconnect_later("server error", exc)
+            except OUTAGES as exc:
+                # The database (or the disk) is down: an expected outage, no traceback.
+                # Nothing was acknowledged, so backing off and reading again loses nothing.
+                self._reconnect_later("storage unavailable", exc)
             except Exception as exc:
-                # The database being down lands here (accept raised): nothing was
-                # acknowledged, so backing off and reading again loses nothing.
                 log.exception("imap[%s]: unexpected error", self.name)
                 self._reconnect_later("unexpected error", exc)
             finally:
@@ -164,17 +211,17 @@ class ImapPoller:
         self._stop.wait(delay)
 
     def _login_failed(self, error: str) -> None:
-        first = self._auth_episode is None
-        episode = self._auth_episode = self._auth_episode or self.services.now()
+        since = ""
+        try:
+            episode = self.alerts.login_failed(error)
+            since = f" (failing since {episode.started.isoformat(timespec='seconds')})"
+        except OUTAGES as exc:
+            log.warning("imap[%s]: could not record the login failure: %s", self.name,
+                        _describe(exc))
         log.error("imap[%s]: LOGIN FAILED for %s at %s:%s using %s: %s; mail in %r is not "
-                  "being read; retrying in %.3g s", self.name, self.box.username, self.box.host,
-                  self.box.port, self.auth.method, error, self.box.folder, self.login_retry)
-        if first:
-            try:
-                send_auth_alert(self.services, self.dispatch, self.box,
-                                method=self.auth.method, error=error, episode_started=episode)
-            except Exception:
-                log.exception("imap[%s]: could not queue the login-failure alert", self.name)
+                  "being read%s; retrying in %.3g s", self.name, self.box.username,
+                  self.box.host, self.box.port, self.auth.method, error, self.box.folder,
+                  since, self.login_retry)
         self._stop.wait(self.login_retry)
 
     def _session(self) -> None:
@@ -182,7 +229,6 @@ class ImapPoller:
         clean = False
         try:
             sync = self._folder(client)
-            idle = b"IDLE" in sync.capabilities
             while not self._stop.is_set():
                 stats = self._sync(sync)
                 # A full pass worked: the connection is healthy again.
@@ -190,6 +236,8 @@ class ImapPoller:
                 if stats.new_mail_announced or stats.fetched or stats.acknowledged:
                     # More may have come while this pass ran: look again before waiting.
                     continue
+                idle = (b"IDLE" in sync.capabilities
+                        and time.monotonic() >= self.idle_off_until)
                 if not self._wait(client, idle):
                     break   # time to reconnect (fresh OAuth2 token) or stop
             clean = True
@@ -213,22 +261,28 @@ class ImapPoller:
         except BaseException:
             _close(client, logout=False)
             raise
-        if self._auth_episode is not None:
+        try:
+            ended = self.alerts.login_works()
+        except BaseException:
+            _close(client, logout=False)
+            raise
+        if ended is not None:
             log.warning("imap[%s]: login works again (failing since %s)", self.name,
-                        self._auth_episode.isoformat(timespec="seconds"))
-            self._auth_episode = None
+                        ended.isoformat(timespec="seconds"))
         self.connected.set()
         return client
 
     def _folder(self, client: IMAPClient) -> FolderSync:
         sync = FolderSync(self.services, self.accept, self.box, client, client.capabilities(),
-                          self.strikes)
+                          self.strikes, self.moves)
         sync.ensure_processed_folder()
         return sync
 
     def _sync(self, sync: FolderSync) -> SyncStats:
         stats = sync.run(self._stop)
         self.stats.add(stats)
+        self.alerts.pass_ended(stats)
+        self.unmoved = stats.unmoved
         if stats.fetched or stats.skipped or stats.acknowledged:
             log.info("imap[%s]: %d new, %d already had, %d skipped, %d acknowledged",
                      self.name, stats.accepted, stats.duplicates, stats.skipped,
@@ -246,9 +300,16 @@ class ImapPoller:
 
     def _wait_for_mail(self, client: IMAPClient, idle: bool) -> bool:
         session_end = self.auth.session_deadline()
+        wait_s = self.box.poll_interval.as_timedelta().total_seconds()
+        deadline = time.monotonic() + wait_s
+        if self.unmoved:
+            # Stored mail waits to be moved: look again when the move is due.
+            deadline = min(deadline, max(self.moves.next_at, time.monotonic() + WAKE_SLICE_S))
         if idle:
-            return self._idle(client, session_end)
-        deadline = time.monotonic() + self.box.poll_interval.as_timedelta().total_seconds()
+            idle_s = min(self.box.idle_timeout.as_timedelta().total_seconds(),
+                         IDLE_SERVER_LIMIT_S - 60.0)
+            return self._idle(client, session_end, min(deadline, time.monotonic() + idle_s),
+                              answer_s=min(wait_s, IDLE_ANSWER_S))
         while not self._stop.is_set():
             now = time.monotonic()
             if session_end is not None and now >= session_end:
@@ -258,14 +319,17 @@ class ImapPoller:
             self._stop.wait(min(WAKE_SLICE_S, deadline - now))
         return False
 
-    def _idle(self, client: IMAPClient, session_end: float | None) -> bool:
+    def _idle(self, client: IMAPClient, session_end: float | None, deadline: float, *,
+              answer_s: float) -> bool:
         # IDLE is for speed, not for correctness: a server can fail to announce mail that
         # lands while another session is busy in the same mailbox (seen with Dovecot), so
-        # the folder is still re-read every poll_interval, and IDLE is re-issued at least
-        # every idle_timeout, before the server's 30-minute limit.
-        limit = min(self.box.idle_timeout.as_timedelta(), self.box.poll_interval.as_timedelta())
-        deadline = time.monotonic() + limit.total_seconds()
-        client.idle()
+        # the folder is still re-read every poll_interval (``deadline``). Waiting for the
+        # server's answer to IDLE and to DONE is bounded by ``answer_s``, not by the
+        # socket timeout: a server (or a middlebox) that swallows IDLE must not make the
+        # mailbox wait a minute per pass.
+        with _answer_within(client, answer_s,
+                            f"the server did not answer IDLE within {answer_s:.3g} s"):
+            client.idle()
         keep_session = True
         silent_wakeups = 0
         try:
@@ -290,12 +354,30 @@ class ImapPoller:
                         raise ConnectionLost("server closed the connection")
                 else:
                     silent_wakeups = 0
-        finally:
-            if self._stop.is_set():
-                keep_session = False
-            with contextlib.suppress(*NETWORK_ERRORS, IMAPClientError):
+        except BaseException:
+            with contextlib.suppress(*NETWORK_ERRORS, IMAPClientError, IdleUnanswered), \
+                    _answer_within(client, answer_s, "no answer to DONE"):
                 client.idle_done()
+            raise
+        with _answer_within(client, answer_s,
+                            f"the server did not answer DONE within {answer_s:.3g} s"):
+            client.idle_done()
         return keep_session and not self._stop.is_set()
+
+
+@contextlib.contextmanager
+def _answer_within(client: IMAPClient, seconds: float, what: str) -> Iterator[None]:
+    """Bound one exchange with the server by ``seconds`` instead of the socket timeout."""
+    sock = client.socket()
+    previous = sock.gettimeout()
+    sock.settimeout(seconds)
+    try:
+        yield
+    except TimeoutError:
+        raise IdleUnanswered(what) from None
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(previous)
 
 
 def _is_bye(response: tuple[object, ...]) -> bool:

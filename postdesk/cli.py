@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from postdesk import logs
 from postdesk.workflow.rules.commands import SETTABLE_STATUSES
 from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
 from postdesk.workflow.rules.errors import UserError
@@ -157,6 +158,7 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
     finally:
         stop()
         stopping(metrics_server)
+        logs.flush()
     return 0
 
 

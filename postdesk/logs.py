@@ -1,6 +1,18 @@
-"""Logging set-up: plain text for people, one JSON object a line for log shippers
-(``--log-format json`` or ``POSTDESK_LOG_FORMAT=json``), and a filter that masks every
-secret this process knows wherever it would appear in a log line."""
+"""Logging for operators: plain text for people, one JSON object a line for log shippers
+(``--log-format json`` or ``POSTDESK_LOG_FORMAT=json``), a filter that masks every secret
+this process knows, and two filters that keep an outage readable:
+
+- ``RepeatFilter``: of identical warnings (same logger, level and message template), the
+  first in each ``window`` is written and the rest are counted; the count is written when
+  the window is over (``… 871 more in the last 30 s``), on the next record of any kind or
+  at ``flush()``. A 30 s broker cut then writes a handful of lines, not 872.
+- ``OutageFilter``: a record carrying a traceback of an *expected* outage — a refused or
+  lost connection to the broker, the database or a mail server — is written as one line
+  with the error's type and text instead of the traceback. Libraries (pika, Dramatiq)
+  log such tracebacks themselves; they say nothing the one line does not.
+
+The standard library has ``logging.Filter`` but no rate limiting; the few libraries that
+do it (e.g. ``logging-ratelimit``) drop the count, which is the useful part here."""
 
 from __future__ import annotations
 
@@ -8,7 +20,10 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -91,6 +106,7 @@ def setup_logging(verbose: bool = False, fmt: str | None = None) -> None:
     for old in [h for h in root.handlers if REDACT in h.filters]:   # set up before
         root.removeHandler(old)
     root.addHandler(handler)
+    install([handler])        # repeated warnings counted, outages without tracebacks
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -112,3 +128,121 @@ def register_secrets(config: Config, secret: bytes) -> None:
     REDACT.add([secret.decode(errors="replace"), desk.secret,
                 *(secret_from_env(var) for var in envs),
                 url_password(desk.database_url), url_password(desk.broker_url)])
+
+
+DEFAULT_WINDOW_S = 30.0
+
+# Exception types (by module prefix and name, so that optional libraries need not be
+# imported) that mean "a server is unreachable right now".
+_OUTAGE_TYPES: tuple[tuple[str, str], ...] = (
+    ("builtins", "ConnectionError"), ("builtins", "ConnectionRefusedError"),
+    ("builtins", "ConnectionResetError"), ("builtins", "BrokenPipeError"),
+    ("builtins", "TimeoutError"), ("socket", "gaierror"),
+    ("pika", "AMQPConnectionError"), ("pika", "AMQPChannelError"),
+    ("pika", "StreamLostError"), ("pika", "ConnectionClosed"), ("pika", "ChannelClosed"),
+    ("pika", "ConnectionWrongStateError"), ("pika", "ChannelWrongStateError"),
+    ("redis", "ConnectionError"), ("redis", "TimeoutError"),
+    ("dramatiq", "ConnectionError"), ("dramatiq", "ConnectionClosed"),
+    ("sqlalchemy", "OperationalError"), ("psycopg", "OperationalError"),
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection failure of the expected kind."""
+    for cls in type(exc).__mro__:
+        module = cls.__module__.split(".", 1)[0]
+        if (module, cls.__name__) in _OUTAGE_TYPES:
+            return True
+    return False
+
+
+class OutageFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and is_outage(exc):
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            record.msg = f"{record.msg} ({type(exc).__name__}{': ' + text if text else ''})"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@dataclass
+class _Window:
+    started: float
+    suppressed: int = 0
+    name: str = ""
+    level: int = logging.WARNING
+    template: str = ""
+
+
+class RepeatFilter(logging.Filter):
+    """Rate-limits identical records at ``level`` and above, per ``window`` seconds.
+    ``emit`` writes the summary lines (the handler's ``handle``, set by ``install``)."""
+
+    def __init__(self, window: float = DEFAULT_WINDOW_S, *, level: int = logging.WARNING,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 emit: Callable[[logging.LogRecord], object] | None = None):
+        super().__init__()
+        self.window, self.level, self.monotonic, self.emit = window, level, monotonic, emit
+        self._windows: dict[tuple[str, int, str], _Window] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "postdesk_summary", False):
+            return True
+        now = self.monotonic()
+        self._summarise(lambda w: now - w.started >= self.window)
+        if record.levelno < self.level:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None and now - window.started < self.window:
+                window.suppressed += 1
+                return False
+            self._windows[key] = _Window(now, 0, record.name, record.levelno, str(record.msg))
+        return True
+
+    def flush(self) -> None:
+        """Write the counts still pending (at shutdown)."""
+        self._summarise(lambda w: True)
+
+    def _summarise(self, due: Callable[[_Window], bool]) -> None:
+        with self._lock:
+            finished = [(k, w) for k, w in self._windows.items() if due(w)]
+            for key, _window in finished:
+                del self._windows[key]
+        for _key, window in finished:
+            if window.suppressed and self.emit is not None:
+                first_words = window.template.split("%", 1)[0].strip()[:120]
+                record = logging.LogRecord(
+                    window.name, window.level, __file__, 0,
+                    "… %d more in the last %.0f s like: %s",
+                    (window.suppressed, self.window, first_words), None)
+                record.postdesk_summary = True
+                self.emit(record)
+
+
+_INSTALLED: list[RepeatFilter] = []
+
+
+def install(handlers: Iterable[logging.Handler], window: float = DEFAULT_WINDOW_S
+            ) -> list[RepeatFilter]:
+    """Put both filters on each handler (the repeat filter first, so it keys on the
+    message as logged); returns the repeat filters."""
+    installed = []
+    for handler in handlers:
+        if any(isinstance(f, RepeatFilter) for f in handler.filters):
+            continue
+        repeat = RepeatFilter(window, emit=handler.handle)
+        handler.addFilter(repeat)
+        handler.addFilter(OutageFilter())
+        installed.append(repeat)
+    _INSTALLED.extend(installed)
+    return installed
+
+
+def flush() -> None:
+    """Write every pending count (the CLI calls it when a process stops)."""
+    for repeat in _INSTALLED:
+        repeat.flush()

@@ -27,7 +27,6 @@ from postdesk.storage.db import make_engine, make_session_factory
 from postdesk.storage.migrate import current_revision, head_revision
 from postdesk.storage.models import (
     DutyRun,
-    ImapCursor,
     Lease,
     Outbox,
     OutboxStatus,
@@ -35,6 +34,7 @@ from postdesk.storage.models import (
     RawStatus,
 )
 from postdesk.workflow.desk.lease import SCHEDULER_LEASE, default_holder
+from postdesk.workflow.desk.mailboxes import mailbox_health
 from postdesk.workflow.rules.clock import Clock
 from postdesk.workflow.rules.config import Config
 
@@ -185,12 +185,15 @@ def scheduler_state(session: Session, now: datetime) -> dict[str, Any]:
             "duties": duties}
 
 
-def imap_sync_rows(session: Session) -> list[dict[str, Any]]:
-    """Each IMAP mailbox's last successful sync. The hook for richer mailbox state: today
-    the UID cursor, whose ``updated_at`` moves each time a batch is committed."""
-    return [{"mailbox": c.mailbox, "uidvalidity": c.uidvalidity, "last_uid": c.last_uid,
-             "last_sync_at": _iso(c.updated_at)}
-            for c in session.scalars(select(ImapCursor).order_by(ImapCursor.mailbox))]
+def imap_problems(report: Report, mailboxes: list[dict[str, Any]]) -> None:
+    """A login or move episode under way makes the desk degraded: mail is waiting on the
+    server or stored but not moved. Skipped messages are listed, not a problem: each was
+    retried alone, flagged ``$PostdeskFailed`` and the mailbox went on."""
+    for box in mailboxes:
+        for episode in box["episodes"]:
+            report.problem(DEGRADED, "imap",
+                           f"{box['mailbox']}: {episode['kind']} failing since "
+                           f"{episode['since']}: {episode['error']}")
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -293,7 +296,11 @@ def status_report(config: Config, component: str | None = None, *,
         if component is None:
             with sessions() as session:
                 report.sections["quarantine_24h"] = quarantine_last_day(session, now)
-                report.sections["imap"] = imap_sync_rows(session)
+        if component in (None, "imap"):
+            with sessions() as session:
+                mailboxes = mailbox_health(session, [box.name for box in config.imap])
+            report.sections["imap"] = mailboxes
+            imap_problems(report, mailboxes)
         if component in (None, "scheduler"):
             _scheduler(report, sessions, now, config)
     return report
@@ -320,7 +327,10 @@ def render_text(report: Report) -> str:
             lines.append("imap: no mailbox has synced")
         for box in data["imap"]:
             lines.append(f"imap {box['mailbox']}: last sync {box['last_sync_at']}, "
-                         f"uid {box['last_uid']}")
+                         f"{box['unmoved']['count']} stored but not moved")
+            for failed in box["failed_messages"]:
+                lines.append(f"  skipped {failed['folder']} uid {failed['uid']} "
+                             f"since {failed['since']}: {failed['reason']}")
     return "\n".join(lines)
 
 

@@ -381,3 +381,42 @@ class SlaPause(Base):
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+
+
+class ImapMailboxState(Base):
+    """How one ``[[imap]]`` mailbox is doing, kept in the database so that every
+    ``postdesk imap`` process (and a restarted one) sees the same failure episodes and
+    sends one alert per episode, and ``postdesk status`` can show it."""
+
+    __tablename__ = "imap_mailbox_states"
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)   # [[imap]] name
+    last_sync_at: Mapped[datetime | None]       # end of the last complete pass
+    # Committed mail still in the folder (the move or \Seen flag failed).
+    unmoved_count: Mapped[int] = mapped_column(Integer, default=0)
+    unmoved_since: Mapped[datetime | None]
+    move_failing_since: Mapped[datetime | None]
+    move_error: Mapped[str | None] = mapped_column(Text)
+    move_alerted_at: Mapped[datetime | None]
+    login_failing_since: Mapped[datetime | None]
+    login_error: Mapped[str | None] = mapped_column(Text)
+    login_alerted_at: Mapped[datetime | None]
+    # The FETCH under way ({"uidvalidity": v, "uids": [...]}): found still set by the next
+    # connection, it is what broke the last one.
+    fetch_in_flight: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    updated_at: Mapped[datetime]
+
+
+class ImapMessageStrike(Base):
+    """A message that failed on its own: ``suspect`` (in a FETCH that broke a connection:
+    read it alone next time), ``strikes`` (failures alone), ``failed_at`` (given up,
+    flagged ``$PostdeskFailed`` on the server and skipped)."""
+
+    __tablename__ = "imap_message_strikes"
+    mailbox: Mapped[str] = mapped_column(String(200), primary_key=True)   # cursor key
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    suspect: Mapped[bool] = mapped_column(Boolean, default=False)
+    strikes: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]

@@ -9,8 +9,10 @@ import logging
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,9 +26,10 @@ from sqlalchemy import func, select
 
 from postdesk.ingest.imap import Backoff, ImapPoller
 from postdesk.ingest.imap_auth import AuthFailed, TokenSource, parse_token_output
-from postdesk.ingest.imap_sync import FAILED, TOO_LARGE, FolderSync
+from postdesk.ingest.imap_sync import FAILED, TOO_LARGE, FolderSync, MoveRetry, Progress
 from postdesk.scheduler import sweep_pending_raw
 from postdesk.storage.models import ImapCursor, Message, RawMessage
+from postdesk.workflow.desk.mailboxes import mailbox_health
 from tests.conftest_dovecot import make_dovecot_root, require_dovecot
 from tests.dovecot import DovecotServer, free_port
 from tests.mailgen import History, history
@@ -363,7 +366,7 @@ def test_sigkill_between_commit_and_move_makes_no_duplicate(make_desk, dovecot, 
         wait_for(lambda: not dovecot.uids("INBOX"), 30, what=f"leftovers moved\n{log.read_text()}")
     finally:
         stop_child(child, log)
-    assert "committed before an interruption" in log.read_text()
+    assert "stored earlier but not yet moved" in log.read_text()
     assert len(dovecot.uids("Processed")) == 3
 
     desk.app.start_workers(threads=1)
@@ -662,3 +665,264 @@ def test_two_mailboxes_polled_at_once(make_desk, dovecot, imap_pw):
     assert sorted(r["source"] for r in desk.raws()) == ["imap:inbox", "imap:sales"]
     assert dovecot.uids("INBOX") == [] and dovecot.uids("Sales") == []
     assert len(dovecot.uids("Processed")) == 2
+
+
+# --- issue 18: the door never stops reading -----------------------------------------------
+
+def health_of(desk: Any, mailbox: str = "inbox") -> dict[str, Any]:
+    with desk.app.sessions() as s:
+        return next((h for h in mailbox_health(s) if h["mailbox"] == mailbox), {})
+
+
+def flags_of(dc: DovecotServer, uid: int, folder: str = "INBOX") -> tuple[bytes, ...]:
+    with dc.client() as c:
+        c.select_folder(folder, readonly=True)
+        return tuple(c.get_flags([uid]).get(uid, ()))
+
+
+def make_unreadable(dc: DovecotServer, marker: bytes) -> None:
+    """Dovecot (running as nobody) cannot open a root-only file: it answers any FETCH
+    that needs the file — the body, or the size when the file name does not carry it —
+    with BYE and hangs up, every time."""
+    [path] = [p for p in dc.folder_path().glob("*/*")
+              if p.parent.name in ("new", "cur") and marker in p.read_bytes()]
+    os.chown(path, 0, 0)
+    path.chmod(0o600)
+
+
+@pytest.mark.slow
+def test_one_unreadable_message_of_twenty_without_sizes_is_flagged_and_nineteen_are_tickets(
+        make_desk, dovecot, imap_pw):
+    poll = 10.0
+    emails = [make_email(subject=f"Unsized {i}") for i in range(20)]
+    # Written straight into the maildir: the file names carry no S=size, so even the size
+    # of a message is read from its file.
+    dovecot.append_many([m.as_bytes() for m in emails], method="maildir")
+    assert not any(",S=" in p.name for p in dovecot.folder_path().glob("new/*"))
+    make_unreadable(dovecot, b"Subject: Unsized 7\n")
+    desk = make_desk(extra=imap_toml(dovecot, poll=f"{poll:.0f}s"))
+    with running(poller_for(desk)):
+        # The acceptance: 19 tickets within two poll intervals.
+        wait_for(lambda: len(desk.tickets()) == 19, 2 * poll, what="19 tickets")
+        wait_for(lambda: health_of(desk).get("failed_messages"), 10, what="the bad one recorded")
+    assert sorted(t["subject"] for t in desk.tickets()) == sorted(
+        f"Unsized {i}" for i in range(20) if i != 7)
+    assert dovecot.uids("INBOX") == [8]                       # the bad one stays, flagged
+    assert FAILED in flags_of(dovecot, 8) and FLAGGED in flags_of(dovecot, 8)
+    assert len(dovecot.uids("Processed")) == 19
+    [failed] = health_of(desk)["failed_messages"]
+    assert (failed["uid"], failed["folder"]) == (8, "INBOX")
+    assert "closed the connection" in failed["reason"]
+    assert count(desk, RawMessage) == 19
+
+
+@pytest.mark.slow
+def test_a_message_that_cannot_be_stored_is_retried_alone_then_skipped_and_flagged(
+        make_desk, dovecot, imap_pw):
+    desk = make_desk(extra=imap_toml(dovecot))
+    for subject in ("Fine A", "Poison", "Fine B"):
+        dovecot.append(make_email(subject=subject).as_bytes())
+    attempts = []
+
+    def accept(raw: bytes, envelope: Any, source: str) -> Any:
+        if b"Subject: Poison" in raw:
+            attempts.append(source)
+            raise ValueError("cannot store this one")
+        return desk.app.accept(raw, envelope, source)
+
+    box = desk.config.imap[0]
+    with dovecot.client() as client:
+        stats = FolderSync(desk.app.services, accept, box, client, client.capabilities()).run()
+    assert (stats.accepted, stats.skipped, stats.acknowledged) == (2, 1, 2)
+    assert len(attempts) == 3                 # in the batch, then twice alone
+    assert dovecot.uids("INBOX") == [2] and FAILED in flags_of(dovecot, 2)
+    [failed] = health_of(desk)["failed_messages"]
+    assert failed["uid"] == 2
+    assert failed["reason"] == "could not be stored: ValueError: cannot store this one"
+    with dovecot.client() as client:          # the next pass leaves it alone
+        again = FolderSync(desk.app.services, accept, box, client, client.capabilities()).run()
+    assert (again.fetched, again.skipped, len(attempts)) == (0, 0, 3)
+    desk.wait_settled()
+    assert sorted(t["subject"] for t in desk.tickets()) == ["Fine A", "Fine B"]
+
+
+def set_writable(path: Path, writable: bool) -> None:
+    for sub in (path / "tmp", path / "new", path / "cur", path):
+        sub.chmod(0o700 if writable else 0o500)
+
+
+@pytest.mark.slow
+def test_a_read_only_processed_folder_blocks_no_new_mail_and_alerts_the_leads_once(
+        make_desk, dovecot, imap_pw, caplog):
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    poll = 5.0
+    dovecot.uids("Processed")                     # Dovecot creates the maildir on access
+    processed = dovecot.folder_path("Processed")
+    set_writable(processed, False)
+    desk = make_desk(extra=imap_toml(dovecot, poll=f"{poll:.0f}s"))
+    first = make_email(subject="Before the failed move")
+    later = [make_email(subject=f"After the failed move {i}") for i in range(2)]
+    dovecot.append(first.as_bytes())
+    poller = poller_for(desk, move_retry=MoveRetry(first=0.5, cap=2.0))
+    with running(poller):
+        wait_for(lambda: [e["kind"] for e in health_of(desk).get("episodes", [])] == ["move"],
+                 30, what="the first failed move recorded")
+        for email in later:
+            dovecot.append(email.as_bytes())
+        # The acceptance: mail arriving after the failed move still becomes tickets within
+        # two poll intervals.
+        wait_for(lambda: len(desk.tickets()) == 3, 2 * poll, what="tickets despite the move")
+        wait_for(lambda: health_of(desk)["unmoved"]["count"] == 3, 10, what="3 unmoved")
+        assert dovecot.uids("Processed") == []
+        desk.wait_settled()
+        [alert] = desk.outbox(template="imap_move_alert")
+        assert alert["to"] == ["dev2@agency.example"] and alert["status"] == "sent"
+        assert "inbox" in alert["subject"]
+
+        set_writable(processed, True)             # someone fixes the folder
+        wait_for(lambda: not dovecot.uids("INBOX"), 30, what="everything moved")
+        wait_for(lambda: health_of(desk)["ok"], 10, what="the episode over")
+    # Moved exactly once: each email once in Processed, nothing left behind.
+    assert sorted(message_ids(dovecot, "Processed")) == sorted(
+        m["Message-ID"] for m in [first, *later])
+    assert count(desk, RawMessage) == 3
+    assert len(desk.outbox(template="imap_move_alert")) == 1
+    assert "moving stored mail works again" in caplog.text
+
+
+class SilentIdleProxy:
+    """A TCP proxy in front of Dovecot that swallows the client's IDLE and DONE: the
+    server never sees them and the client never gets an answer, as behind a broken
+    middlebox. Everything else passes both ways."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.swallowed = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._client_to_server, args=(client, server),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _client_to_server(self, client: socket.socket, server: socket.socket) -> None:
+        pending = b""
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                pending += data
+                while b"\r\n" in pending:
+                    line, pending = pending.split(b"\r\n", 1)
+                    words = line.split()
+                    if (len(words) == 2 and words[1].upper() == b"IDLE") or \
+                            line.upper() == b"DONE":
+                        self.swallowed += 1
+                        continue
+                    server.sendall(line + b"\r\n")
+        _close_both(client, server)
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        _close_both(source, sink)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+
+
+def _close_both(*socks: socket.socket) -> None:
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+
+
+@pytest.mark.slow
+def test_a_server_that_never_answers_idle_is_read_every_poll_interval(
+        make_desk, dovecot, imap_pw, caplog):
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    poll = 5.0
+    proxy = SilentIdleProxy(dovecot.port)
+    try:
+        desk = make_desk(extra=imap_toml(dovecot, poll=f"{poll:.0f}s", port=proxy.port))
+        with running(poller_for(desk)) as poller:
+            wait_for(lambda: "did not answer IDLE" in caplog.text, 3 * poll,
+                     what="the unanswered IDLE noticed")
+            assert proxy.swallowed >= 1 and poller.running
+            wait_for(poller.waiting.is_set, 10, what="the poller waiting again")
+            dovecot.append(make_email(subject="Behind a silent IDLE").as_bytes())
+            # The acceptance: a ticket within poll_interval + 5 s.
+            wait_for(lambda: desk.tickets(), poll + 5, what="ticket behind a silent IDLE")
+    finally:
+        proxy.close()
+    assert [t["subject"] for t in desk.tickets()] == ["Behind a silent IDLE"]
+    assert "polling every" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_login_outage_across_a_restart_sends_one_alert(make_desk, prompt_dovecot,
+                                                         monkeypatch, tmp_path):
+    dovecot = prompt_dovecot
+    monkeypatch.setenv(PW_ENV, "wrong-password")
+    extra = imap_toml(dovecot)
+    desk = make_desk(extra=extra, workers=False)
+    config = write_config(make_desk, tmp_path, extra)
+    log = tmp_path / "child.log"
+    dovecot.append(make_email(subject="Waiting for the password").as_bytes())
+    for run in (1, 2):                    # the same outage, a real process restarted
+        child = spawn_imap(config, log)
+        try:
+            wait_for(lambda run=run: log.read_text().count("LOGIN FAILED") >= run, 30,
+                     what=f"login failure of run {run}\n{log.read_text()}")
+        finally:
+            stop_child(child, log)
+    assert len(desk.outbox(template="imap_auth_alert")) == 1
+    assert health_of(desk)["episodes"][0]["kind"] == "login"
+
+    monkeypatch.setenv(PW_ENV, "secret")  # fixed: the episode ends, the mail is read
+    child = spawn_imap(config, log)
+    try:
+        wait_for(lambda: "login works again" in log.read_text(), 30, what=log.read_text())
+        wait_for(lambda: count(desk, RawMessage) == 1, 30, what="the waiting mail")
+    finally:
+        stop_child(child, log)
+    assert health_of(desk)["episodes"] == []
+    assert len(desk.outbox(template="imap_auth_alert")) == 1
+
+
+# --- unit: move retry and progress -------------------------------------------------------
+
+def test_move_retry_doubles_to_a_cap_and_resets_on_success() -> None:
+    now = [100.0]
+    moves = MoveRetry(first=5, cap=20, monotonic=lambda: now[0])
+    assert moves.due()
+    assert [moves.failed() for _ in range(4)] == [5, 10, 20, 20]
+    assert not moves.due()
+    now[0] += 20
+    assert moves.due()
+    moves.succeeded()
+    assert moves.failed() == 5
+
+
+def test_a_backlog_logs_its_progress_with_remaining_and_rate(caplog) -> None:
+    caplog.set_level(logging.INFO, logger="postdesk.imap")
+    progress = Progress("inbox", 5000)
+    for _ in range(10):
+        progress.advance(200)
+    lines = [r.getMessage() for r in caplog.records if "backlog" in r.getMessage()]
+    assert lines[0].startswith("imap[inbox]: backlog: 1000 of 5000 stored so far, "
+                               "4000 remaining, ")
+    assert lines[0].endswith("/s") and len(lines) == 2

@@ -16,8 +16,14 @@ from postdesk.cli import main
 from postdesk.ingest.accept import Envelope
 from postdesk.ingest.smtp import IngestHandler, SmtpServer
 from postdesk.scheduler import Scheduler
-from postdesk.status import imap_sync_rows, status_report
-from postdesk.storage.models import DutyRun, ImapCursor, Lease, RawMessage
+from postdesk.status import status_report
+from postdesk.storage.models import (
+    DutyRun,
+    ImapMailboxState,
+    ImapMessageStrike,
+    Lease,
+    RawMessage,
+)
 from postdesk.workflow.rules.clock import ManualClock
 from postdesk.workflow.rules.config import parse_config
 from tests.support import backend, config_text, free_port, make_email, wait_for
@@ -186,17 +192,31 @@ def test_status_shows_who_holds_the_scheduler_lease(desk_config, capsys) -> None
     assert "scheduler lease: host-a:4242" in capsys.readouterr().out
 
 
-def test_imap_hook_lists_each_mailbox_last_sync(desk_config) -> None:
-    _, config, _ = desk_config
+def test_status_shows_each_mailbox_its_skipped_message_and_a_move_episode(desk_config,
+                                                                           capsys) -> None:
+    path, config, _ = desk_config
     synced = datetime(2026, 11, 29, 9, 0, tzinfo=UTC)
-    with App.open(config) as app:
-        with app.sessions() as session, session.begin():
-            session.add(ImapCursor(mailbox="support", uidvalidity=7, last_uid=42,
-                                   updated_at=synced))
-        with app.sessions() as session:
-            rows = imap_sync_rows(session)
-    assert rows == [{"mailbox": "support", "uidvalidity": 7, "last_uid": 42,
-                     "last_sync_at": synced.isoformat()}]
+    with App.open(config) as app, app.sessions() as session, session.begin():
+        session.add(ImapMailboxState(
+            mailbox="support", last_sync_at=synced, unmoved_count=3,
+            unmoved_since=synced, move_failing_since=synced,
+            move_error="NO [NOPERM] Processed is read-only", updated_at=synced))
+        session.add(ImapMessageStrike(
+            mailbox="support:INBOX", uidvalidity=7, uid=8, strikes=2,
+            reason="the server closed the connection while sending this message",
+            failed_at=synced, updated_at=synced))
+    report = status_report(config)
+    [box] = report.sections["imap"]
+    assert box["mailbox"] == "support"
+    assert box["last_sync_at"] == synced.isoformat()
+    assert box["unmoved"]["count"] == 3
+    assert [m["uid"] for m in box["failed_messages"]] == [8]
+    assert report.exit_code == 1, "a move episode under way is degraded"
+    assert main(["status", "--config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "imap support: last sync" in out and "3 stored but not moved" in out
+    assert "skipped INBOX uid 8" in out
+    assert "imap: support: move failing since" in out
 
 
 def test_quarantine_counts_by_reason_in_the_last_day(desk_config) -> None:

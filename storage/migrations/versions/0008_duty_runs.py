@@ -1,7 +1,7 @@
 """the last run of each scheduler duty (postdesk status)
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0006
 """
 from collections.abc import Sequence
 
@@ -11,7 +11,7 @@ from alembic import op
 import postdesk.storage.models
 
 revision: str = '0008'
-down_revision: str | None = '0003'
+down_revision: str | None = '0006'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
