@@ -1,0 +1,132 @@
+"""Lenient recovery of a damaged header block, before the strict parse.
+
+The stdlib parser ends the header block at the first line that is not a header
+field, and takes a message whose first line is not one as having no headers.
+Real mail breaks both rules: an mbox or archive writes a line of its own in
+front ("From alice@example.com Mon ..." after other junk, a BOM, a log line),
+and some mailers fold a long header without indenting the continuation. Then
+From and Subject are lost and the remaining headers land in the body.
+
+``repair_header_block`` looks only at the header block (up to the first blank
+line) and changes only two things, each recorded as a defect:
+
+* leading lines that are not header fields are dropped, when what follows them
+  is a real header block (it names From, Subject, Date...);
+* a line that cannot be a header field, inside the block and followed by more
+  header fields, is joined to the field above (it gets the indentation of a
+  folded line: the whitespace that folding means, nothing else).
+
+Nothing is invented: no field is added, no text is changed. Messages that need
+no repair are returned as the same bytes object (no copy: large mail stays
+cheap).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["repair_header_block"]
+
+# The stdlib's own test of a header line (email.feedparser.headerRE): a field
+# name and a colon, a continuation, or an mbox "From " line.
+_HEADER_LIKE = re.compile(rb"^(From |[\041-\071\073-\176]*:|[\t ])")
+# A field that surely starts a header: a name postdesk recognises, or any name
+# with a colon and no spaces, written as real mailers write them.
+_FIELD = re.compile(rb"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:")
+_KNOWN_FIELDS = frozenset(
+    name.encode() for name in (
+        "from", "to", "cc", "bcc", "subject", "date", "message-id", "reply-to", "sender",
+        "in-reply-to", "references", "received", "return-path", "mime-version",
+        "content-type", "content-transfer-encoding", "delivered-to", "user-agent",
+        "x-mailer", "importance", "thread-topic", "thread-index", "dkim-signature",
+        "authentication-results", "list-id", "precedence", "auto-submitted",
+    )
+)
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+")
+# How far to look for the header block: a header block longer than this is
+# left to the stdlib as it is.
+_MAX_BLOCK_BYTES = 1 << 20
+_MAX_SKIPPED_LINES = 20
+
+
+def _is_blank(line: bytes) -> bool:
+    return not line.strip(b"\r\n")
+
+
+def _is_known_field(line: bytes) -> bool:
+    match = _FIELD.match(line)
+    if match is None:
+        return False
+    name = match.group(1).lower()
+    return name in _KNOWN_FIELDS or name.startswith((b"x-", b"list-", b"content-", b"arc-"))
+
+
+def _block_lines(raw: bytes) -> list[bytes]:
+    end = raw.find(b"\n\n", 0, _MAX_BLOCK_BYTES)
+    end_crlf = raw.find(b"\n\r\n", 0, _MAX_BLOCK_BYTES)
+    ends = [e for e in (end, end_crlf) if e != -1]
+    stop = min(ends) + 1 if ends else min(len(raw), _MAX_BLOCK_BYTES)
+    return _LINE.findall(raw[:stop])
+
+
+def _skip_leading_junk(lines: list[bytes]) -> int:
+    """How many leading lines are not header fields, when real fields follow."""
+    skipped = 0
+    while skipped < len(lines) and skipped < _MAX_SKIPPED_LINES:
+        line = lines[skipped]
+        if _FIELD.match(line) or (_HEADER_LIKE.match(line) and line[:1] not in b"F \t"):
+            break
+        skipped += 1
+    if skipped == 0 or skipped >= len(lines):
+        return 0
+    if skipped == 1 and lines[0].startswith(b"From "):
+        return 0  # Only an mbox envelope line: the stdlib reads it as one.
+    following = lines[skipped:skipped + 40]
+    known = sum(1 for line in following if _is_known_field(line))
+    return skipped if known >= 2 else 0
+
+
+def repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
+    """``raw`` with its header block repaired, and one defect per repair."""
+    if raw.startswith((b"\xef\xbb\xbf",)):
+        lines = _block_lines(raw[3:])
+        offset, defects = 3, ["a byte order mark before the header fields was skipped"]
+    else:
+        lines = _block_lines(raw)
+        offset, defects = 0, []
+    if not lines:
+        return raw, []
+    skipped = _skip_leading_junk(lines)
+    if skipped:
+        defects.append(f"{skipped} line(s) before the header fields were skipped")
+    kept = lines[skipped:]
+    joined = 0
+    in_block = False
+    for index, line in enumerate(kept):
+        if _is_blank(line):
+            break
+        if _HEADER_LIKE.match(line):
+            in_block = in_block or bool(_FIELD.match(line))
+            continue
+        # Not a header line: the stdlib would end the header block here. It is a
+        # continuation when the block goes on with real fields after it.
+        if in_block and _block_continues(kept, index + 1):
+            kept[index] = b" " + line
+            joined += 1
+    if joined:
+        defects.append(f"{joined} unindented continuation line(s) were joined to their header")
+    if not defects:
+        return raw, []
+    consumed = offset + sum(len(line) for line in lines)
+    return b"".join([*kept, raw[consumed:]]), defects
+
+
+def _block_continues(lines: list[bytes], start: int) -> bool:
+    for line in lines[start:]:
+        if _is_blank(line):
+            return False
+        if _is_known_field(line):
+            return True
+        if not _HEADER_LIKE.match(line) and len(line) > 998:
+            return False
+    return False

@@ -1,0 +1,86 @@
+"""Lenient content-transfer decoding: what the stdlib gives up on.
+
+``email.message.Message.get_payload(decode=True)`` returns uuencoded data
+without a ``begin`` line, and base64 whose length is not a whole number of
+quads, still encoded. Mail clients decode what is decodable; so does this
+module, and it says what it had to overlook (the caller records a defect).
+Pure and total: nothing here raises.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+
+__all__ = ["UUENCODE_CTES", "decode_base64_lenient", "decode_uu_lenient"]
+
+UUENCODE_CTES = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
+
+_BEGIN = re.compile(rb"^begin(?:-base64)? +[0-7]{1,4}(?: |$)")
+_NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+
+
+def _uu_line(line: bytes) -> bytes | None:
+    try:
+        return binascii.a2b_uu(line)
+    except binascii.Error:
+        pass
+    # Trailing garbage (a mailer's padding or a signature): the length byte says
+    # how much of the line is data, as the stdlib's own uudecode does.
+    try:
+        size = (((line[0] - 32) & 63) * 4 + 5) // 3
+        return binascii.a2b_uu(line[:size])
+    except (binascii.Error, IndexError):
+        return None
+
+
+def decode_uu_lenient(data: bytes) -> tuple[bytes, list[str]]:
+    """Uudecode ``data``, with or without its ``begin`` and ``end`` lines.
+
+    Returns the decoded bytes and what was overlooked (no ``begin`` line, lines
+    that are not uuencoded): each a short sentence for the defects list.
+    """
+    notes: list[str] = []
+    lines = data.splitlines()
+    start = next((i + 1 for i, line in enumerate(lines) if _BEGIN.match(line)), None)
+    if start is None:
+        start = 0
+        notes.append("uuencoded data without a begin line")
+    out: list[bytes] = []
+    skipped = 0
+    for line in lines[start:]:
+        if line.strip() == b"end":
+            break
+        if not line.strip() or line.rstrip() == b"`":
+            continue
+        decoded = _uu_line(line)
+        if decoded is None:
+            skipped += 1
+        else:
+            out.append(decoded)
+    if skipped:
+        notes.append(f"{skipped} line(s) of uuencoded data could not be decoded")
+    return b"".join(out), notes
+
+
+def decode_base64_lenient(data: bytes) -> tuple[bytes, list[str]]:
+    """Base64-decode ``data`` whatever its padding and length.
+
+    Characters outside the alphabet are ignored (as RFC 2045 says a decoder
+    must); missing padding is supplied; a lone trailing character, which holds
+    less than one byte, is dropped and said so.
+    """
+    notes: list[str] = []
+    padded = data.rstrip().endswith(b"=")
+    alphabet = _NOT_BASE64.sub(b"", data.split(b"=", 1)[0] if padded else data)
+    extra = len(alphabet) % 4
+    if extra == 1:
+        notes.append("base64 of invalid length: its last character holds no whole byte")
+        alphabet = alphabet[:-1]
+    elif extra:
+        notes.append("base64 without its padding")
+        alphabet += b"=" * (4 - extra)
+    try:
+        return binascii.a2b_base64(alphabet), notes
+    except binascii.Error as exc:  # pragma: no cover - the input is clean by now
+        return b"", [*notes, f"base64 not decodable: {exc}"]
