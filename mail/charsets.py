@@ -125,11 +125,22 @@ def plausible_cjk(text: str) -> bool:
     return bool(wide) and all(any(lo <= code <= hi for lo, hi in _CJK_RANGES) for code in wide)
 
 
+_HIGH_PAIR = re.compile(rb"[\x80-\xff]{2,}")
+
+
+def _mostly_paired(sample: bytes) -> bool:
+    # Double-byte text comes in runs of high bytes; Latin text has single
+    # accented letters between ASCII ones ("\xc5re", "M\xfcller").
+    high = sum(1 for byte in sample if byte >= 0x80)
+    paired = sum(len(run) for run in _HIGH_PAIR.findall(sample))
+    return paired * 2 >= high
+
+
 def detect_cjk_charset(sample: bytes) -> str | None:
     """The East Asian charset charset-normalizer finds for ``sample`` (the
     undeclared 8-bit header bytes of one message), when the whole sample
     decodes in it to East Asian text; else None."""
-    if not sample or max(sample) < 0x80:
+    if not sample or max(sample) < 0x80 or not _mostly_paired(sample):
         return None
     try:
         best = charset_normalizer.from_bytes(sample).best()

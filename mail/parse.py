@@ -542,36 +542,37 @@ def _extension_for(content_type: str) -> str:
 
 
 def _part_filename(part: email.message.Message, hints: list[str | None]) -> str | None:
-    # Where get_filename() looks, but the RFC 2231 charset is applied here:
-    # the stdlib decodes with the named codec strictly or with U+FFFD, which
-    # loses the ISO-2022-JP extension characters and any undeclared bytes.
+    # Where get_filename() looks, but decoded here: for a header with raw 8-bit
+    # bytes the stdlib hands back U+FFFD instead of them, and it applies an RFC
+    # 2231 charset strictly or with U+FFFD, which loses undeclared bytes and
+    # the ISO-2022-JP extension characters.
     for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+        raw_value = _first_raw_header(part, header)
+        if raw_value is None:
+            continue
+        # The header again with its octets as code points below 256 (no
+        # surrogates, so the stdlib does not replace them), to read the
+        # parameter from.
+        wire = email.message.Message()
+        wire[header] = raw_value.encode("utf-8", "surrogateescape").decode("latin-1")
         try:
             # get_param() joins RFC 2231 continuations and unquotes.
-            value = part.get_param(param, None, header)
+            value = wire.get_param(param, None, header)
         except Exception:  # noqa: BLE001 - malformed parameters; treat as unnamed
             return None
         if value is None:
             continue
         if isinstance(value, tuple):   # RFC 2231: (charset, language, text)
             charset, _, text = value
-            data = _rfc2231_octets(str(text))
-            # A charset label that is really an encoded-word's (some clients)
-            # still ends up decoded below.
-            decoded = decode_bytes(data, str(charset) if charset else None, hints)
-            return decode_header_text(decoded, hints).strip() or None
+            octets = str(text).encode("latin-1", "replace")
+            decoded = decode_bytes(octets, str(charset) if charset else None, hints)
+            return _one_line(decoded) or None
+        octets = str(value).strip().encode("latin-1", "replace")
+        if max(octets, default=0) >= 0x80:
+            return _one_line(decode_bytes(octets, None, hints)) or None
         # Many clients (Outlook, Gmail) put RFC 2047 encoded-words in filenames.
-        return decode_header_text(str(value).strip(), hints) or None
+        return decode_header_text(octets.decode("ascii"), hints) or None
     return None
-
-
-def _rfc2231_octets(text: str) -> bytes:
-    # The stdlib leaves the %-decoded octets as code points below 256, and raw
-    # 8-bit octets of the header as surrogate escapes.
-    try:
-        return text.encode("latin-1", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape")
 
 
 def _content_id(part: email.message.Message) -> str | None:
@@ -1027,7 +1028,7 @@ def _display_name(parsed_name: str, raw_from: str | None, hints: list[str | None
     if not needs_redo or raw_from is None:
         return _one_line(parsed_name)
     wire = raw_from.encode("utf-8", "surrogateescape").decode("latin-1")
-    pairs = email.utils.getaddresses([_FOLD.sub("", wire)])
+    pairs = _name_address_pairs(_FOLD.sub("", wire))
     name = pairs[0][0] if pairs else ""
     if not name:
         return _one_line(parsed_name)
@@ -1038,13 +1039,26 @@ def _display_name(parsed_name: str, raw_from: str | None, hints: list[str | None
 _VALID_ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"]+@(?:[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\".]+|\[[^\]\s]+\])")
 
 
+_NAME_ANGLE_ADDRESS = re.compile(r'\s*"?(?P<name>[^<>"]*?)"?\s*<(?P<address>[^<>\s]+)>\s*')
+
+
+def _name_address_pairs(wire: str) -> list[tuple[str, str]]:
+    # A raw 8-bit name is read as octets, and double-byte text has octets that
+    # are address syntax ("ツール" in Shift_JIS holds a "["): the one common
+    # shape, a name and an <address>, is split at the angle bracket first.
+    match = _NAME_ANGLE_ADDRESS.fullmatch(wire)
+    if match and any(ord(char) > 0x7F for char in match["name"]):
+        return [(match["name"].strip(), match["address"])]
+    return email.utils.getaddresses([wire])
+
+
 def _first_valid_sender(raw_froms: list[str], hints: list[str | None]) -> tuple[int, str, str] | None:
     """(index, display name, address) of the first From: field that holds a
     valid address, for a message with several (a damaged or forged header block:
     the others are a defect, and no address is made up from them)."""
     for index, raw_from in enumerate(raw_froms):
         wire = _FOLD.sub("", raw_from.encode("utf-8", "surrogateescape").decode("latin-1"))
-        for name, address in email.utils.getaddresses([wire]):
+        for name, address in _name_address_pairs(wire):
             address = _one_line(address).strip("<>").lower()
             if _VALID_ADDRESS.fullmatch(address):
                 surrogate_form = name.encode("latin-1", "replace").decode("ascii", "surrogateescape")
@@ -1107,10 +1121,13 @@ def parse_email(raw: bytes, *, max_attachment_bytes: int | None = None) -> Parse
     )
     from_addresses = _addresses(from_pairs)
     raw_froms = [str(value) for key, value in message.raw_items() if key.lower() == "from"]
-    if len(raw_froms) > 1:
+    if len(raw_froms) > 1 or (raw_froms and not from_addresses):
+        # Several From: fields (the others are a defect), or one that mail-parser
+        # could not read (raw 8-bit bytes in the name): the first valid address.
         chosen = _first_valid_sender(raw_froms, hints)
-        defects.append(f"{len(raw_froms)} From: header fields"
-                       + (f"; the sender is taken from number {chosen[0] + 1}" if chosen else ""))
+        if len(raw_froms) > 1:
+            defects.append(f"{len(raw_froms)} From: header fields" + (
+                f"; the sender is taken from number {chosen[0] + 1}" if chosen else ""))
         if chosen is not None:
             _, from_name, address = chosen
             from_addresses = [address]
