@@ -17,6 +17,7 @@ __all__ = ["decode_iso2022jp", "detect_cjk_charset", "is_iso2022jp", "is_multiby
 _ESCAPE = re.compile(rb"\x1b(\(B|\(J|\(I|\$@|\$B|\$\(D|\$\(Q|\$\(O|\$\(P|&@\x1b\$B)")
 _ROMAN = {b"(B", b"(J"}
 _KANA = b"(I"
+_JIS_ROMAN = {0x5C: "\u00a5", 0x7E: "\u203e"}
 _JIS_X_0208 = {b"$@", b"$B", b"$(Q", b"$(O", b"&@\x1b$B"}
 
 
@@ -69,10 +70,12 @@ _JIS_TABLE_CHARS = {(0x21, 0x41): "\u301c", (0x21, 0x42): "\u2016", (0x21, 0x5D)
 
 def _decode_run(mode: bytes, chunk: bytes) -> str:
     if mode in _ROMAN:
-        return chunk.decode("cp932", "replace")
-    if mode == _KANA:
-        return bytes(b + 0x80 if 0x21 <= b <= 0x5F else b for b in chunk).decode(
-            "cp932", "replace")
+        # 7-bit only: a stray 8-bit byte is not the start of a Shift_JIS pair.
+        text = chunk.decode("ascii", "replace")
+        return text.translate(_JIS_ROMAN) if mode == b"(J" else text
+    if mode == _KANA:   # JIS X 0201 katakana: 0x21-0x5F are U+FF61-U+FF9F
+        return "".join(chr(0xFF40 + b) if 0x21 <= b <= 0x5F else chr(b) if b < 0x80
+                       else "\ufffd" for b in chunk)
     if mode in _JIS_X_0208:
         pieces: list[str] = []
         index = 0

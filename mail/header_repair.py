@@ -42,6 +42,7 @@ _KNOWN_FIELDS = frozenset(
         "authentication-results", "list-id", "precedence", "auto-submitted",
     )
 )
+_OBSOLETE_COLON = re.compile(rb"^([A-Za-z][A-Za-z0-9-]*)[ \t]+:")
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
 # How far to look for the header block: a header block longer than this is
 # left to the stdlib as it is.
@@ -70,20 +71,50 @@ def _block_lines(raw: bytes) -> list[bytes]:
 
 
 def _skip_leading_junk(lines: list[bytes]) -> int:
-    """How many leading lines are not header fields, when real fields follow."""
-    skipped = 0
+    """How many leading lines are junk before a real header block.
+
+    Junk is white space, mbox envelope lines ("From ..." and ">From ...") and at
+    most one other line (an archiver's or gateway's note). More text than that
+    is a body without headers -- a reply above a quoted header block, whose
+    "From:" and "Subject:" are not this message's -- and stays as it is.
+    """
+    skipped = other = 0
     while skipped < len(lines) and skipped < _MAX_SKIPPED_LINES:
         line = lines[skipped]
-        if _FIELD.match(line) or (_HEADER_LIKE.match(line) and line[:1] not in b"F \t"):
+        if _FIELD.match(line) and not line.startswith(b"From "):
             break
+        if line.strip() and not line.startswith((b"From ", b">From ")):
+            other += 1
         skipped += 1
-    if skipped == 0 or skipped >= len(lines):
+    if skipped == 0 or skipped >= len(lines) or other > 1:
         return 0
     if skipped == 1 and lines[0].startswith(b"From "):
         return 0  # Only an mbox envelope line: the stdlib reads it as one.
+    # A quoted header block in a body has From, To, Subject, Date (and Outlook's
+    # "Sent:"); a real one has at least one field that nobody types.
     following = lines[skipped:skipped + 40]
-    known = sum(1 for line in following if _is_known_field(line))
-    return skipped if known >= 2 else 0
+    return skipped if any(_is_transport_field(line) for line in following) else 0
+
+
+def _is_transport_field(line: bytes) -> bool:
+    match = _FIELD.match(line)
+    return match is not None and _is_known_field(line) and match.group(1).lower() not in {
+        b"from", b"to", b"cc", b"bcc", b"subject", b"date", b"sender", b"reply-to"}
+
+
+def _fix_obsolete_colon(lines: list[bytes]) -> int:
+    """Remove white space between a field name and its colon (RFC 5322 obsolete
+    syntax, "Subject  : x", which the stdlib does not read as a field)."""
+    fixed = 0
+    for index, line in enumerate(lines):
+        if _is_blank(line):
+            break
+        match = _OBSOLETE_COLON.match(line)
+        # Known names only: "Note : ..." at the top of a headerless body stays text.
+        if match and match.group(1).lower() in _KNOWN_FIELDS:
+            lines[index] = match.group(1) + line[match.end(0) - 1:]
+            fixed += 1
+    return fixed
 
 
 def repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
@@ -100,6 +131,9 @@ def repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
     if skipped:
         defects.append(f"{skipped} line(s) before the header fields were skipped")
     kept = lines[skipped:]
+    fixed = _fix_obsolete_colon(kept)
+    if fixed:
+        defects.append(f"{fixed} header field name(s) with white space before the colon")
     joined = 0
     in_block = False
     for index, line in enumerate(kept):

@@ -283,6 +283,10 @@ def decode_bytes(data: bytes, declared: str | None, hints: Iterable[str | None] 
     UTF-8, with replacement characters.
     """
     name = _codec_name(declared)
+    if name and is_iso2022jp(name) and max(data, default=0) >= 0x80:
+        # ISO-2022-JP is 7-bit: 8-bit bytes mean the label is wrong (UTF-8 or
+        # EUC-JP under an old default label); read them as undeclared text.
+        return decode_bytes(data, None, [*hints, detect_cjk_charset(data)])
     if name and name != "ascii":
         # Superset first: it decodes everything the named charset does, and
         # for latin-1 the C1 range is really windows-1252 punctuation.
