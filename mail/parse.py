@@ -570,10 +570,10 @@ def _part_filename(part: email.message.Message, hints: list[str | None]) -> str 
             charset, _, text = value
             octets = str(text).encode("latin-1", "replace")
             decoded = decode_bytes(octets, str(charset) if charset else None, hints)
-            return _one_line(decoded) or None
+            return _storable(decoded).strip() or None  # clean_filename handles controls
         octets = str(value).strip().encode("latin-1", "replace")
         if max(octets, default=0) >= 0x80:
-            return _one_line(decode_bytes(octets, None, hints)) or None
+            return _storable(decode_bytes(octets, None, hints)).strip() or None
         # Many clients (Outlook, Gmail) put RFC 2047 encoded-words in filenames.
         return decode_header_text(octets.decode("ascii"), hints) or None
     return None
