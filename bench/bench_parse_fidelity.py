@@ -42,8 +42,8 @@ from postdesk.mail.parse import (
 )
 
 _REPAIRS = ("before the header fields were skipped", "unindented continuation",
-            "From: header fields", "byte order mark", "white space before the colon", "without a begin line",
-            "base64 of invalid length", "base64 without its padding")
+            "From: header fields", "byte order mark", "white space before the colon",
+            "without a begin line", "base64 of invalid length", "base64 without its padding")
 _TAG = re.compile(r"<[^>]*>")
 _AFTER_HTML = re.compile(r"</html\s*>(.*)", re.IGNORECASE | re.DOTALL)
 _CJK = "[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]"

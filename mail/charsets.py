@@ -30,10 +30,7 @@ def _jis_to_shift_jis(first: int, second: int) -> bytes:
     # annex 1). It is defined for every row 0x21-0x7E, so the NEC special row 13
     # (circled digits, roman numerals) and the NEC-selected IBM extension rows
     # 89-92 land exactly where cp932 decodes them.
-    if first % 2:
-        low = second + 0x1F + (1 if second >= 0x60 else 0)
-    else:
-        low = second + 0x7E
+    low = second + 0x1F + (second >= 0x60) if first % 2 else second + 0x7E
     high = (first + 1) // 2 + 0x70
     if high >= 0xA0:
         high += 0x40

@@ -633,9 +633,10 @@ def _payload_bytes(part: email.message.Message, defects: list[str]) -> bytes:
         return _decode_transfer(flat, cte)
     cte = str(part.get("content-transfer-encoding", "")).strip().lower()
     if cte in UUENCODE_CTES:
-        data, notes = decode_uu_lenient(_encoded_payload(part))
+        decoded, notes = decode_uu_lenient(_encoded_payload(part))
         defects += [f"{part.get_content_type()}: {note}" for note in notes]
-        return data
+        return decoded
+    data: Any
     try:
         data = part.get_payload(decode=True)
     except Exception as exc:  # noqa: BLE001 - broken transfer encoding
@@ -1040,7 +1041,9 @@ def _display_name(parsed_name: str, raw_from: str | None, hints: list[str | None
     return _one_line(decode_header_text(surrogate_form, hints))
 
 
-_VALID_ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"]+@(?:[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\".]+|\[[^\]\s]+\])")
+_ATOM = r"[^@\s<>()\[\],;:\"]"
+# local@domain.tld or local@[address literal]: what a reply could be sent to.
+_VALID_ADDRESS = re.compile(rf"{_ATOM}+@(?:{_ATOM}+\.[^@\s<>()\[\],;:\".]+|\[[^\]\s]+\])")
 
 
 _NAME_ANGLE_ADDRESS = re.compile(r'\s*"?(?P<name>[^<>"]*?)"?\s*<(?P<address>[^<>\s]+)>\s*')
@@ -1056,7 +1059,8 @@ def _name_address_pairs(wire: str) -> list[tuple[str, str]]:
     return email.utils.getaddresses([wire])
 
 
-def _first_valid_sender(raw_froms: list[str], hints: list[str | None]) -> tuple[int, str, str] | None:
+def _first_valid_sender(raw_froms: list[str], hints: list[str | None]
+                        ) -> tuple[int, str, str] | None:
     """(index, display name, address) of the first From: field that holds a
     valid address, for a message with several (a damaged or forged header block:
     the others are a defect, and no address is made up from them)."""
@@ -1065,7 +1069,8 @@ def _first_valid_sender(raw_froms: list[str], hints: list[str | None]) -> tuple[
         for name, address in _name_address_pairs(wire):
             address = _one_line(address).strip("<>").lower()
             if _VALID_ADDRESS.fullmatch(address):
-                surrogate_form = name.encode("latin-1", "replace").decode("ascii", "surrogateescape")
+                surrogate_form = name.encode("latin-1", "replace").decode(
+                    "ascii", "surrogateescape")
                 return index, _one_line(decode_header_text(surrogate_form, hints)), address
     return None
 
