@@ -14,6 +14,8 @@ For every message the corpus manifest lists, it prints how many:
 * yield a sender address and a subject,
 * have an HTML part with visible text after ``</html>``, and how many of those lose any of
   that text in ``html_to_text`` (should be 0),
+* have HTML that inscriptis's default ("relaxed") CSS profile turns into more words than
+  the "strict" one used (spaces it puts at inline boundaries: split words),
 * have East Asian HTML whose text gets a space between two CJK characters that are
   adjacent in the HTML source with only inline tags between them (should be 0).
 
@@ -33,6 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+import inscriptis
+from inscriptis.css_profiles import CSS_PROFILES
+from inscriptis.model.config import ParserConfig
+
 from postdesk.mail.parse import (
     UnparseableEmail,
     decode_bytes,
@@ -46,6 +52,7 @@ _REPAIRS = ("before the header fields were skipped", "unindented continuation",
             "without a begin line", "base64 of invalid length", "base64 without its padding")
 _TAG = re.compile(r"<[^>]*>")
 _AFTER_HTML = re.compile(r"</html\s*>(.*)", re.IGNORECASE | re.DOTALL)
+_RELAXED = ParserConfig(css=CSS_PROFILES["relaxed"], display_links=False, display_images=False)
 _CJK = "[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]"
 _CJK_SPACED = re.compile(f"({_CJK}) ({_CJK})")
 _INLINE_JOIN = re.compile(f"({_CJK})(?:</?(?:span|font|b|i|u|em|strong|a)\\b[^>]*>)+({_CJK})",
@@ -110,6 +117,14 @@ def main() -> int:
                 words = [w for w in visible.split() if "&" not in w]
                 flat = " ".join(text.split())
                 counts["  ... losing some of it"] += any(w not in flat for w in words)
+            try:
+                relaxed = inscriptis.get_text(html, _RELAXED)
+            except Exception:  # noqa: BLE001 - lxml on hostile markup
+                relaxed = text
+            if len(relaxed.split()) > len(text.split()):
+                # The default profile would have split words (or CJK runs) here.
+                counts["HTML parts the relaxed profile splits more"] += 1
+                counts["  ... words split by it"] += len(relaxed.split()) - len(text.split())
             joined = {a + b for a, b in _INLINE_JOIN.findall(html)}
             if joined:
                 counts["HTML parts with CJK split by inline tags"] += 1
@@ -122,7 +137,9 @@ def main() -> int:
         print(f"{key:<{width}}  {counts[key]:>6}")
     for key in sorted(k for k in counts if k.startswith("repaired")):
         print(f"{key:<{width}}  {counts[key]:>6}")
-    for key in ("HTML parts", "HTML parts with text after </html>", "  ... losing some of it",
+    for key in ("HTML parts", "HTML parts the relaxed profile splits more",
+                "  ... words split by it",
+                "HTML parts with text after </html>", "  ... losing some of it",
                 "HTML parts with CJK split by inline tags", "  ... with a space invented there"):
         print(f"{key:<{width}}  {counts[key]:>6}")
     for kind, number in kinds.most_common(args.list_defects):

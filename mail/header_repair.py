@@ -43,6 +43,7 @@ _KNOWN_FIELDS = frozenset(
     )
 )
 _OBSOLETE_COLON = re.compile(rb"^([A-Za-z][A-Za-z0-9-]*)[ \t]+:")
+_LEADING_BLANK_LINES = re.compile(rb"(?:[ \t]*\r?\n){1,20}")
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
 # How far to look for the header block: a header block longer than this is
 # left to the stdlib as it is.
@@ -63,8 +64,11 @@ def _is_known_field(line: bytes) -> bool:
 
 
 def _block_lines(raw: bytes) -> list[bytes]:
-    end = raw.find(b"\n\n", 0, _MAX_BLOCK_BYTES)
-    end_crlf = raw.find(b"\n\r\n", 0, _MAX_BLOCK_BYTES)
+    # Blank lines before the first header field are junk, not the end of the block.
+    lead = _LEADING_BLANK_LINES.match(raw)
+    begin = lead.end() if lead else 0
+    end = raw.find(b"\n\n", begin, _MAX_BLOCK_BYTES)
+    end_crlf = raw.find(b"\n\r\n", begin, _MAX_BLOCK_BYTES)
     ends = [e for e in (end, end_crlf) if e != -1]
     stop = min(ends) + 1 if ends else min(len(raw), _MAX_BLOCK_BYTES)
     return _LINE.findall(raw[:stop])
@@ -136,7 +140,9 @@ def repair_header_block(raw: bytes) -> tuple[bytes, list[str]]:
         defects.append(f"{fixed} header field name(s) with white space before the colon")
     joined = 0
     in_block = False
-    for index, line in enumerate(kept):
+    # No header block at all (a body without headers): nothing to join, the text is body.
+    has_block = bool(kept) and bool(_HEADER_LIKE.match(kept[0]))
+    for index, line in enumerate(kept if has_block else ()):
         if _is_blank(line):
             break
         if _HEADER_LIKE.match(line):

@@ -42,6 +42,8 @@ def decode_uu_lenient(data: bytes) -> tuple[bytes, list[str]]:
     """
     notes: list[str] = []
     lines = data.splitlines()
+    if not data.strip():
+        return b"", notes   # an empty part: nothing was left out
     start = next((i + 1 for i, line in enumerate(lines) if _BEGIN.match(line)), None)
     if start is None:
         start = 0
@@ -71,14 +73,16 @@ def decode_base64_lenient(data: bytes) -> tuple[bytes, list[str]]:
     less than one byte, is dropped and said so.
     """
     notes: list[str] = []
-    padded = data.rstrip().endswith(b"=")
-    alphabet = _NOT_BASE64.sub(b"", data.split(b"=", 1)[0] if padded else data)
+    # Padding ends the data (RFC 2045 6.8): what follows a "=" is not decoded.
+    head, padded, _ = data.partition(b"=")
+    alphabet = _NOT_BASE64.sub(b"", head)
     extra = len(alphabet) % 4
     if extra == 1:
         notes.append("base64 of invalid length: its last character holds no whole byte")
         alphabet = alphabet[:-1]
     elif extra:
-        notes.append("base64 without its padding")
+        if not padded:
+            notes.append("base64 without its padding")
         alphabet += b"=" * (4 - extra)
     try:
         return binascii.a2b_base64(alphabet), notes

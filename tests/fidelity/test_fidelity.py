@@ -146,3 +146,24 @@ def test_cjk_text_and_split_words_get_no_spaces_at_inline_boundaries() -> None:
     assert "整体提升企业服务水平" in text
     assert "サーバーが停止しました。" in text
     assert "Example words" in text
+
+
+# --- real-world mail (tests/fidelity/real/README.md says where each is from) ------------
+
+REAL = HERE / "real"
+REAL_EXPECTED: dict[str, dict[str, Any]] = json.loads(
+    (REAL / "expected.json").read_text("utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(REAL_EXPECTED))
+def test_real_world_mail_is_read_as_its_upstream_tests_expect(name: str) -> None:
+    expected = REAL_EXPECTED[name]
+    email = parse_email((REAL / name).read_bytes())
+    assert (email.from_addr, email.from_name, email.subject) == (
+        expected["from_addr"], expected["from_name"], expected["subject"])
+    assert [(a.filename, a.size) for a in email.attachments] == [
+        tuple(pair) for pair in expected["attachments"]]
+    for defect in expected["defects"]:
+        assert defect in email.defects
+    # Nothing of the header block is left in the body.
+    assert "Message-ID:" not in email.text and "Received:" not in email.text
