@@ -24,6 +24,15 @@ marked as attachments, and names unnamed attachments with *random* strings,
 which would make processing the same raw message twice give different
 results (and it decodes and base64-encodes again every attachment).
 
+Leniency, each case recorded in ``defects`` (nothing is made up): a damaged header block
+is repaired before the parse (``header_repair``: junk lines before it, unindented
+continuation lines, "Name :" fields); of several From: fields the first with a valid
+address is the sender; undeclared 8-bit header bytes and file names are read in a charset
+declared elsewhere in the email, else in the East Asian charset a detector finds for all
+of them (``charsets``), else windows-1252; ISO-2022-JP keeps its NEC/IBM extension
+characters; uuencode without ``begin`` and base64 of a bad length are decoded as far as
+they go (``transfer``).
+
 Memory: in a large message, long runs of base64 lines are left out of the
 stdlib parse and decoded straight from the raw bytes (see "large messages"
 below), so a 34 MB email with a 25 MiB attachment costs about the decoded
