@@ -15,7 +15,7 @@ from postdesk.workflow.pipeline.quarantine import release
 from postdesk.workflow.rules.clock import ManualClock
 from tests.support import make_email
 
-pytestmark = pytest.mark.backends("sqlite")
+pytestmark = pytest.mark.backends("sqlite", "postgres-redis")
 
 MONDAY_10 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 STAFF = "dev1@agency.example"
