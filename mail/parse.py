@@ -73,7 +73,12 @@ from postdesk.mail.charsets import (
 )
 from postdesk.mail.filenames import clean_filename
 from postdesk.mail.header_repair import repair_header_block
-from postdesk.mail.transfer import UUENCODE_CTES, decode_base64_lenient, decode_uu_lenient
+from postdesk.mail.transfer import (
+    UUENCODE_CTES,
+    decode_base64_lenient,
+    decode_uu_lenient,
+    split_uuencoded,
+)
 
 try:  # Optional: a layout-aware HTML-to-text converter (Apache-2.0).
     import inscriptis
@@ -725,8 +730,16 @@ def _walk(message: email.message.Message, hints: list[str | None],
         # the lone part of a single-part message is the body whatever it is
         # called.
         if textual and (is_root or (disposition != "attachment" and not filename)):
-            target = result.html if content_type == "text/html" else result.plain
-            target.append(_body_text(part, hints))
+            if content_type == "text/html":
+                result.html.append(_body_text(part, hints))
+                continue
+            text, files = split_uuencoded(_body_text(part, hints))
+            result.plain.append(text)
+            for name, data in files:   # files pasted into the text, uuencoded
+                guessed = _MIME_TYPES.guess_type(name, strict=False)[0]
+                result.attachments.append(ParsedAttachment(
+                    filename=_storable(clean_filename(name, "attachment.bin")),
+                    content_type=guessed or "application/octet-stream", payload=data))
             continue
         is_forward = content_type in _FORWARD_TYPES
         if is_forward:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import binascii
 import re
 
-__all__ = ["UUENCODE_CTES", "decode_base64_lenient", "decode_uu_lenient"]
+__all__ = ["UUENCODE_CTES", "decode_base64_lenient", "decode_uu_lenient", "split_uuencoded"]
 
 UUENCODE_CTES = frozenset({"x-uuencode", "uuencode", "uue", "x-uue"})
 
 _BEGIN = re.compile(rb"^begin(?:-base64)? +[0-7]{1,4}(?: |$)")
+# A uuencoded file pasted into a plain-text body (Lotus Notes, old Outlook Express):
+# "begin MODE NAME", lines of uuencoded data, an optional "`" line, "end".
+_INLINE_UU = re.compile(
+    r"^begin [0-7]{3,4} ([^\r\n]+)\r?\n((?:[\x21-\x60][\x20-\x60]*\r?\n)+?)(?:`\r?\n)?end[ \t]*$",
+    re.MULTILINE)
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
 
 
@@ -88,3 +93,18 @@ def decode_base64_lenient(data: bytes) -> tuple[bytes, list[str]]:
         return binascii.a2b_base64(alphabet), notes
     except binascii.Error as exc:  # pragma: no cover - the input is clean by now
         return b"", [*notes, f"base64 not decodable: {exc}"]
+
+
+def split_uuencoded(text: str) -> tuple[str, list[tuple[str, bytes]]]:
+    """The uuencoded files in a plain-text body: the text without them, and each
+    file's name and decoded bytes. A text without any is returned as it is."""
+    if "begin " not in text:
+        return text, []
+    files: list[tuple[str, bytes]] = []
+
+    def take(match: re.Match[str]) -> str:
+        data, _ = decode_uu_lenient(match.group(2).encode("ascii", "replace"))
+        files.append((match.group(1).strip(), data))
+        return ""
+
+    return _INLINE_UU.sub(take, text), files

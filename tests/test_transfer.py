@@ -6,7 +6,7 @@ import base64
 import binascii
 import os
 
-from postdesk.mail.transfer import decode_base64_lenient, decode_uu_lenient
+from postdesk.mail.transfer import decode_base64_lenient, decode_uu_lenient, split_uuencoded
 
 DATA = os.urandom(200)
 UU = b"".join(binascii.b2a_uu(DATA[i:i + 45]) for i in range(0, len(DATA), 45))
@@ -43,3 +43,15 @@ def test_a_lone_trailing_base64_character_is_dropped_and_said() -> None:
     data, notes = decode_base64_lenient(base64.b64encode(DATA[:198]) + b"Q")
     assert data == DATA[:198]
     assert notes == ["base64 of invalid length: its last character holds no whole byte"]
+
+
+def test_a_uuencoded_file_in_a_text_body_is_taken_out_of_the_text() -> None:
+    text = "See the file.\n\nbegin 644 log.gz\n" + UU.decode() + "`\nend\n\nBye\n"
+    rest, files = split_uuencoded(text)
+    assert files == [("log.gz", DATA)]
+    assert rest == "See the file.\n\n\n\nBye\n"
+
+
+def test_text_that_only_mentions_begin_is_left_alone() -> None:
+    text = "begin 644 is how uuencode starts\nend of story\n"
+    assert split_uuencoded(text) == (text, [])

@@ -7,6 +7,7 @@ expected.json. The named tests below state each acceptance point on its own.
 
 from __future__ import annotations
 
+import binascii
 import json
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,15 @@ def test_real_world_mail_is_read_as_its_upstream_tests_expect(name: str) -> None
         assert defect in email.defects
     # Nothing of the header block is left in the body.
     assert "Message-ID:" not in email.text and "Received:" not in email.text
+
+
+def test_a_uuencoded_file_pasted_into_the_body_becomes_an_attachment() -> None:
+    # What Lotus Notes sends: the file uuencoded after the text, begin line and all.
+    data = payload("4a-uuencode-without-begin.payload")
+    lines = b"".join(binascii.b2a_uu(data[i:i + 45]) for i in range(0, len(data), 45))
+    raw = (b"From: a@client.example\nSubject: Photo\n\nPhoto below.\n\nbegin 644 door.jpg\n"
+           + lines + b"`\nend\n")
+    email = parse_email(raw)
+    assert [(a.filename, a.content_type, a.payload) for a in email.attachments] == [
+        ("door.jpg", "image/jpeg", data)]
+    assert email.text.strip() == "Photo below."
