@@ -24,6 +24,15 @@ marked as attachments, and names unnamed attachments with *random* strings,
 which would make processing the same raw message twice give different
 results (and it decodes and base64-encodes again every attachment).
 
+Leniency, each case recorded in ``defects`` (nothing is made up): a damaged header block
+is repaired before the parse (``header_repair``: junk lines before it, unindented
+continuation lines, "Name :" fields); of several From: fields the first with a valid
+address is the sender; undeclared 8-bit header bytes and file names are read in a charset
+declared elsewhere in the email, else in the East Asian charset a detector finds for all
+of them (``charsets``), else windows-1252; ISO-2022-JP keeps its NEC/IBM extension
+characters; uuencode without ``begin`` and base64 of a bad length are decoded as far as
+they go (``transfer``).
+
 Memory: in a large message, long runs of base64 lines are left out of the
 stdlib parse and decoded straight from the raw bytes (see "large messages"
 below), so a 34 MB email with a 25 MiB attachment costs about the decoded
@@ -55,14 +64,30 @@ from typing import Any
 import mailparser
 from mailparser.utils import as_string_safe
 
+from postdesk.mail.charsets import (
+    decode_iso2022jp,
+    detect_cjk_charset,
+    is_iso2022jp,
+    is_multibyte,
+    plausible_cjk,
+)
 from postdesk.mail.filenames import clean_filename
+from postdesk.mail.header_repair import repair_header_block
+from postdesk.mail.transfer import (
+    UUENCODE_CTES,
+    decode_base64_lenient,
+    decode_uu_lenient,
+    split_uuencoded,
+)
 
 try:  # Optional: a layout-aware HTML-to-text converter (Apache-2.0).
     import inscriptis
+    from inscriptis.css_profiles import CSS_PROFILES
     from inscriptis.model.config import ParserConfig
 except ImportError:  # pragma: no cover - exercised by forcing the fallback
     inscriptis = None
     ParserConfig = None
+    CSS_PROFILES = {}
 
 # mail-parser logs ~75 DEBUG lines per message; keep only its warnings.
 logging.getLogger("mailparser").setLevel(logging.WARNING)
@@ -261,13 +286,21 @@ def _mostly_utf8(data: bytes) -> str | None:
 def decode_bytes(data: bytes, declared: str | None, hints: Iterable[str | None] = ()) -> str:
     """Decode ``data`` that claims charset ``declared``; never raises.
 
-    Order: the declared charset's usual superset, then the charset itself;
-    when nothing usable was declared (or it was us-ascii): UTF-8, UTF-8 with
-    replacement characters if most of the text is valid UTF-8, the ``hints``
-    (other charsets of the same message), windows-1252. As a last resort the
-    declared charset, or UTF-8, with replacement characters.
+    Order: the declared charset's usual superset, then the charset itself
+    (ISO-2022-JP then as Japanese clients write it, extension characters
+    included); when nothing usable was declared (or it was us-ascii): raw
+    ISO-2022-JP escapes, UTF-8, UTF-8 with replacement characters if most of
+    the text is valid UTF-8, then the ``hints`` (other charsets of the same
+    message, a detected one last) -- double-byte ones first, and only when the
+    text decodes to East Asian script in them, since they accept a lot of Latin
+    bytes too -- and windows-1252. As a last resort the declared charset, or
+    UTF-8, with replacement characters.
     """
     name = _codec_name(declared)
+    if name and is_iso2022jp(name) and max(data, default=0) >= 0x80:
+        # ISO-2022-JP is 7-bit: 8-bit bytes mean the label is wrong (UTF-8 or
+        # EUC-JP under an old default label); read them as undeclared text.
+        return decode_bytes(data, None, [*hints, detect_cjk_charset(data)])
     if name and name != "ascii":
         # Superset first: it decodes everything the named charset does, and
         # for latin-1 the C1 range is really windows-1252 punctuation.
@@ -275,16 +308,26 @@ def decode_bytes(data: bytes, declared: str | None, hints: Iterable[str | None] 
             text = _try_decode(data, candidate)
             if text is not None:
                 return text
+        if is_iso2022jp(name):
+            return decode_iso2022jp(data)
     else:
+        if b"\x1b$" in data and max(data, default=0) < 0x80:
+            # ISO-2022-JP written raw into a header (old Japanese mailers).
+            return _try_decode(data, "iso2022_jp") or decode_iso2022jp(data)
         text = _try_decode(data, "utf-8")
         if text is not None:
             return text
         text = _mostly_utf8(data)
         if text is not None:
             return text
-        candidates = [hint for hint in (_codec_name(h) for h in hints) if hint] + ["cp1252"]
-        for candidate in dict.fromkeys(candidates):
+        names = [hint for hint in (_codec_name(h) for h in hints) if hint]
+        for candidate in dict.fromkeys(h for h in names if is_multibyte(h)):
+            candidate = _SUPERSETS.get(candidate, candidate)
             text = _try_decode(data, candidate)
+            if text is not None and (candidate.startswith("utf") or plausible_cjk(text)):
+                return text
+        for candidate in dict.fromkeys([*(h for h in names if not is_multibyte(h)), "cp1252"]):
+            text = _try_decode(data, _SUPERSETS.get(candidate, candidate))
             if text is not None:
                 return text
     fallback = _SUPERSETS.get(name, name) if name and name != "ascii" else "utf-8"
@@ -303,6 +346,31 @@ def _message_charsets(message: email.message.Message) -> list[str]:
     except Exception:  # noqa: BLE001 - a hint only; malformed trees are common
         pass
     return charsets
+
+
+_SAMPLE_BYTES = 64 << 10
+
+
+def _undeclared_charset(message: email.message.Message) -> str | None:
+    """The East Asian charset of the raw 8-bit header bytes of the message (the
+    top header block and each part's Content-Type/Disposition, where file names
+    are) when they are not UTF-8 and a detector is sure; else None. All such
+    bytes are judged together: a subject alone is too short to tell."""
+    pieces: list[bytes] = []
+    size = 0
+    for part in own_parts(message):
+        items = message.raw_items() if part is message else (
+            (k, v) for k, v in part.raw_items() if k.lower().startswith("content-"))
+        for _, value in items:
+            text = str(value)
+            if _SURROGATES.search(text):
+                data = text.encode("utf-8", "surrogateescape")
+                if _try_decode(data, "utf-8") is None:
+                    pieces.append(data)
+                    size += len(data)
+        if size > _SAMPLE_BYTES:
+            break
+    return detect_cjk_charset(b" ".join(pieces)[:_SAMPLE_BYTES]) if pieces else None
 
 
 def decode_header_text(value: Any, hints: Iterable[str | None] = ()) -> str:
@@ -442,10 +510,18 @@ def _fallback_html_to_text(html: str) -> str:
     return "".join(extractor.parts)
 
 
+# The "strict" CSS profile: inline elements (span, b, a, font...) add no
+# whitespace of their own. The default "relaxed" one puts a space at every
+# inline boundary, which splits words styled in pieces ("Ex<b>ample</b>") and
+# every run of Chinese or Japanese text that a mail client wrapped in spans.
 _INSCRIPTIS_CONFIG = (
-    ParserConfig(display_links=False, display_images=False) if ParserConfig else None
+    ParserConfig(css=CSS_PROFILES["strict"], display_links=False, display_images=False)
+    if ParserConfig else None
 )
 _BLANK_LINES = re.compile(r"\n{3,}")
+# libxml2 drops whatever follows </html> (mailing-list footers, the second half
+# of a message glued by a gateway); without the end tags it stays in the body.
+_DOCUMENT_END_TAGS = re.compile(r"</\s*(?:html|body)\s*>", re.IGNORECASE)
 
 
 def html_to_text(html: str, *, use_library: bool = True) -> str:
@@ -458,7 +534,7 @@ def html_to_text(html: str, *, use_library: bool = True) -> str:
     text = None
     if use_library and inscriptis is not None:
         try:
-            text = inscriptis.get_text(html, _INSCRIPTIS_CONFIG)
+            text = inscriptis.get_text(_DOCUMENT_END_TAGS.sub("", html), _INSCRIPTIS_CONFIG)
         except Exception:  # noqa: BLE001 - lxml on hostile markup; use the fallback
             text = None
     if text is None:
@@ -484,15 +560,37 @@ def _extension_for(content_type: str) -> str:
 
 
 def _part_filename(part: email.message.Message, hints: list[str | None]) -> str | None:
-    try:
-        # get_filename() joins RFC 2231 continuations and applies their charset.
-        raw = part.get_filename()
-    except Exception:  # noqa: BLE001 - malformed parameters; treat as unnamed
-        return None
-    if not raw:
-        return None
-    # Many clients (Outlook, Gmail) put RFC 2047 encoded-words in filenames.
-    return decode_header_text(raw, hints) or None
+    # Where get_filename() looks, but decoded here: for a header with raw 8-bit
+    # bytes the stdlib hands back U+FFFD instead of them, and it applies an RFC
+    # 2231 charset strictly or with U+FFFD, which loses undeclared bytes and
+    # the ISO-2022-JP extension characters.
+    for param, header in (("filename", "content-disposition"), ("name", "content-type")):
+        raw_value = _first_raw_header(part, header)
+        if raw_value is None:
+            continue
+        # The header again with its octets as code points below 256 (no
+        # surrogates, so the stdlib does not replace them), to read the
+        # parameter from.
+        wire = email.message.Message()
+        wire[header] = raw_value.encode("utf-8", "surrogateescape").decode("latin-1")
+        try:
+            # get_param() joins RFC 2231 continuations and unquotes.
+            value = wire.get_param(param, None, header)
+        except Exception:  # noqa: BLE001 - malformed parameters; treat as unnamed
+            return None
+        if value is None:
+            continue
+        if isinstance(value, tuple):   # RFC 2231: (charset, language, text)
+            charset, _, text = value
+            octets = str(text).encode("latin-1", "replace")
+            decoded = decode_bytes(octets, str(charset) if charset else None, hints)
+            return _storable(decoded).strip() or None  # clean_filename handles controls
+        octets = str(value).strip().encode("latin-1", "replace")
+        if max(octets, default=0) >= 0x80:
+            return _storable(decode_bytes(octets, None, hints)).strip() or None
+        # Many clients (Outlook, Gmail) put RFC 2047 encoded-words in filenames.
+        return decode_header_text(octets.decode("ascii"), hints) or None
+    return None
 
 
 def _content_id(part: email.message.Message) -> str | None:
@@ -547,15 +645,31 @@ def _payload_bytes(part: email.message.Message, defects: list[str]) -> bytes:
                           if isinstance(sub, email.message.Message))
         cte = str(part.get("content-transfer-encoding", "")).strip().lower()
         return _decode_transfer(flat, cte)
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if cte in UUENCODE_CTES:
+        decoded, notes = decode_uu_lenient(_encoded_payload(part))
+        defects += [f"{part.get_content_type()}: {note}" for note in notes]
+        return decoded
+    data: Any
     try:
         data = part.get_payload(decode=True)
     except Exception as exc:  # noqa: BLE001 - broken transfer encoding
         defects.append(f"{part.get_content_type()}: payload not decodable: {exc}")
         data = None
+    if cte == "base64" and any(
+            isinstance(d, email.errors.InvalidBase64LengthDefect) for d in part.defects):
+        # The stdlib handed back the base64 text itself: decode what is decodable.
+        data, notes = decode_base64_lenient(_encoded_payload(part))
+        defects += [f"{part.get_content_type()}: {note}" for note in notes]
     if isinstance(data, bytes):
         return data
     raw = part.get_payload()
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
+
+
+def _encoded_payload(part: email.message.Message) -> bytes:
+    payload = part.get_payload()
+    return payload.encode("utf-8", "surrogateescape") if isinstance(payload, str) else b""
 
 
 def _body_text(part: email.message.Message, hints: list[str | None]) -> str:
@@ -616,8 +730,16 @@ def _walk(message: email.message.Message, hints: list[str | None],
         # the lone part of a single-part message is the body whatever it is
         # called.
         if textual and (is_root or (disposition != "attachment" and not filename)):
-            target = result.html if content_type == "text/html" else result.plain
-            target.append(_body_text(part, hints))
+            if content_type == "text/html":
+                result.html.append(_body_text(part, hints))
+                continue
+            text, files = split_uuencoded(_body_text(part, hints))
+            result.plain.append(text)
+            for name, data in files:   # files pasted into the text, uuencoded
+                guessed = _MIME_TYPES.guess_type(name, strict=False)[0]
+                result.attachments.append(ParsedAttachment(
+                    filename=_storable(clean_filename(name, "attachment.bin")),
+                    content_type=guessed or "application/octet-stream", payload=data))
             continue
         is_forward = content_type in _FORWARD_TYPES
         if is_forward:
@@ -933,12 +1055,46 @@ def _display_name(parsed_name: str, raw_from: str | None, hints: list[str | None
     if not needs_redo or raw_from is None:
         return _one_line(parsed_name)
     wire = raw_from.encode("utf-8", "surrogateescape").decode("latin-1")
-    pairs = email.utils.getaddresses([_FOLD.sub("", wire)])
+    pairs = _name_address_pairs(_FOLD.sub("", wire))
     name = pairs[0][0] if pairs else ""
     if not name:
         return _one_line(parsed_name)
     surrogate_form = name.encode("latin-1", "replace").decode("ascii", "surrogateescape")
     return _one_line(decode_header_text(surrogate_form, hints))
+
+
+_ATOM = r"[^@\s<>()\[\],;:\"]"
+# local@domain.tld or local@[address literal]: what a reply could be sent to.
+_VALID_ADDRESS = re.compile(rf"{_ATOM}+@(?:{_ATOM}+\.[^@\s<>()\[\],;:\".]+|\[[^\]\s]+\])")
+
+
+_NAME_ANGLE_ADDRESS = re.compile(r'\s*"?(?P<name>[^<>"]*?)"?\s*<(?P<address>[^<>\s]+)>\s*')
+
+
+def _name_address_pairs(wire: str) -> list[tuple[str, str]]:
+    # A raw 8-bit name is read as octets, and double-byte text has octets that
+    # are address syntax ("ツール" in Shift_JIS holds a "["): the one common
+    # shape, a name and an <address>, is split at the angle bracket first.
+    match = _NAME_ANGLE_ADDRESS.fullmatch(wire)
+    if match and any(ord(char) > 0x7F for char in match["name"]):
+        return [(match["name"].strip(), match["address"])]
+    return email.utils.getaddresses([wire])
+
+
+def _first_valid_sender(raw_froms: list[str], hints: list[str | None]
+                        ) -> tuple[int, str, str] | None:
+    """(index, display name, address) of the first From: field that holds a
+    valid address, for a message with several (a damaged or forged header block:
+    the others are a defect, and no address is made up from them)."""
+    for index, raw_from in enumerate(raw_froms):
+        wire = _FOLD.sub("", raw_from.encode("utf-8", "surrogateescape").decode("latin-1"))
+        for name, address in _name_address_pairs(wire):
+            address = _one_line(address).strip("<>").lower()
+            if _VALID_ADDRESS.fullmatch(address):
+                surrogate_form = name.encode("latin-1", "replace").decode(
+                    "ascii", "surrogateescape")
+                return index, _one_line(decode_header_text(surrogate_form, hints)), address
+    return None
 
 
 def _first_raw_header(message: email.message.Message, name: str) -> str | None:
@@ -959,7 +1115,7 @@ def parse_email(raw: bytes, *, max_attachment_bytes: int | None = None) -> Parse
     if not raw or raw.isspace():   # (strip() would copy a large message)
         raise UnparseableEmail("empty message")
 
-    defects: list[str] = []
+    raw, defects = repair_header_block(raw)
     try:
         message = _parse_mime(raw)
     except RecursionError as exc:
@@ -985,7 +1141,7 @@ def parse_email(raw: bytes, *, max_attachment_bytes: int | None = None) -> Parse
         (name, _one_line(_raw_header_str(value))) for name, value in message.raw_items()
     )
     headers = Headers(header_items)
-    hints: list[str | None] = list(_message_charsets(message))
+    hints: list[str | None] = [*_message_charsets(message), _undeclared_charset(message)]
 
     subject_raw = _first_raw_header(message, "subject")
     subject = _one_line(decode_header_text(subject_raw, hints)) if subject_raw is not None else ""
@@ -995,6 +1151,17 @@ def parse_email(raw: bytes, *, max_attachment_bytes: int | None = None) -> Parse
         str(from_pairs[0][0]) if from_pairs else "", _first_raw_header(message, "from"), hints
     )
     from_addresses = _addresses(from_pairs)
+    raw_froms = [str(value) for key, value in message.raw_items() if key.lower() == "from"]
+    if len(raw_froms) > 1 or (raw_froms and not from_addresses):
+        # Several From: fields (the others are a defect), or one that mail-parser
+        # could not read (raw 8-bit bytes in the name): the first valid address.
+        chosen = _first_valid_sender(raw_froms, hints)
+        if len(raw_froms) > 1:
+            defects.append(f"{len(raw_froms)} From: header fields" + (
+                f"; the sender is taken from number {chosen[0] + 1}" if chosen else ""))
+        if chosen is not None:
+            _, from_name, address = chosen
+            from_addresses = [address]
 
     walk = _walk(message, hints, max_attachment_bytes)
     defects += walk.defects

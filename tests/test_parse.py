@@ -171,7 +171,7 @@ def test_broken_headers_degrade_to_readable_text() -> None:
         (b"=?utf-8?B?QnJva2VuIQ=x?= tail", "Broken! tail"),  # bad base64 padding
         (b"=?x-unknown?Q?caf=E9?=", "café"),  # unknown charset
         (b"=?iso-2022-jp?B?GyRCJygnJS1iGyhCNDEgGyRCJ2AnZBsoQiAyOC4wOS4yMDE2?=",
-         "ЖД\ufffd41 от 28.09.2016"),  # NEC extension outside ISO-2022-JP
+         "ЖД№41 от 28.09.2016"),  # NEC extension (row 13) outside strict ISO-2022-JP
         (b"=?utf-8?Q?unterminated", "=?utf-8?Q?unterminated"),
         (b"raw \xe4\xbd\xbf utf8", "raw 使 utf8"),  # 8-bit header
         (b"raw latin \xe9t\xe9", "raw latin été"),  # 8-bit, not UTF-8

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.errors
 import email.message
 import email.policy
 import os
@@ -170,7 +171,12 @@ def test_odd_ends_after_a_left_out_run_decode_as_the_stdlib_does(
            + lines + tail + b"--XX--\n")
     plain, hollow = parse_both(raw, monkeypatch, min_run=64 << 10)
     assert hollow == plain
-    expected = email.message_from_bytes(raw).get_payload(0).get_payload(decode=True)
+    stdlib_part = email.message_from_bytes(raw).get_payload(0)
+    expected = stdlib_part.get_payload(decode=True)
+    if any(isinstance(d, email.errors.InvalidBase64LengthDefect) for d in stdlib_part.defects):
+        # The stdlib hands back the text; parse decodes what is decodable (a lone
+        # last character holds no whole byte).
+        expected = base64.b64decode(b"".join((lines + tail).split())[:-1])
     assert hollow["attachments"][0][2] == expected
 
 

@@ -42,7 +42,10 @@ def classify_mail(ctx: Inbound) -> None:
     if verdict.kind == "bounce":
         raise Quarantine("bounce", f"{verdict.reason}: {', '.join(verdict.bounced_addresses)}",
                          data=verdict)
-    if verdict.kind == "auto_reply":
+    if verdict.kind == "auto_reply" and not ctx.raw.authorised:
+        # A released auto-reply is not one any more: the operator said it is a client's
+        # email. It is then client content like any release (the trust decision still
+        # gives released mail no staff authority).
         ctx.auto_reply = True
         ctx.auto_reason = verdict.reason
 
