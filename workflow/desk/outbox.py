@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from postdesk.mail.compose import OutgoingEmail, compose
+from postdesk.mail.compose import OutgoingAttachment, OutgoingEmail, compose
 from postdesk.mail.tokens import make_message_id
 from postdesk.storage.db import read_only
 from postdesk.storage.directory import org_by_id
@@ -79,9 +79,11 @@ class OutboxWriter:
               context: dict[str, Any], ticket: Ticket | None = None, cc: Sequence[str] = (),
               in_reply_to: str | None = None, references: Sequence[str] = (),
               automatic: bool = True, reply_to: str | None = None, kind: str = "system",
-              extra_headers: dict[str, str] | None = None, on_ticket: bool = True
-              ) -> Outbox | None:
+              extra_headers: dict[str, str] | None = None, on_ticket: bool = True,
+              attachments: Sequence[dict[str, Any]] = ()) -> Outbox | None:
         """The new draft, or None when ``dedupe_key`` was queued before.
+
+        ``attachments``: stored files to send with it (``desk.attachments.draft_file``).
 
         ``on_ticket``: record the email among the ticket's messages (client-facing mail);
         staff alerts and pages are kept in the outbox only."""
@@ -112,7 +114,7 @@ class OutboxWriter:
             draft={"context": encode_context(context), "references": list(references),
                    "reply_to": reply_to or support, "kind": kind,
                    "extra_headers": extra_headers or {}, "on_ticket": on_ticket,
-                   "suppress": suppress,
+                   "suppress": suppress, "attachments": list(attachments),
                    "org": ticket.org.slug if ticket is not None else None})
         insert_now(session, row)   # its id, now: it is handed to render_drafts
         self.queued_ids.append(row.id)
@@ -243,7 +245,11 @@ def _render(services: Services, row: Outbox, ticket: Ticket | None, draft: dict[
         cc=list(row.cc), subject=row.subject, body=body, message_id=row.message_id,
         date=row.created_at, reply_to=draft["reply_to"], in_reply_to=row.in_reply_to,
         references=list(draft["references"]), automatic=row.automatic,
-        extra_headers=dict(draft["extra_headers"])))
+        extra_headers=dict(draft["extra_headers"]),
+        attachments=[OutgoingAttachment(filename=f["filename"], content_type=f["content_type"],
+                                        data=services.blobs.get(f["sha256"]),
+                                        content_id=f["content_id"], inline=f["inline"])
+                     for f in draft.get("attachments", ())]))
     return raw, body.text
 
 
