@@ -57,6 +57,7 @@ REACTIONS: dict[tuple[str, str], Reaction] = {
     ("quarantined", "bounce"): notify.bounce_bookkeeping,
     ("processed", "balance_request"): notify.answer_balance,
     ("processed", "command_errors"): notify.report_command_errors,
+    ("processed", "relay_refused"): notify.report_relay_refused,
     ("duplicate", "message_id"): notify.note_duplicate,
 }
 

@@ -267,6 +267,21 @@ def report_command_errors(ctx: Inbound, outcome: Outcome) -> None:
         in_reply_to=ctx.email.message_id, context={"ref": ref, "errors": outcome.data})
 
 
+def report_relay_refused(ctx: Inbound, outcome: Outcome) -> None:
+    """A staff reply whose files cannot go to the client: nothing was sent; say why."""
+    ticket = ctx.ticket
+    if ticket is None or ctx.sender is None:
+        return
+    ref = ticket_ref(ctx.config.desk.ticket_prefix, ticket.id)
+    ctx.outbox.queue(
+        dedupe_key=f"relay-refused:{ctx.raw.id}", on_ticket=False, template="relay_refused",
+        to=[ctx.sender.email], subject=f"[{ref}] Not sent: attachments too large",
+        ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
+        in_reply_to=ctx.email.message_id,
+        context={"ref": ref, "problems": outcome.data,
+                 "limit": human_size(ctx.config.desk.notify_attachment_bytes)})
+
+
 def note_duplicate(ctx: Inbound, outcome: Outcome) -> None:
     if isinstance(outcome.data, int):
         ctx.raw.ticket_id = outcome.data

@@ -5,11 +5,14 @@ staff authority needs an exact envelope, a staff-only token and, where required,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import func, select
 
 from postdesk.mail.thread_index import outlook_thread_index
 from postdesk.storage.directory import org_by_slug, staff_by_email
-from postdesk.storage.models import Message, Staff, Ticket
+from postdesk.storage.models import Attachment, Message, Staff, Ticket
+from postdesk.workflow.desk.attachments import draft_file, message_attachments
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.staff_commands import apply_command
@@ -18,6 +21,7 @@ from postdesk.workflow.desk.tickets import open_ticket, store_message
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Handled, Quarantine, step
 from postdesk.workflow.rules import commands as cmd
+from postdesk.workflow.rules.attachments import FileFacts, relay_refusals
 from postdesk.workflow.rules.refs import MAX_SUBJECT, ticket_ref
 from postdesk.workflow.rules.senders import identify_sender
 from postdesk.workflow.rules.zones import desk_zone, org_zone
@@ -53,11 +57,26 @@ def staff_mail(ctx: Inbound) -> None:
                                               for e in parse.errors])
     internal = any(isinstance(c, cmd.Internal) for c in parse.commands)
     body = parse.body.strip()
+    refusals = relay_refusals(_parsed_files(ctx), ctx.config.desk.notify_attachment_bytes) \
+        if body and not internal else []
+    if refusals:
+        # All or nothing: the client never gets the text without the files it mentions.
+        _store(ctx, ticket, "internal", body, staff)
+        add_event(ctx.session, ticket, "relay_refused", ctx.now, staff.email,
+                  problems=refusals)
+        raise Handled("relay_refused", data=refusals)
     message = _store(ctx, ticket, "internal" if internal or not body else "public", body, staff)
     _apply(ctx, ticket, staff, parse, message)
     if body and not internal:
-        relay_to_client(ctx, ticket, staff, body)
+        relay_to_client(ctx, ticket, staff, body, message_attachments(ctx.session, message.id))
     raise Handled("staff_reply")
+
+
+def _parsed_files(ctx: Inbound) -> list[FileFacts]:
+    limit = ctx.config.desk.max_attachment_bytes
+    return [FileFacts(key=i, filename=a.filename, size=a.size,
+                      kept=not a.too_large and a.size <= limit)
+            for i, a in enumerate(ctx.email.attachments)]
 
 
 def _apply(ctx: Inbound, ticket: Ticket, staff: Staff, parse: cmd.CommandParse,
@@ -100,7 +119,9 @@ def _start_ticket_for_client(ctx: Inbound, parse: cmd.CommandParse, staff: Staff
     raise Handled("ticket_opened_by_staff")
 
 
-def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str) -> None:
+def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str,
+                    files: Sequence[Attachment] = ()) -> None:
+    """The staff member's text, and their files byte for byte, to the client and cc."""
     prefix = ctx.config.desk.ticket_prefix
     ref = ticket_ref(prefix, ticket.id)
     in_reply_to, references = client_thread(ctx.session, ticket)
@@ -118,6 +139,9 @@ def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str) -> No
                        "Thread-Index": outlook_thread_index(f"{prefix}-{ticket.id}",
                                                             ticket.created_at,
                                                             public_out + 1)},
-        context={"ref": ref, "body": body, "staff_name": staff.name or staff.email})
+        attachments=[draft_file(a) for a in files if a.sha256 is not None],
+        context={"ref": ref, "body": body, "staff_name": staff.name or staff.email,
+                 "inline_images": [a.content_id for a in files
+                                   if a.inline and a.content_id and a.sha256]})
     keeper.public_update(ticket, ctx.now)
     add_event(ctx.session, ticket, "public_reply", ctx.now, staff.email)
