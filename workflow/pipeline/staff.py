@@ -49,14 +49,16 @@ def staff_mail(ctx: Inbound) -> None:
         _start_ticket_for_client(ctx, parse, staff)
     ticket = ctx.ticket
     assert ticket is not None
-    if parse.errors:
+    canned, canned_errors = _canned_text(ctx, ticket, staff, parse)
+    errors = [*parse.errors, *canned_errors]
+    if errors:
         _store(ctx, ticket, "internal", parse.body, staff)
         add_event(ctx.session, ticket, "command_errors", ctx.now, staff.email,
-                  errors=[f"{e.line}: {e.problem}" for e in parse.errors])
+                  errors=[f"{e.line}: {e.problem}" for e in errors])
         raise Handled("command_errors", data=[{"line": e.line, "problem": e.problem}
-                                              for e in parse.errors])
+                                              for e in errors])
     internal = any(isinstance(c, cmd.Internal) for c in parse.commands)
-    body = parse.body.strip()
+    body = "\n\n".join(part for part in [*canned, parse.body.strip()] if part)
     refusals = relay_refusals(_parsed_files(ctx), ctx.config.desk.notify_attachment_bytes) \
         if body and not internal else []
     if refusals:
@@ -70,6 +72,25 @@ def staff_mail(ctx: Inbound) -> None:
     if body and not internal:
         relay_to_client(ctx, ticket, staff, body, message_attachments(ctx.session, message.id))
     raise Handled("staff_reply")
+
+
+def _canned_text(ctx: Inbound, ticket: Ticket, staff: Staff, parse: cmd.CommandParse
+                 ) -> tuple[list[str], list[cmd.CommandError]]:
+    """The text of each ``#reply NAME`` (org override, desk, built-in), in order; an
+    unknown name is a command error like any other."""
+    texts: list[str] = []
+    errors: list[cmd.CommandError] = []
+    context = {"desk": ctx.config.desk, "ticket": ticket, "ref": ctx.ticket_ref,
+               "requester": ticket.requester_email, "staff_name": staff.name or staff.email}
+    for command in parse.commands:
+        if isinstance(command, cmd.CannedReply):
+            text = ctx.services.renderer.canned_reply(command.name, context, ticket.org.slug)
+            if text is None:
+                errors.append(cmd.CommandError(f"#reply {command.name}",
+                                               f"no canned reply named {command.name!r}"))
+            else:
+                texts.append(text.strip())
+    return texts, errors
 
 
 def _parsed_files(ctx: Inbound) -> list[FileFacts]:
