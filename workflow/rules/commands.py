@@ -443,7 +443,8 @@ def _requester(argument: str) -> list[Command]:
     return [SetRequester(_email_argument(argument))]
 
 
-_TICKET_REF = re.compile(r"^\[?(?:(?P<prefix>[A-Za-z][A-Za-z0-9]{0,9})-|#)?(?P<number>\d{1,18})\]?$")
+_TICKET_REF = re.compile(
+    r"^\[?(?:(?P<prefix>[A-Za-z][A-Za-z0-9]{0,9})-|#)?(?P<number>\d{1,18})\]?$")
 
 
 def _reply(argument: str) -> list[Command]:
