@@ -19,6 +19,7 @@ from postdesk.workflow.desk.tickets import inbound_dedupe_key
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Duplicate, Handled, Quarantine, step
 from postdesk.workflow.rules import commands as cmd
+from postdesk.workflow.rules.queue import queue_request
 from postdesk.workflow.rules.senders import SenderIdentity, identify_sender
 from postdesk.workflow.rules.trust import Evidence, decide
 from postdesk.workflow.rules.zones import desk_zone
@@ -142,6 +143,7 @@ def decide_trust(ctx: Inbound) -> None:
     sender, refs, mail = ctx.sender, ctx.references, ctx.email
     assert sender is not None and refs is not None
     asks_on_behalf = False
+    asks_read_only = sender.kind == "staff" and queue_request(mail.subject) is not None
     if sender.kind == "staff":
         parse = cmd.parse_commands(ctx.visible_text, now=ctx.now, tz=desk_zone(ctx.config))
         asks_on_behalf = any(isinstance(c, cmd.TICKET_CREATION_COMMANDS)
@@ -155,7 +157,7 @@ def decide_trust(ctx: Inbound) -> None:
         org_require_dkim=bool(org_cfg and org_cfg.require_dkim),
         staff_unverified_on_behalf=ctx.config.desk.staff_unverified_on_behalf,
         released=ctx.raw.authorised, released_to_org=ctx.raw.release_org,
-        asks_on_behalf=asks_on_behalf))
+        asks_on_behalf=asks_on_behalf, asks_read_only=asks_read_only))
     ctx.verdict = verdict
     if verdict.kind == "quarantine":
         if ctx.auto_reply:
@@ -168,6 +170,8 @@ def decide_trust(ctx: Inbound) -> None:
         ctx.matched_by = refs.staff_token_how
         return
     if verdict.kind == "staff_action":
+        if verdict.action == "read_only":
+            _answer_queue_request(ctx)
         return
     # Client content (or a released email, which is client content whatever its From):
     # from here on the sender is a contact of the verdict's org.
@@ -179,3 +183,11 @@ def decide_trust(ctx: Inbound) -> None:
     if verdict.kind == "client_content":
         ctx.ticket = ctx.session.get(Ticket, verdict.ticket_id)
         ctx.matched_by = verdict.matched_by
+
+
+def _answer_queue_request(ctx: Inbound) -> None:
+    """A trusted staff member asked for their queue: answered by the runner's reaction
+    (``notify.answer_queue``) to the configured address; no ticket is made or changed."""
+    if ctx.auto_reply or not ctx.raw.notify:
+        raise Handled("queue_request", "automatic or imported: not answered")
+    raise Handled("queue_request", data=queue_request(ctx.email.subject))

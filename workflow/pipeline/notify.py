@@ -20,6 +20,7 @@ from postdesk.workflow.desk.allowance import org_month_balance, per_ticket_usage
 from postdesk.workflow.desk.attachments import draft_file, facts, message_attachments
 from postdesk.workflow.desk.bounces import record_bounce
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.queue import queue_lines
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Outcome, step
 from postdesk.workflow.rules.attachments import files_for_notification, human_size
@@ -265,6 +266,21 @@ def report_command_errors(ctx: Inbound, outcome: Outcome) -> None:
         to=[ctx.sender.email], subject=f"[{ref}] Not sent: commands not understood",
         ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
         in_reply_to=ctx.email.message_id, context={"ref": ref, "errors": outcome.data})
+
+
+def answer_queue(ctx: Inbound, outcome: Outcome) -> None:
+    """A staff member's queue (``queue``/``mine``/``all``), to their *configured* address:
+    one line per ticket, each with that ticket's reply address."""
+    member = ctx.config.staff_member(ctx.email.from_addr or "")
+    if outcome.data not in ("mine", "all") or member is None:
+        return
+    lines = queue_lines(ctx.session, ctx.services, member.email, outcome.data, ctx.now)
+    ctx.outbox.queue(
+        dedupe_key=f"queue:{ctx.raw.id}", on_ticket=False, template="staff_queue",
+        to=[member.email], subject=f"Your queue ({outcome.data}): {len(lines)} open tickets",
+        in_reply_to=ctx.email.message_id,
+        context={"kind": outcome.data, "lines": lines, "ref": "",
+                 "zone": str(staff_zone(ctx.config, member.email))})
 
 
 def report_relay_refused(ctx: Inbound, outcome: Outcome) -> None:
