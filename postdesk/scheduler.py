@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from postdesk.outbound.sender import stale_outbox_ids
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
-from postdesk.workflow.desk import breaches, digest
+from postdesk.workflow.desk import breaches, digest, pending
 from postdesk.workflow.desk.outbox import release_drafts, stale_draft_ids
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.desk.sla_clocks import set_status
@@ -89,6 +89,7 @@ class Scheduler:
             ("sla_scan", lambda: breaches.scan(services, dispatch)),
             ("close_quiet_tickets", lambda: close_quiet_tickets(services)),
             ("digests", lambda: digest.due_digests(services, dispatch)),
+            ("pending_tickets", lambda: pending.run(services, dispatch)),
         ]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
