@@ -14,6 +14,7 @@ from postdesk.mail.parse import UnparseableEmail, parse_email
 from postdesk.mail.tokens import is_our_message_id
 from postdesk.storage.directory import org_by_slug
 from postdesk.storage.models import Message, Ticket
+from postdesk.workflow.desk.merge import follow_merges
 from postdesk.workflow.desk.ticket_lookup import gather_references
 from postdesk.workflow.desk.tickets import inbound_dedupe_key
 from postdesk.workflow.pipeline.context import Inbound
@@ -166,7 +167,7 @@ def decide_trust(ctx: Inbound) -> None:
             raise Quarantine("auto_reply", f"{ctx.auto_reason}: {verdict.detail}")
         raise Quarantine(verdict.reason or "unauthenticated", verdict.detail, data=verdict)
     if verdict.kind == "staff_reply":
-        ctx.ticket = ctx.session.get(Ticket, verdict.ticket_id)
+        ctx.ticket = _current(ctx, verdict.ticket_id)
         ctx.matched_by = refs.staff_token_how
         return
     if verdict.kind == "staff_action":
@@ -181,8 +182,15 @@ def decide_trust(ctx: Inbound) -> None:
         ctx.sender = sender
     ctx.org = org_by_slug(ctx.session, sender.org_slug) if sender.org_slug else None
     if verdict.kind == "client_content":
-        ctx.ticket = ctx.session.get(Ticket, verdict.ticket_id)
+        ctx.ticket = _current(ctx, verdict.ticket_id)
         ctx.matched_by = verdict.matched_by
+
+
+def _current(ctx: Inbound, ticket_id: int | None) -> Ticket | None:
+    """The ticket the verdict names, or the one it was merged into (of the same org:
+    ``desk.merge`` merges only within an org, and ``follow_merges`` checks it again)."""
+    ticket = ctx.session.get(Ticket, ticket_id)
+    return follow_merges(ctx.session, ticket) if ticket is not None else None
 
 
 def _answer_queue_request(ctx: Inbound) -> None:

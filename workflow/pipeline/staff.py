@@ -14,6 +14,14 @@ from postdesk.storage.directory import org_by_slug, staff_by_email
 from postdesk.storage.models import Attachment, Message, Staff, Ticket
 from postdesk.workflow.desk.attachments import draft_file, message_attachments
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.merge import (
+    merge_refusal,
+    merge_tickets,
+    message_to_split,
+    split_message,
+    split_refusal,
+    tell_split,
+)
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.staff_commands import apply_command
 from postdesk.workflow.desk.ticket_lookup import client_thread
@@ -50,7 +58,8 @@ def staff_mail(ctx: Inbound) -> None:
     ticket = ctx.ticket
     assert ticket is not None
     canned, canned_errors = _canned_text(ctx, ticket, staff, parse)
-    errors = [*parse.errors, *canned_errors]
+    move, move_errors = _merge_or_split(ctx, ticket, parse)
+    errors = [*parse.errors, *canned_errors, *move_errors]
     if errors:
         _store(ctx, ticket, "internal", parse.body, staff)
         add_event(ctx.session, ticket, "command_errors", ctx.now, staff.email,
@@ -67,11 +76,60 @@ def staff_mail(ctx: Inbound) -> None:
         add_event(ctx.session, ticket, "relay_refused", ctx.now, staff.email,
                   problems=refusals)
         raise Handled("relay_refused", data=refusals)
+    ticket = _move(ctx, ticket, staff, move)
     message = _store(ctx, ticket, "internal" if internal or not body else "public", body, staff)
     _apply(ctx, ticket, staff, parse, message)
     if body and not internal:
         relay_to_client(ctx, ticket, staff, body, message_attachments(ctx.session, message.id))
     raise Handled("staff_reply")
+
+
+_Move = tuple[str, Ticket | Message] | None
+
+
+def _merge_or_split(ctx: Inbound, ticket: Ticket, parse: cmd.CommandParse
+                    ) -> tuple[_Move, list[cmd.CommandError]]:
+    """What ``#merge PD-n`` / ``#split`` would do, or why it cannot: checked before
+    anything is done, like every command error."""
+    merges = [c for c in parse.commands if isinstance(c, cmd.Merge)]
+    splits = [c for c in parse.commands if isinstance(c, cmd.Split)]
+    if not merges and not splits:
+        return None, []
+    if len(merges) + len(splits) > 1:
+        return None, [cmd.CommandError("#merge / #split",
+                                       "one #merge or one #split per email")]
+    if merges:
+        [merge] = merges
+        written = f"#merge {merge.prefix + '-' if merge.prefix else ''}{merge.number}"
+        target, why = merge_refusal(ctx.session, ctx.config.desk.ticket_prefix, ticket,
+                                    merge.prefix, merge.number)
+        if why or target is None:
+            return None, [cmd.CommandError(written, why or "no such ticket")]
+        return ("merge", target), []
+    message = message_to_split(ctx.session, ticket, ctx.email.in_reply_to, ctx.email.text or "")
+    why = split_refusal(ctx.session, ticket, message)
+    if why or message is None:
+        return None, [cmd.CommandError("#split", why or "nothing to split")]
+    return ("split", message), []
+
+
+def _move(ctx: Inbound, ticket: Ticket, staff: Staff, move: _Move) -> Ticket:
+    """Carry out the merge or split; the ticket the rest of the email then acts on."""
+    if move is None:
+        return ticket
+    what, subject = move
+    if what == "merge":
+        assert isinstance(subject, Ticket)
+        merge_tickets(ctx.session, ctx.services, ctx.outbox, source=ticket, target=subject,
+                      staff=staff, now=ctx.now)
+        ctx.ticket = subject
+        return subject
+    assert isinstance(subject, Message)
+    new = split_message(ctx.session, ctx.services, ticket=ticket, message=subject,
+                        staff=staff, now=ctx.now)
+    tell_split(ctx.services, ctx.outbox, ctx.session, old=ticket, new=new, message=subject)
+    ctx.ticket, ctx.created_ticket = new, True
+    return new
 
 
 def _canned_text(ctx: Inbound, ticket: Ticket, staff: Staff, parse: cmd.CommandParse
