@@ -148,3 +148,22 @@ def test_a_staff_reply_over_the_total_limit_is_refused_whole(make_desk):
     [refusal] = desk.outbox(template="relay_refused")
     assert "at most 1.0 MB can be sent" in parsed(desk, refusal).get_body(
         ("plain",)).get_content()
+
+
+def test_a_staff_reply_with_only_a_file_still_reaches_the_client(make_desk):
+    desk = make_desk(max_bytes=MAX_BYTES)
+    client_writes(desk, [])
+    [note] = desk.outbox(template="staff_notification")
+    staff_answers(desk, note, "gmail", "", files=[("invoice.pdf", "application/pdf", PDF)])
+    [row] = desk.outbox(template="staff_reply")
+    assert files_of(parsed(desk, row)) == {"invoice.pdf": PDF}
+
+
+def test_a_commands_only_reply_with_a_signature_logo_sends_nothing_to_the_client(make_desk):
+    desk = make_desk(max_bytes=MAX_BYTES)
+    client_writes(desk, [])
+    [note] = desk.outbox(template="staff_notification")
+    staff_answers(desk, note, "outlook", "#priority P1",
+                  inline=[("image001.png", "image/png", PNG, "image001.png@01DA")])
+    assert desk.outbox(template="staff_reply") == []
+    assert desk.ticket("PD-1")["priority"] == "P1"

@@ -68,8 +68,11 @@ def staff_mail(ctx: Inbound) -> None:
                                               for e in errors])
     internal = any(isinstance(c, cmd.Internal) for c in parse.commands)
     body = "\n\n".join(part for part in [*canned, parse.body.strip()] if part)
+    # A file sent with no words is still meant for the client (an inline image alone, such
+    # as a signature logo, is not).
+    relay = not internal and bool(body or any(not a.inline for a in ctx.email.attachments))
     refusals = relay_refusals(_parsed_files(ctx), ctx.config.desk.notify_attachment_bytes) \
-        if body and not internal else []
+        if relay else []
     if refusals:
         # All or nothing: the client never gets the text without the files it mentions.
         _store(ctx, ticket, "internal", body, staff)
@@ -77,9 +80,9 @@ def staff_mail(ctx: Inbound) -> None:
                   problems=refusals)
         raise Handled("relay_refused", data=refusals)
     ticket = _move(ctx, ticket, staff, move)
-    message = _store(ctx, ticket, "internal" if internal or not body else "public", body, staff)
+    message = _store(ctx, ticket, "public" if relay else "internal", body, staff)
     _apply(ctx, ticket, staff, parse, message)
-    if body and not internal:
+    if relay:
         relay_to_client(ctx, ticket, staff, body, message_attachments(ctx.session, message.id))
     raise Handled("staff_reply")
 
