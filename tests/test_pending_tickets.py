@@ -11,6 +11,7 @@ from email import policy
 import pytest
 from sqlalchemy import select
 
+from postdesk.scheduler import Scheduler
 from postdesk.storage.models import Event
 from postdesk.workflow.desk import pending
 from postdesk.workflow.rules.clock import ManualClock
@@ -127,3 +128,13 @@ def test_reminders_and_auto_resolve_are_off_when_set_to_zero(make_desk):
     assert (result.reminded, result.resolved) == (0, 0)
     assert desk.ticket("PD-1")["status"] == "pending"
     assert desk.outbox(template="pending_reminder") == []
+
+
+def test_the_scheduler_runs_the_pending_job(make_desk):
+    desk, clock, _ = pending_ticket(make_desk)
+    clock.advance(timedelta(days=3, hours=1))
+    results = Scheduler(desk.app.services, desk.app.dispatch).run_once()
+    assert results["pending_tickets"] == pending.PendingResult(reminded=1, resolved=0)
+    desk.wait_settled()
+    assert [r["to"] for r in desk.outbox(template="pending_reminder")] == [
+        ["alice@client.example"]]
