@@ -85,9 +85,11 @@ def merge_tickets(session: Session, services: Services, outbox: OutboxWriter, *,
     clocks = [_clock_history(c) for c in session.scalars(
         select(SlaClock).where(SlaClock.ticket_id == source.id).order_by(SlaClock.id))]
     set_status(keeper, source, "closed", now, staff.email)
-    moved = session.execute(update(Message).where(Message.ticket_id == source.id)
-                            .values(ticket_id=target.id)
-                            .execution_options(synchronize_session="fetch")).rowcount
+    moved = len(session.scalars(select(Message.id).where(Message.ticket_id == source.id))
+                .all())
+    session.execute(update(Message).where(Message.ticket_id == source.id)
+                    .values(ticket_id=target.id)
+                    .execution_options(synchronize_session="fetch"))
     session.execute(update(TimeEntry).where(TimeEntry.ticket_id == source.id)
                     .values(ticket_id=target.id)
                     .execution_options(synchronize_session="fetch"))

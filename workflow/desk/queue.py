@@ -31,9 +31,9 @@ def queue_lines(session: Session, services: Services, staff_email: str, kind: Qu
     staff = staff_by_email(session, staff_email)
     mine = Ticket.assignee_id == (staff.id if staff else -1)
     who = or_(mine, Ticket.assignee_id.is_(None)) if kind == "all" else mine
-    rows = session.execute(
+    rows = list(session.execute(
         select(Ticket, _NEXT_DUE.c.due).outerjoin(_NEXT_DUE, _NEXT_DUE.c.ticket_id == Ticket.id)
-        .where(Ticket.status.in_(OPEN), who)).all()
+        .where(Ticket.status.in_(OPEN), who)))
     rows.sort(key=lambda r: (r.due is None, r.due or r.Ticket.created_at, r.Ticket.id))
     zone = staff_zone(services.config, staff_email)
     prefix = services.config.desk.ticket_prefix
