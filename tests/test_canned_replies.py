@@ -9,6 +9,7 @@ from email import policy
 
 import pytest
 
+from postdesk.mail.render import check_overrides
 from tests.mailshapes import reply
 from tests.support import make_email
 
@@ -92,3 +93,14 @@ def test_a_canned_reply_override_cannot_escape_the_sandbox(make_desk):
     text = client_text(desk)
     assert "subclasses" not in text and "class" not in text
     assert text.startswith('Thank you for your message')     # the built-in, as fallback
+
+
+def test_config_check_finds_mistakes_in_canned_reply_overrides(tmp_path):
+    replies = tmp_path / "replies"
+    replies.mkdir()
+    (replies / "hello.txt").write_text("Hi {{ requester }}, {{ staff_name }} on {{ ref }}.")
+    (replies / "bad.txt").write_text("{{ secret_sauce }} {{ ticket.__class__ }}")
+    problems = check_overrides(tmp_path)
+    assert not any("hello.txt" in p for p in problems)
+    assert any("bad.txt" in p and "unknown variable 'secret_sauce'" in p for p in problems)
+    assert any("bad.txt" in p and "sandbox violation" in p for p in problems)

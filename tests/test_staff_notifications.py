@@ -87,8 +87,12 @@ timezone = "America/New_York"
     # Enterprise P3: first response 5 business hours from Mon 10:00 London = 15:00 GMT.
     assert "first response due: Mon 23 Nov 2026 15:00 UTC" in parsed(
         desk, local).get_body(("plain",)).get_content()
-    assert "first response due: Mon 23 Nov 2026 10:00 EST" in parsed(
-        desk, nyc).get_body(("plain",)).get_content()
+    nyc_mail = parsed(desk, nyc)
+    assert "first response due: Mon 23 Nov 2026 10:00 EST" in nyc_mail.get_body(
+        ("plain",)).get_content()
+    # The HTML part says the same.
+    html = nyc_mail.get_body(("html",)).get_content()
+    assert "first response due</td><td>Mon 23 Nov 2026 10:00 EST" in html
 
 
 def _staff_id(session, address):
