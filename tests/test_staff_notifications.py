@@ -97,3 +97,16 @@ timezone = "America/New_York"
 
 def _staff_id(session, address):
     return session.scalar(select(Staff.id).where(Staff.email == address))
+
+
+def test_a_p1_page_and_the_notification_share_the_staff_members_thread(make_desk):
+    desk = make_desk(clock=ManualClock(MONDAY_10))
+    desk.send(make_email(sender="alice@client.example", subject="Site down",
+                         body="The whole site is down."))
+    desk.wait_settled()
+    [page] = desk.outbox(template="p1_page", to="dev1@agency.example")
+    [note] = desk.outbox(template="staff_notification", to="dev1@agency.example")
+    [lead_page] = desk.outbox(template="p1_page", to="dev2@agency.example")
+    roots = {parsed(desk, row)["References"] for row in (page, note)}
+    assert len(roots) == 1
+    assert parsed(desk, lead_page)["References"] not in roots   # one thread per person

@@ -13,7 +13,6 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import bindparam, func, select
 
 from postdesk.mail.thread_index import outlook_thread_index
-from postdesk.mail.tokens import thread_root_id
 from postdesk.storage.directory import staff_by_id
 from postdesk.storage.models import Message, Outbox, Ticket
 from postdesk.workflow.desk.allowance import org_month_balance, per_ticket_usage
@@ -21,6 +20,7 @@ from postdesk.workflow.desk.attachments import draft_file, facts, message_attach
 from postdesk.workflow.desk.bounces import record_bounce
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.queue import queue_lines
+from postdesk.workflow.desk.staff_thread import staff_thread_root
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Outcome, step
 from postdesk.workflow.rules.attachments import files_for_notification, human_size
@@ -65,10 +65,12 @@ def page_p1(ctx: Inbound) -> None:
     people = list(dict.fromkeys([p for p in [rota, *(s.email for s in ctx.config.leads())]
                                  if p]))
     for email in people:
+        root = staff_thread_root(ctx.services, ticket.id, email)
         row = ctx.outbox.queue(
             dedupe_key=f"p1-page:{ticket.id}:{email}", on_ticket=False, template="p1_page",
             to=[email], subject=f"[{ref}] P1 PAGE: {ticket.subject}"[:MAX_SUBJECT],
             ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
+            in_reply_to=root, references=[root],
             context={"ref": ref, "reason": ctx.priority_reason,
                      "first_response_due": _first_response_due(ctx),
                      "text": ctx.new_text})
@@ -124,8 +126,7 @@ def queue_staff_notification(ctx: Inbound, ticket: Ticket, person: str, *, dedup
             "in": due_phrase(ctx.now, c.due_at)}
            for c in ctx.services.clocks(ctx.session).running(ticket)]
     ref = ctx.ticket_ref
-    support = ctx.config.desk.support_addresses[0]
-    root = thread_root_id(ctx.services.secret, ticket.id, person, support.split("@", 1)[1])
+    root = staff_thread_root(ctx.services, ticket.id, person)
     earlier = ctx.session.scalar(select(func.count(Outbox.id)).where(
         Outbox.ticket_id == ticket.id, Outbox.template == "staff_notification",
         Outbox.recipient == person.lower())) or 0
