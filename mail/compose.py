@@ -156,7 +156,9 @@ def _multipart(subtype: str, parts: list[bytes], extra: str = "") -> bytes:
     out = [f'Content-Type: multipart/{subtype};{CRLF} boundary="{boundary}"{extra}'
            f"{CRLF}{CRLF}".encode("ascii")]
     for part in parts:
-        out += [delimiter, part, b"" if part.endswith(b"\r\n") else b"\r\n"]
+        # The CRLF before a delimiter belongs to the delimiter (RFC 2046 5.1.1): without
+        # this one a part would lose its own last line break.
+        out += [delimiter, part, b"\r\n"]
     out.append(f"--{boundary}--\r\n".encode("ascii"))
     return b"".join(out)
 

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import secrets as pysecrets
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -16,12 +17,19 @@ from pathlib import Path
 from dramatiq import Worker
 from sqlalchemy.orm import Session
 
+from postdesk import observe
 from postdesk.clock import SystemClock
 from postdesk.ingest.accept import AcceptResult, Envelope, accept
+from postdesk.logs import register_secrets
 from postdesk.mail.authentication import DnsFunc
 from postdesk.mail.render import Renderer
 from postdesk.outbound.sender import send_outbox
-from postdesk.outbound.transport import MaildirTransport, SmtpTransport, Transport
+from postdesk.outbound.transport import (
+    MaildirTransport,
+    SmtpTransport,
+    TemporaryFailure,
+    Transport,
+)
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.db import make_engine, make_session_factory
 from postdesk.storage.directory import sync_from_config
@@ -77,6 +85,7 @@ class App:
             calendars=build_calendars(config),
             renderer=Renderer(self.data_dir / "templates",
                               template_globals={"hours": format_hours}))
+        register_secrets(config, self.services.secret)
         self.transport = self._make_transport()
         self.broker = make_broker(config.desk.broker_url)
         self.actors = register_actors(self.broker, config.desk.queue_namespace,
@@ -96,12 +105,21 @@ class App:
 
     # --- the actor bodies ----------------------------------------------------------------
     def handle_inbound(self, raw_id: int) -> None:
+        started = time.perf_counter()
         result = process_inbound(self.services, raw_id)
+        if result is not None:
+            observe.inbound(self.services, raw_id, result, time.perf_counter() - started)
         for outbox_id in result.outbox_ids if result else ():
             self.dispatch.outbox(outbox_id)
 
     def handle_outbox(self, outbox_id: int) -> None:
-        send_outbox(self.services, self.transport, outbox_id)
+        try:
+            outcome = send_outbox(self.services, self.transport, outbox_id)
+        except TemporaryFailure:
+            observe.outbound(self.services, outbox_id, "retry")
+            raise
+        if outcome in ("sent", "failed"):   # not a redelivered job that found it done
+            observe.outbound(self.services, outbox_id, outcome)
 
     # --- setup ---------------------------------------------------------------------------
     def _load_secret(self) -> bytes:
@@ -137,10 +155,12 @@ class App:
     # --- the ingest door -----------------------------------------------------------------
     def accept(self, raw: bytes, envelope: Envelope, source: str, *, notify: bool = True,
                enqueue: bool = True) -> AcceptResult:
+        started = time.perf_counter()
         result = accept(self.sessions, self.services.blobs, raw, envelope, source,
                         now=self.clock.now(), notify=notify)
         if enqueue and result.status == "pending":
             self.dispatch.inbound(result.raw_id)
+        observe.accepted(result.raw_id, result.created, source, time.perf_counter() - started)
         return result
 
     # --- workers -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from postdesk.workflow.rules.commands import SETTABLE_STATUSES
 from postdesk.workflow.rules.config import ConfigError, find_config_path, load_config
 from postdesk.workflow.rules.errors import UserError
 
@@ -28,19 +30,39 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+CONFIG_HELP = "config file (default: $POSTDESK_CONFIG or ./postdesk.toml)"
+PRIORITIES = ("P1", "P2", "P3")
+# Every status a ticket can be in ("new" until someone acts on it).
+TICKET_STATUSES = ("new", "open", "pending", "awaiting_signoff", "resolved", "closed")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("postdesk")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {value}")
+    return number
 
 
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    for noisy in ("mailparser", "mail-parser", "pika", "dramatiq", "asyncio", "mail.log",
-                  "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(verbose: bool = False, fmt: str | None = None) -> None:
+    from postdesk.logs import setup_logging
+
+    setup_logging(verbose, fmt)
 
 
 @contextlib.contextmanager
@@ -114,8 +136,11 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
-                         what: str) -> int:
+                         what: str, app: App | None = None) -> int:
+    from postdesk.operate import started, stopping
+
     done = threading.Event()
+    metrics_server = started(app, what.split()[-1]) if app is not None else None
 
     def _handler(signum: int, _frame: object) -> None:
         logging.getLogger("postdesk").info("received %s, shutting down",
@@ -131,6 +156,7 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
             pass
     finally:
         stop()
+        stopping(metrics_server)
     return 0
 
 
@@ -192,7 +218,7 @@ def _serve(app: App) -> int:
         # The workers stop, and the App closes, when cmd_serve's `with` ends.
 
     try:
-        return _run_until_signalled(start, stop, "postdesk serve")
+        return _run_until_signalled(start, stop, "postdesk serve", app)
     except UserError:
         stop()
         raise
@@ -203,7 +229,7 @@ def cmd_smtp(args: argparse.Namespace) -> int:
         server = _smtp_server(app)
         cfg = app.config.smtp_in
         return _run_until_signalled(lambda: _start_smtp(server, cfg.host, cfg.port),
-                                    server.stop, "postdesk smtp")
+                                    server.stop, "postdesk smtp", app)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -215,7 +241,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         def start() -> None:
             app.start_workers(args.threads)
 
-        return _run_until_signalled(start, app.stop_workers, "postdesk worker")
+        return _run_until_signalled(start, app.stop_workers, "postdesk worker", app)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
@@ -223,7 +249,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
     with _app(args) as app:
         scheduler = Scheduler(app.services, app.dispatch)
-        return _run_until_signalled(scheduler.start, scheduler.stop, "postdesk scheduler")
+        return _run_until_signalled(scheduler.start, scheduler.stop, "postdesk scheduler",
+                                    app)
 
 
 def cmd_imap(args: argparse.Namespace) -> int:
@@ -250,7 +277,7 @@ def _imap(app: App) -> int:
         for p in pollers:
             p.stop()
 
-    return _run_until_signalled(start, stop, "postdesk imap")
+    return _run_until_signalled(start, stop, "postdesk imap", app)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -258,7 +285,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     with _app(args) as app:
         summary = import_paths(app.services, app.dispatch, args.kind, args.paths,
-                               notify=args.notify)
+                               notify=args.notify,
+                               as_status="closed" if args.as_closed else args.as_status)
     if args.json:
         _print_json(summary.as_json())
     # Unreadable inputs were named on stderr as they were met; the exit status says so too.
@@ -276,27 +304,40 @@ def _find_ticket(session: Any, prefix: str, ref: str) -> Any:
     return ticket
 
 
-def cmd_tickets_list(args: argparse.Namespace) -> int:
-    from postdesk.storage.models import Org, Ticket
-    from postdesk.views import ticket_json, ticket_list_query
+def _check_org(config: Any, slug: str | None) -> None:
+    if slug and config.org(slug) is None:
+        raise UserError(f"--org: unknown org {slug!r} (orgs: "
+                        f"{', '.join(o.slug for o in config.orgs) or 'none'})")
 
+
+def cmd_tickets_list(args: argparse.Namespace) -> int:
+    from postdesk.tables import console, filter_tickets, resolve_assignee, tickets_table
+    from postdesk.views import ticket_json, ticket_list_query
+    from postdesk.workflow.rules.zones import desk_zone
+
+    assignee = resolve_assignee(args.assignee) if args.assignee else None
     with _app(args) as app, app.sessions() as session:
-        prefix = app.config.desk.ticket_prefix
-        query = ticket_list_query()
-        if args.status:
-            query = query.where(Ticket.status == args.status)
-        if args.org:
-            query = query.join(Org).where(Org.slug == args.org)
-        tickets = [ticket_json(session, t, prefix) for t in session.scalars(query)]
-    if args.json:
-        _print_json(tickets)
-    else:
+        _check_org(app.config, args.org)
+        prefix, now = app.config.desk.ticket_prefix, app.now()
+        query = filter_tickets(ticket_list_query(), status=args.status, org=args.org,
+                               priority=args.priority, assignee=assignee,
+                               search=args.search, overdue_at=now if args.overdue else None)
+        if args.limit:
+            query = query.limit(args.limit)
+        tickets = list(session.scalars(query))
+        if args.json:
+            _print_json([ticket_json(session, t, prefix, now=now) for t in tickets])
+            return 0
         if not tickets:
             print("no tickets")
-        for t in tickets:
-            breach = f"  BREACHED: {','.join(t['breaches'])}" if t["breaches"] else ""
-            print(f"{t['ref']:>8}  {t['priority']}  {t['status']:<16} {t['org']:<12} "
-                  f"{t['requester']:<28} {t['subject'][:60]}{breach}")
+            return 0
+        out = console()
+        table = tickets_table(tickets, prefix, now, desk_zone(app.config), out.width)
+        if out.is_terminal and len(tickets) > out.height - 2:
+            with out.pager(styles=True):
+                out.print(table)
+        else:
+            out.print(table)
     return 0
 
 
@@ -306,7 +347,7 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
     with _app(args) as app, app.sessions() as session:
         prefix = app.config.desk.ticket_prefix
         data = ticket_json(session, _find_ticket(session, prefix, args.ref), prefix,
-                           messages=True)
+                           messages=True, now=app.now())
     if args.json:
         _print_json(data)
         return 0
@@ -348,18 +389,44 @@ def cmd_outbox_show(args: argparse.Namespace) -> int:
         if row is None:
             raise UserError(f"no outbox entry {args.id}")
         data, raw = outbox_json(row, app.config.desk.ticket_prefix), row.raw
+    if raw is None and (args.raw or args.html):
+        # A draft: decided and committed, but not rendered (yet, or it failed to).
+        raise UserError(f"outbox entry {args.id} ({data['status']}) has not been "
+                        "rendered: no bytes to show")
     if args.raw:
-        if raw is None:
-            # A draft: decided and committed, but not rendered (yet, or it failed to).
-            raise UserError(f"outbox entry {args.id} ({data['status']}) has not been "
-                            "rendered: no bytes to show")
-        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.write(raw or b"")
         sys.stdout.flush()
-    else:
-        for key, value in data.items():
-            print(f"{key}: {value}")
-        print()
-        print("(not rendered)" if raw is None else raw.decode("utf-8", errors="replace"))
+        return 0
+    print(f"status: {data['status']}  attempts: {data['attempts']}  template: "
+          f"{data['template']}  ticket: {data['ticket'] or '-'}")
+    if data["last_error"]:
+        print(f"last error: {data['last_error']}")
+    if raw is None:
+        for key in ("to", "cc", "subject", "message_id"):
+            print(f"{key}: {data[key]}")
+        print("\n(not rendered)")
+        return 0
+    import email
+    from email import policy
+
+    message = email.message_from_bytes(raw, policy=policy.default)
+    for name in ("Date", "From", "To", "Cc", "Reply-To", "Subject", "Message-ID",
+                 "In-Reply-To"):
+        if message[name]:
+            print(f"{name}: {message[name]}")
+    attachments = [part.get_filename() or part.get_content_type()
+                   for part in message.iter_attachments()]
+    if attachments:
+        print(f"Attachments: {', '.join(attachments)}")
+    body = message.get_body(("plain",))
+    print()
+    print(body.get_content().rstrip() if body is not None else "(no text part)")
+    if args.html:
+        html = message.get_body(("html",))
+        if html is None:
+            raise UserError(f"outbox entry {args.id} has no HTML part")
+        Path(args.html).write_text(html.get_content(), encoding="utf-8")
+        print(f"\nHTML part written to {args.html}", file=sys.stderr)
     return 0
 
 
@@ -458,8 +525,15 @@ def cmd_digest(args: argparse.Namespace) -> int:
         manager = args.manager.lower()
         if args.dry_run:
             digest = build_digest(app.services, app.now())
-            print(app.renderer.render("digest", {"d": digest, "desk": app.config.desk,
-                                                 "ticket": None}).text)
+            body = app.renderer.render("digest", {"d": digest, "desk": app.config.desk,
+                                                  "ticket": None})
+            print(body.text)
+            if body.html is not None:
+                html_path = Path(args.html) if args.html else (
+                    Path(app.config.desk.data_dir) / f"digest-{digest.period}.html")
+                html_path.parent.mkdir(parents=True, exist_ok=True)
+                html_path.write_text(body.html, encoding="utf-8")
+                print(f"HTML part written to {html_path}")
             return 0
         send_now = _SendNow(app)
         outbox_id = queue_digest(app.services, send_now, manager, app.now())
@@ -476,21 +550,66 @@ def cmd_digest(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_report_time(args: argparse.Namespace) -> int:
+    from postdesk.storage.models import Org
+    from postdesk.workflow.desk.statement import build_statement
+    from postdesk.workflow.rules.report import parse_month, statement_csv
+
+    try:
+        year, month = parse_month(args.month)
+    except ValueError as exc:
+        raise UserError(f"--month: {exc}") from None
+    with _app(args) as app, app.sessions() as session:
+        _check_org(app.config, args.org)
+        query = select(Org).where(Org.active.is_(True)).order_by(Org.slug)
+        if args.org:
+            query = query.where(Org.slug == args.org)
+        statements = [build_statement(session, app.services, org, year, month, app.now())
+                      for org in session.scalars(query)]
+    if args.csv:
+        sys.stdout.write(statement_csv([row for st in statements for row in st.tickets]))
+        return 0
+    for st in statements:
+        if not st.tickets and st.allowance is None:
+            continue
+        print(f"{st.org_name} ({st.org}), {st.month_name}: {len(st.tickets)} tickets, "
+              f"time logged {st.total_time}")
+        if st.allowance:
+            a = st.allowance
+            print(f"  allowance {a['allowance']} + rolled over {a['rollover_in']} = "
+                  f"{a['available']}; used {a['used']}; remaining {a['remaining']}; "
+                  f"carried into next month {a['rollover_out']}")
+        for t in st.tickets:
+            print(f"  {t['ticket']:>8}  {t['priority']}  {t['time']:>8}  {t['subject'][:50]}")
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="postdesk", description="postdesk: an email-driven support desk.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=["text", "json"], default=None,
+                        help="log lines as text or one JSON object each "
+                             "(default: $POSTDESK_LOG_FORMAT, else text)")
+    parser.add_argument("--version", action="version", version=f"postdesk {_version()}")
+    parser.add_argument("--config", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
             parent: Any = sub) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = parent.add_parser(name, help=help_, description=help_)
-        p.add_argument("--config", help="config file (default: $POSTDESK_CONFIG or "
-                                        "./postdesk.toml)")
+        # Before or after the subcommand: SUPPRESS keeps the one given before.
+        p.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
         p.set_defaults(fn=fn)
         return p
+
+    def group(name: str, help_: str) -> Any:
+        """A command with subcommands: ``postdesk tickets`` alone names them."""
+        # No dest: argparse then names the choices ({list,show}) when one is missing.
+        return sub.add_parser(name, help=help_, description=help_).add_subparsers(
+            required=True)
 
     p = add("init", cmd_init, "write an example postdesk.toml and create the database")
     p.add_argument("--dir", default=".", help="where to write postdesk.toml")
@@ -506,39 +625,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--notify", action="store_true",
                    help="send acknowledgements as for live mail (default: import silently)")
+    filed = p.add_mutually_exclusive_group()
+    filed.add_argument("--as-closed", action="store_true",
+                       help="file the imported tickets as closed (as of their last email)")
+    filed.add_argument("--as-status", metavar="STATUS",
+                       choices=SETTABLE_STATUSES,
+                       help="file the imported tickets in this status")
     p = add("worker", cmd_worker, "Dramatiq workers alone (needs redis:// or amqp://)")
     p.add_argument("--threads", type=int, default=None)
     add("scheduler", cmd_scheduler, "the scheduler alone (SLA scans, sweeps, digests)")
 
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd",
-                                                                     required=True)
+    db = group("db", "database schema")
     add("upgrade", cmd_db_upgrade, "apply migrations (alembic)", db)
 
-    cfg = sub.add_parser("config", help="configuration").add_subparsers(dest="cfg_cmd",
-                                                                        required=True)
+    cfg = group("config", "configuration")
     add("check", cmd_config_check, "validate the config; print every problem with its key",
         cfg)
 
-    tickets = sub.add_parser("tickets", help="tickets").add_subparsers(dest="t_cmd",
-                                                                       required=True)
+    tickets = group("tickets", "tickets")
     p = add("list", cmd_tickets_list, "list tickets", tickets)
-    p.add_argument("--status")
-    p.add_argument("--org")
+    p.add_argument("--status", choices=TICKET_STATUSES)
+    p.add_argument("--org", help="org slug")
+    p.add_argument("--priority", choices=PRIORITIES)
+    p.add_argument("--assignee", metavar="EMAIL|me",
+                   help="assigned to EMAIL; me = $POSTDESK_STAFF")
+    p.add_argument("--search", metavar="TEXT", help="TEXT in the subject or any message")
+    p.add_argument("--overdue", action="store_true", help="a running clock is past due")
+    p.add_argument("--limit", type=_positive, metavar="N", help="at most N tickets")
     p.add_argument("--json", action="store_true")
     p = add("show", cmd_tickets_show, "one ticket with its messages", tickets)
     p.add_argument("ref", help="e.g. PD-12")
     p.add_argument("--json", action="store_true")
 
-    outbox = sub.add_parser("outbox", help="emails written").add_subparsers(dest="o_cmd",
-                                                                            required=True)
+    outbox = group("outbox", "emails written")
     p = add("list", cmd_outbox_list, "emails written, with status", outbox)
     p.add_argument("--json", action="store_true")
     p = add("show", cmd_outbox_show, "one email", outbox)
     p.add_argument("id", type=int)
     p.add_argument("--raw", action="store_true", help="print it exactly as sent")
+    p.add_argument("--html", metavar="FILE", help="also write its HTML part to FILE")
 
-    quarantine = sub.add_parser("quarantine", help="mail that did not become ticket content"
-                                ).add_subparsers(dest="q_cmd", required=True)
+    quarantine = group("quarantine", "mail that did not become ticket content")
     p = add("list", cmd_quarantine_list, "quarantined messages with reasons", quarantine)
     p.add_argument("--json", action="store_true")
     p = add("release", cmd_quarantine_release,
@@ -554,24 +681,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("digest", cmd_digest, "build (and send) a manager's digest now")
     p.add_argument("--manager", required=True, help="manager's email address")
-    p.add_argument("--dry-run", action="store_true", help="print it, send nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the text, write the HTML to a file, send nothing")
+    p.add_argument("--html", metavar="FILE",
+                   help="with --dry-run: where to write the HTML (default: "
+                        "data_dir/digest-PERIOD.html)")
 
-    sla = sub.add_parser("sla", help="SLA arithmetic").add_subparsers(dest="s_cmd",
-                                                                     required=True)
+    report = group("report", "figures for invoicing")
+    p = add("time", cmd_report_time, "time logged per org and ticket in a month, with "
+            "the allowance (the monthly statement's figures)", report)
+    p.add_argument("--month", required=True, metavar="YYYY-MM")
+    p.add_argument("--org", help="org slug (default: every org)")
+    p.add_argument("--csv", action="store_true", help="the statement CSV rows instead")
+
+    sla = group("sla", "SLA arithmetic")
     p = add("due", cmd_sla_due, "when a ticket opened at --from is due", sla)
     p.add_argument("--plan", required=True)
-    p.add_argument("--priority", required=True, choices=["P1", "P2", "P3"])
+    p.add_argument("--priority", required=True, choices=PRIORITIES)
     p.add_argument("--from", dest="start", required=True, metavar="ISO8601")
     p.add_argument("--target", default="first_response",
                    choices=["first_response", "next_update", "resolution"])
     p.add_argument("--json", action="store_true")
+    from postdesk.operate import add_operate_commands
+
+    add_operate_commands(add)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `postdesk tickets show X | head -1`: the reader left; end quietly. Point stdout
+        # at /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.log_format)
     command: Callable[[argparse.Namespace], int] = args.fn
     try:
         return command(args)
@@ -584,10 +738,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"postdesk: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OperationalError as exc:
+        # An unreachable or refused database is the operator's to fix (README: exit 2).
         print(f"postdesk: cannot use the database: {exc.orig}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ from postdesk.ingest.accept import AcceptResult, Envelope, accept_many
 from postdesk.mail.parse import ParsedEmail, UnparseableEmail, parse_email
 from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.blobs import sha256_hex
-from postdesk.storage.models import Message, RawMessage, RawStatus
+from postdesk.storage.models import Message, RawMessage, RawStatus, Ticket
+from postdesk.workflow.desk import history
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
@@ -224,6 +225,9 @@ class Importer:
         self._parser: ProcessPoolExecutor | None = None
         self._ahead: dict[str, tuple[Future[list[_Ahead | None]], int]] = {}
         self._ahead_pipeline = _with_parse_ahead(pipeline, self._parsed_ahead)
+        # Every raw message this run met (new or met before): their tickets are the
+        # imported history ``settle_history`` files and settles at the end.
+        self.raw_ids: list[int] = []
 
     def sources(self, paths: list[str]) -> list[Source]:
         return [open_source(self.kind, p) for p in paths]
@@ -340,6 +344,8 @@ class Importer:
     def _after_accept(self, item: Item, accepted: AcceptResult | None) -> Outcome:
         # None: the same bytes came earlier in this batch, which processes them.
         # Accepted before but never processed (an import interrupted half-way): do it now.
+        if accepted is not None:
+            self.raw_ids.append(accepted.raw_id)
         if accepted is None or (not accepted.created and accepted.status != RawStatus.PENDING):
             return self._count("duplicate")
         started = time.perf_counter()
@@ -491,11 +497,46 @@ def count_inputs(sources: list[Source]) -> int:
     return sum(len(s.items) if s.error is None else 1 for s in sources)
 
 
+def settle_history(services: Services, raw_ids: Sequence[int], as_status: str | None
+                   ) -> None:
+    """After an import (finished or interrupted): file its tickets as ``as_status`` and
+    record, silently, every SLA crossing before now (``workflow.desk.history``)."""
+    with services.sessions() as session, session.begin():
+        ticket_ids: set[int] = set()
+        for chunk in _chunks(raw_ids, 500):
+            ticket_ids.update(session.scalars(
+                select(RawMessage.ticket_id).where(RawMessage.id.in_(chunk),
+                                                   RawMessage.ticket_id.is_not(None))))
+        if as_status is not None:
+            tickets = session.scalars(select(Ticket).where(Ticket.id.in_(ticket_ids))
+                                      .order_by(Ticket.id))
+            history.file_as(services.clocks(session), list(tickets), as_status)
+            session.flush()
+        history.settle_before(session, ticket_ids, services.now())
+
+
 def import_paths(services: Services, dispatch: Dispatch, kind: str, paths: list[str], *,
-                 notify: bool = False, progress: bool = True) -> ImportSummary:
-    """Import with a rich progress bar on stderr (counts as they happen)."""
+                 notify: bool = False, progress: bool = True, as_status: str | None = None
+                 ) -> ImportSummary:
+    """Import with a rich progress bar on stderr (counts as they happen), then settle the
+    history (``settle_history``). Ctrl-C settles what was done, says how far it got and
+    re-raises; a re-run resumes (the messages done are duplicates, pending ones are
+    processed)."""
     importer = Importer(services, dispatch, kind, notify=notify)
     sources = importer.sources(paths)
+    try:
+        summary = _run(importer, sources, progress)
+    except KeyboardInterrupt:
+        settle_history(services, importer.raw_ids, as_status)
+        print(f"interrupted: {importer.summary.total} of {count_inputs(sources)} done",
+              file=sys.stderr)
+        raise
+    settle_history(services, importer.raw_ids, as_status)
+    return summary
+
+
+def _run(importer: Importer, sources: list[Source], progress: bool) -> ImportSummary:
+    kind = importer.kind
     if not progress:
         return importer.run(sources)
     from rich.console import Console

@@ -16,9 +16,11 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from postdesk.metrics import observe_duty
 from postdesk.outbound.sender import stale_outbox_ids
+from postdesk.status import record_duty_run
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
-from postdesk.workflow.desk import breaches, digest, pending
+from postdesk.workflow.desk import breaches, digest, pending, statement
 from postdesk.workflow.desk.outbox import release_drafts, stale_draft_ids
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.desk.sla_clocks import set_status
@@ -89,6 +91,7 @@ class Scheduler:
             ("sla_scan", lambda: breaches.scan(services, dispatch)),
             ("close_quiet_tickets", lambda: close_quiet_tickets(services)),
             ("digests", lambda: digest.due_digests(services, dispatch)),
+            ("statements", lambda: statement.due_statements(services, dispatch)),
             ("pending_tickets", lambda: pending.run(services, dispatch)),
         ]
         self._stop = threading.Event()
@@ -100,11 +103,14 @@ class Scheduler:
     def run_once(self) -> dict[str, object]:
         results: dict[str, object] = {}
         for name, job in self.jobs:
+            started, error = self.services.now(), None
             try:
                 results[name] = job()
             except Exception as exc:  # one failing job must not stop the others
                 log.exception("scheduler job %s failed", name)
-                results[name] = exc
+                results[name] = error = exc
+            record_duty_run(self.services.sessions, name, started, self.services.now(), error)
+            observe_duty(name, results[name])
         return results
 
     def run_forever(self) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from postdesk.storage.models import Outbox, RawMessage, Ticket
 from postdesk.workflow.rules.refs import ticket_ref
+from postdesk.workflow.rules.report import clock_outcome
 
 
 def iso(at: datetime | None) -> str | None:
@@ -23,20 +24,25 @@ def ticket_list_query() -> Select[Ticket]:
                                   selectinload(Ticket.assignee)).order_by(Ticket.id)
 
 
-def _clock_summary(ticket: Ticket) -> dict[str, Any]:
+def _clock_summary(ticket: Ticket, now: datetime | None) -> dict[str, Any]:
+    """Running clocks' due instants, and the targets missed: stopped after due, or
+    running past due (``rules.report.clock_outcome``; the breach alert is only the
+    alert). Without ``now``, a running clock counts once its breach was alerted."""
     due: dict[str, str | None] = {}
     breaches: list[str] = []
     for clock in ticket.clocks:
         if clock.stopped_at is None:
             due[clock.target] = iso(clock.due_at)
-        if clock.breached_at is not None and clock.target not in breaches:
+        at = now or (clock.breached_at if clock.stopped_at is None else None) or clock.due_at
+        missed = clock_outcome(clock.due_at, clock.stopped_at, at) == "missed"
+        if missed and clock.target not in breaches:
             breaches.append(clock.target)
     return {"due": due, "breaches": breaches}
 
 
 def ticket_json(session: Session, ticket: Ticket, prefix: str, *, messages: bool = False,
-                staff_view: bool = True) -> dict[str, Any]:
-    sla = _clock_summary(ticket)
+                staff_view: bool = True, now: datetime | None = None) -> dict[str, Any]:
+    sla = _clock_summary(ticket, now)
     assignee = ticket.assignee
     data: dict[str, Any] = {
         "ref": ticket_ref(prefix, ticket.id),

@@ -356,3 +356,28 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime]
+
+
+class DutyRun(Base):
+    """The last run of each scheduler duty (``postdesk status`` shows it)."""
+
+    __tablename__ = "duty_runs"
+    duty: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))          # host:pid of the scheduler
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    error: Mapped[str | None] = mapped_column(Text)           # None: the run succeeded
+
+
+class SlaPause(Base):
+    """One stretch of time a ticket's clocks stood still (the ticket was ``pending``).
+    Kept as a span, not as a count of paused seconds, because how much business time a
+    pause is worth depends on the calendar measuring it: after a priority change onto
+    another calendar the same span is measured again on the new one. ``ended_at`` is
+    None while the pause lasts."""
+
+    __tablename__ = "sla_pauses"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]

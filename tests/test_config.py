@@ -72,3 +72,11 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "postdesk.toml")
     assert cfg.desk.data_dir == str(tmp_path / "data")
     assert cfg.desk.database_url == f"sqlite:///{tmp_path / 'postdesk.db'}"
+
+
+def test_a_digest_calendar_must_name_a_calendar() -> None:
+    text = EXAMPLE.replace('timezone = "Europe/London"\n# period',
+                           'timezone = "Europe/London"\ncalendar = "lunar"\n# period')
+    assert "digest.calendar: unknown calendar 'lunar'" in problems(text)
+    good = EXAMPLE.replace('# calendar = "uk-office"', 'calendar = "uk-office"')
+    assert parse_config(good, environ={}).digest.calendar == "uk-office"

@@ -26,3 +26,44 @@ def test_migrations_match_models(kind: str, tmp_path: Path) -> None:
         finally:
             engine.dispose()
     assert diff == []
+
+
+def test_the_pause_spans_migration_rebuilds_old_pauses_from_status_events(
+        tmp_path: Path) -> None:
+    """A desk upgraded from 0002 keeps its pauses: each wait in ``pending`` (from its
+    ``status_changed`` events) becomes a span; a wait still going on, an open one."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from postdesk.storage.models import Event, Org, SlaPause, Ticket
+
+    def at(hour: int) -> datetime:
+        return datetime(2026, 11, 24, hour, tzinfo=UTC)
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        upgrade(engine, "0002")
+        with Session(engine) as session, session.begin():
+            org = Org(slug="baseco", name="Base Co", plan="base", active=True)
+            session.add(org)
+            session.flush()
+            tickets = [Ticket(org_id=org.id, requester_email=f"c{i}@base.example",
+                              subject="s", status="open", priority="P3", created_at=at(8),
+                              updated_at=at(8), cc=[], chargeable=False) for i in range(2)]
+            session.add_all(tickets)
+            session.flush()
+            moves = [(tickets[0], 9, "open", "pending"), (tickets[0], 11, "pending", "open"),
+                     (tickets[1], 10, "new", "pending"), (tickets[0], 13, "open", "pending")]
+            session.add_all(Event(ticket_id=t.id, at=at(h), kind="status_changed",
+                                  actor="x", data={"old": old, "new": new})
+                            for t, h, old, new in moves)
+            first, second = tickets[0].id, tickets[1].id
+        upgrade(engine)
+        with Session(engine) as session:
+            spans = [(p.ticket_id, p.started_at, p.ended_at) for p in session.scalars(
+                select(SlaPause).order_by(SlaPause.ticket_id, SlaPause.started_at))]
+        assert spans == [(first, at(9), at(11)), (first, at(13), None), (second, at(10), None)]
+    finally:
+        engine.dispose()

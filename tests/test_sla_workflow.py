@@ -192,8 +192,8 @@ def test_digest_lists_breach_and_p1_and_is_sent_once_per_period(make_desk):
 
     text = email.message_from_bytes(desk.outbox_raw(row["id"]), policy=policy.default
                                     ).get_body(("plain",)).get_content()
-    assert "PD-1  P1  clientco  first_response  CLIENTCO-URGENT payments failing" in text
-    assert "baseco  used 0h 00m of 2h 00m, remaining 2h 00m" in text
+    assert "  PD-1  Client Co  P1  First response  due Mon 23 Nov 11:00 UTC  late by " in text
+    assert "Base Co  allowance 2h 00m, rolled over 0h 00m, used 0h 00m, remaining 2h 00m" in text
 
 
 def test_resolved_ticket_closes_after_quiet_days_and_client_reply_reopens(make_desk):

@@ -145,3 +145,18 @@ def test_going_over_the_allowance_tells_the_requester_and_the_leads_once(
     session.expire_all()
     assert all(session.get(Outbox, i).status == OutboxStatus.QUEUED  # type: ignore[union-attr]
                for i in outbox.queued_ids)
+
+
+def test_the_over_allowance_warning_counts_the_orgs_month_not_the_plan_calendars(
+        session: Session, outbox: OutboxWriter, new_ticket: Callable[..., Ticket],
+        log: Callable[..., None]) -> None:
+    """Tokyo Co uses 1h45m on 31 January (Tokyo), then 45m at 08:20 on 1 February in
+    Tokyo (23:20 UTC, still January in London). In London's month that would be 2h30m of
+    2h and a warning; in the org's own month it is 45m of a fresh 2h: no warning."""
+    january_evening = datetime(2026, 1, 31, 14, 0, tzinfo=UTC)         # 23:00 in Tokyo
+    ticket = new_ticket("tokyoco", "kenji@tokyo.example", created_at=january_evening,
+                        updated_at=january_evening)
+    log(ticket, timedelta(hours=1, minutes=45), january_evening)
+    log(ticket, timedelta(minutes=45), LATE_JANUARY_UTC)
+    assert entries(session) == [(2026, 1, 105 * 60), (2026, 2, 45 * 60)]
+    assert outbox.queued_ids == []

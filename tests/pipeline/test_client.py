@@ -155,6 +155,32 @@ def test_the_new_ticket_one_over_the_hourly_limit_is_quarantined_as_flood(
     assert f"alice@client.example opened {limit} tickets" in outcome.detail
 
 
+def test_imported_mail_is_counted_against_the_hour_of_its_own_date(
+        inbound: InboundBuilder, services: Services, clock: ManualClock) -> None:
+    """History spread over days: one ticket a day from the same sender, imported in one
+    go, never floods (the old rule counted the hour the import ran)."""
+    limit = services.config.desk.flood_tickets_per_hour
+    for day in range(limit + 5):
+        sent = clock.now() - timedelta(days=120 - day)
+        ctx = inbound(make_email(sender="alice@client.example", date=sent), notify=False,
+                      through="flood_limit")
+        assert ctx.created_ticket and ctx.ticket is not None
+        assert ctx.ticket.created_at == sent.replace(microsecond=0)
+
+
+def test_imported_mail_over_the_limit_within_its_own_hour_is_still_a_flood(
+        inbound: InboundBuilder, services: Services, clock: ManualClock) -> None:
+    limit = services.config.desk.flood_tickets_per_hour
+    hour = clock.now() - timedelta(days=30)
+    for i in range(limit):
+        inbound(make_email(sender="alice@client.example", date=hour + timedelta(minutes=i)),
+                notify=False, through="flood_limit")
+    ctx = inbound(make_email(sender="alice@client.example",
+                             date=hour + timedelta(minutes=limit)),
+                  notify=False, through="sign_off")
+    assert outcome_of(client.flood_limit, ctx).reason == "flood"
+
+
 def test_a_reply_on_an_existing_ticket_never_counts_towards_the_flood_limit(
         inbound: InboundBuilder, session: Session, services: Services, new_ticket: Any,
         clock: ManualClock) -> None:

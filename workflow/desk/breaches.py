@@ -9,11 +9,11 @@ that transaction; they are rendered and handed to the sender after it commits.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Select, select, update
+from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from postdesk.storage.models import SlaClock, Staff, Ticket
@@ -30,9 +30,12 @@ BATCH = 500
 
 
 def at_risk_query(now: datetime) -> Select[int]:
+    """Clocks past their at-risk point and not yet due: a clock already past due gets
+    its breach alert only, never "at risk" and "breached" in the same scan."""
     return (select(SlaClock.id)
             .where(SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None),
-                   SlaClock.at_risk_at.is_(None), SlaClock.risk_at <= now)
+                   SlaClock.at_risk_at.is_(None), SlaClock.risk_at <= now,
+                   SlaClock.due_at > now)
             .order_by(SlaClock.risk_at).limit(BATCH))
 
 
@@ -47,6 +50,8 @@ def breached_query(now: datetime) -> Select[int]:
 class ScanResult:
     at_risk: int = 0
     breached: int = 0
+    # (kind, priority) of each crossing claimed, for the metrics by priority.
+    crossings: list[tuple[str, str]] = field(default_factory=list)
 
 
 def scan(services: Services, dispatch: Dispatch, now: datetime | None = None) -> ScanResult:
@@ -63,21 +68,30 @@ def scan(services: Services, dispatch: Dispatch, now: datetime | None = None) ->
             with services.sessions() as session, session.begin():
                 # Session.execute is typed as returning a plain Result, but an UPDATE
                 # returns a CursorResult, which has the rowcount.
-                won = cast(CursorResult[Any], session.execute(
-                    update(SlaClock)
-                    .where(SlaClock.id == clock_id, column.is_(None),
-                           SlaClock.stopped_at.is_(None), SlaClock.paused_since.is_(None))
-                    .values({column: now}))).rowcount
+                claim = (update(SlaClock)
+                         .where(SlaClock.id == clock_id, column.is_(None),
+                                SlaClock.stopped_at.is_(None),
+                                SlaClock.paused_since.is_(None)))
+                if kind == "at_risk":
+                    claim = claim.where(SlaClock.due_at > now).values(at_risk_at=now)
+                else:
+                    # A breach also settles the at-risk crossing, so a clock whose due
+                    # moves later (a pause after the breach) is never "at risk" after it.
+                    claim = claim.values(breached_at=now, at_risk_at=func.coalesce(
+                        SlaClock.at_risk_at, now))
+                won = cast(CursorResult[Any], session.execute(claim)).rowcount
                 if not won:
                     continue  # another scheduler claimed it, or it stopped meanwhile
                 clock = session.get_one(SlaClock, clock_id)
                 ticket = session.get_one(Ticket, clock.ticket_id)
                 writer = OutboxWriter(session, services, now=now)
                 _alert(services.config, session, writer, ticket, clock, kind, now)
+                priority = ticket.priority
             # Committed: the drafts are safe; a crash from here on leaves them to the
             # scheduler's sweeper (``stale_draft_ids``).
             outbox_ids += writer.queued_ids
             setattr(result, kind, getattr(result, kind) + 1)
+            result.crossings.append((kind, priority))
     release_drafts(services, dispatch, outbox_ids)
     return result
 

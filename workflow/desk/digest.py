@@ -7,132 +7,97 @@ the desk's own dates, so they are counted in the desk's zone (``rules.zones.desk
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import datetime, time, timedelta
-from typing import Any
+from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from postdesk.storage.models import Event, Org, Outbox, SlaClock, Ticket
-from postdesk.workflow.desk.allowance import org_month_balance
+from postdesk.storage.models import Outbox
 from postdesk.workflow.desk.outbox import OutboxWriter, release_drafts
+from postdesk.workflow.desk.reports import Digest, build_report
 from postdesk.workflow.desk.services import Dispatch, Services
-from postdesk.workflow.rules.allowance import format_hours
 from postdesk.workflow.rules.config import Config
-from postdesk.workflow.rules.refs import ticket_ref
+from postdesk.workflow.rules.digest_period import (
+    DueDigest,
+    digest_calendar,
+    due_digest,
+    latest_slot,
+    previous_slot,
+)
 from postdesk.workflow.rules.zones import desk_zone
 
-
-@dataclass
-class Digest:
-    """The digest's data. Plain values only: it is the template data of a draft, stored
-    as JSON until the draft is rendered (``desk.outbox``)."""
-
-    period: str
-    since: datetime
-    breaches: list[dict[str, Any]] = field(default_factory=list)
-    at_risk: list[dict[str, Any]] = field(default_factory=list)
-    open_p1: list[dict[str, Any]] = field(default_factory=list)
-    compliance: list[dict[str, Any]] = field(default_factory=list)
-    allowance: list[dict[str, Any]] = field(default_factory=list)
+__all__ = ["Digest", "build_digest", "digest_key", "due_digests", "period_start",
+           "queue_digest"]
 
 
 def period_start(config: Config, now: datetime) -> tuple[str, datetime]:
-    """This period's name and when the previous one ended (digest time, local)."""
-    tz = desk_zone(config)
-    hh, mm = (int(x) for x in config.digest.at.split(":"))
-    local = now.astimezone(tz)
-    today_at = datetime.combine(local.date(), time(hh, mm), tz)
-    step = timedelta(days=7 if config.digest.period == "weekly" else 1)
-    current = today_at if local >= today_at else today_at - timedelta(days=1)
-    return current.date().isoformat(), (current - step).astimezone(now.tzinfo)
+    """This period's name and when the previous one began: the latest digest slot on the
+    digest calendar (``rules.digest_period``)."""
+    calendar = digest_calendar(config)
+    slot = latest_slot(config.digest, calendar, now)
+    if slot is None:   # a calendar with no open day in a year: name the period by today
+        return now.astimezone(desk_zone(config)).date().isoformat(), now
+    before = previous_slot(config.digest, calendar, slot)
+    return (slot.astimezone(desk_zone(config)).date().isoformat(),
+            before if before is not None else slot)
 
 
-def build_digest(services: Services, now: datetime) -> Digest:
-    config = services.config
-    prefix = config.desk.ticket_prefix
-    period, since = period_start(config, now)
-    digest = Digest(period=period, since=since)
-    month_start = now.astimezone(desk_zone(config)).replace(
-        day=1, hour=0, minute=0, second=0, microsecond=0)
-    with services.sessions() as session:
-        def row(ticket: Ticket, **extra: Any) -> dict[str, Any]:
-            return {"ref": ticket_ref(prefix, ticket.id), "subject": ticket.subject,
-                    "org": ticket.org.slug, "priority": ticket.priority,
-                    "status": ticket.status, **extra}
-
-        for event in session.scalars(select(Event).where(
-                Event.kind == "sla_breached", Event.at >= since).order_by(Event.at)):
-            ticket = session.get_one(Ticket, event.ticket_id)
-            digest.breaches.append(row(ticket, target=event.data.get("target"),
-                                       at=event.at))
-        for clock in session.scalars(select(SlaClock).where(
-                SlaClock.stopped_at.is_(None), SlaClock.breached_at.is_(None),
-                SlaClock.at_risk_at.is_not(None)).order_by(SlaClock.due_at)):
-            digest.at_risk.append(row(session.get_one(Ticket, clock.ticket_id),
-                                      target=clock.target, due=clock.due_at))
-        for ticket in session.scalars(select(Ticket).where(
-                Ticket.priority == "P1", Ticket.status.not_in(("resolved", "closed")))
-                .order_by(Ticket.id)):
-            digest.open_p1.append(row(ticket))
-        met: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
-        for clock, ticket in session.execute(
-                select(SlaClock, Ticket).join(Ticket, Ticket.id == SlaClock.ticket_id)
-                .where(SlaClock.started_at >= month_start,
-                       SlaClock.target.in_(("first_response", "resolution")))):
-            finished = clock.stopped_at is not None or clock.breached_at is not None
-            if finished:
-                tally = met[(ticket.org.slug, ticket.priority)]
-                tally[1] += 1
-                tally[0] += clock.breached_at is None
-        digest.compliance = [
-            {"org": org, "priority": prio, "met": m, "total": t,
-             "percent": round(100 * m / t, 1) if t else None}
-            for (org, prio), (m, t) in sorted(met.items())]
-        for org in session.scalars(select(Org).where(Org.active.is_(True)).order_by(Org.slug)):
-            balance = org_month_balance(session, config, org, now)
-            if balance is not None:
-                digest.allowance.append({"org": org.slug,
-                                         "allowance": format_hours(balance.allowance),
-                                         "used": format_hours(balance.used),
-                                         "remaining": format_hours(balance.remaining)})
-    return digest
+def build_digest(services: Services, now: datetime, due: DueDigest | None = None
+                 ) -> Digest:
+    """This period's digest: the figures are ``desk.reports``. ``due``: the period the
+    scheduler found due (a missed digest covers the gap)."""
+    period, since = (due.period, due.since) if due else period_start(services.config, now)
+    return build_report(services, now, period, since)
 
 
 def digest_key(manager: str, period: str) -> str:
     return f"digest:{manager}:{period}"
 
 
-def queue_digest(services: Services, dispatch: Dispatch, manager: str, now: datetime
-                 ) -> int | None:
+def digest_subject(digest: Digest) -> str:
+    return (f"Support digest {digest.period}: {len(digest.breaches)} breaches, "
+            f"{len(digest.at_risk)} at risk, {len(digest.open_p1)} open P1")
+
+
+def queue_digest(services: Services, dispatch: Dispatch, manager: str, now: datetime,
+                 due: DueDigest | None = None) -> int | None:
     """Queue this period's digest for a manager and, once committed, render it and hand
     it to ``dispatch``; returns its outbox id, or None when it was queued before."""
-    digest = build_digest(services, now)
+    digest = build_digest(services, now, due)
     with services.sessions() as session, session.begin():
         writer = OutboxWriter(session, services, now=now)
         writer.queue(dedupe_key=digest_key(manager, digest.period),
                      template="digest", to=[manager],
-                     subject=f"Support digest {digest.period}: {len(digest.breaches)} "
-                             f"breaches, {len(digest.at_risk)} at risk, "
-                             f"{len(digest.open_p1)} open P1",
+                     subject=digest_subject(digest),
                      context={"d": digest})
     release_drafts(services, dispatch, writer.queued_ids)
     return writer.queued_ids[0] if writer.queued_ids else None
 
 
+def last_digest_period(session: Session, manager: str) -> str | None:
+    """The period of the last digest queued for ``manager`` (keys end in an ISO date, so
+    the greatest key is the latest)."""
+    key = session.scalar(select(Outbox.dedupe_key)
+                         .where(Outbox.dedupe_key.startswith(digest_key(manager, ""),
+                                                             autoescape=True))
+                         .order_by(Outbox.dedupe_key.desc()).limit(1))
+    return key.rsplit(":", 1)[1] if key else None
+
+
 def due_digests(services: Services, dispatch: Dispatch) -> list[int]:
-    """Scheduler job: after the digest time each period, queue every manager's digest;
-    returns the outbox ids queued."""
+    """Scheduler job: queue each manager's digest when one is due on the digest calendar
+    (``rules.digest_period``); returns the outbox ids queued."""
     ids = []
     now = services.now()
-    period, _ = period_start(services.config, now)
+    calendar = digest_calendar(services.config)
     for manager in services.config.digest.managers:
         with services.sessions() as session:
-            if session.scalar(select(Outbox.id).where(
-                    Outbox.dedupe_key == digest_key(manager, period))) is not None:
-                continue   # cheap check first: building a digest reads a lot
-        outbox_id = queue_digest(services, dispatch, manager, now)
+            # Cheap check first: building a digest reads a lot.
+            due = due_digest(services.config.digest, calendar, now,
+                             last_digest_period(session, manager))
+        if due is None:
+            continue
+        outbox_id = queue_digest(services, dispatch, manager, now, due)
         if outbox_id is not None:
             ids.append(outbox_id)
     return ids

@@ -6,18 +6,26 @@ as a new cycle, so "alerted once" is per cycle and history stays readable."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime, timedelta
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from postdesk.storage.models import SlaClock, Ticket
+from postdesk.storage.models import SlaClock, SlaPause, Ticket
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.rules.calendar import BusinessCalendar
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.durations import Duration
-from postdesk.workflow.rules.sla import Target, due_at, risk_at, target_for, targets_for
+from postdesk.workflow.rules.sla import (
+    Span,
+    Target,
+    due_at,
+    paused_business_time,
+    risk_at,
+    target_for,
+    targets_for,
+)
 
 Calendars = Mapping[str, BusinessCalendar]
 
@@ -114,25 +122,59 @@ class ClockKeeper:
                 self.start(ticket, target, at)
 
     def pause(self, ticket: Ticket, at: datetime) -> None:
+        """The ticket's clocks stand still from ``at``: one open pause span for the
+        ticket; each running clock is marked paused (the scan skips it)."""
+        if self._open_pause(ticket) is None:
+            self.session.add(SlaPause(ticket_id=ticket.id, started_at=at, ended_at=None))
         for clock in self.running(ticket):
             if clock.paused_since is None:
                 clock.paused_since = at
 
     def resume(self, ticket: Ticket, at: datetime) -> None:
+        """The pause ends at ``at``; each clock's due and at-risk instants are computed
+        again from its start with every pause span of the ticket."""
+        span = self._open_pause(ticket)
+        if span is not None:
+            span.ended_at = at
+        pauses = self.pauses(ticket)
         for clock in self.running(ticket):
             if clock.paused_since is None:
                 continue
-            calendar = self.calendars[clock.calendar]
-            paused = calendar.elapsed(clock.paused_since, at)
-            clock.paused_business_seconds += int(paused.total_seconds())
+            if span is None:
+                # A pause from before spans were kept: keep the one measure we have.
+                calendar = self.calendars[clock.calendar]
+                clock.paused_business_seconds += int(
+                    calendar.elapsed(clock.paused_since, at).total_seconds())
             clock.paused_since = None
-            self._schedule(clock)
+            self._schedule(clock, pauses)
+
+    def pauses(self, ticket: Ticket) -> list[Span]:
+        """The ticket's finished pause spans (a running pause has no length yet)."""
+        with self.session.no_autoflush:
+            stored = list(self.session.scalars(
+                select(SlaPause).where(SlaPause.ticket_id == ticket.id)))
+        stored += [p for p in self.session.new
+                   if isinstance(p, SlaPause) and p.ticket_id == ticket.id]
+        return [(p.started_at, p.ended_at) for p in dict.fromkeys(stored)
+                if p.ended_at is not None]
+
+    def _open_pause(self, ticket: Ticket) -> SlaPause | None:
+        for pause in self.session.new:
+            if isinstance(pause, SlaPause) and pause.ticket_id == ticket.id \
+                    and pause.ended_at is None:
+                return pause
+        with self.session.no_autoflush:
+            return self.session.scalars(
+                select(SlaPause).where(SlaPause.ticket_id == ticket.id,
+                                       SlaPause.ended_at.is_(None))
+                .order_by(SlaPause.id.desc()).limit(1)).first()
 
     def reprioritise(self, ticket: Ticket, at: datetime) -> None:
         """Priority changed: recompute every running clock from its start with the new
         priority's target; start targets the new priority has and stop those it lacks."""
         plan = self.plan_of(ticket)
         running = {c.target: c for c in self.running(ticket)}
+        pauses = self.pauses(ticket) if running else []
         wanted = {t.kind: t for t in targets_for(plan, ticket.priority)}
         for kind, clock in running.items():
             if kind == "followup":
@@ -144,7 +186,7 @@ class ClockKeeper:
             clock.calendar = target.calendar_name
             clock.target_days, clock.target_seconds = (target.duration.days,
                                                        target.duration.seconds)
-            self._schedule(clock)
+            self._schedule(clock, pauses)
         for kind, target in wanted.items():
             if kind in running:
                 continue
@@ -182,15 +224,23 @@ class ClockKeeper:
         return self.session.scalar(select(SlaClock.id).where(
             SlaClock.ticket_id == ticket.id, SlaClock.target == kind).limit(1)) is not None
 
-    def _schedule(self, clock: SlaClock) -> None:
+    def _schedule(self, clock: SlaClock, pauses: Sequence[Span] = ()) -> None:
+        """Due and at-risk instants from the clock's start on its (current) calendar,
+        each pause span measured on that calendar. ``pauses`` may be all the ticket's
+        spans: those before the clock started are clipped away by the rule."""
         if clock.target == "followup":
             return
         calendar = self.calendars[clock.calendar]
         target = Duration(days=clock.target_days, seconds=clock.target_seconds)
-        clock.due_at = due_at(calendar, clock.started_at, target,
-                              timedelta(seconds=clock.paused_business_seconds))
-        clock.risk_at = risk_at(calendar, clock.started_at, clock.due_at,
-                                self.config.scheduler.at_risk)
+        if not pauses and clock.paused_business_seconds:
+            # Paused before spans were kept (no span recorded): the stored measure.
+            pauses = [(clock.started_at, calendar.add(
+                clock.started_at, Duration(seconds=clock.paused_business_seconds)))]
+        clock.due_at = due_at(calendar, clock.started_at, target, pauses)
+        clock.risk_at = risk_at(calendar, clock.started_at, target,
+                                self.config.scheduler.at_risk, pauses)
+        clock.paused_business_seconds = int(paused_business_time(
+            calendar, clock.started_at, clock.due_at, pauses).total_seconds())
 
 
 def set_status(keeper: ClockKeeper, ticket: Ticket, status: str, at: datetime,

@@ -128,6 +128,7 @@ def start_or_resume_clocks(ctx: Inbound) -> None:
 _LOCK_CONTACT = select(Contact.id).where(Contact.email == bindparam("email")).with_for_update()
 _RECENT_TICKETS = select(func.count(Ticket.id)).where(
     Ticket.requester_email == bindparam("requester"), Ticket.created_at >= bindparam("since"))
+_TICKETS_IN_HOUR = _RECENT_TICKETS.where(Ticket.created_at <= bindparam("until"))
 
 
 @step
@@ -149,9 +150,16 @@ def flood_limit(ctx: Inbound) -> None:
     if connection.dialect.name != "sqlite":
         # (On SQLite the transaction holds the database's write lock already.)
         connection.execute(_LOCK_CONTACT, {"email": requester.lower()})
-    since = ctx.now - timedelta(hours=1)
-    recent = connection.execute(_RECENT_TICKETS, {"requester": requester,
-                                                  "since": since}).scalar() or 0
+    # The hour before the ticket opened: for live mail that is now; for imported
+    # history it is the email's own Date, so old mail is counted against its own hour
+    # (not against the minute the import ran) and mail dated later does not count.
+    if ticket.created_at < ctx.now:
+        recent = connection.execute(_TICKETS_IN_HOUR, {
+            "requester": requester, "since": ticket.created_at - timedelta(hours=1),
+            "until": ticket.created_at}).scalar() or 0
+    else:
+        recent = connection.execute(_RECENT_TICKETS, {
+            "requester": requester, "since": ctx.now - timedelta(hours=1)}).scalar() or 0
     if recent > ctx.config.desk.flood_tickets_per_hour:
         raise Quarantine("flood", f"{requester} opened {recent - 1} tickets in the last hour")
 

@@ -25,6 +25,7 @@ from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Outcome, step
 from postdesk.workflow.rules.attachments import files_for_notification, human_size
 from postdesk.workflow.rules.due_text import due_phrase, local_time
+from postdesk.workflow.rules.hours import describe_hours
 from postdesk.workflow.rules.refs import MAX_SUBJECT, ack_subject, ticket_ref
 from postdesk.workflow.rules.rota import on_rota
 from postdesk.workflow.rules.zones import desk_zone, org_zone, staff_zone
@@ -51,7 +52,21 @@ def acknowledge(ctx: Inbound) -> None:
         subject=ack_subject(prefix, ticket.id, ticket.subject), ticket=ticket,
         in_reply_to=mail.message_id, references=[*mail.references],
         context={"ref": ticket_ref(prefix, ticket.id), "requester_name": mail.from_name,
-                 "first_response_due": _first_response_due(ctx)})
+                 "first_response_due": _first_response_due(ctx), **_ack_facts(ctx)})
+
+
+def _ack_facts(ctx: Inbound) -> dict[str, Any]:
+    """What a client asks on reading an acknowledgement: when the support hours of their
+    priority are, how to escalate, and in which zone the due time is shown."""
+    ticket = ctx.ticket
+    assert ticket is not None
+    config = ctx.config
+    plan = config.plans[ticket.org.plan]
+    org = config.org(ticket.org.slug)
+    return {"support_hours": describe_hours(config.calendars[plan.calendar_for(
+                ticket.priority)]),
+            "org_timezone": str(org_zone(config, ticket.org.slug, ticket.org.plan)),
+            "escalation_keyword": org.escalation_keyword if org is not None else None}
 
 
 @step
@@ -106,7 +121,7 @@ def notify_staff(ctx: Inbound) -> None:
     queue_staff_notification(
         ctx, ticket, person, dedupe_key=f"staff_notification:{ctx.raw.id}:{person}",
         what=what, new_text=quoted(ctx.visible_text), from_addr=ctx.email.from_addr or "",
-        attachments=[draft_file(a) for a in files if a.id in attach_ids],
+        files=[draft_file(a) for a in files if a.id in attach_ids],
         inline_images=[a.content_id for a in files
                        if a.id in attach_ids and a.inline and a.content_id],
         listed=[{"filename": f.filename, "size": human_size(f.size)} for f in chosen.listed])
@@ -114,7 +129,7 @@ def notify_staff(ctx: Inbound) -> None:
 
 def queue_staff_notification(ctx: Inbound, ticket: Ticket, person: str, *, dedupe_key: str,
                              what: str, new_text: str, from_addr: str,
-                             attachments: list[dict[str, Any]] | None = None,
+                             files: list[dict[str, Any]] | None = None,
                              inline_images: list[str] | None = None,
                              listed: list[dict[str, Any]] | None = None) -> None:
     """One staff notification about ``ticket`` to ``person``: the same facts in the text
@@ -136,7 +151,7 @@ def queue_staff_notification(ctx: Inbound, ticket: Ticket, person: str, *, dedup
         # The same subject every time: Gmail threads only emails whose subjects agree.
         subject=f"[{ref}] {ticket.subject}"[:MAX_SUBJECT],
         ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
-        in_reply_to=root, references=[root], attachments=attachments or [],
+        in_reply_to=root, references=[root], files=files or [],
         extra_headers={"Thread-Topic": f"[{ref}] {ticket.subject}"[:MAX_SUBJECT],
                        "Thread-Index": outlook_thread_index(
                            f"{ref}:{person.lower()}", ticket.created_at, earlier + 1)},

@@ -221,7 +221,7 @@ def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str,
                        "Thread-Index": outlook_thread_index(f"{prefix}-{ticket.id}",
                                                             ticket.created_at,
                                                             public_out + 1)},
-        attachments=[draft_file(a) for a in files if a.sha256 is not None],
+        files=[draft_file(a) for a in files if a.sha256 is not None],
         context={"ref": ref, "body": body, "staff_name": staff.name or staff.email,
                  "inline_images": [a.content_id for a in files
                                    if a.inline and a.content_id and a.sha256]})

@@ -240,6 +240,8 @@ class OrgConfig(_Strict):
     escalation_keyword: str | None = None
     contacts: list[ContactConfig] = Field(default_factory=list)
     timezone: str | None = None  # for allowance months; defaults to the plan calendar's zone
+    statement: bool = False      # a monthly statement on the first open day of the month
+    statement_to: list[str] = Field(default_factory=list)  # else contacts with can_approve
 
     @field_validator("domains")
     @classmethod
@@ -271,6 +273,9 @@ class DigestConfig(_Strict):
     at: str = Field(default="08:30", pattern=r"^\d{2}:\d{2}$")
     timezone: str = "UTC"
     period: Literal["daily", "weekly"] = "daily"
+    waiting_days: int = Field(default=3, ge=1)  # digest lists tickets pending longer
+    # The days digests go out on (a [calendars] name); default Monday-Friday in `timezone`.
+    calendar: str | None = None
 
     @field_validator("managers")
     @classmethod
@@ -284,6 +289,14 @@ class SchedulerConfig(_Strict):
     sweep_grace: Duration = Field(default_factory=lambda: Duration(seconds=120))
 
     _d = field_validator("scan_interval", "sweep_grace", mode="before")(_duration)
+
+
+class MetricsConfig(_Strict):
+    """Prometheus metrics over HTTP (docs/metrics.md); off until a port is set."""
+
+    host: str = Field(default="127.0.0.1", description="address the /metrics endpoint listens on")
+    port: int | None = Field(default=None, ge=0, le=65535,
+                             description="port of the /metrics endpoint; unset: no endpoint")
 
 
 class PriorityRuleConfig(_Strict):
@@ -304,6 +317,7 @@ class Config(_Strict):
     digest: DigestConfig = Field(default_factory=DigestConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     priority_rules: list[PriorityRuleConfig] | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     # --- derived look-ups -------------------------------------------------------------
     @property
@@ -431,6 +445,8 @@ def cross_check(cfg: Config) -> list[str]:
             if email not in staff_emails:
                 problems.append(f"rota.weeks[{i}]: {email!r} is not listed in [[staff]]")
     check_zone("digest.timezone", cfg.digest.timezone)
+    if cfg.digest.calendar is not None and cfg.digest.calendar not in cfg.calendars:
+        problems.append(f"digest.calendar: unknown calendar {cfg.digest.calendar!r}")
     for i, box in enumerate(cfg.imap):
         if not box.password_env and not box.oauth2_token_command:
             problems.append(f"imap[{i}].password_env: set password_env or oauth2_token_command")
@@ -439,6 +455,32 @@ def cross_check(cfg: Config) -> list[str]:
         if names.index(name) != i:
             problems.append(f"imap[{i}].name: duplicate mailbox name {name!r}")
     return problems
+
+
+def _cross_check_pruned(data: dict[str, Any], exc: ValidationError) -> list[str]:
+    """``cross_check`` of ``data`` without the keys ``exc`` complained about (their
+    defaults apply), or nothing when what remains is still not a valid config."""
+    import copy
+
+    pruned = copy.deepcopy(data)
+    for _ in range(3):
+        for err in exc.errors():
+            loc = [p for p in err["loc"]
+                   if not (isinstance(p, str) and p.startswith("function-"))]
+            if err["type"] == "missing" or not loc or not isinstance(loc[-1], str):
+                return []
+            parent: Any = pruned
+            try:
+                for part in loc[:-1]:
+                    parent = parent[part]
+                del parent[loc[-1]]
+            except (KeyError, IndexError, TypeError):
+                return []
+        try:
+            return cross_check(Config.model_validate(pruned))
+        except ValidationError as again:
+            exc = again
+    return []
 
 
 def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
@@ -459,7 +501,15 @@ def parse_config(text: str, *, source: str = "<config>",
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc), source) from None
+        problems = _pydantic_problems(exc)
+        # Report every problem in one pass: the cross-table checks too, on what is left
+        # once the keys already reported are set aside.
+        # A key set aside is not reported again under its own path ("no opening hours"
+        # for hours that were refused).
+        reported = tuple(p.split(":", 1)[0] for p in problems)
+        problems += [p for p in _cross_check_pruned(data, exc)
+                     if not p.split(":", 1)[0].startswith(reported)]
+        raise ConfigError(problems, source) from None
     problems = cross_check(cfg)
     if problems:
         raise ConfigError(problems, source)

@@ -1,0 +1,54 @@
+"""What the live path tells an operator about each email: one log line (logger
+``postdesk.mail``) and the metrics, for every inbound and every outbound email. Called by
+the App around the actor bodies and the ingest door; nothing below the shell knows."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import select
+
+from postdesk import metrics
+from postdesk.storage.models import Outbox, RawMessage
+from postdesk.workflow.desk.services import Services
+from postdesk.workflow.pipeline.runner import PipelineResult
+
+log = logging.getLogger("postdesk.mail")
+
+
+def accepted(raw_id: int, created: bool, source: str, seconds: float) -> None:
+    if created:
+        metrics.email_accepted(source, seconds)
+    log.debug("accepted raw=%s source=%s new=%s", raw_id, source, created,
+              extra={"event": "accept", "raw_id": raw_id, "source": source, "new": created})
+
+
+def inbound(services: Services, raw_id: int, result: PipelineResult, seconds: float) -> None:
+    with services.sessions() as session:
+        row = session.execute(
+            select(RawMessage.source, RawMessage.message_id, RawMessage.from_addr,
+                   RawMessage.received_at).where(RawMessage.id == raw_id)).one_or_none()
+    source, message_id, sender, received_at = row if row else (None, None, None, None)
+    latency = (services.now() - received_at).total_seconds() if received_at else None
+    metrics.email_processed(result.status, result.reason, latency)
+    ticket = (f"{services.config.desk.ticket_prefix}-{result.ticket_id}"
+              if result.ticket_id else None)
+    ms = round(seconds * 1000)
+    log.info("inbound raw=%s source=%s message_id=%s from=%s outcome=%s reason=%s "
+             "ticket=%s ms=%s", raw_id, source, message_id, sender, result.status,
+             result.reason, ticket, ms,
+             extra={"event": "inbound", "raw_id": raw_id, "source": source,
+                    "message_id": message_id, "sender": sender, "outcome": result.status,
+                    "reason": result.reason, "ticket": ticket, "ms": ms})
+
+
+def outbound(services: Services, outbox_id: int, status: str) -> None:
+    metrics.outbound(status)
+    with services.sessions() as session:
+        row = session.execute(select(Outbox.template, Outbox.recipient)
+                              .where(Outbox.id == outbox_id)).one_or_none()
+    template, recipient = row if row else (None, None)
+    log.info("outbound outbox=%s template=%s to=%s status=%s", outbox_id, template,
+             recipient, status,
+             extra={"event": "outbound", "outbox_id": outbox_id, "template": template,
+                    "recipient": recipient, "status": status})
