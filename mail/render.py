@@ -3,7 +3,10 @@
 Templates come in pairs, ``NAME.txt`` and ``NAME.html``. HTML templates are autoescaped,
 so text from a client can never inject markup into mail we send. An operator can
 override any template for all clients in ``data_dir/templates/NAME.*`` or for one org in
-``data_dir/templates/orgs/SLUG/NAME.*``."""
+``data_dir/templates/orgs/SLUG/NAME.*``.
+
+Canned replies (``#reply NAME``) are text templates ``replies/NAME.txt`` found the same
+way: the org's override, then the desk's, then the built-in one; sandboxed like the rest."""
 
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ BUILTIN_DIR = Path(builtin_templates.__file__).parent
 log = logging.getLogger("postdesk.render")
 # What every template is given besides its own data (desk.outbox adds desk and ticket).
 COMMON_NAMES = frozenset({"desk", "ticket", "hours"})
+# What a canned reply is given (``Renderer.canned_reply``), besides COMMON_NAMES.
+REPLY_NAMES = frozenset({"ref", "requester", "staff_name"})
+REPLIES_DIR = "replies"
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,14 @@ class Renderer:
         html = self._render_one(name, "html", context, org_slug)
         return RenderedEmail(text=text, html=html)
 
+    def canned_reply(self, name: str, context: dict[str, Any], org_slug: str | None = None
+                     ) -> str | None:
+        """The text of canned reply ``name`` (org override, desk override, built-in), or
+        None when there is no such reply. ``name`` is a slug (the command parser's)."""
+        if "/" in name or name.startswith("."):
+            return None
+        return self._render_one(f"{REPLIES_DIR}/{name}", "txt", context, org_slug)
+
     def _render_one(self, name: str, ext: str, context: dict[str, Any],
                     org_slug: str | None) -> str | None:
         if self.override_env is not None and self.override_dir is not None:
@@ -132,7 +146,8 @@ def check_overrides(override_dir: Path) -> list[str]:
             if isinstance(attr, str) and attr.startswith("_"):
                 problems.append(f"{path}:{node.lineno}: sandbox violation: access to "
                                 f"{attr!r} is not allowed")
-        known = _known_names(builtin_env, path.name)
+        known = (REPLY_NAMES | COMMON_NAMES if path.parent.name == REPLIES_DIR
+                 else _known_names(builtin_env, path.name))
         if known is None:
             problems.append(f"{path}: no built-in template {path.name} to override")
             continue

@@ -91,3 +91,12 @@ def base_address(address: str) -> str:
     """``support+anything@desk.example`` -> ``support@desk.example``."""
     local, _, domain = address.strip().lower().partition("@")
     return f"{local.split('+', 1)[0]}@{domain}"
+
+
+def thread_root_id(secret: bytes, ticket_id: int, recipient: str, domain: str) -> str:
+    """The Message-ID every staff notification about one ticket to one recipient names as
+    its parent (``In-Reply-To``/``References``), so their mail client shows the ticket as
+    one conversation. Stable (derived from ticket and recipient) and staff-purpose: it is
+    only ever shown to that staff member."""
+    nonce = "t" + hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:12]
+    return make_message_id(secret, ticket_id, nonce, domain, purpose="staff")

@@ -23,7 +23,7 @@ from postdesk.metrics import observe_duty
 from postdesk.outbound.sender import stale_outbox_ids
 from postdesk.status import record_duty_run
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
-from postdesk.workflow.desk import breaches, digest, statement
+from postdesk.workflow.desk import breaches, digest, pending, statement
 from postdesk.workflow.desk.lease import (
     SCHEDULER_LEASE,
     LeaseKeeper,
@@ -104,6 +104,7 @@ class Scheduler:
             ("close_quiet_tickets", lambda: close_quiet_tickets(services)),
             ("digests", lambda: digest.due_digests(services, dispatch)),
             ("statements", lambda: statement.due_statements(services, dispatch)),
+            ("pending_tickets", lambda: pending.run(services, dispatch)),
         ]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

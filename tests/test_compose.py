@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from postdesk.mail.compose import OutgoingEmail, compose
+from postdesk.mail.compose import OutgoingAttachment, OutgoingEmail, compose
 from postdesk.mail.html_safety import header_safe
 from postdesk.mail.render import RenderedEmail
 
@@ -190,3 +190,35 @@ def test_boundary_never_occurs_in_a_part() -> None:
     msg = _read(raw)
     boundary = msg.get_boundary()
     assert boundary is not None and raw.count(f"--{boundary}".encode()) == 3
+
+
+# --- attachments ------------------------------------------------------------------------
+
+def test_attachments_go_out_byte_identical_with_inline_images_beside_the_html() -> None:
+    pdf, png = bytes(range(256)) * 400, b"\x89PNG" + bytes(5000)
+    raw = compose(OutgoingEmail(
+        from_addr="support@desk.example", from_name="Desk", to=["a@client.example"],
+        subject="Files", body=RenderedEmail("see files", '<p><img src="cid:i1@x"></p>'),
+        message_id="<m@desk.example>", date=datetime(2026, 11, 23, tzinfo=UTC),
+        attachments=[OutgoingAttachment("facture é.pdf", "application/pdf", pdf),
+                     OutgoingAttachment("i.png", "image/png", png, "i1@x", inline=True)]))
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert [p.get_content_type() for p in msg.walk()] == [
+        "multipart/mixed", "multipart/alternative", "text/plain", "multipart/related",
+        "text/html", "image/png", "application/pdf"]
+    [attached] = list(msg.iter_attachments())
+    assert attached.get_filename() == "facture é.pdf" and attached.get_content() == pdf
+    [image] = [p for p in msg.walk() if p["Content-ID"] == "<i1@x>"]
+    assert image.get_content() == png
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+def test_an_inline_image_without_html_is_sent_as_a_plain_attachment() -> None:
+    raw = compose(OutgoingEmail(
+        from_addr="support@desk.example", from_name="Desk", to=["a@client.example"],
+        subject="Files", body=RenderedEmail("text only", None), message_id="<m@d.example>",
+        date=datetime(2026, 11, 23, tzinfo=UTC),
+        attachments=[OutgoingAttachment("i.png", "image/png", b"PNG", "i1@x", inline=True)]))
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert [p.get_content_type() for p in msg.walk()] == [
+        "multipart/mixed", "text/plain", "image/png"]

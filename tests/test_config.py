@@ -75,8 +75,8 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
 
 
 def test_a_digest_calendar_must_name_a_calendar() -> None:
-    text = EXAMPLE.replace('timezone = "Europe/London"\n# period',
-                           'timezone = "Europe/London"\ncalendar = "lunar"\n# period')
+    text = EXAMPLE.replace('# calendar = "uk-office"', 'calendar = "lunar"')
+    assert text != EXAMPLE, "the example config shows the digest calendar key"
     assert "digest.calendar: unknown calendar 'lunar'" in problems(text)
     good = EXAMPLE.replace('# calendar = "uk-office"', 'calendar = "uk-office"')
     assert parse_config(good, environ={}).digest.calendar == "uk-office"

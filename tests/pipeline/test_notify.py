@@ -154,7 +154,9 @@ def test_the_assignee_hears_about_a_new_ticket_with_a_signed_reply_to(
     [note] = drafts(session, ctx)
     assert note.template == "staff_notification"
     assert note.to == ["dev1@agency.example"]
-    assert note.subject == f"[PD-{ticket.id}] New ticket (P3): Website contact form broken"
+    # One subject for every notification on the ticket, so Gmail keeps them one thread.
+    assert note.subject == f"[PD-{ticket.id}] Website contact form broken"
+    assert note.draft["context"]["what"] == "New ticket"
     assert note.draft is not None
     assert note.draft["reply_to"] == services.reply_address(ticket.id)
     assert note.draft["on_ticket"] is False
@@ -167,7 +169,8 @@ def test_the_assignee_hears_about_a_client_reply(
                     through="sign_off")
     notify.notify_staff.run(reply)
     [note] = drafts(session, reply)
-    assert note.subject.startswith(f"[PD-{reply.ticket.id}] Client reply")  # type: ignore[union-attr]
+    assert note.subject == f"[PD-{reply.ticket.id}] Website contact form broken"  # type: ignore[union-attr]
+    assert note.draft is not None and note.draft["context"]["what"] == "Client reply"
 
 
 def test_staff_hear_nothing_of_an_out_of_office_reply(

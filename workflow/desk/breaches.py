@@ -20,6 +20,7 @@ from postdesk.storage.models import SlaClock, Staff, Ticket
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.outbox import OutboxWriter, release_drafts
 from postdesk.workflow.desk.services import Dispatch, Services
+from postdesk.workflow.desk.staff_thread import staff_thread_root
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.refs import ticket_ref
 from postdesk.workflow.rules.rota import on_rota
@@ -113,8 +114,10 @@ def _alert(config: Config, session: Session, writer: OutboxWriter, ticket: Ticke
                     "followup_missed": "Follow-up MISSED"}[event]
     target = clock.target.replace("_", " ")
     for email in recipients:
+        root = staff_thread_root(writer.services, ticket.id, email)
         writer.queue(
             dedupe_key=f"{event}:{clock.id}:{email}", template=template, to=[email],
+            in_reply_to=root, references=[root],
             subject=f"[{ref}] {subject_word}: {target} ({ticket.priority}) {ticket.subject}",
             ticket=ticket, kind="system", on_ticket=False,
             context={"ref": ref, "target": target, "due_at": clock.due_at,

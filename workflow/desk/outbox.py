@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from postdesk.mail.compose import FileAttachment, OutgoingEmail, compose
+from postdesk.mail.compose import OutgoingAttachment, OutgoingEmail, compose
 from postdesk.mail.tokens import make_message_id
 from postdesk.storage.db import read_only
 from postdesk.storage.directory import org_by_id
@@ -80,8 +80,12 @@ class OutboxWriter:
               in_reply_to: str | None = None, references: Sequence[str] = (),
               automatic: bool = True, reply_to: str | None = None, kind: str = "system",
               extra_headers: dict[str, str] | None = None, on_ticket: bool = True,
-              attachments: Sequence[tuple[str, str, str]] = ()) -> Outbox | None:
+              attachments: Sequence[tuple[str, str, str]] = (),
+              files: Sequence[dict[str, Any]] = ()) -> Outbox | None:
         """The new draft, or None when ``dedupe_key`` was queued before.
+
+        ``attachments``: generated files, (filename, content type, text); ``files``:
+        stored files to send with it (``desk.attachments.draft_file``).
 
         ``on_ticket``: record the email among the ticket's messages (client-facing mail);
         staff alerts and pages are kept in the outbox only."""
@@ -115,6 +119,8 @@ class OutboxWriter:
                    "suppress": suppress,
                    # (filename, content type, text): small generated files, e.g. a CSV
                    "attachments": [list(a) for a in attachments],
+                   # stored files (blob references), e.g. a client's screenshot
+                   "files": list(files),
                    "org": ticket.org.slug if ticket is not None else None})
         insert_now(session, row)   # its id, now: it is handed to render_drafts
         self.queued_ids.append(row.id)
@@ -246,8 +252,13 @@ def _render(services: Services, row: Outbox, ticket: Ticket | None, draft: dict[
         date=row.created_at, reply_to=draft["reply_to"], in_reply_to=row.in_reply_to,
         references=list(draft["references"]), automatic=row.automatic,
         extra_headers=dict(draft["extra_headers"]),
-        attachments=[FileAttachment(name, kind, text.encode("utf-8"))
-                     for name, kind, text in draft.get("attachments", [])]))
+        attachments=[
+            *(OutgoingAttachment(name, kind, text.encode("utf-8"))
+              for name, kind, text in draft.get("attachments", [])),
+            *(OutgoingAttachment(filename=f["filename"], content_type=f["content_type"],
+                                 data=services.blobs.get(f["sha256"]),
+                                 content_id=f["content_id"], inline=f["inline"])
+              for f in draft.get("files", []))]))
     return raw, body.text
 
 

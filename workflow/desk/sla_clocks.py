@@ -252,8 +252,11 @@ def set_status(keeper: ClockKeeper, ticket: Ticket, status: str, at: datetime,
         return False
     if old == "pending":
         keeper.resume(ticket, at)
+        ticket.paused_since = None
     if status == "pending":
         keeper.pause(ticket, at)
+        # When it started waiting on the client: the pending reminder counts from here.
+        ticket.paused_since = at
     if status in ("resolved", "closed"):
         keeper.stop_all(ticket, at)
         if status == "resolved":

@@ -57,6 +57,8 @@ REACTIONS: dict[tuple[str, str], Reaction] = {
     ("quarantined", "bounce"): notify.bounce_bookkeeping,
     ("processed", "balance_request"): notify.answer_balance,
     ("processed", "command_errors"): notify.report_command_errors,
+    ("processed", "relay_refused"): notify.report_relay_refused,
+    ("processed", "queue_request"): notify.answer_queue,
     ("duplicate", "message_id"): notify.note_duplicate,
 }
 

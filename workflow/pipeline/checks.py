@@ -14,11 +14,13 @@ from postdesk.mail.parse import UnparseableEmail, parse_email
 from postdesk.mail.tokens import is_our_message_id
 from postdesk.storage.directory import org_by_slug
 from postdesk.storage.models import Message, Ticket
+from postdesk.workflow.desk.merge import follow_merges
 from postdesk.workflow.desk.ticket_lookup import gather_references
 from postdesk.workflow.desk.tickets import inbound_dedupe_key
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Duplicate, Handled, Quarantine, step
 from postdesk.workflow.rules import commands as cmd
+from postdesk.workflow.rules.queue import queue_request
 from postdesk.workflow.rules.senders import SenderIdentity, identify_sender
 from postdesk.workflow.rules.trust import Evidence, decide
 from postdesk.workflow.rules.zones import desk_zone
@@ -145,6 +147,7 @@ def decide_trust(ctx: Inbound) -> None:
     sender, refs, mail = ctx.sender, ctx.references, ctx.email
     assert sender is not None and refs is not None
     asks_on_behalf = False
+    asks_read_only = sender.kind == "staff" and queue_request(mail.subject) is not None
     if sender.kind == "staff":
         parse = cmd.parse_commands(ctx.visible_text, now=ctx.now, tz=desk_zone(ctx.config))
         asks_on_behalf = any(isinstance(c, cmd.TICKET_CREATION_COMMANDS)
@@ -158,7 +161,7 @@ def decide_trust(ctx: Inbound) -> None:
         org_require_dkim=bool(org_cfg and org_cfg.require_dkim),
         staff_unverified_on_behalf=ctx.config.desk.staff_unverified_on_behalf,
         released=ctx.raw.authorised, released_to_org=ctx.raw.release_org,
-        asks_on_behalf=asks_on_behalf))
+        asks_on_behalf=asks_on_behalf, asks_read_only=asks_read_only))
     ctx.verdict = verdict
     if verdict.kind == "quarantine":
         if ctx.auto_reply:
@@ -167,10 +170,12 @@ def decide_trust(ctx: Inbound) -> None:
             raise Quarantine("auto_reply", f"{ctx.auto_reason}: {verdict.detail}")
         raise Quarantine(verdict.reason or "unauthenticated", verdict.detail, data=verdict)
     if verdict.kind == "staff_reply":
-        ctx.ticket = ctx.session.get(Ticket, verdict.ticket_id)
+        ctx.ticket = _current(ctx, verdict.ticket_id)
         ctx.matched_by = refs.staff_token_how
         return
     if verdict.kind == "staff_action":
+        if verdict.action == "read_only":
+            _answer_queue_request(ctx)
         return
     # Client content (or a released email, which is client content whatever its From):
     # from here on the sender is a contact of the verdict's org.
@@ -180,5 +185,20 @@ def decide_trust(ctx: Inbound) -> None:
         ctx.sender = sender
     ctx.org = org_by_slug(ctx.session, sender.org_slug) if sender.org_slug else None
     if verdict.kind == "client_content":
-        ctx.ticket = ctx.session.get(Ticket, verdict.ticket_id)
+        ctx.ticket = _current(ctx, verdict.ticket_id)
         ctx.matched_by = verdict.matched_by
+
+
+def _current(ctx: Inbound, ticket_id: int | None) -> Ticket | None:
+    """The ticket the verdict names, or the one it was merged into (of the same org:
+    ``desk.merge`` merges only within an org, and ``follow_merges`` checks it again)."""
+    ticket = ctx.session.get(Ticket, ticket_id)
+    return follow_merges(ctx.session, ticket) if ticket is not None else None
+
+
+def _answer_queue_request(ctx: Inbound) -> None:
+    """A trusted staff member asked for their queue: answered by the runner's reaction
+    (``notify.answer_queue``) to the configured address; no ticket is made or changed."""
+    if ctx.auto_reply or not ctx.raw.notify:
+        raise Handled("queue_request", "automatic or imported: not answered")
+    raise Handled("queue_request", data=queue_request(ctx.email.subject))

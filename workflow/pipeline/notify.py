@@ -8,20 +8,27 @@ bookkeeping of a bounce, the answer to ``balance``, the staff member's command e
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 
+from postdesk.mail.thread_index import outlook_thread_index
 from postdesk.storage.directory import staff_by_id
-from postdesk.storage.models import Message
+from postdesk.storage.models import Message, Outbox, Ticket
 from postdesk.workflow.desk.allowance import org_month_balance, per_ticket_usage
+from postdesk.workflow.desk.attachments import draft_file, facts, message_attachments
 from postdesk.workflow.desk.bounces import record_bounce
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.queue import queue_lines
+from postdesk.workflow.desk.staff_thread import staff_thread_root
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Outcome, step
+from postdesk.workflow.rules.attachments import files_for_notification, human_size
+from postdesk.workflow.rules.due_text import due_phrase, local_time
 from postdesk.workflow.rules.hours import describe_hours
 from postdesk.workflow.rules.refs import MAX_SUBJECT, ack_subject, ticket_ref
 from postdesk.workflow.rules.rota import on_rota
-from postdesk.workflow.rules.zones import desk_zone, org_zone
+from postdesk.workflow.rules.zones import desk_zone, org_zone, staff_zone
 
 
 def _first_response_due(ctx: Inbound) -> str | None:
@@ -73,10 +80,12 @@ def page_p1(ctx: Inbound) -> None:
     people = list(dict.fromkeys([p for p in [rota, *(s.email for s in ctx.config.leads())]
                                  if p]))
     for email in people:
+        root = staff_thread_root(ctx.services, ticket.id, email)
         row = ctx.outbox.queue(
             dedupe_key=f"p1-page:{ticket.id}:{email}", on_ticket=False, template="p1_page",
             to=[email], subject=f"[{ref}] P1 PAGE: {ticket.subject}"[:MAX_SUBJECT],
             ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
+            in_reply_to=root, references=[root],
             context={"ref": ref, "reason": ctx.priority_reason,
                      "first_response_due": _first_response_due(ctx),
                      "text": ctx.new_text})
@@ -94,7 +103,9 @@ _RECENT = (select(Message.direction, Message.kind, Message.from_addr, Message.se
 @step
 def notify_staff(ctx: Inbound) -> None:
     """A client's new ticket or reply goes to the assignee (or whoever is on rota), with
-    a Reply-To that carries the signed ticket token so their answer finds its way back."""
+    a Reply-To that carries the signed ticket token so their answer finds its way back,
+    the client's files (up to ``notify_attachment_bytes``), and threading headers that
+    keep one ticket one conversation in the staff member's mail client."""
     ticket = ctx.ticket
     if ticket is None or not ctx.from_client or not ctx.raw.notify or ctx.auto_reply:
         return
@@ -103,18 +114,52 @@ def notify_staff(ctx: Inbound) -> None:
         ctx.config.rota, ctx.now.astimezone(desk_zone(ctx.config)).date())
     if not person:
         return
-    recent = list(ctx.session.execute(_RECENT, {"ticket_id": ticket.id}))[::-1]
-    due = {c.target: c.due_at for c in ctx.services.clocks(ctx.session).running(ticket)}
     what = "New ticket" if ctx.created_ticket else "Client reply"
+    files = message_attachments(ctx.session, ctx.message.id) if ctx.message else []
+    chosen = files_for_notification(facts(files), ctx.config.desk.notify_attachment_bytes)
+    attach_ids = {f.key for f in chosen.attach}
+    queue_staff_notification(
+        ctx, ticket, person, dedupe_key=f"staff_notification:{ctx.raw.id}:{person}",
+        what=what, new_text=quoted(ctx.visible_text), from_addr=ctx.email.from_addr or "",
+        files=[draft_file(a) for a in files if a.id in attach_ids],
+        inline_images=[a.content_id for a in files
+                       if a.id in attach_ids and a.inline and a.content_id],
+        listed=[{"filename": f.filename, "size": human_size(f.size)} for f in chosen.listed])
+
+
+def queue_staff_notification(ctx: Inbound, ticket: Ticket, person: str, *, dedupe_key: str,
+                             what: str, new_text: str, from_addr: str,
+                             files: list[dict[str, Any]] | None = None,
+                             inline_images: list[str] | None = None,
+                             listed: list[dict[str, Any]] | None = None) -> None:
+    """One staff notification about ``ticket`` to ``person``: the same facts in the text
+    and HTML parts (``staff_notification`` templates), due times in their zone, the last
+    messages, the command hint; threaded under one root per ticket and recipient."""
+    recent = list(ctx.session.execute(_RECENT, {"ticket_id": ticket.id}))[::-1]
+    zone = staff_zone(ctx.config, person)
+    due = [{"target": c.target.replace("_", " "), "at": local_time(c.due_at, zone),
+            "in": due_phrase(ctx.now, c.due_at)}
+           for c in ctx.services.clocks(ctx.session).running(ticket)]
     ref = ctx.ticket_ref
+    root = staff_thread_root(ctx.services, ticket.id, person)
+    earlier = ctx.session.scalar(select(func.count(Outbox.id)).where(
+        Outbox.ticket_id == ticket.id, Outbox.template == "staff_notification",
+        Outbox.recipient == person.lower())) or 0
+    org = ctx.config.org(ticket.org.slug)
     ctx.outbox.queue(
-        dedupe_key=f"staff_notification:{ctx.raw.id}:{person}", on_ticket=False,
-        template="staff_notification", to=[person],
-        subject=f"[{ref}] {what} ({ticket.priority}): {ticket.subject}"[:MAX_SUBJECT],
+        dedupe_key=dedupe_key, on_ticket=False, template="staff_notification", to=[person],
+        # The same subject every time: Gmail threads only emails whose subjects agree.
+        subject=f"[{ref}] {ticket.subject}"[:MAX_SUBJECT],
         ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
-        context={"ref": ref, "new_text": quoted(ctx.visible_text),
-                 "recent": [_message_summary(m) for m in recent], "due": due,
-                 "from_addr": ctx.email.from_addr, "what": what})
+        in_reply_to=root, references=[root], files=files or [],
+        extra_headers={"Thread-Topic": f"[{ref}] {ticket.subject}"[:MAX_SUBJECT],
+                       "Thread-Index": outlook_thread_index(
+                           f"{ref}:{person.lower()}", ticket.created_at, earlier + 1)},
+        context={"ref": ref, "new_text": new_text, "what": what, "from_addr": from_addr,
+                 "org_name": org.name if org else ticket.org.name,
+                 "recent": [_message_summary(m, zone) for m in recent], "due": due,
+                 "zone": str(zone), "inline_images": inline_images or [],
+                 "listed": listed or []})
 
 
 QUOTE_LIMIT = 64 * 1024
@@ -131,11 +176,12 @@ def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
             + f"\n\n[... {rest_kb} KB more in the ticket]")
 
 
-def _message_summary(message: Any) -> dict[str, Any]:
+def _message_summary(message: Any, zone: ZoneInfo) -> dict[str, Any]:
     """One of the ticket's last messages (a row of ``_RECENT``) for the template."""
     return {"direction": message.direction, "kind": message.kind,
             "from_addr": message.from_addr, "sent_at": message.sent_at,
             "created_at": message.created_at,
+            "when": local_time(message.sent_at or message.created_at, zone),
             # The template shows 500 characters of each; keep a little more than that.
             "stripped_text": quoted(message.stripped_text or "", 2000),
             "text": quoted(message.text or "", 2000)}
@@ -236,6 +282,36 @@ def report_command_errors(ctx: Inbound, outcome: Outcome) -> None:
         to=[ctx.sender.email], subject=f"[{ref}] Not sent: commands not understood",
         ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
         in_reply_to=ctx.email.message_id, context={"ref": ref, "errors": outcome.data})
+
+
+def answer_queue(ctx: Inbound, outcome: Outcome) -> None:
+    """A staff member's queue (``queue``/``mine``/``all``), to their *configured* address:
+    one line per ticket, each with that ticket's reply address."""
+    member = ctx.config.staff_member(ctx.email.from_addr or "")
+    if outcome.data not in ("mine", "all") or member is None:
+        return
+    lines = queue_lines(ctx.session, ctx.services, member.email, outcome.data, ctx.now)
+    ctx.outbox.queue(
+        dedupe_key=f"queue:{ctx.raw.id}", on_ticket=False, template="staff_queue",
+        to=[member.email], subject=f"Your queue ({outcome.data}): {len(lines)} open tickets",
+        in_reply_to=ctx.email.message_id,
+        context={"kind": outcome.data, "lines": lines, "ref": "",
+                 "zone": str(staff_zone(ctx.config, member.email))})
+
+
+def report_relay_refused(ctx: Inbound, outcome: Outcome) -> None:
+    """A staff reply whose files cannot go to the client: nothing was sent; say why."""
+    ticket = ctx.ticket
+    if ticket is None or ctx.sender is None:
+        return
+    ref = ticket_ref(ctx.config.desk.ticket_prefix, ticket.id)
+    ctx.outbox.queue(
+        dedupe_key=f"relay-refused:{ctx.raw.id}", on_ticket=False, template="relay_refused",
+        to=[ctx.sender.email], subject=f"[{ref}] Not sent: attachments too large",
+        ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
+        in_reply_to=ctx.email.message_id,
+        context={"ref": ref, "problems": outcome.data,
+                 "limit": human_size(ctx.config.desk.notify_attachment_bytes)})
 
 
 def note_duplicate(ctx: Inbound, outcome: Outcome) -> None:

@@ -5,12 +5,23 @@ staff authority needs an exact envelope, a staff-only token and, where required,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import func, select
 
 from postdesk.mail.thread_index import outlook_thread_index
 from postdesk.storage.directory import org_by_slug, staff_by_email
-from postdesk.storage.models import Message, Staff, Ticket
+from postdesk.storage.models import Attachment, Message, Staff, Ticket
+from postdesk.workflow.desk.attachments import draft_file, message_attachments
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.merge import (
+    merge_refusal,
+    merge_tickets,
+    message_to_split,
+    split_message,
+    split_refusal,
+    tell_split,
+)
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.staff_commands import apply_command
 from postdesk.workflow.desk.ticket_lookup import client_thread
@@ -18,6 +29,7 @@ from postdesk.workflow.desk.tickets import open_ticket, store_message
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Handled, Quarantine, step
 from postdesk.workflow.rules import commands as cmd
+from postdesk.workflow.rules.attachments import FileFacts, relay_refusals
 from postdesk.workflow.rules.refs import MAX_SUBJECT, ticket_ref
 from postdesk.workflow.rules.senders import identify_sender
 from postdesk.workflow.rules.zones import desk_zone, org_zone
@@ -45,19 +57,108 @@ def staff_mail(ctx: Inbound) -> None:
         _start_ticket_for_client(ctx, parse, staff)
     ticket = ctx.ticket
     assert ticket is not None
-    if parse.errors:
+    canned, canned_errors = _canned_text(ctx, ticket, staff, parse)
+    move, move_errors = _merge_or_split(ctx, ticket, parse)
+    errors = [*parse.errors, *canned_errors, *move_errors]
+    if errors:
         _store(ctx, ticket, "internal", parse.body, staff)
         add_event(ctx.session, ticket, "command_errors", ctx.now, staff.email,
-                  errors=[f"{e.line}: {e.problem}" for e in parse.errors])
+                  errors=[f"{e.line}: {e.problem}" for e in errors])
         raise Handled("command_errors", data=[{"line": e.line, "problem": e.problem}
-                                              for e in parse.errors])
+                                              for e in errors])
     internal = any(isinstance(c, cmd.Internal) for c in parse.commands)
-    body = parse.body.strip()
-    message = _store(ctx, ticket, "internal" if internal or not body else "public", body, staff)
+    body = "\n\n".join(part for part in [*canned, parse.body.strip()] if part)
+    # A file sent with no words is still meant for the client (an inline image alone, such
+    # as a signature logo, is not).
+    relay = not internal and bool(body or any(not a.inline for a in ctx.email.attachments))
+    refusals = relay_refusals(_parsed_files(ctx), ctx.config.desk.notify_attachment_bytes) \
+        if relay else []
+    if refusals:
+        # All or nothing: the client never gets the text without the files it mentions.
+        _store(ctx, ticket, "internal", body, staff)
+        add_event(ctx.session, ticket, "relay_refused", ctx.now, staff.email,
+                  problems=refusals)
+        raise Handled("relay_refused", data=refusals)
+    ticket = _move(ctx, ticket, staff, move)
+    message = _store(ctx, ticket, "public" if relay else "internal", body, staff)
     _apply(ctx, ticket, staff, parse, message)
-    if body and not internal:
-        relay_to_client(ctx, ticket, staff, body)
+    if relay:
+        relay_to_client(ctx, ticket, staff, body, message_attachments(ctx.session, message.id))
     raise Handled("staff_reply")
+
+
+_Move = tuple[str, Ticket | Message] | None
+
+
+def _merge_or_split(ctx: Inbound, ticket: Ticket, parse: cmd.CommandParse
+                    ) -> tuple[_Move, list[cmd.CommandError]]:
+    """What ``#merge PD-n`` / ``#split`` would do, or why it cannot: checked before
+    anything is done, like every command error."""
+    merges = [c for c in parse.commands if isinstance(c, cmd.Merge)]
+    splits = [c for c in parse.commands if isinstance(c, cmd.Split)]
+    if not merges and not splits:
+        return None, []
+    if len(merges) + len(splits) > 1:
+        return None, [cmd.CommandError("#merge / #split",
+                                       "one #merge or one #split per email")]
+    if merges:
+        [merge] = merges
+        written = f"#merge {merge.prefix + '-' if merge.prefix else ''}{merge.number}"
+        target, why = merge_refusal(ctx.session, ctx.config.desk.ticket_prefix, ticket,
+                                    merge.prefix, merge.number)
+        if why or target is None:
+            return None, [cmd.CommandError(written, why or "no such ticket")]
+        return ("merge", target), []
+    message = message_to_split(ctx.session, ticket, ctx.email.in_reply_to, ctx.email.text or "")
+    why = split_refusal(ctx.session, ticket, message)
+    if why or message is None:
+        return None, [cmd.CommandError("#split", why or "nothing to split")]
+    return ("split", message), []
+
+
+def _move(ctx: Inbound, ticket: Ticket, staff: Staff, move: _Move) -> Ticket:
+    """Carry out the merge or split; the ticket the rest of the email then acts on."""
+    if move is None:
+        return ticket
+    what, subject = move
+    if what == "merge":
+        assert isinstance(subject, Ticket)
+        merge_tickets(ctx.session, ctx.services, ctx.outbox, source=ticket, target=subject,
+                      staff=staff, now=ctx.now)
+        ctx.ticket = subject
+        return subject
+    assert isinstance(subject, Message)
+    new = split_message(ctx.session, ctx.services, ticket=ticket, message=subject,
+                        staff=staff, now=ctx.now)
+    tell_split(ctx.services, ctx.outbox, ctx.session, old=ticket, new=new, message=subject)
+    ctx.ticket, ctx.created_ticket = new, True
+    return new
+
+
+def _canned_text(ctx: Inbound, ticket: Ticket, staff: Staff, parse: cmd.CommandParse
+                 ) -> tuple[list[str], list[cmd.CommandError]]:
+    """The text of each ``#reply NAME`` (org override, desk, built-in), in order; an
+    unknown name is a command error like any other."""
+    texts: list[str] = []
+    errors: list[cmd.CommandError] = []
+    context = {"desk": ctx.config.desk, "ticket": ticket, "ref": ctx.ticket_ref,
+               "requester": ticket.requester_email, "staff_name": staff.name or staff.email}
+    for command in parse.commands:
+        if isinstance(command, cmd.CannedReply):
+            text = ctx.services.renderer.canned_reply(command.name, context, ticket.org.slug)
+            if text is None:
+                errors.append(cmd.CommandError(f"#reply {command.name}",
+                                               f"no canned reply named {command.name!r}"))
+            else:
+                texts.append(text.strip())
+    return texts, errors
+
+
+def _parsed_files(ctx: Inbound) -> list[FileFacts]:
+    limit = ctx.config.desk.max_attachment_bytes
+    return [FileFacts(key=i, filename=a.filename, size=a.size,
+                      kept=not a.too_large and a.size <= limit)
+            for i, a in enumerate(ctx.email.attachments)]
 
 
 def _apply(ctx: Inbound, ticket: Ticket, staff: Staff, parse: cmd.CommandParse,
@@ -100,7 +201,9 @@ def _start_ticket_for_client(ctx: Inbound, parse: cmd.CommandParse, staff: Staff
     raise Handled("ticket_opened_by_staff")
 
 
-def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str) -> None:
+def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str,
+                    files: Sequence[Attachment] = ()) -> None:
+    """The staff member's text, and their files byte for byte, to the client and cc."""
     prefix = ctx.config.desk.ticket_prefix
     ref = ticket_ref(prefix, ticket.id)
     in_reply_to, references = client_thread(ctx.session, ticket)
@@ -118,6 +221,9 @@ def relay_to_client(ctx: Inbound, ticket: Ticket, staff: Staff, body: str) -> No
                        "Thread-Index": outlook_thread_index(f"{prefix}-{ticket.id}",
                                                             ticket.created_at,
                                                             public_out + 1)},
-        context={"ref": ref, "body": body, "staff_name": staff.name or staff.email})
+        files=[draft_file(a) for a in files if a.sha256 is not None],
+        context={"ref": ref, "body": body, "staff_name": staff.name or staff.email,
+                 "inline_images": [a.content_id for a in files
+                                   if a.inline and a.content_id and a.sha256]})
     keeper.public_update(ticket, ctx.now)
     add_event(ctx.session, ticket, "public_reply", ctx.now, staff.email)

@@ -35,6 +35,10 @@ written (inner whitespace collapsed).
                    ``<a@b.example>`` accepted; one bad address rejects the whole line
 ``#org SLUG``      for a ticket staff start; lowercase letters, digits, ``-``, ``_``
 ``#requester A``   for a ticket staff start; one address
+``#reply NAME``    a canned reply (a slug), inserted above the staff member's own text
+``#merge PD-n``    merge the ticket replied to into ticket n (``PD-12``, ``[PD-12]``,
+                   ``#12`` or ``12``; the prefix is the caller's to check)
+``#split``         no argument; the quoted client message becomes a new ticket
 =================  ==========================================================
 
 Follow-up times (``tz`` is the org's or staff member's zone; the result is UTC):
@@ -93,6 +97,9 @@ __all__ = [
     "SetPriority",
     "SetRequester",
     "SetStatus",
+    "CannedReply",
+    "Merge",
+    "Split",
     "TICKET_CREATION_COMMANDS",
     "is_email_address",
     "looks_only_commands",
@@ -152,6 +159,22 @@ class SetRequester:
     email: str  # lowercased
 
 
+@dataclass(frozen=True)
+class CannedReply:
+    name: str  # a slug: the reply template replies/NAME.txt
+
+
+@dataclass(frozen=True)
+class Merge:
+    prefix: str | None  # as written ("PD"), None when only the number was given
+    number: int
+
+
+@dataclass(frozen=True)
+class Split:
+    pass
+
+
 Command = (
     SetPriority
     | SetStatus
@@ -163,6 +186,9 @@ Command = (
     | Cc
     | SetOrg
     | SetRequester
+    | CannedReply
+    | Merge
+    | Split
 )
 
 # Only meaningful on a ticket a staff member starts; the parser cannot know whether the
@@ -417,6 +443,27 @@ def _requester(argument: str) -> list[Command]:
     return [SetRequester(_email_argument(argument))]
 
 
+_TICKET_REF = re.compile(
+    r"^\[?(?:(?P<prefix>[A-Za-z][A-Za-z0-9]{0,9})-|#)?(?P<number>\d{1,18})\]?$")
+
+
+def _reply(argument: str) -> list[Command]:
+    if not argument:
+        raise _Problem("missing canned reply name (e.g. #reply received)")
+    name = argument.lower()
+    if not _SLUG.match(name):
+        raise _Problem(f"{argument!r} is not a canned reply name (letters, digits, - and _)")
+    return [CannedReply(name)]
+
+
+def _merge(argument: str) -> list[Command]:
+    match = _TICKET_REF.match(argument)
+    if not match:
+        raise _Problem("name the ticket to merge into, e.g. #merge PD-12")
+    prefix = match["prefix"].upper() if match["prefix"] else None
+    return [Merge(prefix, int(match["number"]))]
+
+
 _KEYWORDS = (
     "priority",
     "status",
@@ -428,6 +475,9 @@ _KEYWORDS = (
     "cc",
     "org",
     "requester",
+    "reply",
+    "merge",
+    "split",
 )
 _ALIASES = {"private": "internal", "follow-up": "followup"}
 
@@ -452,6 +502,13 @@ def _parse_line(keyword: str, argument: str, now: datetime, tz: ZoneInfo) -> lis
         return _org(argument)
     if keyword == "requester":
         return _requester(argument)
+    if keyword == "reply":
+        return _reply(argument)
+    if keyword == "merge":
+        return _merge(argument)
+    if keyword == "split":
+        _no_argument(keyword, argument)
+        return [Split()]
     raise AssertionError(f"keyword without a parser: {keyword}")  # pragma: no cover
 
 

@@ -49,6 +49,13 @@ def _duration(value: Any) -> Duration:
         raise ValueError(str(exc)) from None
 
 
+def _duration_or_off(value: Any) -> Duration:
+    """A duration where ``0`` (or ``"0"``) means "off"."""
+    if value in (0, "0"):
+        return Duration()
+    return _duration(value)
+
+
 def _email(value: str) -> str:
     value = value.strip()
     if not _EMAIL.match(value):
@@ -88,6 +95,9 @@ class DeskConfig(_Strict):
     hard_bounce_limit: int = Field(default=3, ge=1)
     # Words in a client's reply that sign off work awaiting approval (None: built-in list).
     approval_phrases: list[str] | None = None
+    # Client attachments copied onto a staff notification, and a staff reply's onto the
+    # client's email, up to this many bytes in total (beyond: listed, or refused).
+    notify_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
 
     _lock = field_validator("database_lock_timeout", "send_claim", mode="before")(_duration)
 
@@ -219,9 +229,15 @@ class PlanConfig(_Strict):
     resolution: dict[str, Duration] = Field(default_factory=dict)
     monthly_allowance: Duration = Field(default_factory=Duration)
     rollover_cap: Duration | None = None
+    # A ticket pending this long gets one reminder to the requester, and is resolved after
+    # ``pending_close_after`` (business time on the plan's calendar; 0 = off).
+    pending_remind_after: Duration = Field(default_factory=lambda: Duration(days=3))
+    pending_close_after: Duration = Field(default_factory=lambda: Duration(days=10))
 
     _t = field_validator("first_response", "next_update", "resolution", mode="before")(_targets)
     _d = field_validator("monthly_allowance", "rollover_cap", mode="before")(_duration)
+    _off = field_validator("pending_remind_after", "pending_close_after",
+                           mode="before")(_duration_or_off)
 
     @field_validator("priority_calendar")
     @classmethod
@@ -269,6 +285,7 @@ class StaffConfig(_Strict):
     email: str
     name: str = ""
     role: Literal["agent", "lead", "manager"] = "agent"
+    timezone: str | None = None   # the zone due times are shown in (default: the desk's)
 
     _e = field_validator("email")(_email)
 
@@ -455,6 +472,8 @@ def cross_check(cfg: Config) -> list[str]:
     for i, s in enumerate(cfg.staff):
         if s.email in cfg.desk.support_addresses:
             problems.append(f"staff[{i}].email: a support address cannot be staff")
+        if s.timezone:
+            check_zone(f"staff[{i}].timezone", s.timezone)
     if cfg.rota:
         if cfg.rota.start.weekday() != 0:
             problems.append(f"rota.start: {cfg.rota.start} is not a Monday")

@@ -5,6 +5,8 @@
   in, its statements and the local times its contacts are shown.
 * The desk's zone (``desk_zone``): ``[digest] timezone`` (default UTC). It decides the
   agency's own dates: rota weeks and digest periods.
+* A staff member's zone (``staff_zone``): their ``staff[].timezone``, else the desk's. The
+  due times in their notifications and queue are shown in it.
 
 Every caller asks here; nothing else picks a zone."""
 
@@ -27,3 +29,10 @@ def org_zone(config: Config, org_slug: str, plan: str | None = None) -> ZoneInfo
 
 def desk_zone(config: Config) -> ZoneInfo:
     return ZoneInfo(config.digest.timezone)
+
+
+def staff_zone(config: Config, email: str) -> ZoneInfo:
+    member = config.staff_member(email)
+    if member is not None and member.timezone:
+        return ZoneInfo(member.timezone)
+    return desk_zone(config)
