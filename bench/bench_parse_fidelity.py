@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import email
 import os
 import re
 import sys
@@ -39,13 +38,14 @@ import inscriptis
 from inscriptis.css_profiles import CSS_PROFILES
 from inscriptis.model.config import ParserConfig
 
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))   # tests.corpus
+
 from postdesk.mail.parse import (
     UnparseableEmail,
-    decode_bytes,
     html_to_text,
-    own_parts,
     parse_email,
 )
+from tests.corpus import html_parts  # noqa: E402
 
 _REPAIRS = ("before the header fields were skipped", "unindented continuation",
             "From: header fields", "byte order mark", "white space before the colon",
@@ -63,16 +63,6 @@ def corpus_files(root: Path) -> list[Path]:
     with (root / "MANIFEST.csv").open(newline="", encoding="utf-8", errors="replace") as fh:
         rows = list(csv.reader(fh))
     return [root / r[1] for r in rows[1:] if len(r) >= 2 and r[1] and (root / r[1]).is_file()]
-
-
-def html_parts(raw: bytes) -> list[str]:
-    out = []
-    for part in own_parts(email.message_from_bytes(raw)):
-        if part.get_content_type() == "text/html":
-            data = part.get_payload(decode=True)
-            if isinstance(data, bytes):
-                out.append(decode_bytes(data, part.get_content_charset()))
-    return out
 
 
 def main() -> int:

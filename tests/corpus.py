@@ -7,11 +7,14 @@ not in the repository; tests that need it skip when it is absent.
 from __future__ import annotations
 
 import csv
+import email
 import functools
 import os
 from pathlib import Path
 
 import pytest
+
+from postdesk.mail.parse import decode_bytes, own_parts
 
 
 def corpus_dir() -> Path | None:
@@ -51,3 +54,15 @@ def read(relative: str) -> bytes:
     root = corpus_dir()
     assert root is not None, "corpus not available"
     return (root / relative).read_bytes()
+
+
+def html_parts(raw: bytes) -> list[str]:
+    """The decoded text of each HTML part of an email (its own parts, not those of
+    attached emails), for the checks that the text converter keeps everything."""
+    out = []
+    for part in own_parts(email.message_from_bytes(raw)):
+        if part.get_content_type() == "text/html":
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                out.append(decode_bytes(data, part.get_content_charset()))
+    return out

@@ -4,19 +4,16 @@ printed by bench/bench_parse_fidelity.py; these tests hold the rules that must n
 
 from __future__ import annotations
 
-import email
 import re
 
 import pytest
 
 from postdesk.mail.parse import (
     UnparseableEmail,
-    decode_bytes,
     html_to_text,
-    own_parts,
     parse_email,
 )
-from tests.corpus import manifest_files, read, requires_corpus
+from tests.corpus import html_parts, manifest_files, read, requires_corpus
 
 pytestmark = [requires_corpus, pytest.mark.slow]
 
@@ -24,16 +21,6 @@ _TAG = re.compile(r"<[^>]*>")
 _AFTER_HTML = re.compile(r"</html\s*>(.*)", re.IGNORECASE | re.DOTALL)
 _REPAIRS = ("before the header fields were skipped", "unindented continuation",
             "white space before the colon", "byte order mark")
-
-
-def html_parts(raw: bytes) -> list[str]:
-    out = []
-    for part in own_parts(email.message_from_bytes(raw)):
-        if part.get_content_type() == "text/html":
-            data = part.get_payload(decode=True)
-            if isinstance(data, bytes):
-                out.append(decode_bytes(data, part.get_content_charset()))
-    return out
 
 
 def test_no_corpus_html_body_loses_the_text_after_its_end_tag() -> None:
