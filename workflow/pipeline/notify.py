@@ -271,17 +271,25 @@ def answer_balance(ctx: Inbound, outcome: Outcome) -> None:
                  "usage": [(ticket_ref(prefix, t.id), t.subject, used) for t, used in usage]})
 
 
-def report_command_errors(ctx: Inbound, outcome: Outcome) -> None:
-    """Commands not understood: nothing was sent to the client; say so, and why."""
+def _tell_staff_not_sent(ctx: Inbound, template: str, why: str,
+                         context: dict[str, object]) -> None:
+    """Nothing of a staff reply went to the client: tell its sender, on the ticket's
+    thread, what was wrong (one email per inbound email: the raw id dedupes)."""
     ticket = ctx.ticket
     if ticket is None or ctx.sender is None:
         return
     ref = ticket_ref(ctx.config.desk.ticket_prefix, ticket.id)
     ctx.outbox.queue(
-        dedupe_key=f"command-errors:{ctx.raw.id}", on_ticket=False, template="command_errors",
-        to=[ctx.sender.email], subject=f"[{ref}] Not sent: commands not understood",
+        dedupe_key=f"{template.replace('_', '-')}:{ctx.raw.id}", on_ticket=False,
+        template=template, to=[ctx.sender.email], subject=f"[{ref}] Not sent: {why}",
         ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
-        in_reply_to=ctx.email.message_id, context={"ref": ref, "errors": outcome.data})
+        in_reply_to=ctx.email.message_id, context={"ref": ref, **context})
+
+
+def report_command_errors(ctx: Inbound, outcome: Outcome) -> None:
+    """Commands not understood: nothing was sent to the client; say so, and why."""
+    _tell_staff_not_sent(ctx, "command_errors", "commands not understood",
+                         {"errors": outcome.data})
 
 
 def answer_queue(ctx: Inbound, outcome: Outcome) -> None:
@@ -301,17 +309,9 @@ def answer_queue(ctx: Inbound, outcome: Outcome) -> None:
 
 def report_relay_refused(ctx: Inbound, outcome: Outcome) -> None:
     """A staff reply whose files cannot go to the client: nothing was sent; say why."""
-    ticket = ctx.ticket
-    if ticket is None or ctx.sender is None:
-        return
-    ref = ticket_ref(ctx.config.desk.ticket_prefix, ticket.id)
-    ctx.outbox.queue(
-        dedupe_key=f"relay-refused:{ctx.raw.id}", on_ticket=False, template="relay_refused",
-        to=[ctx.sender.email], subject=f"[{ref}] Not sent: attachments too large",
-        ticket=ticket, reply_to=ctx.services.reply_address(ticket.id),
-        in_reply_to=ctx.email.message_id,
-        context={"ref": ref, "problems": outcome.data,
-                 "limit": human_size(ctx.config.desk.notify_attachment_bytes)})
+    _tell_staff_not_sent(ctx, "relay_refused", "attachments too large",
+                         {"problems": outcome.data,
+                          "limit": human_size(ctx.config.desk.notify_attachment_bytes)})
 
 
 def note_duplicate(ctx: Inbound, outcome: Outcome) -> None:
