@@ -12,6 +12,7 @@ from postdesk import metrics
 from postdesk.storage.models import Outbox, RawMessage
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.runner import PipelineResult
+from postdesk.workflow.rules.refs import ticket_ref
 
 log = logging.getLogger("postdesk.mail")
 
@@ -31,7 +32,7 @@ def inbound(services: Services, raw_id: int, result: PipelineResult, seconds: fl
     source, message_id, sender, received_at = row if row else (None, None, None, None)
     latency = (services.now() - received_at).total_seconds() if received_at else None
     metrics.email_processed(result.status, result.reason, latency)
-    ticket = (f"{services.config.desk.ticket_prefix}-{result.ticket_id}"
+    ticket = (ticket_ref(services.config.desk.ticket_prefix, result.ticket_id)
               if result.ticket_id else None)
     ms = round(seconds * 1000)
     log.info("inbound raw=%s source=%s message_id=%s from=%s outcome=%s reason=%s "

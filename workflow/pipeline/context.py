@@ -17,6 +17,7 @@ from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.ticket_lookup import References
 from postdesk.workflow.rules.commands import CommandParse
 from postdesk.workflow.rules.config import Config
+from postdesk.workflow.rules.refs import ticket_ref
 from postdesk.workflow.rules.senders import SenderIdentity
 from postdesk.workflow.rules.trust import Verdict
 
@@ -84,4 +85,4 @@ class Inbound:
     @property
     def ticket_ref(self) -> str:
         assert self.ticket is not None
-        return f"{self.config.desk.ticket_prefix}-{self.ticket.id}"
+        return ticket_ref(self.config.desk.ticket_prefix, self.ticket.id)
