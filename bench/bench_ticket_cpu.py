@@ -82,6 +82,9 @@ def parse_args() -> argparse.Namespace:
                         help="measure this checkout's code instead of the script's own")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile the work and print the top N by own time")
+    parser.add_argument("--profile-out", type=Path, default=None, metavar="FILE",
+                        help="with --profile: also write the cProfile stats to FILE "
+                             "(for pstats, snakeviz...)")
     return parser.parse_args()
 
 
@@ -359,6 +362,8 @@ def main() -> None:
             profiler.enable()
             run_tickets(app, raws2, None)
             profiler.disable()
+        if ARGS.profile_out is not None:
+            profiler.dump_stats(ARGS.profile_out)
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         # A measure of work that does not move with the machine's load.
