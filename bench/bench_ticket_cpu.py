@@ -5,6 +5,7 @@ the staff notification rendered and composed. On SQLite (the embedded default).
 Run from the repository root::
 
     .venv/bin/python bench/bench_ticket_cpu.py [--emails 500] [--profile 25]
+    .venv/bin/python bench/bench_ticket_cpu.py --profile 25 --profile-out /tmp/ticket.prof
     .venv/bin/python bench/bench_ticket_cpu.py --tree /path/to/other/checkout
 
 ``--tree`` measures another checkout's code (same layout) with this script and this
