@@ -5,6 +5,7 @@ the staff notification rendered and composed. On SQLite (the embedded default).
 Run from the repository root::
 
     .venv/bin/python bench/bench_ticket_cpu.py [--emails 500] [--profile 25]
+    .venv/bin/python bench/bench_ticket_cpu.py --profile 25 --profile-out /tmp/ticket.prof
     .venv/bin/python bench/bench_ticket_cpu.py --tree /path/to/other/checkout
 
 ``--tree`` measures another checkout's code (same layout) with this script and this
@@ -82,6 +83,9 @@ def parse_args() -> argparse.Namespace:
                         help="measure this checkout's code instead of the script's own")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile the work and print the top N by own time")
+    parser.add_argument("--profile-out", type=Path, default=None, metavar="FILE",
+                        help="with --profile: also write the cProfile stats to FILE "
+                             "(for pstats, snakeviz...)")
     return parser.parse_args()
 
 
@@ -359,6 +363,8 @@ def main() -> None:
             profiler.enable()
             run_tickets(app, raws2, None)
             profiler.disable()
+        if ARGS.profile_out is not None:
+            profiler.dump_stats(ARGS.profile_out)
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
         # A measure of work that does not move with the machine's load.

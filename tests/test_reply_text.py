@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from postdesk.mail import reply_text
 from postdesk.mail.reply_text import visible_reply
 from tests.corpus import corpus_dir, requires_corpus
 
@@ -121,6 +122,7 @@ def test_message_that_only_quotes_is_kept() -> None:
 
 VISIBLE_REPLIES = """
 import json, sys
+from postdesk.mail import reply_text
 from postdesk.mail.reply_text import visible_reply
 json.dump([visible_reply(body) for body in json.load(sys.stdin)], sys.stdout)
 """
@@ -289,3 +291,57 @@ def test_agreement_with_reply_corpora() -> None:
     for source, ok in results.items():
         assert sum(ok) / len(ok) >= AGREEMENT[source], report
     assert total / len(cases) >= OVERALL_AGREEMENT
+
+
+# --- the cheap filter in front of the library's header regex ----------------------------
+
+def library_regex_finds_a_header(text: str) -> bool:
+    stripped = reply_text._searchable(text.replace("\r\n", "\n").split("\n"))
+    return reply_text._LIBRARY_HEADER.search("\n".join(stripped)) is not None
+
+
+def filter_lets_through(text: str) -> bool:
+    return reply_text._may_have_library_header(
+        reply_text._searchable(text.replace("\r\n", "\n").split("\n")))
+
+
+FIELD_NAMES = ["From", "Sent", "To", "Subject", "Date", "Cc", "Von", "Betreff", "De ",
+               "Envoyé ", "Objet ", "  ", "보낸 사람", "发件人", "Organización", "Odesláno",
+               "Fra", "A", "Da", "Till"]
+ATTRIBUTIONS = ["On Mon, 1 Dec 2026 Dana <d@x.example> wrote", "Am 1.12.2026 schrieb Dana <d@x>",
+                "Le 1 déc. 2026, Dana a écrit", "El lun, Dana escribió",
+                "Il 1 dic 2026 Dana ha scritto", "Op 1 dec 2026 schreef Dana",
+                "Den 1 dec 2026 skrev Dana", "Dne 1. 12. 2026 Dana napsal(a)",
+                "2026年12月1日(月) 10:00 Dana <d@x.example>",
+                "2026년 12월 1일 Dana님이 작성하였습니다",
+                "2026年12月1日 Dana 写道", "----- Original Message -----"]
+HEADER_LINES = st.one_of(
+    st.builds("{}{}{}:{}{}".format, st.sampled_from(["", "> ", ">> ", "*", "> *", " "]),
+              st.sampled_from(FIELD_NAMES), st.sampled_from(["", "*", " *"]),
+              st.sampled_from(["", " ", "  "]), st.text(alphabet="ab1 @.", max_size=8)),
+    st.builds("{}{}{}".format, st.sampled_from(["", "> ", " "]), st.sampled_from(ATTRIBUTIONS),
+              st.sampled_from(["", ":", "：", " :", ": x"])),
+    st.text(alphabet="ab1 :.>*-", max_size=30))
+HEADERISH = st.lists(HEADER_LINES, max_size=8).map("\n".join)
+
+
+@settings(max_examples=600, deadline=None)
+@given(HEADERISH)
+def test_the_header_filter_never_skips_a_body_the_library_regex_would_match(text: str) -> None:
+    assert filter_lets_through(text) or not library_regex_finds_a_header(text)
+
+
+def test_the_header_filter_skips_a_plain_body_and_keeps_a_quoted_one() -> None:
+    plain = "Hello,\n\nthe checkout page shows an error.\n\nThanks,\nAlice\n"
+    assert not filter_lets_through(plain)
+    assert filter_lets_through(GMAIL) and library_regex_finds_a_header(GMAIL)
+    assert filter_lets_through(OUTLOOK_ORIGINAL_MESSAGE)
+
+
+@requires_corpus
+def test_the_header_filter_never_skips_a_corpus_body_the_library_regex_would_match() -> None:
+    cases = discourse_cases() + crisp_cases() + github_zapier_cases()
+    matched = [case.name for case in cases if library_regex_finds_a_header(case.text)]
+    assert matched, "the corpora contain quote headers"
+    assert [name for name in matched if not filter_lets_through(
+        next(case.text for case in cases if case.name == name))] == []
