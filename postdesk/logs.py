@@ -95,8 +95,25 @@ def log_format(flag: str | None) -> str:
     return fmt if fmt in FORMATS else "text"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not the stream
+    there was at set-up: a process (or a test) that swaps stderr never leaves a handler
+    writing to a closed file."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False, fmt: str | None = None) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if log_format(fmt) == "json":
         handler.setFormatter(JsonFormatter())
     else:
