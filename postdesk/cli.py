@@ -361,6 +361,8 @@ def cmd_tickets_show(args: argparse.Namespace) -> int:
         print(f"  {key}: {data[key]}")
     for m in data["messages"]:
         print(f"\n--- {m['direction']} {m['kind']} {m['date']} from {m['from']}")
+        if m["parse_defects"]:
+            print(f"  parse defects: {'; '.join(m['parse_defects'])}")
         print(m["text"].rstrip())
         for a in m["attachments"]:
             print(f"  [attachment] {a['filename']} ({a['size']} bytes)")

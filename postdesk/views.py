@@ -67,6 +67,7 @@ def ticket_json(session: Session, ticket: Ticket, prefix: str, *, messages: bool
         data["messages"] = [
             {"direction": m.direction, "kind": m.kind, "from": m.from_addr,
              "from_name": m.from_name or None, "has_html": m.html is not None,
+             "parse_defects": list(m.parse_defects or []),
              "message_id": m.message_id, "in_reply_to": m.in_reply_to,
              "subject": m.subject, "date": iso(m.sent_at or m.created_at),
              "text": m.stripped_text or m.text, "full_text": m.text,

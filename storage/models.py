@@ -178,6 +178,9 @@ class Message(Base):
     stripped_text: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None]         # the Date header
     created_at: Mapped[datetime]
+    # What the lenient parser repaired or could not read in this email (short sentences);
+    # SQL NULL when nothing (none_as_null: never the JSON text 'null').
+    parse_defects: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True))
     ticket: Mapped[Ticket] = relationship(back_populates="messages")
     attachments: Mapped[list[Attachment]] = relationship(
         back_populates="message", order_by="Attachment.id", cascade="all, delete-orphan"

@@ -63,6 +63,22 @@ def inbound_dedupe_key(mail: ParsedEmail, raw: RawMessage) -> str:
     return f"in:{mail.message_id}" if mail.message_id else f"sha:{raw.sha256}"
 
 
+MAX_DEFECTS, MAX_DEFECT_CHARS = 20, 200
+
+
+def stored_defects(defects: list[str]) -> list[str] | None:
+    """The parser's defects as kept on the message: None when there are none; a message
+    built to have thousands (one per broken part) keeps the first few, and says how many
+    more there were, each cut to a line's length (they may quote the damaged input)."""
+    if not defects:
+        return None
+    kept = [d if len(d) <= MAX_DEFECT_CHARS else d[:MAX_DEFECT_CHARS - 1] + "\u2026"
+            for d in defects[:MAX_DEFECTS]]
+    if len(defects) > MAX_DEFECTS:
+        kept.append(f"and {len(defects) - MAX_DEFECTS} more")
+    return kept
+
+
 def store_message(session: Session, blobs: BlobStore, *, raw: RawMessage, mail: ParsedEmail,
                   ticket: Ticket, kind: str, direction: str, text: str | None,
                   max_attachment_bytes: int, now: datetime,
@@ -77,7 +93,8 @@ def store_message(session: Session, blobs: BlobStore, *, raw: RawMessage, mail: 
         # Sanitised once, here, so no later template can render a client's script.
         html=sanitize_html(mail.html) if mail.html else None,
         stripped_text=text if text is not None else (mail.text or ""),
-        outbox_id=None, sent_at=mail.date, created_at=now)
+        outbox_id=None, sent_at=mail.date, created_at=now,
+        parse_defects=stored_defects(mail.defects))
     # Written now: its id is for its attachments and for callers (time entries cite it).
     insert_now(session, message)
     for part in mail.attachments:
