@@ -271,30 +271,16 @@ def _original_message_id(parsed: ParsedEmail, report: Message | None) -> str | N
 def _flufl_failures(message: Message) -> tuple[set[str], set[str]]:
     """(temporary, permanent) addresses found by flufl.bounce.
 
-    ``all_failures`` stops at the first detector that raises (several do on
-    8-bit headers or headerless input). Then each detector is run alone, as
-    ``all_failures`` would, so one broken detector does not hide the others.
-    """
+    ``all_failures`` stops with the exception of the first detector that raises (several
+    do on 8-bit headers or a missing From). flufl.bounce offers no public way to run its
+    detectors one by one, so such a message counts as "no addresses found" and the
+    classifier's other signals (a DSN report, ``X-Failed-Recipients``, a mail system's
+    bounce subject) decide."""
     try:
         temporary, permanent = flufl.bounce.all_failures(message)
     except Exception:  # noqa: BLE001 - detector bug on odd input
-        temporary, permanent = _flufl_failures_one_by_one(message)
+        return set(), set()
     return _decode_all(temporary), _decode_all(permanent)
-
-
-def _flufl_failures_one_by_one(message: Message) -> tuple[frozenset[bytes], frozenset[bytes]]:
-    # The detector list is internal to flufl.bounce; if it moves, we simply
-    # lose this second chance rather than break.
-    from flufl.bounce import _scan
-
-    for detector in getattr(_scan, "_DETECTORS", []):
-        try:
-            temporary, permanent = detector().process(message)
-        except Exception:  # noqa: BLE001 - same detector bugs as above
-            continue
-        if temporary or permanent:
-            return frozenset(temporary), frozenset(permanent)
-    return frozenset(), frozenset()
 
 
 def _decode_all(addresses: Iterable[bytes | str]) -> set[str]:
