@@ -26,6 +26,7 @@ from tests.support import (
     backend_param,
     config_text,
     free_port,
+    this_weeks_monday,
     wait_for,
 )
 
@@ -159,6 +160,8 @@ def make_desk(tmp_path: Path, backend_kind: str) -> Iterator[Any]:
     with backend(backend_kind, tmp_path) as be:
         def factory(extra: str = "", smtp: bool = True, workers: bool = True,
                     clock: Clock | None = None, **kw: Any) -> Desk:
+            if clock is None:    # the wall clock: dev1 on rota this week, any week
+                kw.setdefault("rota_start", this_weeks_monday())
             text = config_text(be, tmp_path / "data", extra=extra, **kw)
             desk = start_desk(parse_config(text, environ={}), smtp=smtp, workers=workers,
                               clock=clock)
@@ -174,6 +177,8 @@ def make_desk(tmp_path: Path, backend_kind: str) -> Iterator[Any]:
 @pytest.fixture
 def sqlite_desk(tmp_path: Path) -> Iterator[Desk]:
     with backend("sqlite", tmp_path) as be:
-        desk = start_desk(parse_config(config_text(be, tmp_path / "data"), environ={}))
+        desk = start_desk(parse_config(config_text(be, tmp_path / "data",
+                                                   rota_start=this_weeks_monday()),
+                                       environ={}))
         yield desk
         stop_desk(desk)

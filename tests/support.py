@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -95,7 +95,7 @@ name = "The Boss"
 role = "manager"
 
 [rota]
-start = "2026-11-23"
+start = "{rota_start}"
 weeks = ["dev1@agency.example", "dev2@agency.example"]
 
 [digest]
@@ -218,9 +218,23 @@ def _purge_broker(url: str, ns: str) -> None:
         pass
 
 
+ROTA_START = date(2026, 11, 23)
+
+
+def this_weeks_monday(today: date | None = None) -> date:
+    """The Monday of the current UTC week: rota weeks run Monday to Sunday."""
+    day = today or datetime.now(UTC).date()
+    return day - timedelta(days=day.weekday())
+
+
 def config_text(be: Backend, data_dir: Path, *, smtp_port: int = 0, max_bytes: int = 200_000,
-                extra: str = "", lock_timeout: str = "30s", desk_extra: str = "") -> str:
-    return BASE_CONFIG.format(database_url=be.database_url, broker_url=be.broker_url,
+                extra: str = "", lock_timeout: str = "30s", desk_extra: str = "",
+                rota_start: date = ROTA_START) -> str:
+    """``rota_start``: the Monday dev1's rota week begins. Tests on a ManualClock keep the
+    fixed default; desks on the wall clock pass ``this_weeks_monday()`` so that dev1 is
+    on rota whatever week the suite runs in."""
+    return BASE_CONFIG.format(rota_start=rota_start.isoformat(),
+                              database_url=be.database_url, broker_url=be.broker_url,
                               data_dir=data_dir, namespace=be.namespace,
                               smtp_port=smtp_port or free_port(), max_bytes=max_bytes,
                               extra=extra, lock_timeout=lock_timeout, desk_extra=desk_extra)
