@@ -115,7 +115,10 @@ def notify_staff(ctx: Inbound) -> None:
     if not person:
         return
     what = "New ticket" if ctx.created_ticket else "Client reply"
-    files = message_attachments(ctx.session, ctx.message.id) if ctx.message else []
+    # The stored message's files are the parsed email's (``record``): none to look up
+    # when it had none.
+    files = (message_attachments(ctx.session, ctx.message.id)
+             if ctx.message and ctx.email.attachments else [])
     chosen = files_for_notification(facts(files), ctx.config.desk.notify_attachment_bytes)
     attach_ids = {f.key for f in chosen.attach}
     queue_staff_notification(

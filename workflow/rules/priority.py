@@ -115,8 +115,9 @@ def _phrase_pattern(phrase: str, token_chars: str) -> re.Pattern[str]:
 
 
 def _mentions(phrase: str, texts: Sequence[str], token_chars: str) -> bool:
+    """``texts`` already have their apostrophes made plain (``_APOSTROPHES``)."""
     pattern = _phrase_pattern(phrase, token_chars)
-    return any(pattern.search(text.translate(_APOSTROPHES)) for text in texts)
+    return any(pattern.search(text) for text in texts)
 
 
 def initial_priority(
@@ -134,7 +135,8 @@ def initial_priority(
     ``keyword_rules`` is named in the reason); otherwise ``default``.
     """
     check_priority(default)
-    texts = [text for text in (subject, body) if text]
+    # Apostrophes made plain once, not once per rule: a body can be long.
+    texts = [text.translate(_APOSTROPHES) for text in (subject, body) if text]
 
     # A blank keyword would match nothing useful; treat it as "no keyword configured".
     keyword = (escalation_keyword or "").strip()
