@@ -35,6 +35,7 @@ import mailbox
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -238,7 +239,8 @@ class Importer:
             self._pool = pool
             if self.parse_ahead and self._ahead_pipeline is not None:
                 self._parser = ProcessPoolExecutor(
-                    1, mp_context=multiprocessing.get_context("fork"))
+                    1, mp_context=multiprocessing.get_context("fork"),
+                    initializer=_die_with_parent, initargs=(os.getpid(),))
             try:
                 for source in sources:
                     if source.error is not None:
@@ -485,6 +487,18 @@ def _usable_cpus() -> int:
 
 
 _START_METHODS = multiprocessing.get_all_start_methods()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In the parse-ahead child: exit once the import that started it is gone. A killed
+    import (kill -9) cannot shut its pool down, and the child would otherwise wait on
+    its task queue for ever."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="import-parent-watch", daemon=True).start()
 
 
 def _chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

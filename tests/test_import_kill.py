@@ -63,6 +63,9 @@ def test_an_import_killed_mid_batch_and_run_again_makes_each_ticket_and_ack_once
                                 "--json"], env=env, capture_output=True, text=True,
                                timeout=600, check=True)
         assert again.returncode == 0, again.stderr
+        # Nothing of the killed import lives on (its parse-ahead child exits with it).
+        wait_for(lambda: not processes_reading(box_path), 30,
+                 what="no process left reading the mbox")
 
         with engine.connect() as conn:
             subjects = sorted(conn.execute(select(Ticket.subject)).scalars())
@@ -75,3 +78,16 @@ def test_an_import_killed_mid_batch_and_run_again_makes_each_ticket_and_ack_once
         assert statuses == ["processed"] * EMAILS     # one raw message per email, all done
         print(f"\n{kind}: {tickets_at_kill}/{EMAILS} tickets existed at the kill")
 
+
+def processes_reading(path: Path) -> list[int]:
+    """PIDs whose command line names ``path`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(path).encode() in cmdline:
+                found.append(int(entry.name))
+    return found
