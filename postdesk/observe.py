@@ -9,7 +9,7 @@ import logging
 from sqlalchemy import select
 
 from postdesk import metrics
-from postdesk.storage.models import Outbox, RawMessage
+from postdesk.storage.models import Outbox
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.runner import PipelineResult
 from postdesk.workflow.rules.refs import ticket_ref
@@ -25,11 +25,8 @@ def accepted(raw_id: int, created: bool, source: str, seconds: float) -> None:
 
 
 def inbound(services: Services, raw_id: int, result: PipelineResult, seconds: float) -> None:
-    with services.sessions() as session:
-        row = session.execute(
-            select(RawMessage.source, RawMessage.message_id, RawMessage.from_addr,
-                   RawMessage.received_at).where(RawMessage.id == raw_id)).one_or_none()
-    source, message_id, sender, received_at = row if row else (None, None, None, None)
+    source, message_id, sender = result.source, result.message_id, result.sender
+    received_at = result.received_at
     latency = (services.now() - received_at).total_seconds() if received_at else None
     metrics.email_processed(result.status, result.reason, latency)
     ticket = (ticket_ref(services.config.desk.ticket_prefix, result.ticket_id)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import traceback
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -152,10 +153,16 @@ def _finish(ctx: Inbound, outcome: Outcome | None) -> PipelineResult:
         raw.ticket_id = ticket_id = ctx.ticket.id
     return PipelineResult(str(status), reason, detail, outcome.step if outcome else None,
                           ticket_id=ticket_id, created_ticket=ctx.created_ticket,
-                          outbox_ids=tuple(ctx.outbox.queued_ids))
+                          outbox_ids=tuple(ctx.outbox.queued_ids), **_raw_facts(raw))
+
+
+def _raw_facts(raw: RawMessage) -> dict[str, Any]:
+    return {"source": raw.source, "message_id": raw.message_id, "sender": raw.from_addr,
+            "received_at": raw.received_at}
 
 
 def _mark(services: Services, raw_id: int, reason: str, detail: str) -> PipelineResult:
+    facts: dict[str, Any] = {}
     with services.sessions() as session, session.begin():
         raw = session.get(RawMessage, raw_id)
         if raw is not None and raw.status == RawStatus.PENDING:
@@ -163,4 +170,6 @@ def _mark(services: Services, raw_id: int, reason: str, detail: str) -> Pipeline
             raw.detail = detail[:4000]
             raw.processed_at = services.now()
             raw.attempts += 1
-    return PipelineResult("quarantined", reason, detail, None)
+        if raw is not None:
+            facts = _raw_facts(raw)
+    return PipelineResult("quarantined", reason, detail, None, **facts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 Ctx = TypeVar("Ctx")
@@ -59,6 +60,12 @@ class PipelineResult:
     ticket_id: int | None = None   # the ticket the email landed on
     created_ticket: bool = False   # True when this email opened that ticket
     outbox_ids: tuple[int, ...] = ()   # emails rendered and ready to send, after commit
+    # The raw message as processed, for the per-email log line and latency metric (so
+    # that nobody reads the row again after the transaction).
+    source: str | None = None
+    message_id: str | None = None
+    sender: str | None = None
+    received_at: datetime | None = None
 
 
 def run_steps(steps: Sequence[Step[Ctx]], ctx: Ctx) -> Outcome | None:

@@ -428,13 +428,18 @@ def _cc(argument: str) -> list[Command]:
     return [Cc(_email_argument(address)) for address in addresses]
 
 
-def _org(argument: str) -> list[Command]:
+def _slug_argument(argument: str, what: str, missing: str) -> str:
+    """A lower-cased name of letters, digits, - and _ (an org slug, a reply name)."""
     if not argument:
-        raise _Problem("missing org slug")
+        raise _Problem(missing)
     slug = argument.lower()
     if not _SLUG.match(slug):
-        raise _Problem(f"{argument!r} is not an org slug (letters, digits, - and _)")
-    return [SetOrg(slug)]
+        raise _Problem(f"{argument!r} is not {what} (letters, digits, - and _)")
+    return slug
+
+
+def _org(argument: str) -> list[Command]:
+    return [SetOrg(_slug_argument(argument, "an org slug", "missing org slug"))]
 
 
 def _requester(argument: str) -> list[Command]:
@@ -448,12 +453,8 @@ _TICKET_REF = re.compile(
 
 
 def _reply(argument: str) -> list[Command]:
-    if not argument:
-        raise _Problem("missing canned reply name (e.g. #reply received)")
-    name = argument.lower()
-    if not _SLUG.match(name):
-        raise _Problem(f"{argument!r} is not a canned reply name (letters, digits, - and _)")
-    return [CannedReply(name)]
+    return [CannedReply(_slug_argument(argument, "a canned reply name",
+                                       "missing canned reply name (e.g. #reply received)"))]
 
 
 def _merge(argument: str) -> list[Command]:
