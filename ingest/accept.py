@@ -1,15 +1,18 @@
-"""The one door every email comes in by (SMTP, IMAP, import): ``accept`` writes the raw
-bytes to the blob store and commits a ``raw_messages`` row before it returns, so the
-caller may acknowledge the email (SMTP 250, IMAP move) only once it is durable.
+"""The one door every email comes in by (SMTP, IMAP, import): ``accept`` makes the raw
+bytes durable and commits a ``raw_messages`` row before it returns, so the caller may
+acknowledge the email (SMTP 250, IMAP move) only once it survives a crash or a power cut.
 
 Accepting the same bytes again returns the existing row: re-delivery after a lost
 acknowledgement, an IMAP re-scan or a re-run import create nothing new.
 
 The path is kept short because the SMTP door answers at the wire's pace: the bytes are
-hashed once; the blob is published durably (file and directory fsynced) before the row
-exists, so a row never points at bytes that are not on disk (a blob without a row, from a
-crash in between, is harmless and reused by the retry); the row is one statement in one
-short transaction, ``INSERT ... ON CONFLICT (sha256) DO NOTHING RETURNING`` on SQLite and
+hashed once; an email up to ``raw_in_database_bytes`` travels in the row itself, so
+accepting it is one statement in one short transaction whose COMMIT is synced (on SQLite,
+synchronous FULL for that transaction): one fsync, where a file costs three (the blob, its
+directory, a new directory's parent). A larger email is published to the blob store first
+(file and directory fsynced) so a row never points at bytes that are not on disk (a blob
+without a row, from a crash in between, is harmless and reused by the retry). The
+statement is ``INSERT ... ON CONFLICT (sha256) DO NOTHING RETURNING`` on SQLite and
 PostgreSQL, followed by a look-up only when the bytes were accepted before."""
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from postdesk.storage.blobs import BlobStore, sha256_hex
+from postdesk.storage.db import DURABLE
 from postdesk.storage.models import RawMessage
+from postdesk.storage.raw_store import in_row
 
 
 @dataclass(frozen=True)
@@ -59,21 +64,25 @@ _FIND_MANY = select(_RAW.c.id, _RAW.c.sha256, _RAW.c.status).where(
     _RAW.c.sha256.in_(bindparam("digests", expanding=True)))
 
 
-def _row(digest: str, size: int, envelope: Envelope, source: str, now: datetime,
-         notify: bool) -> dict[str, Any]:
-    return {"sha256": digest, "size": size, "source": source[:100],
+def _row(digest: str, raw: bytes, envelope: Envelope, source: str, now: datetime,
+         notify: bool, row_limit: int) -> dict[str, Any]:
+    return {"sha256": digest, "size": len(raw), "source": source[:100],
             "envelope_from": envelope.mail_from, "envelope_to": list(envelope.rcpt_tos),
-            "received_at": now, "status": "pending", "notify": notify}
+            "received_at": now, "status": "pending", "notify": notify,
+            "content": raw if in_row(len(raw), row_limit) else None}
 
 
 def accept(sessions: sessionmaker[Session], blobs: BlobStore, raw: bytes, envelope: Envelope,
-           source: str, *, now: datetime, notify: bool = True) -> AcceptResult:
+           source: str, *, now: datetime, notify: bool = True, row_limit: int = 0
+           ) -> AcceptResult:
+    """``row_limit``: the largest email kept in its row (``desk.raw_in_database_bytes``)."""
     digest = sha256_hex(raw)
-    # Blob first, durably: a row must never point at bytes that are not on disk. For bytes
-    # accepted before this only checks that the blob is there (a retry after a crash
-    # between blob and row finds the blob and adds the row).
-    blobs.put(raw, digest)
-    values = _row(digest, len(raw), envelope, source, now, notify)
+    values = _row(digest, raw, envelope, source, now, notify, row_limit)
+    if values["content"] is None:
+        # Blob first, durably: a row must never point at bytes that are not on disk. For
+        # bytes accepted before this only checks that the blob is there (a retry after a
+        # crash between blob and row finds the blob and adds the row).
+        blobs.put(raw, digest)
     with _transaction(sessions) as conn:
         upsert = _UPSERTS.get(conn.dialect.name)
         if upsert is None:
@@ -87,8 +96,9 @@ def accept(sessions: sessionmaker[Session], blobs: BlobStore, raw: bytes, envelo
 
 def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequence[bytes],
                 envelope: Envelope, source: str, *, now: datetime, notify: bool = True,
-                publish: Callable[[Callable[[str], object], Sequence[str]], object] | None
-                = None) -> list[AcceptResult | None]:
+                row_limit: int = 0,
+                publish: Callable[[Callable[[str], object], Sequence[str]], object] | None = None
+                ) -> list[AcceptResult | None]:
     """``accept`` for a batch (``postdesk import``), with the same guarantees: one look-up
     of the known digests, the new blobs published durably first (``publish`` may map the
     writes over a thread pool so their fsyncs overlap), then one transaction inserting
@@ -102,7 +112,8 @@ def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequenc
         out: list[AcceptResult | None] = []
         for raw, digest in zip(raws, digests, strict=True):
             out.append(None if digest in first else accept(
-                sessions, blobs, raw, envelope, source, now=now, notify=notify))
+                sessions, blobs, raw, envelope, source, now=now, notify=notify,
+                row_limit=row_limit))
             first.add(digest)
         return out
     unique = list(dict.fromkeys(digests))   # first occurrences, in input order
@@ -111,21 +122,22 @@ def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequenc
                  for row in conn.execute(_FIND_MANY, {"digests": unique})}
     raw_of = dict(zip(digests, raws, strict=True))
     new = [d for d in unique if d not in known]
+    files = [d for d in new if not in_row(len(raw_of[d]), row_limit)]
 
     def put(digest: str) -> object:
         return blobs.put(raw_of[digest], digest)
 
-    if publish is not None and len(new) > 1:
-        publish(put, new)
+    if publish is not None and len(files) > 1:
+        publish(put, files)
     else:
-        for digest in new:
+        for digest in files:
             put(digest)
     if new:
         upsert = _UPSERTS[bind.dialect.name]
-        with bind.begin() as conn:
+        with _durable(bind) as conn:
             for digest in new:
-                row = conn.execute(upsert, _row(digest, len(raw_of[digest]), envelope,
-                                                source, now, notify)).first()
+                row = conn.execute(upsert, _row(digest, raw_of[digest], envelope, source,
+                                                now, notify, row_limit)).first()
                 # None: taken by another door between the look-up and the insert.
                 known[digest] = (AcceptResult(row.id, True, "pending") if row is not None
                                  else _existing(conn, digest))
@@ -163,8 +175,17 @@ def _transaction(sessions: sessionmaker[Session]) -> Iterator[Connection]:
     statement); else in a session, so a factory bound to a test's connection is honoured."""
     bind = sessions.kw.get("bind")
     if isinstance(bind, Engine):
-        with bind.begin() as conn:
+        with _durable(bind) as conn:
             yield conn
         return
     with sessions() as session, session.begin():
-        yield session.connection()
+        yield session.connection(execution_options={DURABLE: True})
+
+
+@contextmanager
+def _durable(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose COMMIT survives a power cut: the caller acknowledges after it."""
+    with engine.connect() as conn:
+        conn.execution_options(**{DURABLE: True})
+        with conn.begin():
+            yield conn

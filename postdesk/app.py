@@ -166,7 +166,8 @@ class App:
                enqueue: bool = True) -> AcceptResult:
         started = time.perf_counter()
         result = accept(self.sessions, self.services.blobs, raw, envelope, source,
-                        now=self.clock.now(), notify=notify)
+                        now=self.clock.now(), notify=notify,
+                        row_limit=self.config.desk.raw_in_database_bytes)
         if enqueue and result.status == "pending":
             self.dispatch.inbound(result.raw_id)
         observe.accepted(result.raw_id, result.created, source, time.perf_counter() - started)

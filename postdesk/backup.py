@@ -1,6 +1,6 @@
 """``postdesk backup DEST`` and ``postdesk restore SRC``: the database and ``data_dir``
-(raw mail and attachments in ``blobs/``, the secret, template overrides, the outbox
-maildir) saved together, consistently, while the desk runs.
+(raw mail too large for its row and attachments in ``blobs/``, the secret, template
+overrides, the outbox maildir) saved together, consistently, while the desk runs.
 
 Why it is consistent without stopping anything: blobs are content-addressed and written
 (fsynced) before the row that names them commits, and never deleted. So the database is

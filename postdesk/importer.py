@@ -367,6 +367,7 @@ class Importer:
         return accept_many(
             services.sessions, services.blobs, raws, Envelope(mail_from=None, rcpt_tos=()),
             f"import:{self.kind}", now=services.now(), notify=self.notify,
+            row_limit=services.config.desk.raw_in_database_bytes,
             publish=(lambda put, digests: list(pool.map(put, digests))) if pool else None)
 
     def _process(self, raw_id: int) -> PipelineResult | None:

@@ -19,6 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from postdesk.workflow.rules.errors import UserError
 
 READ_ONLY = "postdesk_read_only"
+# Execution option: this transaction's COMMIT must survive a power cut (SQLite: synchronous
+# FULL for it; PostgreSQL's default synchronous_commit already is).
+DURABLE = "postdesk_durable"
+_SYNCHRONOUS = "postdesk_synchronous"
 
 
 class DatabaseUrlError(UserError, ValueError):
@@ -79,9 +83,18 @@ def _sqlite_pragmas(engine: Engine, busy_timeout_ms: int) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
+        options = conn.get_execution_options()
+        # synchronous=NORMAL (set on connect) makes a commit survive a crashed process but
+        # not a power cut; a transaction whose commit is a promise to someone (the door's,
+        # before it answers 250) asks for FULL, which syncs the WAL at its COMMIT. The
+        # setting is the connection's: switched only when it changes.
+        level = "FULL" if options.get(DURABLE, False) else "NORMAL"
+        info = conn.connection.info
+        if info.get(_SYNCHRONOUS, "NORMAL") != level:
+            conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+            info[_SYNCHRONOUS] = level
         # A transaction that only reads takes no write lock (WAL readers never block).
-        read = conn.get_execution_options().get(READ_ONLY, False)
-        conn.exec_driver_sql("BEGIN" if read else "BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if options.get(READ_ONLY, False) else "BEGIN IMMEDIATE")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -293,6 +293,9 @@ class RawMessage(Base):
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     processed_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The bytes themselves when small enough to live in the row (``desk.raw_in_database_bytes``),
+    # else None and the bytes are the blob named by sha256. Deferred: listings never load it.
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
 
 
 class RawStatus(StrEnum):

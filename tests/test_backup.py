@@ -22,6 +22,7 @@ from postdesk.cli import main
 from postdesk.scheduler import sweep_pending_raw
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.models import Attachment, Message, RawMessage, Ticket
+from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.rules.config import load_config, parse_config
 from tests.conftest import start_desk, stop_desk
 from tests.support import backend, config_text, make_email, wait_for
@@ -103,8 +104,14 @@ def test_a_backup_taken_mid_burst_restores_every_ticket_message_and_attachment(
     for _id, _message, filename, size, sha in restored["attachments"]:
         n = int(filename.removeprefix("log-").removesuffix(".txt"))
         assert blobs.get(sha) == attachment_for(n) and size == len(attachment_for(n))
-    for _id, _mid, sha in restored["raw"]:
-        assert hashlib.sha256(blobs.get(sha)).hexdigest() == sha
+    # Every raw email restored whole, from its row or its blob file.
+    engine = create_engine(f"sqlite:///{fresh / 'postdesk.db'}")
+    try:
+        with Session(engine) as session:
+            for raw in session.scalars(select(RawMessage)):
+                assert hashlib.sha256(raw_bytes(session, blobs, raw)).hexdigest() == raw.sha256
+    finally:
+        engine.dispose()
 
     # The restored desk finishes what was pending at backup time: every email answered
     # 250 before the backup began is a message on a ticket, with its attachment.

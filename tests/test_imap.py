@@ -29,6 +29,7 @@ from postdesk.ingest.imap_auth import AuthFailed, TokenSource, parse_token_outpu
 from postdesk.ingest.imap_sync import FAILED, TOO_LARGE, FolderSync, MoveRetry, Progress
 from postdesk.scheduler import sweep_pending_raw
 from postdesk.storage.models import ImapCursor, Message, RawMessage
+from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.desk.mailboxes import mailbox_health
 from tests.conftest_dovecot import make_dovecot_root, require_dovecot
 from tests.dovecot import DovecotServer, free_port
@@ -406,10 +407,10 @@ def test_sigkill_at_a_random_moment_of_a_thousand_then_restart(make_desk, doveco
     # pipeline then makes of them is the same as in the test above), and each sits once
     # in Processed.
     with desk.app.sessions() as s:
-        digests = list(s.scalars(select(RawMessage.sha256)))
-    assert len(digests) == 1000, why
-    stored = [BytesHeaderParser().parsebytes(desk.app.blobs.get(d))["Message-ID"]
-              for d in digests]
+        raws = list(s.scalars(select(RawMessage)))
+        assert len(raws) == 1000, why
+        stored = [BytesHeaderParser().parsebytes(
+            raw_bytes(s, desk.app.blobs, raw))["Message-ID"] for raw in raws]
     assert sorted(stored) == sorted(m["Message-ID"] for m in h.messages), why
     assert sorted(message_ids(dovecot, "Processed")) == sorted(m["Message-ID"]
                                                                for m in h.messages), why

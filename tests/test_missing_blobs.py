@@ -1,7 +1,8 @@
 """A row whose blob file is gone (a restore from an older backup, a file deleted by hand):
 `quarantine release` refuses with a clear message, `tickets show` and `outbox show` still
 work, processing quarantines it with the reason, and ``missing_blobs`` counts it for
-`postdesk status`."""
+`postdesk status`. These desks keep every raw email as a file (``raw_in_database_bytes =
+0``): a small email kept in its row has no file to lose (the last test)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,17 @@ from postdesk.storage.blob_check import missing_blobs
 from postdesk.storage.blobs import BlobMissing, BlobStore
 from postdesk.storage.models import Attachment, RawMessage
 from postdesk.workflow.pipeline.process import process_inbound
+from postdesk.workflow.pipeline.quarantine import release
 from tests.support import Backend, config_text, make_email
 
 pytestmark = pytest.mark.backends("sqlite")
+FILES_ONLY = "raw_in_database_bytes = 0"
+
+
+@pytest.fixture
+def sqlite_desk(make_desk: Any) -> Any:
+    """A desk that keeps every raw email in the blob store, so its file can be lost."""
+    return make_desk(desk_extra=FILES_ONLY)
 
 
 def _config_file(desk: Any, tmp_path: Path) -> str:
@@ -26,7 +35,7 @@ def _config_file(desk: Any, tmp_path: Path) -> str:
     be = Backend("sqlite", desk.config.desk.database_url, "stub://",
                  desk.config.desk.queue_namespace)
     path = tmp_path / "postdesk.toml"
-    path.write_text(config_text(be, Path(desk.config.desk.data_dir)))
+    path.write_text(config_text(be, Path(desk.config.desk.data_dir), desk_extra=FILES_ONLY))
     return str(path)
 
 
@@ -79,7 +88,7 @@ def test_tickets_show_and_outbox_show_work_when_the_raw_blob_is_missing(
 
 def test_processing_a_message_whose_blob_is_missing_quarantines_it_with_the_reason(
         make_desk: Any) -> None:
-    desk = make_desk(workers=False)
+    desk = make_desk(workers=False, desk_extra=FILES_ONLY)
     desk.send(make_email())
     raw_id = desk.raws()[0]["id"]
     _lose_blob(desk, raw_id)
@@ -109,3 +118,19 @@ def test_missing_blobs_counts_raw_messages_and_attachments_whose_file_is_gone(
     with sqlite_desk.app.sessions() as session:
         found = missing_blobs(session, blobs)
     assert (found.raw_messages, found.attachments, found.raw_ids) == (1, 1, (first,))
+
+
+def test_an_email_kept_in_its_row_has_no_file_to_miss_and_is_released_without_one(
+        make_desk: Any, tmp_path: Path) -> None:
+    desk = make_desk()   # the default: emails up to 256 KiB live in their row
+    desk.send(make_email(sender="stranger@elsewhere.example"))
+    desk.wait_settled()
+    raw = desk.raws()[0]
+    assert raw["status"] == "quarantined"
+    blobs = desk.app.services.blobs
+    assert not blobs.exists(raw["sha256"])
+    with desk.app.sessions() as session:
+        assert missing_blobs(session, blobs).total == 0
+    release(desk.app.services, desk.app.dispatch, raw["id"], org="clientco")
+    desk.wait_settled()
+    assert desk.raws()[0]["status"] == "processed"

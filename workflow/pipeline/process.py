@@ -25,9 +25,11 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import undefer
 
 from postdesk.storage.db import read_only
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
+from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -40,6 +42,10 @@ RACE_RETRIES = 3
 _CLAIM = (select(RawMessage).where(RawMessage.id == bindparam("raw_id"),
                                    RawMessage.status == RawStatus.PENDING)
           .with_for_update().execution_options(populate_existing=True))
+
+
+# The bytes come with the row when they live in it (one query for both).
+_WITH_CONTENT = [undefer(RawMessage.content)]
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -85,7 +91,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
     with services.sessions() as session:
         # Phase 1: checks, reading only.
         with read_only(session):
-            raw = session.get(RawMessage, raw_id)
+            raw = session.get(RawMessage, raw_id, options=_WITH_CONTENT)
             if raw is None:
                 log.error("raw message %s does not exist", raw_id)
                 return None
@@ -93,7 +99,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
                 return None   # processed before: a redelivered job changes nothing
             now = services.now()
             ctx = Inbound(services=services, session=session, raw=raw,
-                          raw_bytes=services.blobs.get(raw.sha256), now=now,
+                          raw_bytes=raw_bytes(session, services.blobs, raw), now=now,
                           outbox=OutboxWriter(session, services, now))
             outcome = run_steps(pipeline.checks, ctx)
         # Phase 2: record, in one short transaction.

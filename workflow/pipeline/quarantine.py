@@ -4,6 +4,7 @@ back through the pipeline as authorised; drop marks it ``dropped`` and records w
 from __future__ import annotations
 
 from postdesk.storage.models import RawMessage, RawStatus
+from postdesk.storage.raw_store import missing_file
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.pipeline.process import process_inbound
@@ -24,11 +25,11 @@ def release(services: Services, dispatch: Dispatch, raw_id: int, *, org: str | N
         raw = session.get(RawMessage, raw_id)
         if raw is None or raw.status != RawStatus.QUARANTINED:
             raise QuarantineActionError(f"message {raw_id} is not in quarantine")
-        if not services.blobs.exists(raw.sha256):
+        missing = missing_file(session, services.blobs, raw)
+        if missing is not None:
             raise QuarantineActionError(
                 f"message {raw_id} cannot be released: its raw bytes are missing from the "
-                f"blob store (expected at {services.blobs.path_for(raw.sha256)}); restore "
-                f"that file, or drop the message")
+                f"blob store (expected at {missing}); restore that file, or drop the message")
         previous = raw.reason
         raw.status, raw.authorised = RawStatus.PENDING, True
         raw.reason, raw.detail = None, f"released from {previous}" + (

@@ -84,6 +84,10 @@ class DeskConfig(_Strict):
     flood_tickets_per_hour: int = Field(default=30, ge=1)
     close_after_days: int = Field(default=7, ge=1)
     max_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    # A raw email up to this size is kept in its raw_messages row: accepting it is one
+    # durable commit and no file (three fsyncs fewer than a blob); larger ones go to the
+    # blob store under data_dir. 0 keeps every raw email as a file.
+    raw_in_database_bytes: int = Field(default=256 * 1024, ge=0)
     # Mail servers whose Authentication-Results headers we believe (our own MX).
     trusted_authserv_ids: list[str] = Field(default_factory=list)
     # Staff commands only from DKIM-verified staff mail (set when the staff domain signs).
