@@ -1,6 +1,7 @@
 """The per-email path's look-ups: org and staff rows cached per process (and re-read
 after the directory is synced), contacts created in one statement, SLA clocks seen
-before they are written, events written as they happen."""
+before they are written, events written as they happen or, in the pipeline's record
+phase, together at its end."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from postdesk.storage.directory import (
     sync_from_config,
 )
 from postdesk.storage.models import Contact, Event, Org, SlaClock, Ticket
-from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.events import add_event, deferred_events, discard_deferred_events
+from postdesk.workflow.desk.merge import merged_into
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.rules.clock import ManualClock
 from postdesk.workflow.rules.config import Config
@@ -128,6 +130,53 @@ def test_events_are_written_at_once_and_go_with_a_rolled_back_savepoint(
         rows = session.scalars(select(Event).where(Event.ticket_id == ticket.id)
                                .order_by(Event.id)).all()
     assert [(e.kind, e.actor, e.data) for e in rows] == [("kept", "tester", {"n": 1})]
+
+
+def _events(session: Session, ticket: Ticket) -> list[tuple[str, Any]]:
+    with session.no_autoflush:
+        return [(e.kind, e.data) for e in session.scalars(
+            select(Event).where(Event.ticket_id == ticket.id).order_by(Event.id))]
+
+
+def test_deferred_events_are_written_in_order_in_one_statement_when_the_block_ends(
+        session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock,
+        statements: list[str]) -> None:
+    ticket = new_ticket()
+    statements.clear()
+    with deferred_events(session):
+        for n in range(4):
+            add_event(session, ticket, "step", clock.now(), n=n)
+        assert statements == []
+    assert [s.split(" (")[0] for s in statements] == ["INSERT INTO events"]
+    assert _events(session, ticket) == [("step", {"n": n}) for n in range(4)]
+
+
+def test_discarded_deferred_events_are_never_written(
+        session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock) -> None:
+    ticket = new_ticket()
+    with deferred_events(session):
+        add_event(session, ticket, "undone", clock.now())
+        discard_deferred_events(session)
+        add_event(session, ticket, "kept", clock.now())
+    assert _events(session, ticket) == [("kept", {})]
+
+
+def test_a_block_that_fails_writes_none_of_its_events_and_the_next_write_is_immediate(
+        session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock) -> None:
+    ticket = new_ticket()
+    with pytest.raises(RuntimeError), deferred_events(session):
+        add_event(session, ticket, "lost", clock.now())
+        raise RuntimeError("handler failed")
+    add_event(session, ticket, "after", clock.now())
+    assert _events(session, ticket) == [("after", {})]
+
+
+def test_a_merge_recorded_earlier_in_the_block_is_seen_by_a_later_step(
+        session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock) -> None:
+    source, target = new_ticket(subject="one"), new_ticket(subject="two")
+    with deferred_events(session):
+        add_event(session, source, "merged_into", clock.now(), into=target.id)
+        assert merged_into(session, source.id) == target.id
 
 
 # --- SLA clocks ------------------------------------------------------------------------

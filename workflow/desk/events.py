@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -11,15 +13,49 @@ from sqlalchemy.orm import Session
 from postdesk.storage.models import Event, Ticket
 
 _INSERT_EVENT = insert(Event)
+# session.info key: the events of a ``deferred_events`` block not yet written.
+_DEFERRED = "postdesk_deferred_events"
 
 
 def add_event(session: Session, ticket: Ticket | None, kind: str, at: datetime,
               actor: str = "system", **data: Any) -> None:
-    """Write one event, now, in the session's transaction. A plain INSERT on the
-    session's connection: events are only ever written and listed, never changed, so
-    they need no place in the session's unit of work (which would flush each one as an
-    object of its own). ``ticket``, when given, is already in the database (it has its
-    number)."""
-    session.connection().execute(_INSERT_EVENT, {
-        "ticket_id": ticket.id if ticket else None, "at": at, "kind": kind,
-        "actor": actor, "data": data})
+    """Write one event in the session's transaction: now, as a plain INSERT on the
+    session's connection (events are only ever written and listed, never changed, so
+    they need no place in the session's unit of work), or, inside ``deferred_events``,
+    with the block's other events at its end. ``ticket``, when given, is already in the
+    database (it has its number)."""
+    row = {"ticket_id": ticket.id if ticket else None, "at": at, "kind": kind,
+           "actor": actor, "data": data}
+    deferred = session.info.get(_DEFERRED)
+    if deferred is not None:
+        deferred.append(row)
+    else:
+        session.connection().execute(_INSERT_EVENT, row)
+
+
+@contextmanager
+def deferred_events(session: Session) -> Iterator[None]:
+    """The events added in the block are written together, in order, in one statement
+    when it ends (the pipeline's record phase adds several per email). Whoever reads
+    events inside such a block calls ``write_deferred_events`` first; a block that ends
+    by an exception writes nothing (its transaction is being rolled back)."""
+    session.info[_DEFERRED] = []
+    try:
+        yield
+        write_deferred_events(session)
+    finally:
+        session.info.pop(_DEFERRED, None)
+
+
+def discard_deferred_events(session: Session) -> None:
+    """Forget the block's events not yet written (its savepoint is being rolled back)."""
+    deferred = session.info.get(_DEFERRED)
+    if deferred is not None:
+        deferred.clear()
+
+
+def write_deferred_events(session: Session) -> None:
+    deferred = session.info.get(_DEFERRED)
+    if deferred:
+        session.connection().execute(_INSERT_EVENT, deferred)
+        deferred.clear()

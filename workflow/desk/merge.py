@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from postdesk.storage.models import Event, Message, Outbox, SlaClock, Staff, Ticket, TimeEntry
-from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.events import add_event, write_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.sla_clocks import set_status
@@ -29,6 +29,7 @@ MAX_HOPS = 20   # a chain of merges longer than this is a loop or a mistake: sto
 
 
 def merged_into(session: Session, ticket_id: int) -> int | None:
+    write_deferred_events(session)   # a merge recorded earlier in this same block
     data = session.scalar(select(Event.data).where(
         Event.ticket_id == ticket_id, Event.kind == "merged_into")
         .order_by(Event.id.desc()).limit(1))

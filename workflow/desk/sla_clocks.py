@@ -87,14 +87,17 @@ class ClockKeeper:
         self.session.add(clock)
         return clock
 
-    def start_ticket(self, ticket: Ticket, at: datetime) -> None:
+    def start_ticket(self, ticket: Ticket, at: datetime, *, fresh: bool = False
+                     ) -> list[SlaClock]:
         """A new ticket: first response and resolution clocks (next_update starts with
-        the first public update)."""
+        the first public update); returns them. ``fresh``: the ticket was created in this
+        transaction, so no clock has run on it before (no query for earlier cycles)."""
         targets = [t for t in targets_for(self.plan_of(ticket), ticket.priority)
                    if t.kind != "next_update"]
-        cycles = self._next_cycles(ticket, *(t.kind for t in targets)) if targets else {}
-        for target in targets:
-            self.start(ticket, target, at, cycle=cycles.get(target.kind, 0))
+        cycles = ({} if fresh or not targets
+                  else self._next_cycles(ticket, *(t.kind for t in targets)))
+        return [self.start(ticket, target, at, cycle=cycles.get(target.kind, 0))
+                for target in targets]
 
     def stop(self, ticket: Ticket, target: str, at: datetime) -> list[SlaClock]:
         clocks = self.running(ticket, target)

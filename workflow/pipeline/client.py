@@ -116,7 +116,7 @@ def start_or_resume_clocks(ctx: Inbound) -> None:
     assert ticket is not None
     keeper = ctx.services.clocks(ctx.session)
     if ctx.created_ticket:
-        keeper.start_ticket(ticket, ticket.created_at)
+        ctx.new_ticket_clocks = keeper.start_ticket(ticket, ticket.created_at, fresh=True)
         return
     if not ctx.from_client or ctx.auto_reply:
         return   # an out-of-office reply neither reopens a ticket nor moves a clock

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from postdesk.mail.parse import ParsedEmail
 from postdesk.mail.reply_text import visible_reply
-from postdesk.storage.models import Message, Org, RawMessage, Ticket
+from postdesk.storage.models import Message, Org, RawMessage, SlaClock, Ticket
 from postdesk.workflow.desk.outbox import OutboxWriter
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.ticket_lookup import References
@@ -48,6 +48,10 @@ class Inbound:
     became_p1: bool = False
     staff_commands: CommandParse | None = None   # a trusted staff email's commands
     signoff_refused: bool = False
+    # The clocks this email started on the ticket it opened: until the transaction ends
+    # nothing else can have started or stored any for that ticket, so the notify steps
+    # read them here instead of querying (``running_clocks``).
+    new_ticket_clocks: list[SlaClock] | None = None
     # The new text, once known: computed on first use, or handed in by a caller that
     # worked it out ahead (the importer's parse-ahead process).
     visible: str | None = field(default=None, repr=False)
@@ -81,6 +85,15 @@ class Inbound:
     @property
     def from_staff(self) -> bool:
         return self.sender is not None and self.sender.kind == "staff"
+
+    def running_clocks(self, target: str | None = None) -> list[SlaClock]:
+        """The ticket's running clocks (of ``target``), oldest first: those this email
+        started when it opened the ticket, else as the clock keeper reads them."""
+        assert self.ticket is not None
+        if self.created_ticket and self.new_ticket_clocks is not None:
+            return [c for c in self.new_ticket_clocks
+                    if c.stopped_at is None and target in (None, c.target)]
+        return self.services.clocks(self.session).running(self.ticket, target)
 
     @property
     def ticket_ref(self) -> str:

@@ -33,7 +33,7 @@ from postdesk.workflow.rules.zones import desk_zone, org_zone, staff_zone
 
 def _first_response_due(ctx: Inbound) -> str | None:
     assert ctx.ticket is not None
-    clocks = ctx.services.clocks(ctx.session).running(ctx.ticket, "first_response")
+    clocks = ctx.running_clocks("first_response")
     if not clocks:
         return None
     tz = org_zone(ctx.config, ctx.ticket.org.slug, ctx.ticket.org.plan)
@@ -138,16 +138,23 @@ def queue_staff_notification(ctx: Inbound, ticket: Ticket, person: str, *, dedup
     """One staff notification about ``ticket`` to ``person``: the same facts in the text
     and HTML parts (``staff_notification`` templates), due times in their zone, the last
     messages, the command hint; threaded under one root per ticket and recipient."""
-    recent = list(ctx.session.execute(_RECENT, {"ticket_id": ticket.id}))[::-1]
+    if ctx.created_ticket and ctx.message is not None:
+        # A ticket this email opened: its one message is the email itself, and no
+        # notification about it went to anyone before this run.
+        recent: list[Any] = [ctx.message]
+        earlier = sum(1 for row, _ in ctx.outbox.written
+                      if row.ticket_id == ticket.id and row.template == "staff_notification"
+                      and row.recipient == person.lower())
+    else:
+        recent = list(ctx.session.execute(_RECENT, {"ticket_id": ticket.id}))[::-1]
+        earlier = ctx.session.scalar(select(func.count(Outbox.id)).where(
+            Outbox.ticket_id == ticket.id, Outbox.template == "staff_notification",
+            Outbox.recipient == person.lower())) or 0
     zone = staff_zone(ctx.config, person)
     due = [{"target": c.target.replace("_", " "), "at": local_time(c.due_at, zone),
-            "in": due_phrase(ctx.now, c.due_at)}
-           for c in ctx.services.clocks(ctx.session).running(ticket)]
+            "in": due_phrase(ctx.now, c.due_at)} for c in ctx.running_clocks()]
     ref = ctx.ticket_ref
     root = staff_thread_root(ctx.services, ticket.id, person)
-    earlier = ctx.session.scalar(select(func.count(Outbox.id)).where(
-        Outbox.ticket_id == ticket.id, Outbox.template == "staff_notification",
-        Outbox.recipient == person.lower())) or 0
     org = ctx.config.org(ticket.org.slug)
     ctx.outbox.queue(
         dedupe_key=dedupe_key, on_ticket=False, template="staff_notification", to=[person],

@@ -30,6 +30,7 @@ from sqlalchemy.orm import undefer
 from postdesk.storage.db import read_only
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
 from postdesk.storage.raw_store import raw_bytes
+from postdesk.workflow.desk.events import deferred_events, discard_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -123,11 +124,16 @@ def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
     quarantined email leaves nothing behind but its raw message."""
     queued = len(ctx.outbox.queued_ids)
     savepoint = ctx.session.begin_nested()
-    outcome = run_steps([*pipeline.handlers, *pipeline.notify], ctx)
+    # The email's events (opened, prioritised, assigned...) go in one INSERT at the end.
+    with deferred_events(ctx.session):
+        outcome = run_steps([*pipeline.handlers, *pipeline.notify], ctx)
+        if isinstance(outcome, Quarantine):
+            discard_deferred_events(ctx.session)
     if isinstance(outcome, Quarantine):
         savepoint.rollback()
         ctx.outbox.forget(queued)
         ctx.ticket, ctx.message, ctx.created_ticket = None, None, False
+        ctx.new_ticket_clocks = None
     else:
         savepoint.commit()
     return outcome
