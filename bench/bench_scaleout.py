@@ -130,11 +130,16 @@ def start_workers(desk: Desk, tree: Tree, k: int, tag: str
                   ) -> tuple[list[subprocess.Popen[Any]], list[Path]]:
     procs: list[subprocess.Popen[Any]] = []
     logs: list[Path] = []
+    # PDBENCH_WORKER_PREFIX: a command each worker runs under, "{name}" replaced by the
+    # worker's name, e.g. "py-spy record -r 200 -f raw -o /tmp/{name}.txt --" to see where a
+    # worker's CPU goes (the figures of such a run are the profiler's, not the desk's).
+    prefix = os.environ.get("PDBENCH_WORKER_PREFIX", "")
     for i in range(k):
         logs.append(desk.workdir / f"worker-{tag}-{i}.log")
+        wrap = prefix.replace("{name}", f"worker-{tag}-{i}").split()
         with logs[-1].open("w") as fh:
             procs.append(subprocess.Popen(
-                [str(tree.postdesk), "worker", "--config", str(desk.config)],
+                [*wrap, str(tree.postdesk), "worker", "--config", str(desk.config)],
                 stdout=fh, stderr=fh, env=child_env(), cwd=desk.workdir))
     try:
         wait_for_workers(desk, procs, logs)

@@ -1,6 +1,9 @@
 """CPU per new ticket, in-process: one generated 2 KB email from its own sender, accepted
 and processed (``accept`` + ``process_inbound``) with no workers, its acknowledgement and
-the staff notification rendered and composed. On SQLite (the embedded default).
+the staff notification rendered and composed. On SQLite (the embedded default), or with
+``--database postgres`` on a fresh PostgreSQL database (``$POSTDESK_TEST_POSTGRES_URL`` or
+``postgresql+psycopg://postgres@127.0.0.1:5432/postgres`` as admin; dropped afterwards):
+the same work, to see what the database driver and server round trips add.
 
 Run from the repository root::
 
@@ -36,6 +39,7 @@ import argparse
 import cProfile
 import io
 import logging
+import os
 import pstats
 import re
 import shutil
@@ -81,6 +85,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--body-bytes", type=int, default=2048)
     parser.add_argument("--tree", type=Path, default=None,
                         help="measure this checkout's code instead of the script's own")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile the work and print the top N by own time")
     parser.add_argument("--profile-out", type=Path, default=None, metavar="FILE",
@@ -108,7 +113,13 @@ from postdesk.workflow.pipeline.process import process_inbound  # noqa: E402
 from postdesk.workflow.pipeline.runner import Step  # noqa: E402
 from postdesk.workflow.rules.clock import ManualClock  # noqa: E402
 from postdesk.workflow.rules.config import parse_config  # noqa: E402
-from tests.support import backend, config_text, make_email  # noqa: E402
+from tests.support import (  # noqa: E402
+    Backend,
+    backend,
+    config_text,
+    make_email,
+    postgres_database,
+)
 
 # A Tuesday morning in office hours, so every SLA clock is computed the same way each run.
 START = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
@@ -148,7 +159,7 @@ def generate(count: int, size: int, tag: str) -> list[bytes]:
 def fresh_app() -> Iterator[App]:
     tmp = Path(tempfile.mkdtemp(prefix="pd-bench-cpu-"))
     try:
-        with backend("sqlite", tmp) as be, App.open(
+        with database(tmp) as be, App.open(
                 parse_config(config_text(be, tmp / "data"), environ={}),
                 clock=ManualClock(START)) as app:
             app.upgrade_database()
@@ -156,6 +167,19 @@ def fresh_app() -> Iterator[App]:
             yield app
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def database(tmp: Path) -> Iterator[Backend]:
+    """SQLite in ``tmp``, or a fresh PostgreSQL database; the in-process queue either way."""
+    if ARGS is None or ARGS.database == "sqlite":
+        with backend("sqlite", tmp) as be:
+            yield be
+        return
+    admin = os.environ.get("POSTDESK_TEST_POSTGRES_URL",
+                           "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+    with postgres_database(admin) as url:
+        yield Backend("postgres", url, "stub://", "pdbenchcpu")
 
 
 class Meter:
@@ -299,7 +323,8 @@ def main() -> None:
     warm = generate(ARGS.warmup, ARGS.body_bytes, "warm")
     code = Path(postdesk.__file__).resolve().parent.parent
     print(f"code: {ARGS.tree or code}; {n} emails of {sum(map(len, raws)) // n} bytes, each "
-          f"from its own sender, after {ARGS.warmup} warm-up emails; SQLite; CPU time")
+          f"from its own sender, after {ARGS.warmup} warm-up emails; {ARGS.database}; "
+          f"CPU time of this process")
 
     with fresh_app() as app:
         run_tickets(app, warm, None)

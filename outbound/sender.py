@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import cast
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from postdesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
@@ -35,50 +36,69 @@ from postdesk.workflow.desk.services import Services
 log = logging.getLogger("postdesk.outbound")
 FINAL = (OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.BOUNCED, OutboxStatus.SUPPRESSED)
 
+_OUTBOX = cast(Table, Outbox.__table__)
+# Claim and read in one statement (Core, built once): the UPDATE returns what the send
+# needs and what the log line names, so a send is one round trip before the transport.
+_CLAIM = (update(_OUTBOX)
+          .where(_OUTBOX.c.id == bindparam("outbox_id"),
+                 or_(_OUTBOX.c.status == OutboxStatus.QUEUED,
+                     (_OUTBOX.c.status == OutboxStatus.SENDING)
+                     & (_OUTBOX.c.claimed_until < bindparam("now"))))
+          .values(status=OutboxStatus.SENDING, claimed_until=bindparam("until"),
+                  attempts=_OUTBOX.c.attempts + 1)
+          .returning(_OUTBOX.c.raw, _OUTBOX.c.to, _OUTBOX.c.cc, _OUTBOX.c.message_id,
+                     _OUTBOX.c.template, _OUTBOX.c.recipient))
+_STATUS = select(_OUTBOX.c.status, _OUTBOX.c.template, _OUTBOX.c.recipient).where(
+    _OUTBOX.c.id == bindparam("outbox_id"))
+_FINISH = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id"))
 
-def send_outbox(services: Services, transport: Transport, outbox_id: int) -> str:
-    """Returns what happened: sent | already-<status> | claimed-elsewhere | failed | missing."""
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one send job did: ``outcome`` is sent | already-<status> | claimed-elsewhere |
+    failed | missing; ``template`` and ``recipient`` name the email (for the log line)."""
+    outcome: str
+    template: str | None = None
+    recipient: str | None = None
+
+
+def send_outbox(services: Services, transport: Transport, outbox_id: int) -> Delivery:
     now = services.now()
     claimed_at = time.monotonic()
-    claim_seconds = services.config.desk.send_claim.as_timedelta().total_seconds()
+    claim = services.config.desk.send_claim.as_timedelta()
     with services.sessions() as session, session.begin():
-        # Session.execute is typed as returning a plain Result, but an UPDATE returns a
-        # CursorResult, which has the rowcount.
-        claimed = cast(CursorResult[Any], session.execute(
-            update(Outbox)
-            .where(Outbox.id == outbox_id,
-                   or_(Outbox.status == OutboxStatus.QUEUED,
-                       (Outbox.status == OutboxStatus.SENDING) & (Outbox.claimed_until < now)))
-            .values(status=OutboxStatus.SENDING,
-                    claimed_until=now + services.config.desk.send_claim.as_timedelta(),
-                    attempts=Outbox.attempts + 1)
-        )).rowcount
-        row = session.get(Outbox, outbox_id)
+        connection = session.connection()
+        row = connection.execute(_CLAIM, {"outbox_id": outbox_id, "now": now,
+                                          "until": now + claim}).first()
         if row is None:
-            log.error("outbox %s does not exist", outbox_id)
-            return "missing"
-        if not claimed:
-            return f"already-{row.status}" if row.status in FINAL else "claimed-elsewhere"
-        recipients = list(dict.fromkeys([*row.to, *row.cc]))
-        raw, key = row.raw, f"{row.id}-{row.message_id.strip('<>')}"
-    if raw is None:
+            state = connection.execute(_STATUS, {"outbox_id": outbox_id}).first()
+            if state is None:
+                log.error("outbox %s does not exist", outbox_id)
+                return Delivery("missing")
+            return Delivery(f"already-{state.status}" if state.status in FINAL
+                            else "claimed-elsewhere", state.template, state.recipient)
+    delivery = Delivery("sent", row.template, row.recipient)
+    recipients = list(dict.fromkeys([*row.to, *row.cc]))
+    key = f"{outbox_id}-{row.message_id.strip('<>')}"
+    if row.raw is None:
         # Cannot happen through render_drafts (it sets the bytes and ``queued`` in one
         # UPDATE); a row written by hand must fail visibly, not send an empty email.
         log.error("outbox %s is queued without rendered bytes", outbox_id)
         _finish(services, outbox_id, OutboxStatus.FAILED, error="queued without rendered bytes")
-        return "failed"
+        return Delivery("failed", row.template, row.recipient)
     try:
-        refused = transport.deliver(key, services.envelope_sender, recipients, raw)
+        refused = transport.deliver(key, services.envelope_sender, recipients, row.raw)
     except TemporaryFailure as exc:
         _finish(services, outbox_id, OutboxStatus.QUEUED, error=str(exc))
         raise  # Dramatiq retries with exponential backoff
     except PermanentFailure as exc:
         log.warning("outbox %s failed permanently: %s", outbox_id, exc)
         _finish(services, outbox_id, OutboxStatus.FAILED, error=str(exc))
-        return "failed"
+        return Delivery("failed", row.template, row.recipient)
     error = f"refused: {refused}" if refused else None
-    _record_sent(services, outbox_id, error, deadline=claimed_at + claim_seconds * 0.9)
-    return "sent"
+    _record_sent(services, outbox_id, error,
+                 deadline=claimed_at + claim.total_seconds() * 0.9)
+    return delivery
 
 
 def _record_sent(services: Services, outbox_id: int, error: str | None, *,
@@ -108,7 +128,7 @@ def _finish(services: Services, outbox_id: int, status: OutboxStatus, *,
                                      "last_error": error}
         if status == OutboxStatus.SENT:
             values["sent_at"] = services.now()
-        session.execute(update(Outbox).where(Outbox.id == outbox_id).values(**values))
+        session.connection().execute(_FINISH.values(**values), {"outbox_id": outbox_id})
 
 
 def stale_outbox_ids(services: Services, older_than: timedelta, limit: int = 500) -> list[int]:

@@ -115,12 +115,13 @@ class App:
 
     def handle_outbox(self, outbox_id: int) -> None:
         try:
-            outcome = send_outbox(self.services, self.transport, outbox_id)
+            delivery = send_outbox(self.services, self.transport, outbox_id)
         except TemporaryFailure:
             observe.outbound(self.services, outbox_id, "retry")
             raise
-        if outcome in ("sent", "failed"):   # not a redelivered job that found it done
-            observe.outbound(self.services, outbox_id, outcome)
+        if delivery.outcome in ("sent", "failed"):   # not a redelivered job that found it done
+            observe.outbound(self.services, outbox_id, delivery.outcome,
+                             template=delivery.template, recipient=delivery.recipient)
 
     # --- setup ---------------------------------------------------------------------------
     def _load_secret(self) -> bytes:

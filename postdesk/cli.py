@@ -520,7 +520,7 @@ class _SendNow:
         from postdesk.outbound.sender import send_outbox
 
         self.outcomes[outbox_id] = send_outbox(self.app.services, self.app.transport,
-                                               outbox_id)
+                                               outbox_id).outcome
 
 
 def cmd_digest(args: argparse.Namespace) -> int:

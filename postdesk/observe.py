@@ -40,12 +40,16 @@ def inbound(services: Services, raw_id: int, result: PipelineResult, seconds: fl
                     "reason": result.reason, "ticket": ticket, "ms": ms})
 
 
-def outbound(services: Services, outbox_id: int, status: str) -> None:
+def outbound(services: Services, outbox_id: int, status: str, *,
+             template: str | None = None, recipient: str | None = None) -> None:
+    """``template`` and ``recipient`` as the send step read them; looked up only when
+    the caller has not got them (a send that failed before it could say)."""
     metrics.outbound(status)
-    with services.sessions() as session:
-        row = session.execute(select(Outbox.template, Outbox.recipient)
-                              .where(Outbox.id == outbox_id)).one_or_none()
-    template, recipient = row if row else (None, None)
+    if template is None:
+        with services.sessions() as session:
+            row = session.execute(select(Outbox.template, Outbox.recipient)
+                                  .where(Outbox.id == outbox_id)).one_or_none()
+        template, recipient = row if row else (None, None)
     log.info("outbound outbox=%s template=%s to=%s status=%s", outbox_id, template,
              recipient, status,
              extra={"event": "outbound", "outbox_id": outbox_id, "template": template,

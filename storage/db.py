@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from postdesk.workflow.rules.errors import UserError
@@ -45,14 +46,41 @@ def make_engine(url: str, *, lock_timeout_s: float = 30.0, **kwargs: Any) -> Eng
                 **kwargs)
             _sqlite_pragmas(engine, int(lock_timeout_s * 1000))
         else:
-            engine = create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                                   **kwargs)
+            engine = create_engine(parsed, **{"pool_size": 10, "max_overflow": 20, **kwargs})
+            _ping_when_idle(engine)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
         raise DatabaseUrlError(
             f"desk.database_url: no driver for {parsed.drivername!r} ({exc}); for PostgreSQL "
             "install postdesk[postgres] and use postgresql+psycopg://"
         ) from None
     return engine
+
+
+# A pooled connection is pinged before use only when it has sat unused this long: one that
+# was just returned by a worker between two transactions of the same email is alive, and
+# pinging it (SQLAlchemy's pool_pre_ping pings every checkout) was a round trip per
+# transaction, about an eighth of a worker's time per email on PostgreSQL. A connection
+# that broke within that second (a database restart) fails its first statement instead;
+# SQLAlchemy then invalidates the pool and the caller's transient-error path retries.
+PING_AFTER_IDLE_S = 1.0
+_CHECKED_IN = "postdesk_checked_in"
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_CHECKED_IN)
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+            return   # new, or back in the pool a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:   # noqa: BLE001 - any failure: this connection is dead
+            # The pool discards it and checks out (or opens) another.
+            raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
 def _create_private(database: str | None) -> None:

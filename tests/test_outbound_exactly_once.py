@@ -92,10 +92,11 @@ def test_a_database_error_after_the_250_is_retried_in_process_not_sent_again(
                 return refused
 
         from postdesk.outbound.sender import send_outbox
-        outcome = send_outbox(desk.app.services, LockingTransport(), outbox_id)
+        outcome = send_outbox(desk.app.services, LockingTransport(), outbox_id).outcome
         assert released.is_set()   # recording waited for the outage to end
         locker.close()
         assert outcome == "sent"
         assert desk.acks()[0]["status"] == "sent"
-        assert send_outbox(desk.app.services, desk.app.transport, outbox_id) == "already-sent"
+        assert send_outbox(desk.app.services, desk.app.transport,
+                           outbox_id).outcome == "already-sent"
     assert len(sink.messages) == 1
