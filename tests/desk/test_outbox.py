@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from postdesk.mail.tokens import MessageIdToken, read_message_id, ticket_from_message_id
@@ -47,6 +47,24 @@ def outbox_rows(session: Session) -> list[Outbox]:
 
 
 # --- queue -----------------------------------------------------------------------------
+
+def test_a_key_queued_before_writes_nothing_and_returns_none_in_one_statement(
+        session: Session, outbox: OutboxWriter, services: Services, clock: ManualClock,
+        new_ticket: Callable[..., Ticket]) -> None:
+    ticket = new_ticket()
+    first = queue_ack(outbox, ticket, "ack:same")
+    other_writer = OutboxWriter(session, services, clock.now())   # another run, same key
+    inserts: list[str] = []
+    listen = session.connection()
+    event.listen(listen, "before_cursor_execute",
+                 lambda _c, _cur, sql, *_a: inserts.append(sql) if "outbox" in sql else None)
+    again = queue_ack(other_writer, ticket, "ack:same", subject="a different subject")
+    assert first is not None and again is None
+    assert [r.subject for r in outbox_rows(session)] == [first.subject]
+    assert other_writer.queued_ids == []
+    writes = [sql for sql in inserts if sql.startswith("INSERT")]
+    assert len(writes) == 1 and "ON CONFLICT" in writes[0]
+
 
 def test_queue_writes_a_draft_with_a_signed_message_id_naming_the_ticket(
         session: Session, outbox: OutboxWriter, new_ticket: Callable[..., Ticket]) -> None:

@@ -37,7 +37,6 @@ log = logging.getLogger("postdesk.outbox")
 
 
 # Built once (building a statement costs more than running it on SQLite).
-_DEDUPE = select(Outbox.id).where(Outbox.dedupe_key == bindparam("key"))
 _AUTOMATIC_SENT = select(
     func.count(Outbox.id),
     func.sum(case((Outbox.ticket_id == bindparam("ticket_id"), 1), else_=0)),
@@ -92,9 +91,6 @@ class OutboxWriter:
         session, services = self.session, self.services
         # Plain statements that flush nothing: they read drafts only, and every draft is
         # written (``insert_now``) as it is queued. What else is pending stays pending.
-        if session.connection().execute(
-                _DEDUPE, {"key": dedupe_key}).first() is not None:
-            return None
         now = self.now or services.now()
         suppress = automatic and over_automatic_limit(session, services, to[0], ticket, now)
         support = services.config.desk.support_addresses[0]
@@ -122,7 +118,10 @@ class OutboxWriter:
                    # stored files (blob references), e.g. a client's screenshot
                    "files": list(files),
                    "org": ticket.org.slug if ticket is not None else None})
-        insert_now(session, row)   # its id, now: it is handed to render_drafts
+        # Its id, now (it is handed to render_drafts); nothing when the key was queued
+        # before, by this process or another.
+        if not insert_now(session, row, unless_exists="dedupe_key"):
+            return None
         self.queued_ids.append(row.id)
         self.written.append((row, ticket))
         return row

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Insert, insert
+from sqlalchemy import Insert, insert, select
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from postdesk.mail.html_safety import sanitize_html
@@ -34,27 +35,49 @@ def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, r
 
 
 _Row = TypeVar("_Row", Ticket, Message, Outbox)
-_INSERTS: dict[type, tuple[Insert, str]] = {}
+_INSERTS: dict[tuple[type, str, str | None], tuple[Insert, str]] = {}
+# INSERT ... ON CONFLICT DO NOTHING, where the dialect has it.
+_ON_CONFLICT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
-def insert_now(session: Session, row: _Row) -> None:
+def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None) -> bool:
     """Write ``row`` now, in one INSERT on the session's connection, and attach it to
     the session as the persistent row it is: what a flush does for it, without the unit
     of work (nothing else pending is written with it, no per-flush bookkeeping). Columns
-    left unset take their database defaults, and are loaded if read."""
+    left unset take their database defaults, and are loaded if read.
+
+    ``unless_exists``: the name of a unique column; when a row with the same value is
+    there already (or being written by a concurrent transaction, which is waited for)
+    nothing is written and False is returned: one statement where a look-up and an
+    insert would take two."""
     state = sa_inspect(row)
     mapper = state.mapper
     cls = mapper.class_
-    if cls not in _INSERTS:
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if unless_exists is not None and dialect not in _ON_CONFLICT:
+        column = getattr(cls, unless_exists)
+        if session.scalar(select(column).where(
+                column == getattr(row, unless_exists)).limit(1)) is not None:
+            return False
+        unless_exists = None
+    key = (cls, dialect if unless_exists else "", unless_exists)
+    if key not in _INSERTS:
         [pk] = mapper.primary_key
-        _INSERTS[cls] = (insert(cls).returning(pk),
-                         mapper.get_property_by_column(pk).key)
-    statement, pk_key = _INSERTS[cls]
+        statement = (insert(cls) if unless_exists is None else
+                     _ON_CONFLICT[dialect](cls).on_conflict_do_nothing(
+                         index_elements=[unless_exists]))
+        _INSERTS[key] = (statement.returning(pk), mapper.get_property_by_column(pk).key)
+    statement, pk_key = _INSERTS[key]
     values = {attr.key: state.dict[attr.key] for attr in mapper.column_attrs
               if attr.key in state.dict and attr.key != pk_key}
-    setattr(row, pk_key, session.connection().execute(statement, values).scalar_one())
+    written = connection.execute(statement, values).first()
+    if written is None:
+        return False
+    setattr(row, pk_key, written[0])
     make_transient_to_detached(row)
     session.add(row)
+    return True
 
 
 def inbound_dedupe_key(mail: ParsedEmail, raw: RawMessage) -> str:
