@@ -37,7 +37,13 @@ def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, r
 _Row = TypeVar("_Row", Ticket, Message, Outbox)
 _INSERTS: dict[tuple[type, str, str | None], tuple[Insert, str]] = {}
 # INSERT ... ON CONFLICT DO NOTHING, where the dialect has it.
-_ON_CONFLICT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+_ON_CONFLICT = ("sqlite", "postgresql")
+
+
+def _insert_unless_exists(dialect: str, cls: type, column: str) -> Insert:
+    if dialect == "sqlite":
+        return sqlite.insert(cls).on_conflict_do_nothing(index_elements=[column])
+    return postgresql.insert(cls).on_conflict_do_nothing(index_elements=[column])
 
 
 def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None) -> bool:
@@ -64,9 +70,8 @@ def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None)
     key = (cls, dialect if unless_exists else "", unless_exists)
     if key not in _INSERTS:
         [pk] = mapper.primary_key
-        statement = (insert(cls) if unless_exists is None else
-                     _ON_CONFLICT[dialect](cls).on_conflict_do_nothing(
-                         index_elements=[unless_exists]))
+        statement = (insert(cls) if unless_exists is None
+                     else _insert_unless_exists(dialect, cls, unless_exists))
         _INSERTS[key] = (statement.returning(pk), mapper.get_property_by_column(pk).key)
     statement, pk_key = _INSERTS[key]
     values = {attr.key: state.dict[attr.key] for attr in mapper.column_attrs
