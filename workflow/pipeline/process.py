@@ -14,18 +14,25 @@ Three phases, as Zammad's mail filters and Mailman's runners do it:
    (``desk.outbox.render_drafts``); the caller enqueues the returned ids to be sent.
 
 Processing the same raw message twice changes nothing: a second run finds it no longer
-``pending``, and a unique-key race with another worker re-runs the whole email."""
+``pending``, and a unique-key race with another worker re-runs the whole email.
+
+``postdesk import`` records a batch of emails in one transaction
+(``workflow.pipeline.batch``); it shares this module's rules: what the record phase does
+(``record_outcome``), how a failed email is marked (``mark_failed``), which errors are
+transient, and how a rolled-back savepoint is undone (``undoable``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import traceback
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import Session, SessionTransaction, undefer
 
 from postdesk.storage.db import read_only
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
@@ -49,7 +56,7 @@ _CLAIM = (select(RawMessage).where(RawMessage.id == bindparam("raw_id"),
 _WITH_CONTENT = [undefer(RawMessage.content)]
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """Database unreachable or a lock timeout: retry rather than quarantine."""
     return isinstance(exc, OperationalError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
@@ -69,14 +76,12 @@ def process_inbound(services: Services, raw_id: int, pipeline: Pipeline = BUILTI
             log.info("raw %s: unique-key race (attempt %s): %s", raw_id, attempt, exc.orig)
             if attempt < RACE_RETRIES:
                 continue
-            return _mark(services, raw_id, "processing_error",
-                         f"unique-key conflict after {attempt} attempts: {exc.orig}")
+            return _mark(services, raw_id, "processing_error", race_detail(attempt, exc))
         except Exception as exc:
-            if _is_transient(exc):
+            if is_transient(exc):
                 raise  # Dramatiq retries with backoff; the raw message stays pending
             log.exception("processing raw message %s failed", raw_id)
-            detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            return _mark(services, raw_id, "processing_error", detail)
+            return _mark(services, raw_id, "processing_error", error_detail(exc))
         if done is None:
             return None
         # Phase 3: committed; render and compose with no lock held (the drafts as this
@@ -109,13 +114,22 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
             if claimed is None:
                 return None   # another worker finished it while the checks ran
             _refresh(ctx)
-            if outcome is None:
-                outcome = _record(ctx, pipeline)
-            if outcome is not None:
-                reaction = pipeline.reactions.get((outcome.status, outcome.reason))
-                if reaction is not None:
-                    reaction(ctx, outcome)
-            return _finish(ctx, outcome), ctx.outbox
+            return record_outcome(ctx, pipeline, outcome), ctx.outbox
+
+
+def record_outcome(ctx: Inbound, pipeline: Pipeline, outcome: Outcome | None
+                   ) -> PipelineResult:
+    """The record phase, in the caller's transaction, after the checks ended with
+    ``outcome`` (None: all passed): record the email (handlers and notify steps), react to
+    the outcome, and mark the raw message with it. The one body of phase 2, for an email
+    on its own (``process_inbound``) and in a batch (``batch.process_batch``)."""
+    if outcome is None:
+        outcome = _record(ctx, pipeline)
+    if outcome is not None:
+        reaction = pipeline.reactions.get((outcome.status, outcome.reason))
+        if reaction is not None:
+            reaction(ctx, outcome)
+    return _finish(ctx, outcome)
 
 
 def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
@@ -123,20 +137,40 @@ def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
     (a flood, a staff email that names no client) undoes what was recorded for it, so a
     quarantined email leaves nothing behind but its raw message."""
     queued = len(ctx.outbox.queued_ids)
-    savepoint = ctx.session.begin_nested()
+    savepoint, undo = undoable(ctx.session)
     # The email's events (opened, prioritised, assigned...) go in one INSERT at the end.
     with deferred_events(ctx.session):
         outcome = run_steps([*pipeline.handlers, *pipeline.notify], ctx)
         if isinstance(outcome, Quarantine):
             discard_deferred_events(ctx.session)
     if isinstance(outcome, Quarantine):
-        savepoint.rollback()
+        undo()
         ctx.outbox.forget(queued)
         ctx.ticket, ctx.message, ctx.created_ticket = None, None, False
         ctx.new_ticket_clocks = None
     else:
         savepoint.commit()
     return outcome
+
+
+def undoable(session: Session) -> tuple[SessionTransaction, Callable[[], None]]:
+    """A savepoint, and the function that rolls it back and makes the session forget
+    every row it came to know inside it. Rows written with ``insert_now`` (tickets,
+    messages, drafts) are persistent objects the session does not count as new, so a
+    rollback alone would leave them in its identity map standing for rows that no longer
+    exist, and SQLite hands their ids out again to the next rows written: harmless in a
+    session that ends with the email, not in one that records a whole batch."""
+    known = set(session.identity_map.keys())
+    savepoint = session.begin_nested()
+
+    def undo() -> None:
+        savepoint.rollback()
+        for state in list(session.identity_map.all_states()):
+            obj = state.obj()
+            if state.key not in known and obj is not None:
+                session.expunge(obj)
+
+    return savepoint, undo
 
 
 def _refresh(ctx: Inbound) -> None:
@@ -173,15 +207,28 @@ def _raw_facts(raw: RawMessage) -> dict[str, Any]:
             "received_at": raw.received_at}
 
 
+def race_detail(attempts: int, exc: IntegrityError) -> str:
+    return f"unique-key conflict after {attempts} attempts: {exc.orig}"
+
+
+def error_detail(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def mark_failed(raw: RawMessage, reason: str, detail: str, now: datetime) -> PipelineResult:
+    """Quarantine a raw message that processing failed on (still ``pending``: nothing of
+    its processing was kept), with the reason and the error, for an operator."""
+    if raw.status == RawStatus.PENDING:
+        raw.status, raw.reason = RawStatus.QUARANTINED, reason
+        raw.detail = detail[:4000]
+        raw.processed_at = now
+        raw.attempts += 1
+    return PipelineResult("quarantined", reason, detail, None, **_raw_facts(raw))
+
+
 def _mark(services: Services, raw_id: int, reason: str, detail: str) -> PipelineResult:
-    facts: dict[str, Any] = {}
     with services.sessions() as session, session.begin():
         raw = session.get(RawMessage, raw_id)
-        if raw is not None and raw.status == RawStatus.PENDING:
-            raw.status, raw.reason = RawStatus.QUARANTINED, reason
-            raw.detail = detail[:4000]
-            raw.processed_at = services.now()
-            raw.attempts += 1
-        if raw is not None:
-            facts = _raw_facts(raw)
-    return PipelineResult("quarantined", reason, detail, None, **facts)
+        if raw is None:
+            return PipelineResult("quarantined", reason, detail, None)
+        return mark_failed(raw, reason, detail, services.now())
