@@ -285,11 +285,11 @@ def _imap(app: App) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from postdesk.importer import import_paths
+    from postdesk.importer import BATCH_MESSAGES, import_paths
 
     with _app(args) as app:
         summary = import_paths(app.services, app.dispatch, args.kind, args.paths,
-                               notify=args.notify,
+                               notify=args.notify, batch=args.batch or BATCH_MESSAGES,
                                as_status="closed" if args.as_closed else args.as_status)
     if args.json:
         _print_json(summary.as_json())
@@ -631,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--notify", action="store_true",
                    help="send acknowledgements as for live mail (default: import silently)")
+    p.add_argument("--batch", type=_positive, metavar="N",
+                   help="messages recorded per database transaction (default 100); on "
+                        "SQLite a live desk on the same database waits for one batch to "
+                        "accept mail, so lower it there; 1: each message on its own, as "
+                        "live mail")
     filed = p.add_mutually_exclusive_group()
     filed.add_argument("--as-closed", action="store_true",
                        help="file the imported tickets as closed (as of their last email)")

@@ -14,14 +14,16 @@ Every input message (or unreadable file) is counted exactly once in the summary:
 ticket content (e.g. ``no_ticket``); ``failed`` counts inputs that could not be read at
 all, each named on stderr.
 
-Messages are accepted in batches (``BATCH_MESSAGES`` messages or ``BATCH_BYTES``, whichever
-comes first): the batch's blobs are published durably side by side (their fsyncs overlap
-in a few threads), then one transaction inserts every new row (``INSERT ... ON CONFLICT
-(sha256) DO NOTHING RETURNING``), then the batch is processed message by message, in
-input order, exactly as before. The guarantees are those of ``accept``: a row is committed
-only after its blob is durable, and a crash anywhere in a batch leaves either nothing but
-blobs (the re-run accepts them again) or committed ``pending`` rows (the re-run finds them
-and processes them); nothing is created twice.
+Messages go in batches (``--batch``, default ``BATCH_MESSAGES`` messages, and at most
+about ``BATCH_BYTES`` of them): the batch's blobs are published durably side by side
+(their fsyncs overlap in a few threads), then one transaction inserts every new row
+(``INSERT ... ON CONFLICT (sha256) DO NOTHING RETURNING``), then ONE transaction records
+the whole batch, each email in a savepoint of its own, in input order
+(``workflow.pipeline.batch``): an email that fails is quarantined alone, and the drafts
+are rendered, then handed to the sender, only once the batch has committed. A crash
+anywhere leaves either nothing but blobs (the re-run accepts them again) or committed
+``pending`` rows with nothing of their processing (the re-run processes them); nothing is
+created twice. A batch of 1 processes each email in its own transactions, as live mail.
 
 With two CPUs or more, a second process parses the batch ahead (``parse_email`` and the
 visible reply text, both pure functions of the bytes) while this one accepts and processes:
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -56,6 +58,7 @@ from postdesk.storage.blobs import sha256_hex
 from postdesk.storage.models import Message, RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import history
 from postdesk.workflow.desk.services import Dispatch, Services
+from postdesk.workflow.pipeline.batch import process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.process import process_inbound
@@ -65,7 +68,10 @@ Kind = Literal["mbox", "maildir", "eml"]
 KINDS: tuple[str, ...] = ("mbox", "maildir", "eml")
 TRANSIENT_RETRIES = 4
 HEADER_PEEK_BYTES = 64 * 1024   # enough for any sane header block
-BATCH_MESSAGES = 200            # messages accepted in one transaction ...
+# Messages accepted in one transaction and recorded in one: on SQLite the record
+# transaction holds the database's write lock, so a `postdesk serve` on the same database
+# waits up to a batch's processing time (about 0.2 s for 100 plain emails) to accept.
+BATCH_MESSAGES = 100
 BATCH_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes of them held at once
 BLOB_THREADS = 8                # blobs published at once (their fsyncs overlap)
 AHEAD_CHUNK = 25                # messages parsed ahead per job of the parsing process
@@ -199,7 +205,8 @@ Outcome = Literal["ticket_created", "reply_threaded", "duplicate", "quarantined"
 class Importer:
     """``pipeline``: the built-in one unless given (the benchmark hands in the same steps
     wrapped to time them). ``batch_messages``/``batch_bytes``: how many messages are
-    accepted in one transaction (1: one by one, as live mail). ``parse_ahead``: parse in a
+    accepted in one transaction and recorded in one (1: one by one, each email in its own
+    transactions, as live mail). ``parse_ahead``: parse in a
     second process (None: with the built-in pipeline, when there are two CPUs or more)."""
 
     def __init__(self, services: Services, dispatch: Dispatch, kind: str, *,
@@ -299,7 +306,8 @@ class Importer:
     def import_batch(self, batch: Sequence[tuple[Item, bytes]],
                      on_item: Callable[[ImportSummary], None] | None = None
                      ) -> list[Outcome]:
-        """Accept the batch (one transaction), then process its messages in order."""
+        """Accept the batch (one transaction), process it (one transaction), then count
+        each message's outcome in order."""
         timings = self.summary.timings
         raws = [raw for _item, raw in batch]
         self._submit_ahead(raws)
@@ -308,8 +316,16 @@ class Importer:
         timings["accept"] += time.perf_counter() - started
         outcomes: list[Outcome] = []
         try:
+            # None: the same bytes came earlier in this batch, which processes them.
+            # Accepted before but never processed (an import interrupted half-way): now.
+            self.raw_ids.extend(a.raw_id for a in accepted if a is not None)
+            todo = [a.raw_id for a in accepted if a is not None
+                    and (a.created or a.status == RawStatus.PENDING)]
+            started = time.perf_counter()
+            results = self._process_all(todo)
+            timings["process"] += time.perf_counter() - started
             for (item, _raw), result in zip(batch, accepted, strict=True):
-                outcomes.append(self._after_accept(item, result))
+                outcomes.append(self._outcome(item, result, results))
                 if on_item:
                     on_item(self.summary)
         finally:
@@ -343,21 +359,26 @@ class Importer:
             return None
         return future.result()[index]
 
-    def _after_accept(self, item: Item, accepted: AcceptResult | None) -> Outcome:
-        # None: the same bytes came earlier in this batch, which processes them.
-        # Accepted before but never processed (an import interrupted half-way): do it now.
-        if accepted is not None:
-            self.raw_ids.append(accepted.raw_id)
-        if accepted is None or (not accepted.created and accepted.status != RawStatus.PENDING):
+    def _outcome(self, item: Item, accepted: AcceptResult | None,
+                 results: dict[int, PipelineResult | None]) -> Outcome:
+        if accepted is None or accepted.raw_id not in results:
             return self._count("duplicate")
-        started = time.perf_counter()
-        result = self._process(accepted.raw_id)
-        self.summary.timings["process"] += time.perf_counter() - started
-        for outbox_id in result.outbox_ids if result is not None else ():
-            self.dispatch.outbox(outbox_id)
+        result = results[accepted.raw_id]
         if result is not None and result.status == RawStatus.PROCESSED and result.ticket_id:
             return self._count("ticket_created" if result.created_ticket else "reply_threaded")
         return self._classify(item, accepted.raw_id)
+
+    def _process_all(self, raw_ids: Sequence[int]) -> dict[int, PipelineResult | None]:
+        """Process the batch's new messages, then hand the email they wrote (rendered
+        after commit) to the sender, in order."""
+        if self.batch_messages == 1:
+            results = {raw_id: self._process(raw_id) for raw_id in raw_ids}
+        else:
+            results = dict(zip(raw_ids, self._process_batch(raw_ids), strict=True))
+        for result in results.values():
+            for outbox_id in result.outbox_ids if result is not None else ():
+                self.dispatch.outbox(outbox_id)
+        return results
 
     # --- the door, for a batch --------------------------------------------------------------
     def _accept_batch(self, raws: Sequence[bytes]) -> list[AcceptResult | None]:
@@ -371,19 +392,19 @@ class Importer:
             publish=(lambda put, digests: list(pool.map(put, digests))) if pool else None)
 
     def _process(self, raw_id: int) -> PipelineResult | None:
-        # process_inbound re-raises only transient database errors (a busy SQLite, say,
-        # while `postdesk serve` writes): wait a little and try again, then give up loudly.
-        for attempt in range(TRANSIENT_RETRIES):
-            try:
-                pipeline = self.pipeline
-                if self._parser is not None and self._ahead_pipeline is not None:
-                    pipeline = self._ahead_pipeline
-                return process_inbound(self.services, raw_id, pipeline)
-            except OperationalError:
-                if attempt == TRANSIENT_RETRIES - 1:
-                    raise
-                time.sleep(0.5 * 2 ** attempt)
-        return None
+        """One message on its own, as live mail (a batch of 1)."""
+        return _retrying(lambda: process_inbound(self.services, raw_id, self._pipeline()))
+
+    def _process_batch(self, raw_ids: Sequence[int]) -> list[PipelineResult | None]:
+        """The messages in one transaction (``workflow.pipeline.batch``)."""
+        if not raw_ids:
+            return []
+        return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline()))
+
+    def _pipeline(self) -> Pipeline:
+        if self._parser is not None and self._ahead_pipeline is not None:
+            return self._ahead_pipeline
+        return self.pipeline
 
     def _classify(self, item: Item, raw_id: int) -> Outcome:
         """The outcome from the raw message's row: for mail processed elsewhere (a worker
@@ -425,6 +446,23 @@ class Importer:
         else:
             s.failed += 1
         return outcome
+
+
+_T = TypeVar("_T")
+
+
+def _retrying(run: Callable[[], _T]) -> _T:
+    """Processing re-raises only transient database errors (a busy SQLite, say, while
+    `postdesk serve` writes), after rolling back all it did: wait a little and try again,
+    then give up loudly."""
+    for attempt in range(TRANSIENT_RETRIES):
+        try:
+            return run()
+        except OperationalError:
+            if attempt == TRANSIENT_RETRIES - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -531,13 +569,13 @@ def settle_history(services: Services, raw_ids: Sequence[int], as_status: str | 
 
 
 def import_paths(services: Services, dispatch: Dispatch, kind: str, paths: list[str], *,
-                 notify: bool = False, progress: bool = True, as_status: str | None = None
-                 ) -> ImportSummary:
+                 notify: bool = False, progress: bool = True, as_status: str | None = None,
+                 batch: int = BATCH_MESSAGES) -> ImportSummary:
     """Import with a rich progress bar on stderr (counts as they happen), then settle the
     history (``settle_history``). Ctrl-C settles what was done, says how far it got and
     re-raises; a re-run resumes (the messages done are duplicates, pending ones are
-    processed)."""
-    importer = Importer(services, dispatch, kind, notify=notify)
+    processed). ``batch``: messages per transaction (``Importer.batch_messages``)."""
+    importer = Importer(services, dispatch, kind, notify=notify, batch_messages=batch)
     sources = importer.sources(paths)
     try:
         summary = _run(importer, sources, progress)

@@ -1,7 +1,8 @@
 """``postdesk import`` accepts messages in batches (one transaction per batch, the blobs
-published side by side) and then processes them one by one: the per-email outcomes are
-those of importing one by one, and a crash anywhere in a batch re-runs without creating
-anything twice."""
+published side by side) and then records each batch in one transaction: the per-email
+outcomes are those of importing one by one, and a crash anywhere in a batch re-runs
+without creating anything twice (a crash while the batch is recorded:
+``test_import_transactions``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from sqlalchemy import func, select
 from postdesk.importer import Importer, ImportSummary, Item
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.models import Message, RawMessage, Ticket
-from postdesk.workflow.pipeline.runner import PipelineResult
 from postdesk.workflow.rules.config import parse_config
 from tests.conftest import start_desk, stop_desk
 from tests.mailgen import history, write_mbox
@@ -70,37 +70,6 @@ def test_batches_give_the_outcomes_of_one_by_one(make_desk: Any, tmp_path: Path,
     again = _import(desk, path, batch_messages=batch)
     assert again.as_json()["duplicates"] == 60 + copies and again.tickets_created == 0
     assert _state(desk) == state
-
-
-def test_crash_mid_batch_after_commit_reruns_without_duplicates(make_desk: Any,
-                                                                tmp_path: Path) -> None:
-    desk = make_desk(smtp=False, workers=False)
-    h = history(40, tag="crash")
-    path = write_mbox(tmp_path / "crash.mbox", h.messages)
-
-    class Dying(Importer):
-        processed = 0
-
-        def _process(self, raw_id: int) -> PipelineResult | None:
-            if self.processed == 14:      # the 5th message of the 2nd batch of 10
-                raise Crash
-            self.processed += 1
-            return super()._process(raw_id)
-
-    dying = Dying(desk.app.services, desk.app.dispatch, "mbox", batch_messages=10)
-    with pytest.raises(Crash):
-        dying.run(dying.sources([str(path)]))
-    # The whole second batch was accepted (one transaction), six of it not processed.
-    assert _state(desk)["raws"] == 20 and _state(desk)["pending"] == 6
-
-    summary = _import(desk, path, batch_messages=10)
-    assert summary.duplicates == 14                         # processed before the crash
-    assert (summary.tickets_created + summary.replies_threaded
-            + sum(summary.quarantined.values())) == 26
-    state = _state(desk)
-    assert len(state["tickets"]) == h.tickets
-    assert state["inbound"] == h.tickets + h.replies
-    assert state["raws"] == 40 and state["pending"] == 0
 
 
 def test_crash_while_publishing_a_batch_leaves_no_row(make_desk: Any, tmp_path: Path) -> None:

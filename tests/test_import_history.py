@@ -5,6 +5,7 @@ resumes. Through the CLI, on SQLite, with the wall clock: the history ends month
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,9 @@ from postdesk import importer
 from postdesk.cli import main
 from postdesk.scheduler import Scheduler
 from postdesk.storage.models import Event, SlaClock, Ticket
+from postdesk.workflow.pipeline.builtin import Pipeline
+from postdesk.workflow.pipeline.context import Inbound
+from postdesk.workflow.pipeline.runner import Step
 from postdesk.workflow.rules.config import parse_config
 from tests.conftest import Desk, start_desk, stop_desk
 from tests.mailgen import write_mbox
@@ -180,27 +184,31 @@ def test_ctrl_c_says_how_far_it_got_and_a_rerun_resumes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     config, _text = desk_files
     mbox = write_mbox(tmp_path / "h.mbox", four_months_of_mail(30))
-    real = importer.process_inbound
+    real = importer.process_batch
     calls = {"n": 0}
 
-    def interrupted_at_the_twelfth(*args: Any, **kwargs: Any) -> Any:
+    def interrupt_at_the_twelfth(ctx: Inbound) -> None:
         calls["n"] += 1
         if calls["n"] == 12:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(importer, "process_inbound", interrupted_at_the_twelfth)
-    code, _summary, err = run_import(capsys, config, mbox)
+    def interrupted(services: Any, raw_ids: Any, pipeline: Pipeline) -> Any:
+        checks = [Step("ctrl-c", interrupt_at_the_twelfth), *pipeline.checks]
+        return real(services, raw_ids, dataclasses.replace(pipeline, checks=checks))
+
+    monkeypatch.setattr(importer, "process_batch", interrupted)
+    code, _summary, err = run_import(capsys, config, mbox, "--batch", "10")
     assert code == 130
-    assert "interrupted: 11 of 30 done" in err
+    # Ctrl-C in the second batch of ten: its transaction is rolled back whole.
+    assert "interrupted: 10 of 30 done" in err
 
-    monkeypatch.setattr(importer, "process_inbound", real)
-    code, summary, err = run_import(capsys, config, mbox)
+    monkeypatch.setattr(importer, "process_batch", real)
+    code, summary, err = run_import(capsys, config, mbox, "--batch", "10")
     assert code == 0, err
     assert summary["total"] == 30 and summary["failed"] == 0
-    # The eleven done are duplicates now; the rest (the twelfth included) are done now.
-    assert summary["duplicates"] == 11
-    assert summary["tickets_created"] + summary["replies_threaded"] == 19
+    # The ten done are duplicates now; the rest (the whole second batch) are done now.
+    assert summary["duplicates"] == 10
+    assert summary["tickets_created"] + summary["replies_threaded"] == 20
 
 
 @pytest.mark.slow

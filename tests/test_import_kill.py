@@ -1,21 +1,27 @@
 """Nothing lost, nothing twice, across kill -9 of `postdesk import`: the import is SIGKILLed
 while it works through its batches (some accepted and processed, some accepted and still
 pending, the rest not read yet), run again over the same mbox, and every email ends as
-exactly one raw message, one ticket and one queued acknowledgement."""
+exactly one raw message, one ticket and one queued acknowledgement. The second test kills
+it in the middle of a batch's record transaction and checks that nothing of that batch
+was kept."""
 
 from __future__ import annotations
 
+import json
 import mailbox
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Engine, create_engine, func, select, text
 
-from postdesk.storage.models import Outbox, RawMessage, Ticket
+from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
 from tests.support import backend, backend_param, config_text, make_email, wait_for
 
 # `postdesk import` subprocesses and a SIGKILL: slow.
@@ -91,3 +97,124 @@ def processes_reading(path: Path) -> list[int]:
             if str(path).encode() in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+BATCH = 50
+
+
+@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
+def test_an_import_killed_inside_a_batch_transaction_keeps_nothing_of_that_batch(
+        kind: str, tmp_path: Path) -> None:
+    with backend(kind, tmp_path) as be:
+        config = tmp_path / "postdesk.toml"
+        config.write_text(config_text(be, tmp_path / "data"))
+        env = {**os.environ, "POSTDESK_CONFIG": str(config)}
+        subprocess.run([*POSTDESK, "db", "upgrade"], env=env, check=True,
+                       capture_output=True, timeout=120)
+        box_path = tmp_path / "batches.mbox"
+        box = mailbox.mbox(box_path)
+        for i in range(EMAILS):
+            box.add(make_email(sender=f"user{i}@client.example", subject=f"Batched {i}",
+                               message_id=f"<batched-{i}@client.example>"))
+        box.close()
+        engine = create_engine(be.database_url)
+        command = [*POSTDESK, "import", "mbox", str(box_path), "--notify", "--batch",
+                   str(BATCH)]
+
+        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+        try:
+            # Freeze the import now and then, and kill it once it is frozen inside the
+            # record transaction of a batch after the first (frozen, it cannot commit
+            # between the look and the kill).
+            def frozen_mid_batch() -> bool:
+                if first.poll() is not None:
+                    return True
+                first.send_signal(signal.SIGSTOP)
+                state = tallies(engine)
+                if (state["tickets"] >= BATCH and state["raws"] > state["processed"]
+                        and writing(engine, be.database_url)):
+                    first.send_signal(signal.SIGKILL)
+                    return True
+                first.send_signal(signal.SIGCONT)
+                time.sleep(0.02)
+                return False
+
+            wait_for(frozen_mid_batch, 180, 0, what="the import inside a batch transaction")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.send_signal(signal.SIGCONT)
+            first.wait(timeout=30)
+        assert first.returncode == -signal.SIGKILL, "the import ended before it was killed"
+
+        # Whole batches only: every processed email has its ticket, message, event and
+        # acknowledgement; the batch that was being recorded has nothing but its rows.
+        at_kill = tallies(engine)
+        done = at_kill["processed"]
+        assert done % BATCH == 0 and 0 < done < at_kill["raws"] <= EMAILS
+        assert at_kill == {**at_kill, "tickets": done, "inbound": done, "created": done,
+                           "acks": done, "pending": at_kill["raws"] - done}
+
+        again = subprocess.run([*command, "--json"], env=env, capture_output=True,
+                               text=True, timeout=600)
+        assert again.returncode == 0, again.stderr
+        summary = json.loads(again.stdout)
+        assert (summary["duplicates"], summary["tickets_created"]) == (done, EMAILS - done)
+        wait_for(lambda: not processes_reading(box_path), 30,
+                 what="no process left reading the mbox")
+
+        final = tallies(engine)
+        with engine.connect() as conn:
+            subjects = sorted(conn.execute(select(Ticket.subject)).scalars())
+            acks = list(conn.execute(select(Outbox.recipient).where(
+                Outbox.template == "acknowledgement")).scalars())
+            outbox = set(conn.execute(select(Outbox.status)).scalars())
+        engine.dispose()
+        assert subjects == sorted(f"Batched {i}" for i in range(EMAILS))
+        assert sorted(acks) == sorted(f"user{i}@client.example" for i in range(EMAILS))
+        assert final == {"raws": EMAILS, "processed": EMAILS, "pending": 0, "tickets": EMAILS,
+                         "inbound": EMAILS, "created": EMAILS, "acks": EMAILS,
+                         "outbound": EMAILS}
+        assert outbox == {"queued"}          # every email of every batch rendered
+        print(f"\n{kind}: killed with {done} of {at_kill['raws']} accepted emails recorded")
+
+
+def tallies(engine: Engine) -> dict[str, int]:
+    def count(query: Any) -> int:
+        return int(conn.execute(query).scalar_one())
+
+    with engine.connect() as conn:
+        return {
+            "raws": count(select(func.count(RawMessage.id))),
+            "processed": count(select(func.count(RawMessage.id))
+                               .where(RawMessage.status == "processed")),
+            "pending": count(select(func.count(RawMessage.id))
+                             .where(RawMessage.status == "pending")),
+            "tickets": count(select(func.count(Ticket.id))),
+            "inbound": count(select(func.count(Message.id)).where(Message.direction == "in")),
+            "outbound": count(select(func.count(Message.id))
+                              .where(Message.direction == "out")),
+            "created": count(select(func.count(Event.id))
+                             .where(Event.kind == "ticket_created")),
+            "acks": count(select(func.count(Outbox.id))
+                          .where(Outbox.template == "acknowledgement")),
+        }
+
+
+def writing(engine: Engine, database_url: str) -> bool:
+    """Whether another session is inside a transaction that has written (PostgreSQL) or
+    holds the write lock (SQLite)."""
+    if engine.dialect.name == "sqlite":
+        conn = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=0,
+                               isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return True              # database is locked: a writer is mid-transaction
+        finally:
+            conn.close()             # (rolls back our empty transaction, if it began)
+        return False
+    with engine.connect() as conn:
+        return bool(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_xid IS NOT NULL")).scalar_one())

@@ -1,0 +1,276 @@
+"""``postdesk import`` records a batch of emails in ONE database transaction, each email in
+a savepoint of its own: the outcomes are those of one email per transaction, an email that
+fails is quarantined alone while the rest of its batch lands, and the email a batch wrote
+is handed to the sender only after the batch has committed (never for an email that was
+rolled back). The kill -9 of a real import mid-batch is in ``test_import_kill``."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, select
+
+from postdesk.importer import Importer, ImportSummary
+from postdesk.ingest.accept import Envelope
+from postdesk.storage.blobs import sha256_hex
+from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
+from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
+from postdesk.workflow.pipeline.context import Inbound
+from postdesk.workflow.pipeline.runner import Step
+from postdesk.workflow.rules.config import parse_config
+from tests.conftest import Desk, start_desk, stop_desk
+from tests.mailgen import history, write_mbox
+from tests.support import backend, backend_param, config_text, make_email, this_weeks_monday
+
+BACKENDS = [backend_param("sqlite"), backend_param("postgres-redis")]
+FLOOD_LIMIT = 2     # new tickets per sender per hour, so that a flood is in the mix
+
+
+@contextmanager
+def fresh_desk(kind: str, tmp_path: Path) -> Iterator[Desk]:
+    """A desk with a database of its own (no workers: the test sees what was handed on)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with backend(kind, tmp_path) as be:
+        text = config_text(be, tmp_path / "data", rota_start=this_weeks_monday(),
+                           desk_extra=f"flood_tickets_per_hour = {FLOOD_LIMIT}")
+        desk = start_desk(parse_config(text, environ={}), smtp=False, workers=False)
+        try:
+            yield desk
+        finally:
+            stop_desk(desk)
+
+
+class HandedOn:
+    """A Dispatch that records the outbox ids handed to the sender, and what the database
+    said about each one at that moment, from a connection of its own (so only what was
+    committed)."""
+
+    def __init__(self, database_url: str):
+        self.engine = create_engine(database_url)
+        self.outbox_ids: list[int] = []
+        self.committed_as: dict[int, str | None] = {}
+
+    def inbound(self, raw_id: int) -> None:
+        raise AssertionError("an import processes its mail itself")
+
+    def outbox(self, outbox_id: int) -> None:
+        self.outbox_ids.append(outbox_id)
+        with self.engine.connect() as conn:
+            self.committed_as[outbox_id] = conn.execute(
+                select(Outbox.status).where(Outbox.id == outbox_id)).scalar()
+
+
+def run_import(desk: Desk, path: Path, dispatch: Any = None, **kw: Any) -> ImportSummary:
+    importer = Importer(desk.app.services, dispatch or desk.app.dispatch, "mbox",
+                        warn=print, **kw)
+    return importer.run(importer.sources([str(path)]))
+
+
+def stored(desk: Desk) -> dict[str, Any]:
+    """Everything an import writes, in a form two desks can be compared by: tickets named
+    by their subjects (PostgreSQL's sequences do not give back the numbers a rolled-back
+    transaction took), rows in the order they were made where that order is the mail's,
+    outgoing messages (recorded when drafts are rendered, after commit) as a multiset."""
+    with desk.app.sessions() as s:
+        subject = {t.id: t.subject for t in s.scalars(select(Ticket))}
+        subject[None] = None  # type: ignore[index]
+        return {
+            "tickets": [(t.subject, t.requester_email, t.status, t.priority, t.assignee_id)
+                        for t in s.scalars(select(Ticket).order_by(Ticket.id))],
+            "raws": [(r.status, r.reason, subject[r.ticket_id], r.subject) for r in
+                     s.scalars(select(RawMessage).order_by(RawMessage.id))],
+            "inbound": [(subject[m.ticket_id], m.subject, m.stripped_text) for m in s.scalars(
+                select(Message).where(Message.direction == "in").order_by(Message.id))],
+            "outbound": sorted((subject[m.ticket_id], _ref(m.subject), m.kind) for m in s.scalars(
+                select(Message).where(Message.direction == "out"))),
+            "events": sorted(Counter((subject[e.ticket_id], e.kind) for e in s.scalars(
+                select(Event))).items(), key=repr),
+            "outbox": [(o.template, o.recipient, subject[o.ticket_id], o.status,
+                        _ref(o.subject))
+                       for o in s.scalars(select(Outbox).order_by(Outbox.id))],
+        }
+
+
+def _ref(subject: str | None) -> str | None:
+    """A subject with its ticket number left out (see ``stored``)."""
+    return re.sub(r"\[PD-\d+\]", "[PD-n]", subject) if subject else subject
+
+
+def mixed_mbox(tmp_path: Path, tag: str) -> tuple[Path, dict[str, Any]]:
+    """New tickets and replies to them (some in the same batch), strangers, a byte-for-byte
+    copy in the same batch and one far from the first, a re-send with the same Message-ID,
+    garbage, a staff member writing without authority, and one sender opening more tickets
+    in an hour than the flood limit allows, followed by more new tickets."""
+    h = history(60, tag=tag)
+    messages: list[EmailMessage | bytes] = list(h.messages)
+    resent = h.messages[8].as_bytes().replace(b"\nTo: ", b"\nX-Resent: yes\nTo: ", 1)
+    flood = [make_email(sender="flood@client.example", subject=f"Flood {i} ({tag})")
+             for i in range(FLOOD_LIMIT + 2)]
+    after = [make_email(sender=f"after{i}@client.example", subject=f"After the flood {i}")
+             for i in range(3)]
+    staff = make_email(sender="dev1@agency.example", subject="Note to self, no envelope")
+    messages[4:4] = [h.messages[3]]                  # a copy right after its first
+    messages[20:20] = [b"\x00\xff\xfe not an email \x00\n", staff, resent]
+    messages[30:30] = [*flood, *after]
+    messages.append(h.messages[0])                   # a copy far from its first
+    expected = {"tickets": h.tickets + FLOOD_LIMIT + len(after), "replies": h.replies,
+                "duplicates": 3, "flood": 2, "unknown_sender": h.unknown}
+    return write_mbox(tmp_path / f"{tag}.mbox", messages), expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_batched_import_stores_and_counts_exactly_what_one_email_per_transaction_does(
+        kind: str, tmp_path: Path) -> None:
+    mbox, expected = mixed_mbox(tmp_path, "same")
+    results = {}
+    for batch in (1, 25):
+        with fresh_desk(kind, tmp_path / f"batch{batch}") as desk:
+            summary = run_import(desk, mbox, batch_messages=batch, notify=True)
+            results[batch] = (summary.as_json(), stored(desk))
+    one_by_one, batched = results[1], results[25]
+    assert batched[0] == one_by_one[0]
+    assert batched[0]["tickets_created"] == expected["tickets"]
+    assert batched[0]["replies_threaded"] == expected["replies"]
+    assert batched[0]["duplicates"] == expected["duplicates"]
+    assert batched[0]["quarantined"]["flood"] == expected["flood"]
+    assert batched[0]["quarantined"]["unknown_sender"] == expected["unknown_sender"]
+    assert batched[0]["quarantined"]["unparseable"] == 1
+    for part in one_by_one[1]:
+        assert batched[1][part] == one_by_one[1][part], part
+
+
+def poisoned(subject: str) -> Pipeline:
+    """The built-in pipeline, with a last notify step that fails for one email after
+    everything else was recorded for it: its ticket, message, events and drafts."""
+    def fail_after_recording(ctx: Inbound) -> None:
+        if ctx.parsed is not None and ctx.parsed.subject == subject:
+            assert ctx.ticket is not None and ctx.outbox.queued_ids
+            raise RuntimeError(f"poisoned: {subject}")
+
+    return dataclasses.replace(BUILTIN, notify=[*BUILTIN.notify,
+                                                Step("poison", fail_after_recording)])
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_poison_email_mid_batch_is_quarantined_alone_and_the_rest_of_the_batch_lands(
+        kind: str, tmp_path: Path) -> None:
+    with fresh_desk(kind, tmp_path) as desk:
+        emails = [make_email(sender=f"client{i}@client.example", subject=f"Question {i}")
+                  for i in range(10)]
+        emails[6] = make_email(sender="client6@client.example", subject="Poison")
+        # Email 3 was accepted by an earlier run and its blob has been lost since (a
+        # restore from an older backup): processing it fails before it records anything.
+        lost = desk.app.accept(emails[3].as_bytes(), Envelope(), "import:mbox",
+                               notify=True, enqueue=False)
+        with desk.app.sessions() as s:
+            digest = s.get(RawMessage, lost.raw_id).sha256
+        desk.app.services.blobs.path_for(digest).unlink()
+        mbox = write_mbox(tmp_path / "poison.mbox", emails)
+        handed = HandedOn(desk.config.desk.database_url)
+
+        summary = run_import(desk, mbox, handed, batch_messages=10, notify=True,
+                             pipeline=poisoned("Poison"))
+
+        assert summary.as_json() == {"total": 10, "tickets_created": 8, "replies_threaded": 0,
+                                     "duplicates": 0, "quarantined": {"processing_error": 2},
+                                     "failed": 0}
+        with desk.app.sessions() as s:
+            raws = {r.sha256: r for r in s.scalars(select(RawMessage))}
+            tickets = list(s.scalars(select(Ticket.subject).order_by(Ticket.id)))
+            inbound = list(s.scalars(select(Message.subject).where(Message.direction == "in")
+                                     .order_by(Message.id)))
+            acks = list(s.scalars(select(Outbox.recipient).where(
+                Outbox.template == "acknowledgement").order_by(Outbox.id)))
+            outbox = list(s.scalars(select(Outbox).order_by(Outbox.id)))
+            events = Counter(s.scalars(select(Event.kind)))
+        handed.engine.dispose()
+        # The two failures are quarantined with their reasons; nothing of theirs is kept.
+        poison, lost_raw = raws[sha256_hex(emails[6].as_bytes())], raws[digest]
+        assert (poison.status, poison.reason) == ("quarantined", "processing_error")
+        assert "RuntimeError: poisoned: Poison" in poison.detail
+        assert (lost_raw.status, lost_raw.reason) == ("quarantined", "processing_error")
+        assert "missing from the blob store" in lost_raw.detail
+        survivors = [f"Question {i}" for i in range(10) if i not in (3, 6)]
+        assert tickets == survivors and inbound == survivors
+        assert acks == [f"client{i}@client.example" for i in range(10) if i not in (3, 6)]
+        assert events["ticket_created"] == 8
+        # Handed to the sender: exactly the survivors' emails, each once, each already
+        # committed and rendered when it was handed on.
+        assert sorted(handed.outbox_ids) == [o.id for o in outbox if o.status == "queued"]
+        assert len(handed.outbox_ids) == len(set(handed.outbox_ids)) == len(outbox) == 16
+        assert set(handed.committed_as.values()) == {"queued"}
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_notify_sends_exactly_one_acknowledgement_per_new_ticket_after_each_batch_commits(
+        kind: str, tmp_path: Path) -> None:
+    with fresh_desk(kind, tmp_path) as desk:
+        h = history(70, tag="acks")
+        mbox = write_mbox(tmp_path / "acks.mbox", h.messages)
+        handed = HandedOn(desk.config.desk.database_url)
+
+        summary = run_import(desk, mbox, handed, batch_messages=25, notify=True)
+        again = run_import(desk, mbox, handed, batch_messages=25, notify=True)
+
+        assert summary.tickets_created == h.tickets and again.duplicates == 70
+        with desk.app.sessions() as s:
+            acks = Counter(s.scalars(select(Outbox.ticket_id).where(
+                Outbox.template == "acknowledgement")))
+            ticket_ids = set(s.scalars(select(Ticket.id)))
+            outbox = {o.id: o.status for o in s.scalars(select(Outbox))}
+        handed.engine.dispose()
+        assert set(acks) == ticket_ids and set(acks.values()) == {1}
+        assert len(ticket_ids) == h.tickets
+        # Every email written was handed on once, after the commit that wrote it.
+        assert sorted(handed.outbox_ids) == sorted(outbox)
+        assert set(handed.committed_as.values()) == {"queued"} == set(outbox.values())
+
+
+class Crash(BaseException):
+    """Stands for the process dying (not an Exception: nothing may catch it)."""
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_crash_mid_batch_leaves_the_batch_undone_and_a_rerun_does_it_once(
+        kind: str, tmp_path: Path) -> None:
+    with fresh_desk(kind, tmp_path) as desk:
+        h = history(40, tag="crash")
+        mbox = write_mbox(tmp_path / "crash.mbox", h.messages)
+        seen = {"n": 0}
+
+        def dies_at_the_fifteenth(ctx: Inbound) -> None:
+            seen["n"] += 1
+            if seen["n"] == 15:       # the 5th email of the 2nd batch of 10
+                raise Crash
+
+        dying = dataclasses.replace(BUILTIN, notify=[*BUILTIN.notify,
+                                                     Step("dies", dies_at_the_fifteenth)])
+        with pytest.raises(Crash):
+            run_import(desk, mbox, batch_messages=10, notify=True, pipeline=dying)
+        first = stored(desk)
+        # The first batch is whole; of the second, its rows accepted and nothing else.
+        first_batch = [m["Subject"] for m in h.messages[:10]
+                       if m["Subject"].startswith("Problem number")]
+        assert [t[0] for t in first["tickets"]] == first_batch
+        assert Counter(r[0] for r in first["raws"]) == {"processed": 9, "quarantined": 1,
+                                                        "pending": 10}
+        assert {o[2] for o in first["outbox"]} <= {*first_batch, None}
+
+        summary = run_import(desk, mbox, batch_messages=10, notify=True)
+        assert summary.duplicates == 10 and summary.total == 40
+        after = stored(desk)
+    # Exactly what an import that never crashed stores, nothing twice.
+    with fresh_desk(kind, tmp_path / "never-crashed") as clean:
+        run_import(clean, mbox, batch_messages=10, notify=True)
+        assert after == stored(clean)
+    assert len(after["tickets"]) == h.tickets
+    assert len(after["inbound"]) == h.tickets + h.replies
+    assert Counter(o[0] for o in after["outbox"])["acknowledgement"] == h.tickets

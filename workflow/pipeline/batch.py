@@ -1,0 +1,129 @@
+"""Processing a batch of inbound emails in one database transaction (``postdesk import``).
+
+The same three phases as one email (``process``), with the batch as the unit of commit:
+
+1. one write transaction claims the batch's raw messages still ``pending`` (on PostgreSQL
+   ``FOR UPDATE``; on SQLite the transaction's ``BEGIN IMMEDIATE`` already excludes other
+   writers);
+2. each email, in input order, runs its checks and its record phase
+   (``process.record_outcome``) inside a SAVEPOINT of its own. An email whose processing
+   fails (an error, a bad row) has its savepoint rolled back and is quarantined as
+   ``processing_error`` with the error, exactly as on its own; the others are untouched.
+   The checks run inside the batch's transaction, so an email sees what the emails before
+   it in the batch recorded (a reply threads onto a ticket opened three emails earlier,
+   a second copy is a duplicate, the flood limit counts the batch's tickets);
+3. after the batch commits, holding nothing, the drafts of the emails that were recorded
+   are rendered (``desk.outbox.render_drafts``); the caller hands the returned ids to the
+   sender. A draft of a rolled-back email never existed, so it is never sent.
+
+A crash (kill -9, a lost connection) before the commit leaves every raw message of the
+batch ``pending`` and nothing else: the next run processes the batch again, and since no
+ticket, message, event or draft of it was committed, creates each exactly once. A crash
+after the commit leaves drafts, rendered by the sweeper as after a single email.
+
+One difference from one email per transaction, by design: the drafts of a batch are
+rendered together after it commits, so an email later in the same batch does not see the
+outgoing messages that rendering records on a ticket. Imported mail cannot refer to them
+(their Message-IDs are made when the draft is, long after the imported email was written).
+
+A transient database error (SQLite busy, PostgreSQL down or a lock timeout) rolls back the
+whole batch and is raised, for the caller to retry the batch."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from postdesk.storage.models import RawMessage, RawStatus
+from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
+from postdesk.workflow.desk.services import Services
+from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
+from postdesk.workflow.pipeline.context import Inbound
+from postdesk.workflow.pipeline.process import (
+    RACE_RETRIES,
+    error_detail,
+    is_transient,
+    mark_failed,
+    race_detail,
+    record_outcome,
+    undoable,
+)
+from postdesk.workflow.pipeline.runner import PipelineResult, run_steps
+
+log = logging.getLogger("postdesk.inbound")
+
+_CLAIM_MANY = (select(RawMessage)
+               .where(RawMessage.id.in_(bindparam("ids", expanding=True)),
+                      RawMessage.status == RawStatus.PENDING)
+               .with_for_update().execution_options(populate_existing=True))
+
+
+def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline = BUILTIN
+                  ) -> list[PipelineResult | None]:
+    """Process the raw messages in one transaction, in the order given; one result per id
+    (None where there was nothing to do: already processed, or no such message). The
+    results' ``outbox_ids`` are the drafts rendered after commit, ready to send."""
+    results: list[PipelineResult | None] = []
+    writers: list[OutboxWriter] = []
+    with services.sessions() as session:
+        with session.begin():
+            claimed = {raw.id: raw for raw in session.scalars(_CLAIM_MANY,
+                                                              {"ids": list(raw_ids)})}
+            for raw_id in raw_ids:
+                raw = claimed.pop(raw_id, None)   # pop: a repeated id is done once
+                if raw is None:
+                    results.append(None)
+                    continue
+                result, writer = _one(services, session, raw, pipeline)
+                results.append(result)
+                if writer is not None:
+                    writers.append(writer)
+        # Committed: render the batch's drafts as they were written, holding nothing.
+        queued = [i for r in results if r is not None for i in r.outbox_ids]
+        ready = set(render_drafts(services, queued, written=[
+            pair for writer in writers for pair in writer.written])) if queued else set()
+    return [None if r is None else dataclasses.replace(
+        r, outbox_ids=tuple(i for i in r.outbox_ids if i in ready)) for r in results]
+
+
+def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeline
+         ) -> tuple[PipelineResult, OutboxWriter | None]:
+    """One email of the batch, in its own savepoint; its drafts' writer when recorded.
+    A unique-key conflict re-runs the email on fresh data (another process committed
+    what it wanted to create), as ``process_inbound`` does; any other error, or the
+    conflict once more than RACE_RETRIES times, quarantines it alone."""
+    raw_id = raw.id
+    for attempt in range(1, RACE_RETRIES + 1):
+        savepoint, undo = undoable(session)
+        try:
+            now = services.now()
+            ctx = Inbound(services=services, session=session, raw=raw,
+                          raw_bytes=services.blobs.get(raw.sha256), now=now,
+                          outbox=OutboxWriter(session, services, now))
+            result = record_outcome(ctx, pipeline, run_steps(pipeline.checks, ctx))
+            savepoint.commit()
+            return result, ctx.outbox
+        except IntegrityError as exc:
+            undo()
+            log.info("raw %s: unique-key race (attempt %s): %s", raw_id, attempt, exc.orig)
+            if attempt == RACE_RETRIES:
+                return _failed(services, session, raw, race_detail(attempt, exc)), None
+        except Exception as exc:
+            undo()
+            if is_transient(exc):
+                raise   # the whole batch is rolled back; the caller retries it
+            log.exception("processing raw message %s failed", raw_id)
+            return _failed(services, session, raw, error_detail(exc)), None
+    raise AssertionError("unreachable")
+
+
+def _failed(services: Services, session: Session, raw: RawMessage, detail: str
+            ) -> PipelineResult:
+    result = mark_failed(raw, "processing_error", detail, services.now())
+    session.flush()   # now, so that a problem with it is this email's, not the next one's
+    return result
