@@ -37,9 +37,10 @@ from collections.abc import Sequence
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from postdesk.storage.models import RawMessage, RawStatus
+from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -57,7 +58,8 @@ from postdesk.workflow.pipeline.runner import PipelineResult, run_steps
 
 log = logging.getLogger("postdesk.inbound")
 
-_CLAIM_MANY = (select(RawMessage)
+# The bytes come with the rows when they live in them (``storage.raw_store``).
+_CLAIM_MANY = (select(RawMessage).options(undefer(RawMessage.content))
                .where(RawMessage.id.in_(bindparam("ids", expanding=True)),
                       RawMessage.status == RawStatus.PENDING)
                .with_for_update().execution_options(populate_existing=True))
@@ -103,7 +105,7 @@ def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeli
         try:
             now = services.now()
             ctx = Inbound(services=services, session=session, raw=raw,
-                          raw_bytes=services.blobs.get(raw.sha256), now=now,
+                          raw_bytes=raw_bytes(session, services.blobs, raw), now=now,
                           outbox=OutboxWriter(session, services, now))
             result = record_outcome(ctx, pipeline, run_steps(pipeline.checks, ctx))
             savepoint.commit()
