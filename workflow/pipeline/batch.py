@@ -26,8 +26,12 @@ rendered together after it commits, so an email later in the same batch does not
 outgoing messages that rendering records on a ticket. Imported mail cannot refer to them
 (their Message-IDs are made when the draft is, long after the imported email was written).
 
-A transient database error (SQLite busy, PostgreSQL down or a lock timeout) rolls back the
-whole batch and is raised, for the caller to retry the batch."""
+Locks last until the batch commits: on SQLite the database's write lock (a live desk on
+the same database waits up to one batch to accept mail), on PostgreSQL the batch's raw
+message rows and the contact rows the flood check locks for each sender that opened a
+ticket (a live worker recording a new ticket from one of them waits for the batch). A
+transient database error (SQLite busy, PostgreSQL down, a lock timeout or a deadlock)
+rolls back the whole batch and is raised, for the caller to retry the batch."""
 
 from __future__ import annotations
 
