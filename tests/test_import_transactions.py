@@ -7,6 +7,7 @@ rolled back). The kill -9 of a real import mid-batch is in ``test_import_kill``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -275,3 +276,51 @@ def test_a_crash_mid_batch_leaves_the_batch_undone_and_a_rerun_does_it_once(
     assert len(after["tickets"]) == h.tickets
     assert len(after["inbound"]) == h.tickets + h.replies
     assert Counter(o[0] for o in after["outbox"])["acknowledgement"] == h.tickets
+
+
+def test_a_unique_key_race_inside_a_batch_reruns_that_email_alone_on_fresh_data(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL (on SQLite the batch's write lock keeps every other writer out): while
+    the batch records, another door commits the same email (its Message-ID) on a ticket.
+    That email's insert meets the unique key; its savepoint is undone and it is run again,
+    finds the email already stored and is a duplicate; the rest of the batch lands."""
+    with fresh_desk("postgres-redis", tmp_path) as desk:
+        first = make_email(sender="early@client.example", subject="Already here")
+        run_import(desk, write_mbox(tmp_path / "first.mbox", [first]))
+        emails = [make_email(sender=f"client{i}@client.example", subject=f"Question {i}")
+                  for i in range(10)]
+        raced = emails[4]["Message-ID"]
+        engine = create_engine(desk.config.desk.database_url)
+        staged = {"done": False}
+
+        def another_door_commits_it(ctx: Inbound) -> None:
+            if staged["done"] or ctx.parsed is None or ctx.parsed.message_id != raced:
+                return
+            staged["done"] = True
+            with engine.begin() as conn:   # its own transaction, committed now
+                ticket_id = conn.execute(select(Ticket.id)).scalar_one()
+                conn.execute(Message.__table__.insert().values(
+                    ticket_id=ticket_id, direction="in", kind="public",
+                    dedupe_key=f"in:{raced}", message_id=raced, subject="Question 4",
+                    created_at=ctx.now))
+
+        racing = dataclasses.replace(BUILTIN, checks=[*BUILTIN.checks, Step(
+            "another door", another_door_commits_it)])
+        with caplog.at_level(logging.INFO, logger="postdesk.inbound"):
+            summary = run_import(desk, write_mbox(tmp_path / "race.mbox", emails),
+                                 batch_messages=10, pipeline=racing)
+        engine.dispose()
+
+        assert staged["done"]
+        # The email met the unique key once (it was not caught by the duplicate check
+        # before recording), and its second run settled it.
+        races = [r.getMessage() for r in caplog.records if "unique-key race" in r.getMessage()]
+        assert len(races) == 1 and "(attempt 1)" in races[0]
+        assert summary.as_json() == {"total": 10, "tickets_created": 9, "replies_threaded": 0,
+                                     "duplicates": 1, "quarantined": {}, "failed": 0}
+        with desk.app.sessions() as s:
+            subjects = list(s.scalars(select(Ticket.subject).order_by(Ticket.id)))
+            stored_once = list(s.scalars(select(Message.ticket_id)
+                                         .where(Message.message_id == raced)))
+        assert subjects == ["Already here", *(f"Question {i}" for i in range(10) if i != 4)]
+        assert len(stored_once) == 1
