@@ -324,3 +324,40 @@ def test_a_unique_key_race_inside_a_batch_reruns_that_email_alone_on_fresh_data(
                                          .where(Message.message_id == raced)))
         assert subjects == ["Already here", *(f"Question {i}" for i in range(10) if i != 4)]
         assert len(stored_once) == 1
+
+
+def test_a_connection_lost_mid_batch_rolls_the_batch_back_and_the_import_retries_it(
+        tmp_path: Path) -> None:
+    """PostgreSQL: the import's connection is terminated by the server in the middle of a
+    batch (an administrator, a failover). The batch is rolled back whole and run again on
+    a new connection: every email once."""
+    with fresh_desk("postgres-redis", tmp_path) as desk:
+        h = history(30, tag="lost")
+        engine = create_engine(desk.config.desk.database_url)
+        cut = {"done": False}
+
+        def the_server_cuts_the_connection(ctx: Inbound) -> None:
+            if cut["done"] or ctx.parsed is None or ctx.parsed.message_id != \
+                    h.messages[13]["Message-ID"]:
+                return
+            cut["done"] = True
+            pid = ctx.session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+
+        cutting = dataclasses.replace(BUILTIN, checks=[*BUILTIN.checks, Step(
+            "cut", the_server_cuts_the_connection)])
+        summary = run_import(desk, write_mbox(tmp_path / "lost.mbox", h.messages),
+                             batch_messages=10, notify=True, pipeline=cutting)
+        engine.dispose()
+
+        assert cut["done"]
+        assert summary.as_json() == {"total": 30, "tickets_created": h.tickets,
+                                     "replies_threaded": h.replies, "duplicates": 0,
+                                     "quarantined": {"unknown_sender": h.unknown},
+                                     "failed": 0}
+        after = stored(desk)
+    with fresh_desk("postgres-redis", tmp_path / "never-cut") as clean:
+        run_import(clean, write_mbox(tmp_path / "clean.mbox", h.messages), batch_messages=10,
+                   notify=True)
+        assert after == stored(clean)

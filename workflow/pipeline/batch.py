@@ -120,9 +120,9 @@ def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeli
             if attempt == RACE_RETRIES:
                 return _failed(services, session, raw, race_detail(attempt, exc)), None
         except Exception as exc:
-            undo()
             if is_transient(exc):
                 raise   # the whole batch is rolled back; the caller retries it
+            undo()
             log.exception("processing raw message %s failed", raw_id)
             return _failed(services, session, raw, error_detail(exc)), None
     raise AssertionError("unreachable")
