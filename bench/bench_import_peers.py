@@ -9,6 +9,7 @@ tree's own ``.venv/bin/python``)::
     python3 bench/bench_import_peers.py --emails 500 --repeat 3
     python3 bench/bench_import_peers.py --postdesk-backends sqlite,postgres \\
         --roundup-backends sqlite,anydbm
+    python3 bench/bench_import_peers.py --postdesk-batches 1,25,100   # ``import --batch N``
 
 Roundup is installed, when missing, into its own venv from the package index
 (``python3 -m venv build/roundup-venv && build/roundup-venv/bin/pip install
@@ -52,6 +53,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -187,7 +189,8 @@ class Row:
 # --- postdesk --------------------------------------------------------------------------------
 
 def run_postdesk(args: argparse.Namespace, tree: Tree, backend: str, mbox: Path,
-                 empty: Path) -> Row:
+                 empty: Path, batch: int | None = None) -> Row:
+    """``batch``: run ``import --batch N`` (None: the tree's default, no flag)."""
     load = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="pdimport-"))
     db_name = ""
@@ -213,7 +216,8 @@ def run_postdesk(args: argparse.Namespace, tree: Tree, backend: str, mbox: Path,
         # The fixed cost first (same database, nothing in it yet), then the mbox.
         fixed = timed([exe, "import", "mbox", str(empty), "--notify", "--json",
                        "--config", str(config)], cwd=workdir, env=env)
-        run = timed([exe, "import", "mbox", str(mbox), "--notify", "--json",
+        flags = ["--batch", str(batch)] if batch is not None else []
+        run = timed([exe, "import", "mbox", str(mbox), "--notify", "--json", *flags,
                      "--config", str(config)], cwd=workdir, env=env)
         if run.returncode != 0:
             raise RuntimeError(f"postdesk import failed ({run.returncode}):\n"
@@ -221,7 +225,8 @@ def run_postdesk(args: argparse.Namespace, tree: Tree, backend: str, mbox: Path,
         summary = json.loads(run.stdout)
         outbox = outbox_counts(backend, workdir, args.pg_admin_url, db_name)
         note = "" if summary["tickets_created"] == args.emails else f"summary {summary}"
-        return Row("postdesk import --notify", backend, args.emails,
+        tool = "postdesk import --notify" + (f" --batch {batch}" if batch else "")
+        return Row(tool, backend, args.emails,
                    int(summary["tickets_created"]), run.wall_s, run.cpu_s, fixed.cpu_s,
                    fixed.wall_s, outbox, load, note)
     finally:
@@ -357,12 +362,12 @@ def print_report(rows: list[Row], args: argparse.Namespace, mbox_bytes: int) -> 
     print(f"\nimport of one mbox: {args.emails} new-ticket emails from {args.senders} known "
           f"senders, {mbox_bytes / args.emails:.0f} bytes each on average; "
           f"{args.repeat} round(s), interleaved")
-    head = (f"{'tool':26} {'backend':8} {'tickets':>7} {'wall s':>7} {'tickets/s':>9} "
+    head = (f"{'tool':36} {'backend':8} {'tickets':>7} {'wall s':>7} {'tickets/s':>9} "
             f"{'CPU s':>7} {'CPU ms/t':>8} {'fixed CPU s':>11} {'net ms/t':>8} {'load':>5}  "
             "emails out")
     print_head(head)
     for r in rows:
-        print(f"{r.tool:26} {r.backend:8} {r.tickets:>7} {r.wall_s:>7.2f} {r.rate:>9.1f} "
+        print(f"{r.tool:36} {r.backend:8} {r.tickets:>7} {r.wall_s:>7.2f} {r.rate:>9.1f} "
               f"{r.cpu_s:>7.2f} {fmt(r.cpu_ms):>8} {r.fixed_cpu_s:>11.2f} "
               f"{fmt(r.net_cpu_ms):>8} {r.load:>5.2f}  {r.emails_out}"
               f"{'  ' + r.note if r.note else ''}")
@@ -370,12 +375,14 @@ def print_report(rows: list[Row], args: argparse.Namespace, mbox_bytes: int) -> 
           "an empty mbox;\n  net ms/t = (CPU - fixed) per ticket; load = 1-min load average "
           "when the run started")
 
-    def best(tool_prefix: str) -> dict[str, Row]:
-        out: dict[str, Row] = {}
+    def best(tool_prefix: str) -> dict[tuple[str, str], Row]:
+        """The best complete run of each variant (tool, backend)."""
+        out: dict[tuple[str, str], Row] = {}
         for r in rows:
+            key = (r.tool, r.backend)
             if (r.tool.startswith(tool_prefix) and r.tickets == r.emails
-                    and (r.backend not in out or r.rate > out[r.backend].rate)):
-                out[r.backend] = r
+                    and (key not in out or r.rate > out[key].rate)):
+                out[key] = r
         return out
 
     ours, theirs = best("postdesk"), best("roundup")
@@ -386,13 +393,16 @@ def print_report(rows: list[Row], args: argparse.Namespace, mbox_bytes: int) -> 
     print(f"\n  baseline: Roundup {ROUNDUP_VERSION} on {peer.backend}, best run: "
           f"{peer.rate:.1f} tickets/s, {fmt(peer.cpu_ms)} ms CPU/ticket "
           f"({fmt(peer.net_cpu_ms)} net)")
-    for backend, r in sorted(ours.items()):
-        print(f"  postdesk on {backend}: {r.rate:.1f} tickets/s = {r.rate / peer.rate:.2f}x "
+    for (tool, backend), r in sorted(ours.items()):
+        rates = sorted(x.rate for x in rows if (x.tool, x.backend) == (tool, backend))
+        print(f"  {tool.removeprefix('postdesk import --notify').strip() or 'postdesk'} on "
+              f"{backend} (median of {len(rates)}: {statistics.median(rates):.1f} tickets/s), "
+              f"best: {r.rate:.1f} tickets/s = {r.rate / peer.rate:.2f}x "
               f"Roundup's tickets/s; CPU/ticket {fmt(r.cpu_ms)} ms = "
               f"{(r.cpu_ms or 0) / (peer.cpu_ms or 1):.2f}x Roundup's "
               f"(net {fmt(r.net_cpu_ms)} ms = "
               f"{(r.net_cpu_ms or 0) / (peer.net_cpu_ms or 1):.2f}x)")
-    for backend, r in sorted(theirs.items()):
+    for (_tool, backend), r in sorted(theirs.items()):
         if r is not peer:
             print(f"  (Roundup on {backend}: {r.rate:.1f} tickets/s, {fmt(r.cpu_ms)} ms "
                   "CPU/ticket)")
@@ -411,6 +421,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=2, help="rounds (best run of each is used)")
     p.add_argument("--postdesk-backends", default="sqlite",
                    help="comma list of sqlite, postgres")
+    p.add_argument("--postdesk-batches", default="",
+                   help="comma list of `import --batch N` sizes to run as variants (default: "
+                        "the tree's default, without the flag)")
     p.add_argument("--roundup-backends", default="sqlite",
                    help="comma list of Roundup backends (sqlite, anydbm)")
     p.add_argument("--roundup-venv", type=Path, default=DEFAULT_TREE / "build" / "roundup-venv")
@@ -426,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     reexec_in_tree(tree)
     postdesk_backends = [b.strip() for b in args.postdesk_backends.split(",") if b.strip()]
     roundup_backends = [b.strip() for b in args.roundup_backends.split(",") if b.strip()]
+    batches: list[int | None] = [int(b) for b in args.postdesk_batches.split(",")
+                                 if b.strip()] or [None]
     if "postgres" in postdesk_backends:
         require_loopback(args.pg_admin_url, "--pg-admin-url")
     bin_dir = ensure_roundup(args.roundup_venv.resolve())
@@ -442,12 +457,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         empty.touch()
         for round_ in range(args.repeat):
             for backend in postdesk_backends:
-                print(f"  round {round_ + 1}: postdesk on {backend} ...", file=sys.stderr,
-                      flush=True)
-                try:
-                    rows.append(run_postdesk(args, tree, backend, mbox, empty))
-                except Exception as exc:
-                    print(f"  postdesk on {backend} failed: {exc}", file=sys.stderr)
+                for batch in batches:
+                    what = f"postdesk{f' --batch {batch}' if batch else ''} on {backend}"
+                    print(f"  round {round_ + 1}: {what} ...", file=sys.stderr, flush=True)
+                    try:
+                        rows.append(run_postdesk(args, tree, backend, mbox, empty, batch))
+                    except Exception as exc:
+                        print(f"  {what} failed: {exc}", file=sys.stderr)
             for backend in roundup_backends:
                 print(f"  round {round_ + 1}: roundup on {backend} ...", file=sys.stderr,
                       flush=True)
