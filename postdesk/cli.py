@@ -285,11 +285,11 @@ def _imap(app: App) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from postdesk.importer import BATCH_MESSAGES, import_paths
+    from postdesk.importer import PER_TRANSACTION, import_paths
 
     with _app(args) as app:
         summary = import_paths(app.services, app.dispatch, args.kind, args.paths,
-                               notify=args.notify, batch=args.batch or BATCH_MESSAGES,
+                               notify=args.notify, batch=args.batch or PER_TRANSACTION,
                                as_status="closed" if args.as_closed else args.as_status)
     if args.json:
         _print_json(summary.as_json())

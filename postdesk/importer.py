@@ -14,16 +14,17 @@ Every input message (or unreadable file) is counted exactly once in the summary:
 ticket content (e.g. ``no_ticket``); ``failed`` counts inputs that could not be read at
 all, each named on stderr.
 
-Messages go in batches (``--batch``, default ``BATCH_MESSAGES`` messages, and at most
-about ``BATCH_BYTES`` of them): the batch's blobs are published durably side by side
-(their fsyncs overlap in a few threads), then one transaction inserts every new row
-(``INSERT ... ON CONFLICT (sha256) DO NOTHING RETURNING``), then ONE transaction records
-the whole batch, each email in a savepoint of its own, in input order
-(``workflow.pipeline.batch``): an email that fails is quarantined alone, and the drafts
-are rendered, then handed to the sender, only once the batch has committed. A crash
-anywhere leaves either nothing but blobs (the re-run accepts them again) or committed
-``pending`` rows with nothing of their processing (the re-run processes them); nothing is
-created twice. A batch of 1 processes each email in its own transactions, as live mail.
+Messages are read and accepted in batches (``BATCH_MESSAGES`` messages or ``BATCH_BYTES``,
+whichever comes first): the batch's blobs are published durably side by side (their
+fsyncs overlap in a few threads), then one transaction inserts every new row (``INSERT ...
+ON CONFLICT (sha256) DO NOTHING RETURNING``). Then the batch is recorded
+``--batch N`` emails (``PER_TRANSACTION``) at a time, each N in ONE transaction, each
+email in a savepoint of its own, in input order (``workflow.pipeline.batch``): an email
+that fails is quarantined alone, and the drafts are rendered, then handed to the sender,
+only once their transaction has committed. A crash anywhere leaves either nothing but
+blobs (the re-run accepts them again) or committed ``pending`` rows with nothing of their
+processing (the re-run processes them); nothing is created twice. ``--batch 1`` records
+each email in its own transactions, as live mail.
 
 With two CPUs or more, a second process parses the batch ahead (``parse_email`` and the
 visible reply text, both pure functions of the bytes) while this one accepts and processes:
@@ -68,13 +69,13 @@ Kind = Literal["mbox", "maildir", "eml"]
 KINDS: tuple[str, ...] = ("mbox", "maildir", "eml")
 TRANSIENT_RETRIES = 4
 HEADER_PEEK_BYTES = 64 * 1024   # enough for any sane header block
-# Messages accepted in one transaction and recorded in one (``--batch``). Larger batches
-# are faster (fewer transactions; on PostgreSQL fewer synced commits), but on SQLite the
-# record transaction holds the database's write lock: a `postdesk serve` on the same
-# database waits for a whole batch to accept mail (100 plain emails: about a second on
-# two cores).
-BATCH_MESSAGES = 100
+BATCH_MESSAGES = 200            # messages read and accepted in one transaction ...
 BATCH_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes of them held at once
+# Emails recorded in one transaction (``--batch``). More are faster (fewer transactions;
+# on PostgreSQL fewer synced commits), but on SQLite the record transaction holds the
+# database's write lock: a `postdesk serve` on the same database waits for one to accept
+# mail (100 plain emails: about a second on two cores).
+PER_TRANSACTION = 100
 BLOB_THREADS = 8                # blobs published at once (their fsyncs overlap)
 AHEAD_CHUNK = 25                # messages parsed ahead per job of the parsing process
 AHEAD_MAX_BYTES = 1024 * 1024   # larger messages are parsed by the pipeline itself
@@ -207,14 +208,16 @@ Outcome = Literal["ticket_created", "reply_threaded", "duplicate", "quarantined"
 class Importer:
     """``pipeline``: the built-in one unless given (the benchmark hands in the same steps
     wrapped to time them). ``batch_messages``/``batch_bytes``: how many messages are
-    accepted in one transaction and recorded in one (1: one by one, each email in its own
-    transactions, as live mail). ``parse_ahead``: parse in a
-    second process (None: with the built-in pipeline, when there are two CPUs or more)."""
+    accepted in one transaction (1: one by one, as live mail). ``per_transaction``: how
+    many of them are recorded in one (at most a batch; 1: each email in its own
+    transactions, as live mail). ``parse_ahead``: parse in a second process (None: with
+    the built-in pipeline, when there are two CPUs or more)."""
 
     def __init__(self, services: Services, dispatch: Dispatch, kind: str, *,
                  notify: bool = False, warn: Callable[[str], None] | None = None,
                  pipeline: Pipeline = BUILTIN, batch_messages: int = BATCH_MESSAGES,
-                 batch_bytes: int = BATCH_BYTES, parse_ahead: bool | None = None):
+                 batch_bytes: int = BATCH_BYTES, per_transaction: int = PER_TRANSACTION,
+                 parse_ahead: bool | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown import kind {kind!r} (use {', '.join(KINDS)})")
         self.services = services
@@ -226,6 +229,7 @@ class Importer:
         self.pipeline = pipeline
         self.batch_messages = max(1, batch_messages)
         self.batch_bytes = batch_bytes
+        self.per_transaction = max(1, per_transaction)
         self._pool: ThreadPoolExecutor | None = None
         # Parsing ahead needs a second CPU and fork (the child inherits what is imported);
         # by default only with the built-in pipeline (a benchmark's timed steps stay whole).
@@ -308,28 +312,31 @@ class Importer:
     def import_batch(self, batch: Sequence[tuple[Item, bytes]],
                      on_item: Callable[[ImportSummary], None] | None = None
                      ) -> list[Outcome]:
-        """Accept the batch (one transaction), process it (one transaction), then count
-        each message's outcome in order."""
+        """Accept the batch (one transaction), then record it ``per_transaction`` messages
+        per transaction, counting each message's outcome in order as its part commits."""
         timings = self.summary.timings
         raws = [raw for _item, raw in batch]
         self._submit_ahead(raws)
         started = time.perf_counter()
         accepted = self._accept_batch(raws)
         timings["accept"] += time.perf_counter() - started
+        # None: the same bytes came earlier in this batch, which processes them.
+        self.raw_ids.extend(a.raw_id for a in accepted if a is not None)
         outcomes: list[Outcome] = []
         try:
-            # None: the same bytes came earlier in this batch, which processes them.
-            # Accepted before but never processed (an import interrupted half-way): now.
-            self.raw_ids.extend(a.raw_id for a in accepted if a is not None)
-            todo = [a.raw_id for a in accepted if a is not None
-                    and (a.created or a.status == RawStatus.PENDING)]
-            started = time.perf_counter()
-            results = self._process_all(todo)
-            timings["process"] += time.perf_counter() - started
-            for (item, _raw), result in zip(batch, accepted, strict=True):
-                outcomes.append(self._outcome(item, result, results))
-                if on_item:
-                    on_item(self.summary)
+            items = list(zip(batch, accepted, strict=True))
+            for part in _chunks(items, self.per_transaction):
+                # Accepted before but never processed (an import interrupted half-way):
+                # processed now, like the new ones.
+                todo = [a.raw_id for _pair, a in part if a is not None
+                        and (a.created or a.status == RawStatus.PENDING)]
+                started = time.perf_counter()
+                results = self._process_all(todo)
+                timings["process"] += time.perf_counter() - started
+                for (item, _raw), result in part:
+                    outcomes.append(self._outcome(item, result, results))
+                    if on_item:
+                        on_item(self.summary)
         finally:
             self._ahead.clear()
         return outcomes
@@ -373,7 +380,7 @@ class Importer:
     def _process_all(self, raw_ids: Sequence[int]) -> dict[int, PipelineResult | None]:
         """Process the batch's new messages, then hand the email they wrote (rendered
         after commit) to the sender, in order."""
-        if self.batch_messages == 1:
+        if self.per_transaction == 1:
             results = {raw_id: self._process(raw_id) for raw_id in raw_ids}
         else:
             results = dict(zip(raw_ids, self._process_batch(raw_ids), strict=True))
@@ -572,12 +579,13 @@ def settle_history(services: Services, raw_ids: Sequence[int], as_status: str | 
 
 def import_paths(services: Services, dispatch: Dispatch, kind: str, paths: list[str], *,
                  notify: bool = False, progress: bool = True, as_status: str | None = None,
-                 batch: int = BATCH_MESSAGES) -> ImportSummary:
+                 batch: int = PER_TRANSACTION) -> ImportSummary:
     """Import with a rich progress bar on stderr (counts as they happen), then settle the
     history (``settle_history``). Ctrl-C settles what was done, says how far it got and
     re-raises; a re-run resumes (the messages done are duplicates, pending ones are
-    processed). ``batch``: messages per transaction (``Importer.batch_messages``)."""
-    importer = Importer(services, dispatch, kind, notify=notify, batch_messages=batch)
+    processed). ``batch``: messages recorded per transaction (``--batch``)."""
+    importer = Importer(services, dispatch, kind, notify=notify, per_transaction=batch,
+                        batch_messages=max(BATCH_MESSAGES, batch))
     sources = importer.sources(paths)
     try:
         summary = _run(importer, sources, progress)

@@ -1,8 +1,7 @@
 """``postdesk import`` accepts messages in batches (one transaction per batch, the blobs
-published side by side) and then records each batch in one transaction: the per-email
-outcomes are those of importing one by one, and a crash anywhere in a batch re-runs
-without creating anything twice (a crash while the batch is recorded:
-``test_import_transactions``)."""
+published side by side) and then records them N per transaction: the per-email outcomes
+are those of importing one by one, and a crash anywhere in a batch re-runs without
+creating anything twice (a crash while a transaction records: ``test_import_transactions``)."""
 
 from __future__ import annotations
 
@@ -52,12 +51,12 @@ def _state(desk: Any) -> dict[str, Any]:
     return {"tickets": tickets, "inbound": inbound, "raws": raws, "pending": pending}
 
 
-@pytest.mark.parametrize("batch", [1, 7, 200])
+@pytest.mark.parametrize(("batch", "per_transaction"), [(1, 1), (7, 3), (200, 100)])
 def test_batches_give_the_outcomes_of_one_by_one(make_desk: Any, tmp_path: Path,
-                                                   batch: int) -> None:
+                                                   batch: int, per_transaction: int) -> None:
     desk = make_desk(smtp=False, workers=False)
     path, h, copies = _mbox_with_duplicates(tmp_path, 60, f"b{batch}")
-    summary = _import(desk, path, batch_messages=batch)
+    summary = _import(desk, path, batch_messages=batch, per_transaction=per_transaction)
     assert summary.as_json() == {
         "total": 60 + copies, "tickets_created": h.tickets, "replies_threaded": h.replies,
         "duplicates": copies, "quarantined": {"unknown_sender": h.unknown}, "failed": 0}
@@ -67,7 +66,7 @@ def test_batches_give_the_outcomes_of_one_by_one(make_desk: Any, tmp_path: Path,
     assert state["tickets"] == opened
     assert state == {"tickets": opened, "inbound": h.tickets + h.replies, "raws": 60,
                      "pending": 0}
-    again = _import(desk, path, batch_messages=batch)
+    again = _import(desk, path, batch_messages=batch, per_transaction=per_transaction)
     assert again.as_json()["duplicates"] == 60 + copies and again.tickets_created == 0
     assert _state(desk) == state
 

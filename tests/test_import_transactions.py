@@ -134,7 +134,7 @@ def test_a_batched_import_stores_and_counts_exactly_what_one_email_per_transacti
     results = {}
     for batch in (1, 25):
         with fresh_desk(kind, tmp_path / f"batch{batch}") as desk:
-            summary = run_import(desk, mbox, batch_messages=batch, notify=True)
+            summary = run_import(desk, mbox, per_transaction=batch, notify=True)
             results[batch] = (summary.as_json(), stored(desk))
     one_by_one, batched = results[1], results[25]
     assert batched[0] == one_by_one[0]
@@ -178,7 +178,7 @@ def test_a_poison_email_mid_batch_is_quarantined_alone_and_the_rest_of_the_batch
         mbox = write_mbox(tmp_path / "poison.mbox", emails)
         handed = HandedOn(desk.config.desk.database_url)
 
-        summary = run_import(desk, mbox, handed, batch_messages=10, notify=True,
+        summary = run_import(desk, mbox, handed, per_transaction=10, notify=True,
                              pipeline=poisoned("Poison"))
 
         assert summary.as_json() == {"total": 10, "tickets_created": 8, "replies_threaded": 0,
@@ -219,8 +219,8 @@ def test_notify_sends_exactly_one_acknowledgement_per_new_ticket_after_each_batc
         mbox = write_mbox(tmp_path / "acks.mbox", h.messages)
         handed = HandedOn(desk.config.desk.database_url)
 
-        summary = run_import(desk, mbox, handed, batch_messages=25, notify=True)
-        again = run_import(desk, mbox, handed, batch_messages=25, notify=True)
+        summary = run_import(desk, mbox, handed, per_transaction=25, notify=True)
+        again = run_import(desk, mbox, handed, per_transaction=25, notify=True)
 
         assert summary.tickets_created == h.tickets and again.duplicates == 70
         with desk.app.sessions() as s:
@@ -250,28 +250,29 @@ def test_a_crash_mid_batch_leaves_the_batch_undone_and_a_rerun_does_it_once(
 
         def dies_at_the_fifteenth(ctx: Inbound) -> None:
             seen["n"] += 1
-            if seen["n"] == 15:       # the 5th email of the 2nd batch of 10
+            if seen["n"] == 15:       # the 5th email of the 2nd transaction of 10
                 raise Crash
 
         dying = dataclasses.replace(BUILTIN, notify=[*BUILTIN.notify,
                                                      Step("dies", dies_at_the_fifteenth)])
         with pytest.raises(Crash):
-            run_import(desk, mbox, batch_messages=10, notify=True, pipeline=dying)
+            run_import(desk, mbox, per_transaction=10, notify=True, pipeline=dying)
         first = stored(desk)
-        # The first batch is whole; of the second, its rows accepted and nothing else.
+        # All forty accepted (one accept transaction); the first ten recorded whole; of
+        # the rest, their rows and nothing else.
         first_batch = [m["Subject"] for m in h.messages[:10]
                        if m["Subject"].startswith("Problem number")]
         assert [t[0] for t in first["tickets"]] == first_batch
         assert Counter(r[0] for r in first["raws"]) == {"processed": 9, "quarantined": 1,
-                                                        "pending": 10}
+                                                        "pending": 30}
         assert {o[2] for o in first["outbox"]} <= {*first_batch, None}
 
-        summary = run_import(desk, mbox, batch_messages=10, notify=True)
+        summary = run_import(desk, mbox, per_transaction=10, notify=True)
         assert summary.duplicates == 10 and summary.total == 40
         after = stored(desk)
     # Exactly what an import that never crashed stores, nothing twice.
     with fresh_desk(kind, tmp_path / "never-crashed") as clean:
-        run_import(clean, mbox, batch_messages=10, notify=True)
+        run_import(clean, mbox, per_transaction=10, notify=True)
         assert after == stored(clean)
     assert len(after["tickets"]) == h.tickets
     assert len(after["inbound"]) == h.tickets + h.replies
@@ -308,7 +309,7 @@ def test_a_unique_key_race_inside_a_batch_reruns_that_email_alone_on_fresh_data(
             "another door", another_door_commits_it)])
         with caplog.at_level(logging.INFO, logger="postdesk.inbound"):
             summary = run_import(desk, write_mbox(tmp_path / "race.mbox", emails),
-                                 batch_messages=10, pipeline=racing)
+                                 per_transaction=10, pipeline=racing)
         engine.dispose()
 
         assert staged["done"]
@@ -348,7 +349,7 @@ def test_a_connection_lost_mid_batch_rolls_the_batch_back_and_the_import_retries
         cutting = dataclasses.replace(BUILTIN, checks=[*BUILTIN.checks, Step(
             "cut", the_server_cuts_the_connection)])
         summary = run_import(desk, write_mbox(tmp_path / "lost.mbox", h.messages),
-                             batch_messages=10, notify=True, pipeline=cutting)
+                             per_transaction=10, notify=True, pipeline=cutting)
         engine.dispose()
 
         assert cut["done"]
@@ -358,6 +359,6 @@ def test_a_connection_lost_mid_batch_rolls_the_batch_back_and_the_import_retries
                                      "failed": 0}
         after = stored(desk)
     with fresh_desk("postgres-redis", tmp_path / "never-cut") as clean:
-        run_import(clean, write_mbox(tmp_path / "clean.mbox", h.messages), batch_messages=10,
+        run_import(clean, write_mbox(tmp_path / "clean.mbox", h.messages), per_transaction=10,
                    notify=True)
         assert after == stored(clean)
