@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -199,12 +200,30 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def check_bindable(host: str | None, port: int) -> None:
+    """Bind the listening address and let it go, as asyncio's create_server would bind it
+    (SO_REUSEADDR; IPv6 sockets v6-only): raises the OSError a busy port gives."""
+    for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
+
+
 class DoorController(Controller):
     def __init__(self, handler: Any, *, sessions: SessionCount, data_timeout: float,
                  **kwargs: Any):
         super().__init__(handler, **kwargs)
         self.door_sessions = sessions
         self.door_data_timeout = data_timeout
+
+    def start(self) -> None:
+        # aiosmtpd binds in its own thread and reports a failed bind only once
+        # ready_timeout (10 s) has run out: a port in use is found here, at once.
+        check_bindable(self.hostname, self.port)
+        super().start()
 
     def factory(self) -> SMTP:
         return DoorSMTP(self.handler, sessions=self.door_sessions,
