@@ -69,8 +69,13 @@ class ActorDispatch:
 
 
 class App:
-    def __init__(self, config: Config, *, clock: Clock | None = None):
+    def __init__(self, config: Config, *, clock: Clock | None = None,
+                 worker_timeout_ms: int = 200):
+        """``worker_timeout_ms``: how long an idle worker thread or consumer waits for a
+        message before it looks again (and sees a stop request): a stop takes up to twice
+        that, and an idle Redis consumer backs off up to it between fetches."""
         self.config = config
+        self.worker_timeout_ms = worker_timeout_ms
         self.clock = clock or SystemClock()
         self.data_dir = Path(config.desk.data_dir)
         if not self.data_dir.exists():
@@ -177,7 +182,7 @@ class App:
     # --- workers -------------------------------------------------------------------------
     def start_workers(self, threads: int | None = None) -> Worker:
         worker = Worker(self.broker, worker_threads=threads or self.config.desk.worker_threads,
-                        worker_timeout=200)
+                        worker_timeout=self.worker_timeout_ms)
         # Dramatiq's default prefetch (threads x 2) starves a Redis worker (~400 msg/s vs
         # ~3,200 with 64); it is only settable as an attribute or env var.
         worker.queue_prefetch = self.config.desk.worker_prefetch
