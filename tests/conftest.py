@@ -41,9 +41,11 @@ BACKENDS = ["sqlite", "postgres-redis", "postgres-rabbitmq"]
 
 # Hypothesis profiles. "ci" keeps every property at the example count it declares; "fast"
 # runs a tenth of them. Properties that set their own count scale it with
-# tests.support.examples(). Chosen in pytest_configure.
-settings.register_profile("ci", max_examples=100)
-settings.register_profile("fast", max_examples=10)
+# tests.support.examples(). Chosen in pytest_configure. Neither has a deadline: Hypothesis'
+# default (200 ms per example) is a wall-clock budget, and with the suite spread over
+# xdist workers an example's time says more about its neighbours than about it.
+settings.register_profile("ci", max_examples=100, deadline=None)
+settings.register_profile("fast", max_examples=10, deadline=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,6 +57,27 @@ def pytest_configure(config: pytest.Config) -> None:
         fast_tier = re.search(r"\bnot\s+slow\b", config.getoption("markexpr") or "")
         profile = "fast" if fast_tier else "ci"
     settings.load_profile(profile)
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the groups off the items
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every ``serial`` test joins one xdist group: under ``--dist loadgroup`` (pyproject)
+    the group goes to one worker whole and its tests run there one after another, so no
+    two of them overlap. The rest are handed out one test at a time."""
+    for item in items:
+        if item.get_closest_marker("serial"):
+            item.add_marker(pytest.mark.xdist_group("serial"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # xdist names a grouped test "...@serial". Without the group the serial tests would
+    # be spread over every worker, silently (pytest 9.2 with pytest-xdist 3.8 did that;
+    # pyproject pins pytest): fail them instead.
+    if (item.config.getoption("loadgroup", default=False)
+            and item.get_closest_marker("serial") and not item.nodeid.endswith("@serial")):
+        pytest.fail("--dist loadgroup ignored this serial test's xdist group "
+                    "(check the pytest and pytest-xdist versions against pyproject)",
+                    pytrace=False)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -84,6 +84,7 @@ def _events(log: Path) -> list[tuple[datetime, str, str]]:
 
 @pytest.mark.slow
 @pytest.mark.services
+@pytest.mark.serial
 def test_two_scheduler_processes_one_leads_and_the_spare_takes_over_after_kill_9(
         tmp_path: Path) -> None:
     with backend("postgres-redis", tmp_path) as be:

@@ -22,7 +22,9 @@ from tests.faults.servers import PrivatePostgres, PrivateRedis
 from tests.smarthost import Sink
 from tests.support import make_email, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.services]
+# One scenario at a time, on one xdist worker: each runs a whole deployment (four
+# processes) through its fault, and the module's private servers start once.
+pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.serial]
 
 BURST = 30
 
