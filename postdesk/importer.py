@@ -15,9 +15,10 @@ ticket content (e.g. ``no_ticket``); ``failed`` counts inputs that could not be 
 all, each named on stderr.
 
 Messages are read and accepted in batches (``BATCH_MESSAGES`` messages or ``BATCH_BYTES``,
-whichever comes first): the batch's blobs are published durably side by side (their
-fsyncs overlap in a few threads), then one transaction inserts every new row (``INSERT ...
-ON CONFLICT (sha256) DO NOTHING RETURNING``). Then the batch is recorded
+whichever comes first): the blobs of the batch's emails too large to travel in their row
+(``desk.raw_in_database_bytes``) are published durably side by side (their fsyncs overlap
+in a few threads), then one synced transaction inserts every new row, small emails' bytes
+in it (``INSERT ... ON CONFLICT (sha256) DO NOTHING RETURNING``). Then the batch is recorded
 ``--batch N`` emails (``PER_TRANSACTION``) at a time, each N in ONE transaction, each
 email in a savepoint of its own, in input order (``workflow.pipeline.batch``): an email
 that fails is quarantined alone, and the drafts are rendered, then handed to the sender,
