@@ -15,6 +15,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,14 @@ import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 
 from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
-from tests.support import backend, backend_param, config_text, make_email, wait_for
+from tests.support import (
+    Backend,
+    backend,
+    backend_param,
+    config_text,
+    make_email,
+    wait_for,
+)
 
 # `postdesk import` subprocesses and a SIGKILL: slow.
 pytestmark = pytest.mark.slow
@@ -32,21 +41,30 @@ EMAILS = 300
 KILL_AFTER_TICKETS = 15
 
 
-@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
-def test_an_import_killed_mid_batch_and_run_again_makes_each_ticket_and_ack_once(
-        kind: str, tmp_path: Path) -> None:
+@contextmanager
+def desk_and_mbox(kind: str, tmp_path: Path, subject: str
+                  ) -> Iterator[tuple[Backend, dict[str, str], Path]]:
+    """A migrated desk of ``kind`` (its config in the environment for the CLI) and an mbox
+    of EMAILS new-ticket emails, "{subject} {i}" from user{i}@client.example."""
     with backend(kind, tmp_path) as be:
         config = tmp_path / "postdesk.toml"
         config.write_text(config_text(be, tmp_path / "data"))
         env = {**os.environ, "POSTDESK_CONFIG": str(config)}
         subprocess.run([*POSTDESK, "db", "upgrade"], env=env, check=True,
                        capture_output=True, timeout=120)
-        box_path = tmp_path / "history.mbox"
+        box_path = tmp_path / f"{subject.lower()}.mbox"
         box = mailbox.mbox(box_path)
         for i in range(EMAILS):
-            box.add(make_email(sender=f"user{i}@client.example", subject=f"History {i}",
-                               message_id=f"<history-{i}@client.example>"))
+            box.add(make_email(sender=f"user{i}@client.example", subject=f"{subject} {i}",
+                               message_id=f"<{subject.lower()}-{i}@client.example>"))
         box.close()
+        yield be, env, box_path
+
+
+@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
+def test_an_import_killed_mid_batch_and_run_again_makes_each_ticket_and_ack_once(
+        kind: str, tmp_path: Path) -> None:
+    with desk_and_mbox(kind, tmp_path, "History") as (be, env, box_path):
         engine = create_engine(be.database_url)
 
         def count(what: object) -> int:
@@ -105,18 +123,7 @@ BATCH = 50
 @pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
 def test_an_import_killed_inside_a_batch_transaction_keeps_nothing_of_that_batch(
         kind: str, tmp_path: Path) -> None:
-    with backend(kind, tmp_path) as be:
-        config = tmp_path / "postdesk.toml"
-        config.write_text(config_text(be, tmp_path / "data"))
-        env = {**os.environ, "POSTDESK_CONFIG": str(config)}
-        subprocess.run([*POSTDESK, "db", "upgrade"], env=env, check=True,
-                       capture_output=True, timeout=120)
-        box_path = tmp_path / "batches.mbox"
-        box = mailbox.mbox(box_path)
-        for i in range(EMAILS):
-            box.add(make_email(sender=f"user{i}@client.example", subject=f"Batched {i}",
-                               message_id=f"<batched-{i}@client.example>"))
-        box.close()
+    with desk_and_mbox(kind, tmp_path, "Batched") as (be, env, box_path):
         engine = create_engine(be.database_url)
         command = [*POSTDESK, "import", "mbox", str(box_path), "--notify", "--batch",
                    str(BATCH)]
