@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from postdesk.storage.blobs import BlobStore, sha256_hex
-from postdesk.storage.db import DURABLE
+from postdesk.storage.db import DURABLE, durable
 from postdesk.storage.models import RawMessage
 from postdesk.storage.raw_store import in_row
 
@@ -134,7 +134,7 @@ def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequenc
             put(digest)
     if new:
         upsert = _UPSERTS[bind.dialect.name]
-        with _durable(bind) as conn:
+        with durable(bind) as conn:
             for digest in new:
                 row = conn.execute(upsert, _row(digest, raw_of[digest], envelope, source,
                                                 now, notify, row_limit)).first()
@@ -175,17 +175,9 @@ def _transaction(sessions: sessionmaker[Session]) -> Iterator[Connection]:
     statement); else in a session, so a factory bound to a test's connection is honoured."""
     bind = sessions.kw.get("bind")
     if isinstance(bind, Engine):
-        with _durable(bind) as conn:
+        with durable(bind) as conn:
             yield conn
         return
     with sessions() as session, session.begin():
         yield session.connection(execution_options={DURABLE: True})
 
-
-@contextmanager
-def _durable(engine: Engine) -> Iterator[Connection]:
-    """A transaction whose COMMIT survives a power cut: the caller acknowledges after it."""
-    with engine.connect() as conn:
-        conn.execution_options(**{DURABLE: True})
-        with conn.begin():
-            yield conn

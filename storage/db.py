@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -136,6 +136,16 @@ def read_only(session: Session) -> Iterator[Session]:
     with session.begin():
         session.connection(execution_options={READ_ONLY: True})
         yield session
+
+
+@contextmanager
+def durable(engine: Engine) -> Iterator[Connection]:
+    """A transaction whose COMMIT survives a power cut (``DURABLE``): for a caller that
+    acknowledges something once it has committed (the ingest door's 250)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{DURABLE: True})
+        with conn.begin():
+            yield conn
 
 
 @contextmanager

@@ -91,16 +91,22 @@ def test_an_import_killed_mid_batch_and_run_again_makes_each_ticket_and_ack_once
         wait_for(lambda: not processes_reading(box_path), 30,
                  what="no process left reading the mbox")
 
+        assert_one_ticket_and_ack_per_email(engine, "History")
         with engine.connect() as conn:
-            subjects = sorted(conn.execute(select(Ticket.subject)).scalars())
-            acks = list(conn.execute(select(Outbox.recipient).where(
-                Outbox.template == "acknowledgement")).scalars())
             statuses = list(conn.execute(select(RawMessage.status)).scalars())
         engine.dispose()
-        assert subjects == sorted(f"History {i}" for i in range(EMAILS))
-        assert sorted(acks) == sorted(f"user{i}@client.example" for i in range(EMAILS))
         assert statuses == ["processed"] * EMAILS     # one raw message per email, all done
         print(f"\n{kind}: {tickets_at_kill}/{EMAILS} tickets existed at the kill")
+
+
+def assert_one_ticket_and_ack_per_email(engine: Engine, subject: str) -> None:
+    """Each email of ``desk_and_mbox`` is one ticket and one acknowledgement to its sender."""
+    with engine.connect() as conn:
+        subjects = sorted(conn.execute(select(Ticket.subject)).scalars())
+        acks = list(conn.execute(select(Outbox.recipient).where(
+            Outbox.template == "acknowledgement")).scalars())
+    assert subjects == sorted(f"{subject} {i}" for i in range(EMAILS))
+    assert sorted(acks) == sorted(f"user{i}@client.example" for i in range(EMAILS))
 
 
 def processes_reading(path: Path) -> list[int]:
@@ -174,14 +180,10 @@ def test_an_import_killed_inside_a_batch_transaction_keeps_nothing_of_that_batch
                  what="no process left reading the mbox")
 
         final = tallies(engine)
+        assert_one_ticket_and_ack_per_email(engine, "Batched")
         with engine.connect() as conn:
-            subjects = sorted(conn.execute(select(Ticket.subject)).scalars())
-            acks = list(conn.execute(select(Outbox.recipient).where(
-                Outbox.template == "acknowledgement")).scalars())
             outbox = set(conn.execute(select(Outbox.status)).scalars())
         engine.dispose()
-        assert subjects == sorted(f"Batched {i}" for i in range(EMAILS))
-        assert sorted(acks) == sorted(f"user{i}@client.example" for i in range(EMAILS))
         assert final == {"raws": EMAILS, "processed": EMAILS, "pending": 0, "tickets": EMAILS,
                          "inbound": EMAILS, "created": EMAILS, "acks": EMAILS,
                          "outbound": EMAILS, "drafts": 0}
