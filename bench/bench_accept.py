@@ -272,7 +272,11 @@ def server_process(kind: str, workdir: Path, pg_admin: str) -> Iterator[tuple[in
                            check=True, capture_output=True, env=child_env(), cwd=workdir,
                            timeout=300)
             command = "serve" if kind.startswith("serve") else "smtp"
-            argv = [str(POSTDESK), command, "--config", str(config)]
+            # PDBENCH_SERVER_PREFIX: a command the server runs under, "{name}" replaced by
+            # the server's kind, e.g. "py-spy record -r 200 -f raw -o /tmp/{name}.txt --"
+            # (the figures of such a run are the profiler's, not the desk's).
+            wrap = os.environ.get("PDBENCH_SERVER_PREFIX", "").replace("{name}", kind)
+            argv = [*wrap.split(), str(POSTDESK), command, "--config", str(config)]
         proc = subprocess.Popen(argv, stdout=log_fh, stderr=log_fh, env=child_env(),
                                 cwd=workdir)
         try:
