@@ -45,12 +45,14 @@ class RenderedEmail:
     html: str | None
 
 
-def _environment(loader: BaseLoader) -> ImmutableSandboxedEnvironment:
+def _environment(loader: BaseLoader, *, auto_reload: bool = True
+                 ) -> ImmutableSandboxedEnvironment:
     # Every template, built-in or an operator's override, renders in jinja2's immutable
     # sandbox: no access to Python internals (``__class__``, ``__globals__``), no
     # mutation of what it is given.
     return ImmutableSandboxedEnvironment(
         loader=loader,
+        auto_reload=auto_reload,
         autoescape=lambda name: bool(name and name.endswith(".html")),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -72,7 +74,10 @@ class Renderer:
     def __init__(self, override_dir: Path | None = None, *,
                  template_globals: Mapping[str, Callable[..., Any]] | None = None):
         builtin = FileSystemLoader(str(BUILTIN_DIR))
-        self.builtin_env = _environment(builtin)
+        # The built-in templates ship with the code and change only with it: compiled once,
+        # not checked on disk at every render. Overrides are an operator's files, edited
+        # while the desk runs: their environment looks for changes.
+        self.builtin_env = _environment(builtin, auto_reload=False)
         self.override_env = (_environment(ChoiceLoader([FileSystemLoader(str(override_dir)),
                                                         builtin]))
                              if override_dir is not None else None)

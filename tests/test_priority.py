@@ -280,3 +280,21 @@ def test_text_without_any_phrase_gives_default(text: str) -> None:
 )
 def test_keyword_found_whatever_punctuation_surrounds_it(before: str, after: str) -> None:
     assert decide("", before + KEYWORD.lower() + after).priority == "P1"
+
+
+@pytest.mark.parametrize("rule", DEFAULT_KEYWORD_RULES, ids=lambda rule: rule.phrase)
+def test_every_rule_is_found_when_it_is_the_only_phrase_a_long_email_names(
+        rule: KeywordRule) -> None:
+    # The rules are first screened by one pattern of all their phrases: none may be lost
+    # there, wherever it sits, wrapped over a line, in capitals or with a curly apostrophe.
+    filler = "Thanks for the invoice; the hours look right to us.\n" * 30
+    phrase = rule.phrase.upper().replace("'", "\u2019").replace(" ", " \n ", 1)
+    decision = initial_priority(None, filler + phrase + ".\n" + filler,
+                                escalation_keyword=None, keyword_rules=DEFAULT_KEYWORD_RULES)
+    assert decision.priority == rule.priority
+
+
+def test_a_rule_phrase_inside_a_longer_word_is_screened_out_as_before() -> None:
+    assert initial_priority("outages report", "re-logging in", escalation_keyword=None,
+                            keyword_rules=DEFAULT_KEYWORD_RULES) == PriorityDecision(
+        "P3", "default")

@@ -114,6 +114,17 @@ def _phrase_pattern(phrase: str, token_chars: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![{token_chars}]){body}(?![{token_chars}])", re.IGNORECASE)
 
 
+@lru_cache(maxsize=64)
+def _any_phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
+    """One pattern that matches where any of ``phrases`` would (rule phrases' boundaries):
+    most emails name no rule phrase, and one scan of the text tells so, where a scan per
+    rule costs a pass over the body each."""
+    bodies = (r"\s+".join(re.escape(w) for w in p.translate(_APOSTROPHES).split())
+              for p in phrases)
+    return re.compile(rf"(?<![{_WORD_CHARS}])(?:{'|'.join(bodies)})(?![{_WORD_CHARS}])",
+                      re.IGNORECASE)
+
+
 def _mentions(phrase: str, texts: Sequence[str], token_chars: str) -> bool:
     """``texts`` already have their apostrophes made plain (``_APOSTROPHES``)."""
     pattern = _phrase_pattern(phrase, token_chars)
@@ -144,6 +155,9 @@ def initial_priority(
         return PriorityDecision("P1", ESCALATION_REASON)
 
     best: KeywordRule | None = None
+    prefilter = _any_phrase_pattern(tuple(rule.phrase for rule in keyword_rules))
+    if keyword_rules and not any(prefilter.search(text) for text in texts):
+        return PriorityDecision(default, DEFAULT_REASON)
     for rule in keyword_rules:
         if best is not None and not is_higher(rule.priority, best.priority):
             continue
