@@ -4,6 +4,7 @@
 - a door killed mid-burst is started again, and every email answered 250 (a client
   retries the ones it was not, as an MTA does) is one ticket with one acknowledgement;
 - an email the door committed but never handed over is processed by the sweeper;
+- Ctrl-C (SIGINT to the process group) and SIGTERM stop the desk and its door cleanly;
 - a door that cannot come back stops serve with a clear message and exit status 1;
 - a serve killed with kill -9 takes its door with it (the port is free for the restart)."""
 
@@ -105,8 +106,10 @@ def serving(tmp_path: Path, certificate: tuple[str, str]) -> Iterator[Desk]:
                "PD_DOOR_LOGIN": LOGIN, "PD_DOOR_PASSWORD": PASSWORD}
         log = tmp_path / "serve.log"
         with log.open("w") as out:
+            # A session of its own: a test can signal the process group, as a terminal's
+            # Ctrl-C does.
             process = subprocess.Popen([*POSTDESK, "serve"], env=env, stdout=out, stderr=out,
-                                       text=True)
+                                       text=True, start_new_session=True)
         desk = Desk(process, log, port, be.database_url, tmp_path / "data", cert)
         try:
             desk.wait_for_door()
@@ -248,6 +251,13 @@ def test_mail_committed_but_never_handed_over_is_processed_by_the_sweeper(
         assert done - received >= timedelta(seconds=2)
         wait_for(lambda: re.search(rf"inbound raw={result.raw_id} .*outcome=processed",
                                    desk.text()), 30, 0.1, what="its inbound log line")
+        # Ctrl-C in a terminal: SIGINT to the whole process group, door included.
+        door = desk.door_pids()[-1]
+        os.killpg(desk.process.pid, signal.SIGINT)
+        assert desk.process.wait(timeout=60) == 0
+        wait_for(lambda: not alive(door), 30, 0.1, what="the door to stop with serve")
+    assert "received SIGINT, shutting down" in desk.text()
+    assert "ended unexpectedly" not in desk.text()
 
 
 def test_a_door_that_cannot_come_back_stops_serve_with_a_clear_message(
