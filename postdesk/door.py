@@ -300,7 +300,13 @@ class DoorProcess:
                 conn.close()
                 return
             if isinstance(message, tuple) and message[0] == "accepted":
-                self._accepted(*message[1:])
+                try:
+                    self._accepted(*message[1:])
+                except Exception:
+                    # This thread also watches the door: it must outlive any one email,
+                    # which is committed and left to the sweeper.
+                    log.exception("could not enqueue raw message %s (the sweeper will)",
+                                  message[1])
 
     def _accepted(self, raw_id: int, created: bool, status: str, source: str,
                   seconds: float) -> None:
