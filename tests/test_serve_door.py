@@ -268,9 +268,17 @@ def test_a_door_that_cannot_come_back_stops_serve_with_a_clear_message(
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             os.kill(door, signal.SIGKILL)
-            # The killed door's port is free at once; take it before the new door can.
-            wait_for(lambda: not alive(door), 30, 0.01, what="the door to end")
-            squatter.bind(("127.0.0.1", desk.port))
+
+            def took_the_port() -> bool:
+                # Free once the killed door's last thread is gone (its pid reads as a zombie
+                # a moment before that); the new door needs a second or more to start.
+                try:
+                    squatter.bind(("127.0.0.1", desk.port))
+                except OSError:
+                    return False
+                return True
+
+            wait_for(took_the_port, 30, 0.005, what="the killed door's port")
             squatter.listen()
             code = desk.process.wait(timeout=180)
         finally:
