@@ -17,7 +17,9 @@ What is measured, each in its own server process started by this script:
   ``postgresql://postgres@127.0.0.1:5432/postgres``; a private database is created for the
   run and dropped afterwards);
 * ``serve-sqlite``: the embedded ``postdesk serve``: SMTP plus the workers processing every
-  email (ticket, acknowledgement, staff notification) in the same process.
+  email (ticket, acknowledgement, staff notification) on the same database (the door in a
+  process of its own, the workers in the desk process);
+* ``serve-postgres``: the same on PostgreSQL (still the in-process ``stub://`` queue).
 
 Every server row is measured with 1 and with 4 concurrent smtplib connections (``--conns``),
 ``--messages`` emails of about 2 KB each (every one different, so none is a duplicate), split
@@ -26,14 +28,18 @@ evenly over the connections, each connection stopping early after ``--max-second
 250 / wall time from the first MAIL FROM to the last 250. Latency = end of DATA (the last byte
 of ``<CRLF>.<CRLF>`` handed to the socket) to the 250 reply being read: p50/p99 nearest rank.
 "usr"/"sys" = user and system CPU time of the server process over the measurement
-(``/proc/PID/stat``) per email (fsync, mkdir and the other file system calls are system
-time). "ratio" = messages/s over the do-nothing baseline's with the same number of
-connections, measured in the same run.
+(``/proc/PID/stat``; for ``serve-*`` the desk process, not its door process) per email
+(fsync, mkdir and the other file system calls are system time). "ratio" = messages/s over
+the do-nothing baseline's with the same number of connections, measured in the same run.
 
 Before the servers, the "durability floor" is measured on the same disk: the median time to
 publish a 2 KB blob the way a 250 must wait for (temporary file fsynced, renamed, directory
 fsynced; plus a new directory made durable, as for most blobs of a young store). It bounds
 what one connection can reach: the do-nothing server's time per email plus the floor.
+
+For ``serve-sqlite`` rows the script then reads the server's database: how many of the accepted
+emails were processed by the end of the burst, and how long until none is pending
+(``--drain-seconds``); each burst starts with nothing pending.
 
 Prints one table; asserts nothing.
 """
@@ -80,7 +86,7 @@ SCRIPT = Path(__file__).resolve()
 TREE = SCRIPT.parent.parent
 POSTDESK = Path(sys.executable).with_name("postdesk")
 MAX_MESSAGE_BYTES = 26214400
-SERVERS = ("null", "smtp-sqlite", "smtp-postgres", "serve-sqlite")
+SERVERS = ("null", "smtp-sqlite", "smtp-postgres", "serve-sqlite", "serve-postgres")
 
 # --- helpers ------------------------------------------------------------------------------
 
@@ -295,6 +301,29 @@ def contextlib_database(kind: str, pg_admin: str) -> Iterator[str | None]:
         yield None
 
 
+# --- serve: is the mail processed? -------------------------------------------------------
+
+def raw_statuses(db: Path) -> dict[str, int]:
+    """Raw messages by status in a server's SQLite database (read-only, WAL: no lock)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return dict(conn.execute("SELECT status, count(*) FROM raw_messages GROUP BY status"))
+    finally:
+        conn.close()
+
+
+def drain(db: Path, max_seconds: float) -> tuple[dict[str, int], float | None]:
+    """After a burst: the statuses as it ended, and the seconds until none is pending
+    (None: still some after ``max_seconds``). ``serve`` exists to process what it accepts."""
+    at_end = raw_statuses(db)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_seconds:
+        if not raw_statuses(db).get("pending"):
+            return at_end, time.perf_counter() - t0
+        time.sleep(0.5)
+    return at_end, None
+
+
 # --- the durability floor ------------------------------------------------------------------
 
 def fsync_dir(path: Path) -> None:
@@ -361,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--conns", default="1,4")
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN)
+    parser.add_argument("--drain-seconds", type=float, default=300.0,
+                        help="serve-sqlite: after each burst, wait this long at most for every "
+                             "accepted email to be processed (0: do not wait)")
     parser.add_argument("--null-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.null_server:
@@ -384,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[Measurement] = []
     workdir = Path(tempfile.mkdtemp(prefix="pdbench-accept-"))
     floor: tuple[float, float, float] | None = None
+    drains: list[tuple[str, int, dict[str, int], float | None]] = []
     try:
         floor = durability_floor(workdir)
         for kind in servers:
@@ -392,11 +425,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 with server_process(kind, workdir, args.pg_admin_url) as (port, pid):
                     warm = [make_email(f"{kind}-warm", i) for i in range(args.warmup)]
                     measure(kind, port, pid, 1, warm, 60)
+                    if kind == "serve-sqlite" and args.drain_seconds > 0:
+                        drain(workdir / f"{kind}.db", args.drain_seconds)
                     for conns in conns_list:
                         tag = f"{kind}-{conns}-{uuid.uuid4().hex[:6]}"
                         batch = [make_email(tag, i) for i in range(args.messages)]
                         results.append(measure(kind, port, pid, conns, batch,
                                                args.max_seconds))
+                        if kind == "serve-sqlite" and args.drain_seconds > 0:
+                            at_end, took = drain(workdir / f"{kind}.db", args.drain_seconds)
+                            drains.append((kind, conns, at_end, took))
             except Exception as exc:  # noqa: BLE001 - one server failing keeps the others
                 print(f"  {kind} failed: {exc}", file=sys.stderr)
     finally:
@@ -426,6 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"for it); a 2 KB blob file: {old_ms:.2f} ms into an existing directory, "
               f"{new_ms:.2f} ms into a new one (at most ~{null_ms / (null_ms + new_ms):.2f}x); "
               f"{null_ms:.2f} ms per email for the do-nothing server")
+    for kind, conns, at_end, took in drains:
+        total = sum(at_end.values())
+        after = f"{took:.1f} s later" if took is not None else "not within --drain-seconds"
+        print(f"{kind} {conns} conn(s): at the end of the burst {at_end.get('processed', 0)} of "
+              f"{total} raw messages processed so far ({at_end.get('pending', 0)} pending); "
+              f"none pending {after} (these include the warm-up and earlier bursts)")
     print(f"load average at end: {load_average()}")
     print("ratio: msg/s over the do-nothing aiosmtpd's with as many connections, this run. "
           "Latency: end of DATA -> 250. usr/sys: the server process's CPU time per email.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -137,7 +136,10 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
-                         what: str, app: App | None = None) -> int:
+                         what: str, app: App | None = None,
+                         failure: Callable[[], str | None] | None = None) -> int:
+    """Run until SIGINT/SIGTERM (exit 0), or until ``failure`` names a part that was lost
+    for good (logged by that part; exit 1)."""
     from postdesk.operate import started, stopping
 
     done = threading.Event()
@@ -152,35 +154,20 @@ def _run_until_signalled(start: Callable[[], None], stop: Callable[[], None],
     signal.signal(signal.SIGTERM, _handler)
     start()
     logging.getLogger("postdesk").info("%s running; Ctrl-C to stop", what)
+    lost: str | None = None
     try:
         while not done.wait(0.5):
-            pass
+            lost = failure() if failure is not None else None
+            if lost:
+                break
     finally:
         stop()
         stopping(metrics_server)
         logs.flush()
+    if lost:
+        print(f"postdesk: {lost}", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
-
-
-def _smtp_server(app: App) -> Any:
-    from postdesk.ingest.smtp import DoorLimits, IngestHandler, SmtpServer
-
-    cfg = app.config.smtp_in
-    handler = IngestHandler(app.config.desk.support_addresses, app.accept,
-                            max_recipients=cfg.max_recipients)
-    return SmtpServer(cfg.host, cfg.port, cfg.max_message_bytes, handler,
-                      DoorLimits.from_config(cfg))
-
-
-def _start_smtp(server: Any, host: str, port: int) -> None:
-    try:
-        server.start()
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise UserError(f"smtp_in.port: {host}:{port} is already in use") from None
-        raise UserError(f"smtp_in: cannot listen on {host}:{port}: {exc.strerror}") from None
-    except RuntimeError as exc:   # aiosmtpd wraps bind errors raised in its thread
-        raise UserError(f"smtp_in: cannot listen on {host}:{port}: {exc}") from None
 
 
 def _pollers(app: App) -> list[Any]:
@@ -193,46 +180,52 @@ def _pollers(app: App) -> list[Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     with _app(args) as app:
-        return _serve(app)
+        return _serve(app, verbose=args.verbose, log_format=logs.log_format(args.log_format))
 
 
-def _serve(app: App) -> int:
+def _serve(app: App, *, verbose: bool = False, log_format: str = "text") -> int:
+    from postdesk.door import DoorProcess
     from postdesk.scheduler import Scheduler
 
-    server = _smtp_server(app)
+    # The SMTP door runs in a process of its own (postdesk/door.py): answering 250 never
+    # waits for the GIL behind the workers below.
+    door = DoorProcess(app.config, app.services.secret, app.dispatch, verbose=verbose,
+                       log_format=log_format)
     scheduler = Scheduler(app.services, app.dispatch)
     pollers = _pollers(app)
     cfg = app.config.smtp_in
 
     def start() -> None:
         app.start_workers()
-        _start_smtp(server, cfg.host, cfg.port)
+        door.start()
         scheduler.start()
         for poller in pollers:
             poller.start()
-        logging.getLogger("postdesk").info("SMTP listening on %s:%s", cfg.host,
-                                           server.controller.port)
+        logging.getLogger("postdesk").info("SMTP listening on %s:%s (door process %s)",
+                                           cfg.host, door.port, door.pid)
 
     def stop() -> None:
         for poller in pollers:
             poller.stop()
-        with contextlib.suppress(Exception):  # never started (port in use): nothing to stop
-            server.stop()
+        door.stop()   # then every id it handed over is enqueued, before the workers stop
         scheduler.stop()
         # The workers stop, and the App closes, when cmd_serve's `with` ends.
 
     try:
-        return _run_until_signalled(start, stop, "postdesk serve", app)
+        return _run_until_signalled(start, stop, "postdesk serve", app,
+                                    failure=lambda: door.failure)
     except UserError:
         stop()
         raise
 
 
 def cmd_smtp(args: argparse.Namespace) -> int:
+    from postdesk.door import smtp_server, start_smtp
+
     with _app(args) as app:
-        server = _smtp_server(app)
         cfg = app.config.smtp_in
-        return _run_until_signalled(lambda: _start_smtp(server, cfg.host, cfg.port),
+        server = smtp_server(app.config, app.accept)
+        return _run_until_signalled(lambda: start_smtp(server, cfg.host, cfg.port),
                                     server.stop, "postdesk smtp", app)
 
 

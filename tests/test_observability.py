@@ -69,6 +69,16 @@ def test_metrics_after_three_emails_and_json_logs_without_secrets(tmp_path: Path
             except OSError:
                 return None
         wait_for(metrics_up, 60, 0.2, what="/metrics to answer")
+
+        def smtp_up() -> bool:
+            # The door is a process of its own (postdesk/door.py), listening a moment
+            # after the desk process serves /metrics.
+            try:
+                smtplib.SMTP("127.0.0.1", smtp_port, timeout=5).quit()
+            except OSError:
+                return False
+            return True
+        wait_for(smtp_up, 120, 0.2, what="the SMTP door to listen")
         sent = []
         for n in range(3):
             msg = make_email(sender="alice@client.example", subject=f"Problem {n}")

@@ -1,0 +1,325 @@
+"""The SMTP door of ``postdesk serve`` in a process of its own.
+
+Why: in one process the door shares the GIL with the worker threads processing mail, and
+a burst that keeps them busy made answering ``250`` twenty times slower than
+``postdesk smtp`` alone (BENCHMARKS.md, issue 11). So ``serve`` starts the door as a child
+process (``multiprocessing``, start method "spawn": never a plain fork of a threaded
+process) that opens its own engine from the same config and accepts exactly as
+``postdesk smtp`` does: raw bytes committed (synced) before ``250``, nothing enqueued. For
+each email it hands the raw id over a pipe to the desk process, where a thread enqueues
+the job on the in-process broker and records the accept metric and log line, so
+``/metrics`` of ``serve`` still counts every email.
+
+Nothing is lost between the two: an email committed whose id never reached the desk (the
+door killed between its commit and the hand-over, or the pipe gone) is still ``pending``
+in the database, and the scheduler's ``sweep_pending_raw`` processes it after
+``scheduler.sweep_grace``.
+
+Supervision (docs/faults.md): the door ignores SIGINT and SIGTERM (the desk process
+stops it, after which it drains the pipe, so a Ctrl-C to the terminal's process group
+stops both in order), and stops by itself when the desk process is gone (its end of the
+pipe closes): a ``kill -9`` of ``serve`` never leaves an orphan holding the port. A door
+that dies unexpectedly is started again at once, then after 0.5, 1, 2, 4 s; after
+``RESTART_LIMIT`` deaths within ``RESTART_WINDOW_S`` (or a restart that cannot listen as
+often) ``serve`` stops with exit status 1 and says why: a door that cannot stay up is a
+fault for the operator (or systemd) to see, not one to hide in a loop."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from postdesk import logs, observe
+from postdesk.clock import SystemClock
+from postdesk.ingest.accept import AcceptFn, AcceptResult, Envelope, accept
+from postdesk.ingest.smtp import DoorLimits, IngestHandler, SmtpServer
+from postdesk.storage.blobs import BlobStore
+from postdesk.storage.db import make_engine, make_session_factory
+from postdesk.workflow.rules.config import Config
+from postdesk.workflow.rules.errors import UserError
+
+if TYPE_CHECKING:
+    from postdesk.workflow.desk.services import Dispatch
+
+log = logging.getLogger("postdesk.door")
+
+START_METHOD: Final = "spawn"
+READY_TIMEOUT_S = 120.0      # a fresh interpreter importing the door, on a loaded machine
+STOP_TIMEOUT_S = 30.0
+RESTART_LIMIT = 5            # deaths within the window before serve gives up
+RESTART_WINDOW_S = 60.0
+RESTART_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 4.0)
+
+
+# --- the SMTP server, as `postdesk smtp` and the door process build it ---------------------
+
+def smtp_server(config: Config, accept_fn: AcceptFn) -> SmtpServer:
+    cfg = config.smtp_in
+    handler = IngestHandler(config.desk.support_addresses, accept_fn,
+                            max_recipients=cfg.max_recipients)
+    return SmtpServer(cfg.host, cfg.port, cfg.max_message_bytes, handler,
+                      DoorLimits.from_config(cfg))
+
+
+def start_smtp(server: SmtpServer, host: str, port: int) -> None:
+    try:
+        server.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"smtp_in.port: {host}:{port} is already in use") from None
+        raise UserError(f"smtp_in: cannot listen on {host}:{port}: {exc.strerror}") from None
+    except RuntimeError as exc:   # aiosmtpd wraps bind errors raised in its thread
+        raise UserError(f"smtp_in: cannot listen on {host}:{port}: {exc}") from None
+
+
+# --- the door process --------------------------------------------------------------------
+
+class HandOver:
+    """The door's ``accept``: commit as ``App.accept(enqueue=False)`` does, then send what
+    the desk needs (raw id, new?, status, source, seconds) over the pipe. A failed send is
+    logged, never answered 451: the email is committed, the sweeper has it."""
+
+    def __init__(self, config: Config, conn: Connection):
+        self.engine = make_engine(
+            config.desk.database_url,
+            lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())
+        self.sessions = make_session_factory(self.engine)
+        self.blobs = BlobStore(Path(config.desk.data_dir) / "blobs")
+        self.clock = SystemClock()
+        self.row_limit = config.desk.raw_in_database_bytes
+        self.conn = conn
+        self.lock = threading.Lock()   # accepts run on several threads; one writer at a time
+
+    def __call__(self, raw: bytes, envelope: Envelope, source: str) -> AcceptResult:
+        started = time.perf_counter()
+        result = accept(self.sessions, self.blobs, raw, envelope, source,
+                        now=self.clock.now(), notify=True, row_limit=self.row_limit)
+        message = ("accepted", result.raw_id, result.created, result.status, source,
+                   time.perf_counter() - started)
+        try:
+            with self.lock:
+                self.conn.send(message)
+        except (OSError, ValueError) as exc:
+            log.warning("could not hand raw message %s to the desk process (the sweeper "
+                        "processes it after scheduler.sweep_grace): %s", result.raw_id, exc)
+        return result
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def run_door(conn: Connection, config: Config, secret: bytes, verbose: bool,
+             log_format: str) -> None:
+    """The door process's body (a module-level function: "spawn" imports it by name)."""
+    # The desk process decides when the door stops (it drains the pipe after); a signal to
+    # the whole process group (Ctrl-C, systemd's SIGTERM) must not stop the door first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logs.setup_logging(verbose, log_format)
+    logs.register_secrets(config, secret)
+    cfg = config.smtp_in
+    hand_over: HandOver | None = None
+    try:
+        hand_over = HandOver(config, conn)
+        server = smtp_server(config, hand_over)
+        start_smtp(server, cfg.host, cfg.port)
+    except UserError as exc:
+        conn.send(("failed", str(exc)))
+        if hand_over is not None:
+            hand_over.close()
+        return
+    try:
+        conn.send(("ready", server.address[1]))
+        log.info("SMTP door process %s listening on %s:%s", os.getpid(), cfg.host,
+                 server.address[1])
+        while True:
+            try:
+                if conn.recv() == "stop":
+                    break
+            except (EOFError, OSError):
+                log.warning("the desk process is gone: the SMTP door stops")
+                break
+    finally:
+        server.stop()
+        hand_over.close()
+        logs.flush()
+        conn.close()
+
+
+# --- the desk's side ---------------------------------------------------------------------
+
+class DoorProcess:
+    """Starts, watches and stops the door process; enqueues what it accepts."""
+
+    def __init__(self, config: Config, secret: bytes, dispatch: Dispatch, *,
+                 verbose: bool = False, log_format: str = "text"):
+        self.config, self.secret, self.dispatch = config, secret, dispatch
+        self.verbose, self.log_format = verbose, log_format
+        self.context = multiprocessing.get_context(START_METHOD)
+        self.process: BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.port: int | None = None
+        self.failure: str | None = None      # set when serve must stop: the door is lost
+        self._stopping = threading.Event()
+        self._deaths: deque[float] = deque()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self) -> None:
+        """Start the door and wait until it listens; UserError if it cannot."""
+        self._spawn()
+        self._watcher = threading.Thread(target=self._watch, name="door-watcher",
+                                         daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop the door, then take every id it handed over before it ended."""
+        self._stopping.set()
+        self._ask_to_stop()
+        if self._watcher is not None:
+            self._watcher.join(STOP_TIMEOUT_S)
+        process = self.process
+        if process is not None and process.is_alive():
+            log.warning("the SMTP door process %s did not stop in %.0f s: killing it",
+                        process.pid, STOP_TIMEOUT_S)
+            process.kill()
+            process.join(STOP_TIMEOUT_S)
+            if self._watcher is not None:
+                self._watcher.join(STOP_TIMEOUT_S)
+
+    # --- internals ---
+    def _spawn(self) -> None:
+        ours, theirs = self.context.Pipe(duplex=True)
+        process = self.context.Process(
+            target=run_door, name="postdesk-smtp-door", daemon=False,
+            args=(theirs, self.config, self.secret, self.verbose, self.log_format))
+        process.start()
+        # Only the door holds its end now: when it dies, our end reads EOF.
+        theirs.close()
+        self.process, self.conn = process, ours
+        ready = wait([ours, process.sentinel], READY_TIMEOUT_S)
+        message: Any = None
+        if ours in ready:
+            try:
+                message = ours.recv()
+            except EOFError:
+                message = None
+        if isinstance(message, tuple) and message[0] == "ready":
+            self.port = int(message[1])
+            return
+        self._reap(process, ours)
+        if isinstance(message, tuple) and message[0] == "failed":
+            raise UserError(str(message[1]))
+        if not ready:
+            raise UserError(f"smtp_in: the SMTP door process did not listen within "
+                            f"{READY_TIMEOUT_S:.0f} s")
+        raise UserError(f"smtp_in: the SMTP door process ended before it listened "
+                        f"({_exit_text(process)})")
+
+    def _ask_to_stop(self) -> None:
+        process, conn = self.process, self.conn
+        if process is not None and conn is not None and process.is_alive():
+            # OSError: it is ending already (its end of the pipe is closed).
+            with contextlib.suppress(OSError):
+                conn.send("stop")
+
+    def _reap(self, process: BaseProcess, conn: Connection) -> None:
+        if process.is_alive():
+            process.kill()
+        process.join(STOP_TIMEOUT_S)
+        conn.close()
+
+    def _watch(self) -> None:
+        while True:
+            process, conn = self.process, self.conn
+            assert process is not None and conn is not None
+            self._drain(conn)          # until the door's end closes: it stopped or died
+            process.join()
+            if self._stopping.is_set():
+                return
+            why = _exit_text(process)
+            restart = self._restart_delay()
+            if restart is None:
+                self._give_up(f"the SMTP door process died {RESTART_LIMIT} times in "
+                              f"{RESTART_WINDOW_S:.0f} s (last: {why})")
+                return
+            log.warning("the SMTP door process %s ended unexpectedly (%s): starting a new "
+                        "one%s", process.pid, why,
+                        f" in {restart:g} s" if restart else "")
+            while True:
+                if self._stopping.wait(restart):
+                    return
+                try:
+                    self._spawn()
+                    if self._stopping.is_set():   # stop() came while it was starting
+                        self._ask_to_stop()
+                    break
+                except UserError as exc:
+                    restart = self._restart_delay()
+                    if restart is None:
+                        self._give_up(f"the SMTP door process could not be started again: "
+                                      f"{exc}")
+                        return
+                    log.warning("the SMTP door process could not start (%s): trying again "
+                                "in %g s", exc, restart)
+            log.info("SMTP door process %s serves again on port %s", self.pid, self.port)
+
+    def _restart_delay(self) -> float | None:
+        """The wait before the next start, or None: too many deaths in the window."""
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and now - self._deaths[0] > RESTART_WINDOW_S:
+            self._deaths.popleft()
+        if len(self._deaths) >= RESTART_LIMIT:
+            return None
+        return RESTART_DELAYS_S[min(len(self._deaths) - 1, len(RESTART_DELAYS_S) - 1)]
+
+    def _give_up(self, why: str) -> None:
+        log.error("%s: postdesk serve stops", why)
+        self.failure = why
+
+    def _drain(self, conn: Connection) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                conn.close()
+                return
+            if isinstance(message, tuple) and message[0] == "accepted":
+                try:
+                    self._accepted(*message[1:])
+                except Exception:
+                    # This thread also watches the door: it must outlive any one email,
+                    # which is committed and left to the sweeper.
+                    log.exception("could not enqueue raw message %s (the sweeper will)",
+                                  message[1])
+
+    def _accepted(self, raw_id: int, created: bool, status: str, source: str,
+                  seconds: float) -> None:
+        observe.accepted(raw_id, created, source, seconds)
+        if status == "pending":
+            self.dispatch.inbound(raw_id)
+
+
+def _exit_text(process: BaseProcess) -> str:
+    code = process.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
+
