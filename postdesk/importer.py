@@ -28,25 +28,17 @@ processing (the re-run processes them); nothing is created twice. ``--batch 1`` 
 each email in its own transactions, as live mail.
 
 Helper processes (``--workers N``; by default one, with two CPUs or more and an import
-of ``AUTO_MIN_MESSAGES`` or more) take two jobs off this one, which records:
-
-* they parse the batch ahead (``parse_email`` and the visible reply text, both pure
-  functions of the bytes) while this process accepts and records: the pipeline's ``parse``
-  step takes the ready result, or parses itself when it is not ready (or failed), so the
-  outcome is the same either way;
-* they render and compose the drafts a record transaction committed (``render_only``,
-  reading the drafts on a connection of their own) while this process records the next
-  emails; this process then stores the bytes (``store_renderings``) and hands the drafts
-  to the sender. A draft a helper could not render (it died) is rendered here.
-
-So a kill -9 can leave one transaction's drafts committed but not rendered (not only in
-the moment after a commit): a desk's sweeper renders and sends them, and so does the next
-run of the import, at its end, when it finds messages an earlier run had recorded."""
+of ``AUTO_MIN_MESSAGES`` messages or more) parse the batch ahead (``parse_email`` and the
+visible reply text, both pure functions of the bytes) while this process accepts and
+records: the pipeline's ``parse`` step then takes the ready result, or parses itself when
+it is not ready (or failed, or the helper died), so the outcome is the same either way.
+Nothing else moves to a helper: each record transaction needs the previous one's drafts
+rendered and stored (a staff notification lists the ticket's latest messages, the
+acknowledgement among them), so rendering cannot overlap the next transaction."""
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import mailbox
 import multiprocessing
 import os
@@ -57,14 +49,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from postdesk.ingest.accept import AcceptResult, Envelope, accept_many
@@ -73,15 +63,6 @@ from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.blobs import sha256_hex
 from postdesk.storage.models import Message, RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import history
-from postdesk.workflow.desk.outbox import (
-    RENDER_BATCH,
-    Renderings,
-    release_drafts,
-    render_drafts,
-    render_only,
-    stale_draft_ids,
-    store_renderings,
-)
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.pipeline.batch import process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -103,11 +84,10 @@ PER_TRANSACTION = 100
 BLOB_THREADS = 8                # blobs published at once (their fsyncs overlap)
 AHEAD_CHUNK = 25                # messages parsed ahead per job of the parsing process
 AHEAD_MAX_BYTES = 1024 * 1024   # larger messages are parsed by the pipeline itself
-# Helpers by default from this many messages: below it, the fork and the hand-overs cost
-# about what a helper saves.
-AUTO_MIN_MESSAGES = 100
-
-log = logging.getLogger("postdesk.import")
+# A helper by default from this many messages. Forking it and its first chunk take about
+# 60 ms before the first result (13 ms of this process's CPU); it then saves this process
+# about 1.5 ms per 2 KB email. Below a couple of chunks there is little to save.
+AUTO_MIN_MESSAGES = 50
 
 
 class SourceError(Exception):
@@ -239,8 +219,8 @@ class Importer:
     wrapped to time them). ``batch_messages``/``batch_bytes``: how many messages are
     accepted in one transaction (1: one by one, as live mail). ``per_transaction``: how
     many of them are recorded in one (at most a batch; 1: each email in its own
-    transactions, as live mail). ``workers``: helper processes that parse ahead and
-    render the drafts (0: everything in this process; None: ``default_workers``)."""
+    transactions, as live mail). ``workers``: helper processes that parse ahead (0: all
+    in this process; None: ``default_workers``)."""
 
     def __init__(self, services: Services, dispatch: Dispatch, kind: str, *,
                  notify: bool = False, warn: Callable[[str], None] | None = None,
@@ -264,9 +244,6 @@ class Importer:
         self._helpers: ProcessPoolExecutor | None = None
         self._ahead: dict[str, tuple[Future[list[_Ahead | None]], int]] = {}
         self._ahead_pipeline = _with_parse_ahead(pipeline, self._parsed_ahead)
-        # Drafts committed and sent to a helper to render, in order, with their ids.
-        self._rendering: list[tuple[Future[Renderings] | None, list[int]]] = []
-        self._resumed = False
         # Every raw message this run met (new or met before): their tickets are the
         # imported history ``settle_history`` files and settles at the end.
         self.raw_ids: list[int] = []
@@ -276,18 +253,17 @@ class Importer:
 
     def run(self, sources: list[Source],
             on_item: Callable[[ImportSummary], None] | None = None) -> ImportSummary:
-        started = self.services.now()
         workers = self.workers
         if workers is None:
             workers = default_workers(count_inputs(sources), self.pipeline)
         with ThreadPoolExecutor(BLOB_THREADS, thread_name_prefix="import-blob") as pool:
             self._pool = pool
-            if workers > 0 and "fork" in _START_METHODS:
-                # fork: the helpers inherit what this process imported and built (the
-                # config, the templates); nothing of theirs is pickled.
+            if workers > 0 and "fork" in _START_METHODS and self._ahead_pipeline is not None:
+                # fork: the helpers inherit what this process imported (a parser ready
+                # to run); they touch no database.
                 self._helpers = ProcessPoolExecutor(
                     workers, mp_context=multiprocessing.get_context("fork"),
-                    initializer=_start_helper, initargs=(os.getpid(), self.services))
+                    initializer=_die_with_parent, initargs=(os.getpid(),))
             try:
                 for source in sources:
                     if source.error is not None:
@@ -299,18 +275,12 @@ class Importer:
                         continue
                     for batch in self._batches(source.items, on_item):
                         self.import_batch(batch, on_item)
-                self._finish_rendering(len(self._rendering))
-                if self._resumed:
-                    self._release_left_drafts(started)
             finally:
                 self._pool = None
                 if self._helpers is not None:
                     self._helpers.shutdown(cancel_futures=True)
                     self._helpers = None
                 self._ahead.clear()
-                # Anything still with a helper (an error above stopped the import): its
-                # drafts stay committed drafts, rendered and sent by a desk's sweeper.
-                self._rendering.clear()
         return self.summary
 
     def import_item(self, item: Item) -> Outcome:
@@ -362,10 +332,6 @@ class Importer:
         timings["accept"] += time.perf_counter() - started
         # None: the same bytes came earlier in this batch, which processes them.
         self.raw_ids.extend(a.raw_id for a in accepted if a is not None)
-        # Messages an earlier run recorded: it may have died before rendering its drafts.
-        self._resumed = self._resumed or any(
-            a is not None and not a.created and a.status != RawStatus.PENDING
-            for a in accepted)
         outcomes: list[Outcome] = []
         try:
             items = list(zip(batch, accepted, strict=True))
@@ -385,72 +351,22 @@ class Importer:
             self._ahead.clear()
         return outcomes
 
-    # --- the helper processes: parsing ahead, rendering after commit -------------------------
-    def _submit(self, fn: Callable[[_A], _T], arg: _A) -> Future[_T] | None:
-        """``fn(arg)`` in a helper; None without helpers (or when they broke: this process
-        then does their work itself)."""
+    # --- parsing ahead, in the helper processes -----------------------------------------
+    def _submit_ahead(self, raws: Sequence[bytes]) -> None:
         helpers = self._helpers
         if helpers is None:
-            return None
-        try:
-            return helpers.submit(fn, arg)
-        except Exception:   # a broken pool
-            helpers.shutdown(wait=False, cancel_futures=True)
-            self._helpers = None
-            return None
-
-    def _submit_ahead(self, raws: Sequence[bytes]) -> None:
-        if self._helpers is None or self._ahead_pipeline is None:
             return
         small = [raw for raw in raws if len(raw) <= AHEAD_MAX_BYTES]
         for start in range(0, len(small), AHEAD_CHUNK):
             chunk = small[start:start + AHEAD_CHUNK]
-            future = self._submit(_parse_ahead, chunk)
-            if future is None:
-                return   # the pipeline parses for itself
+            try:
+                future = helpers.submit(_parse_ahead, chunk)
+            except Exception:   # a broken pool (a helper died): the pipeline parses itself
+                helpers.shutdown(wait=False, cancel_futures=True)
+                self._helpers = None
+                return
             for index, raw in enumerate(chunk):
                 self._ahead.setdefault(sha256_hex(raw), (future, index))
-
-    def _render_elsewhere(self, outbox_ids: Sequence[int]) -> None:
-        """The drafts a record transaction has just committed go to a helper to render;
-        those of the transaction before are stored and handed to the sender now (a helper
-        rendered them while this process recorded the next emails)."""
-        before = len(self._rendering)
-        for start in range(0, len(outbox_ids), RENDER_BATCH):
-            chunk = list(outbox_ids[start:start + RENDER_BATCH])
-            self._rendering.append((self._submit(_render_in_helper, chunk), chunk))
-        self._finish_rendering(before)
-
-    def _release_left_drafts(self, before: datetime) -> None:
-        """Render and send the drafts an interrupted import committed and never rendered
-        (killed while a helper had them, say): what a desk's sweeper would do later. A
-        racing renderer is harmless (rendering is a conditional UPDATE per draft)."""
-        seen: list[int] = []
-        while True:
-            with self.services.sessions() as session:
-                ids = stale_draft_ids(session, before)
-            if not ids or ids == seen:
-                return
-            release_drafts(self.services, self.dispatch, ids)
-            seen = ids
-
-    def _finish_rendering(self, count: int) -> None:
-        """Store the first ``count`` renderings sent to helpers, in order, and hand the
-        drafts ready to the sender. What a helper failed to render (it died, say) is
-        rendered here, as without helpers; storing is a conditional UPDATE per draft, so
-        a draft a desk's sweeper rendered meanwhile is left as it is."""
-        started = time.perf_counter()
-        done, self._rendering = self._rendering[:count], self._rendering[count:]
-        for future, ids in done:
-            renderings = _result_or_none(future)
-            if renderings is None:
-                ready = render_drafts(self.services, ids)
-            else:
-                stored = _retrying(partial(store_renderings, self.services, renderings.done))
-                ready = [i for i in ids if i in stored or i in renderings.ready]
-            for outbox_id in ready:
-                self.dispatch.outbox(outbox_id)
-        self.summary.timings["render"] += time.perf_counter() - started
 
     def _parsed_ahead(self, digest: str) -> _Ahead | None:
         """The result parsed ahead for these bytes, when it is ready."""
@@ -476,12 +392,6 @@ class Importer:
         after commit) to the sender, in order."""
         if self.per_transaction == 1:
             results = {raw_id: self._process(raw_id) for raw_id in raw_ids}
-        elif self._helpers is not None:
-            results = dict(zip(raw_ids, self._process_batch(raw_ids, render=False),
-                               strict=True))
-            self._render_elsewhere([i for result in results.values() if result is not None
-                                    for i in result.outbox_ids])
-            return results
         else:
             results = dict(zip(raw_ids, self._process_batch(raw_ids), strict=True))
         for result in results.values():
@@ -504,14 +414,11 @@ class Importer:
         """One message on its own, as live mail (a batch of 1)."""
         return _retrying(lambda: process_inbound(self.services, raw_id, self._pipeline()))
 
-    def _process_batch(self, raw_ids: Sequence[int], render: bool = True
-                       ) -> list[PipelineResult | None]:
-        """The messages in one transaction (``workflow.pipeline.batch``); ``render``: the
-        drafts too, after commit (else they are left to the caller)."""
+    def _process_batch(self, raw_ids: Sequence[int]) -> list[PipelineResult | None]:
+        """The messages in one transaction (``workflow.pipeline.batch``)."""
         if not raw_ids:
             return []
-        return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline(),
-                                               render=render))
+        return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline()))
 
     def _pipeline(self) -> Pipeline:
         if self._helpers is not None and self._ahead_pipeline is not None:
@@ -561,7 +468,6 @@ class Importer:
 
 
 _T = TypeVar("_T")
-_A = TypeVar("_A")
 
 
 def _retrying(run: Callable[[], _T]) -> _T:
@@ -631,24 +537,6 @@ def _with_parse_ahead(pipeline: Pipeline, lookup: Callable[[str], _Ahead | None]
     return dataclasses.replace(pipeline, checks=checks)
 
 
-def _render_in_helper(outbox_ids: list[int]) -> Renderings:
-    """In a helper: read the drafts (a read-only transaction on the helper's own
-    connection) and render them; the import stores the result."""
-    assert _HELPER_SERVICES is not None, "not in a helper process"
-    return render_only(_HELPER_SERVICES, outbox_ids)
-
-
-def _result_or_none(future: Future[_T] | None) -> _T | None:
-    if future is None:
-        return None
-    try:
-        return future.result()
-    except Exception as exc:   # noqa: BLE001 - the import does the work itself
-        log.warning("an import helper failed (%s: %s); this process renders its drafts",
-                    type(exc).__name__, exc)
-        return None
-
-
 def default_workers(inputs: int, pipeline: Pipeline = BUILTIN) -> int:
     """Helpers by default: one, when there is a second CPU for it and the import is large
     enough to pay for it (AUTO_MIN_MESSAGES); none for a pipeline other than the built-in
@@ -664,27 +552,6 @@ def _usable_cpus() -> int:
 
 
 _START_METHODS = multiprocessing.get_all_start_methods()
-
-
-# In a helper process: the import's services, with a connection pool of the helper's own.
-_HELPER_SERVICES: Services | None = None
-# ... and the pool the helper inherited from the import: referenced for ever, so that it
-# is never garbage-collected here (closing the import's connections from a forked child
-# would close them for the import too: PostgreSQL's terminate message on their socket).
-_INHERITED_POOLS: list[Any] = []
-
-
-def _start_helper(parent_pid: int, services: Services) -> None:
-    """A helper's first act (forked from the import)."""
-    global _HELPER_SERVICES
-    _die_with_parent(parent_pid)
-    with services.sessions() as session:
-        engine = session.get_bind()
-    assert isinstance(engine, Engine)
-    # SQLAlchemy's recipe for a forked child: a fresh pool, the parent's left untouched.
-    _INHERITED_POOLS.append(engine.pool)
-    engine.dispose(close=False)
-    _HELPER_SERVICES = services
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -13,6 +13,7 @@ Only ``queued`` rows are ever sent (``postdesk.outbound.sender``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -157,76 +158,49 @@ class _Rendered:
     message: dict[str, Any] | None    # the row recorded on the ticket, if it is
 
 
-@dataclasses.dataclass
-class Renderings:
-    """Drafts rendered and composed but not stored yet (``render_only``), and those a
-    racing renderer had already finished. Plain data: another process may render what
-    this one stores (``store_renderings``), as ``postdesk import`` does."""
-
-    done: list[_Rendered]
-    ready: list[int]                  # already ``queued`` by someone else: to send
-
-
 def _render_batch(services: Services, outbox_ids: Sequence[int],
                   known: dict[int, tuple[Outbox, Ticket | None]]) -> set[int]:
+    ready: set[int] = set()
     done = [_render_one(services, *known[i]) for i in outbox_ids if i in known]
     unknown = [i for i in outbox_ids if i not in known]
-    ready: set[int] = set()
-    if unknown:
-        read = render_only(services, unknown)
-        done += read.done
-        ready.update(read.ready)
-    return ready | store_renderings(services, done)
-
-
-def render_only(services: Services, outbox_ids: Sequence[int]) -> Renderings:
-    """Read the drafts and render them, storing nothing: the first half of
-    ``render_drafts``, for a caller that stores the result itself (``store_renderings``)."""
-    done: list[_Rendered] = []
-    ready: list[int] = []
-    with services.sessions() as session, read_only(session):
+    with services.sessions() as session:
         # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
         # write lock), on PostgreSQL no row lock. The write after it is short.
-        rows = {row.id: row for row in session.scalars(_DRAFTS, {"ids": list(outbox_ids)})}
-        held: list[Any] = []      # the identity map holds rows weakly: keep them
-        for outbox_id in outbox_ids:
-            row = rows.get(outbox_id)
-            if row is None or row.raw is not None or row.draft is None or (
-                    row.status not in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)):
-                if row is not None and row.status == OutboxStatus.QUEUED:
-                    ready.append(outbox_id)   # finished by a racing renderer: send it
-                continue
-            ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
-            if ticket is not None:
-                # The org (templates name it) from the directory cache, so that
-                # ``ticket.org`` needs no query.
-                held += [ticket, org_by_id(session, ticket.org_id)]
-            done.append(_render_one(services, row, ticket))
-    return Renderings(done, ready)
-
-
-def store_renderings(services: Services, done: Sequence[_Rendered]) -> set[int]:
-    """Store rendered drafts (one short write transaction, a conditional UPDATE each: a
-    draft another renderer finished first is left as it is); the ids now ``queued``."""
-    ready: set[int] = set()
-    if not done:
-        return ready
-    with services.sessions() as session, session.begin():
-        connection = session.connection()
-        messages = []
-        for item in done:
-            won = connection.execute(
-                _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED,
-                {"outbox_id": item.outbox_id, "was": item.status, **item.values}
-            ).rowcount
-            if not won:
-                continue
-            if item.message is not None:
-                messages.append(item.message)
-            if item.values["new_status"] == OutboxStatus.QUEUED:
-                ready.add(item.outbox_id)
-        if messages:
-            connection.execute(_INSERT_MESSAGE, messages)
+        with read_only(session) if unknown else contextlib.nullcontext(session):
+            rows = {row.id: row for row in session.scalars(
+                _DRAFTS, {"ids": unknown})} if unknown else {}
+            held: list[Any] = []      # the identity map holds rows weakly: keep them
+            for outbox_id in unknown:
+                row = rows.get(outbox_id)
+                if row is None or row.raw is not None or row.draft is None or (
+                        row.status not in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)):
+                    if row is not None and row.status == OutboxStatus.QUEUED:
+                        ready.add(outbox_id)   # finished by a racing renderer: send it
+                    continue
+                ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+                if ticket is not None:
+                    # The org (templates name it) from the directory cache, so that
+                    # ``ticket.org`` needs no query.
+                    held += [ticket, org_by_id(session, ticket.org_id)]
+                done.append(_render_one(services, row, ticket))
+        if not done:
+            return ready
+        with session.begin():
+            connection = session.connection()
+            messages = []
+            for item in done:
+                won = connection.execute(
+                    _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED,
+                    {"outbox_id": item.outbox_id, "was": item.status, **item.values}
+                ).rowcount
+                if not won:
+                    continue
+                if item.message is not None:
+                    messages.append(item.message)
+                if item.values["new_status"] == OutboxStatus.QUEUED:
+                    ready.add(item.outbox_id)
+            if messages:
+                connection.execute(_INSERT_MESSAGE, messages)
     return ready
 
 

@@ -69,14 +69,11 @@ _CLAIM_MANY = (select(RawMessage).options(undefer(RawMessage.content))
                .with_for_update().execution_options(populate_existing=True))
 
 
-def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline = BUILTIN,
-                  *, render: bool = True) -> list[PipelineResult | None]:
+def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline = BUILTIN
+                  ) -> list[PipelineResult | None]:
     """Process the raw messages in one transaction, in the order given; one result per id
     (None where there was nothing to do: already processed, or no such message). The
-    results' ``outbox_ids`` are the drafts rendered after commit, ready to send.
-
-    ``render=False``: the drafts are left to the caller (``outbox_ids`` are all the drafts
-    the batch committed; render them, e.g. ``render_drafts``, before sending them)."""
+    results' ``outbox_ids`` are the drafts rendered after commit, ready to send."""
     results: list[PipelineResult | None] = []
     writers: list[OutboxWriter] = []
     with services.sessions() as session:
@@ -92,8 +89,6 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
                 results.append(result)
                 if writer is not None:
                     writers.append(writer)
-        if not render:
-            return results
         # Committed: render the batch's drafts as they were written, holding nothing.
         queued = [i for r in results if r is not None for i in r.outbox_ids]
         ready = set(render_drafts(services, queued, written=[
