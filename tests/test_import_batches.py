@@ -5,6 +5,7 @@ creating anything twice (a crash while a transaction records: ``test_import_tran
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -17,10 +18,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from postdesk.importer import Importer, ImportSummary, Item
+from postdesk import importer as importer_module
+from postdesk.importer import AUTO_MIN_MESSAGES, Importer, ImportSummary, Item, default_workers
 from postdesk.mail.parse import parse_email
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.models import Message, Outbox, RawMessage, Ticket
+from postdesk.workflow.pipeline.builtin import BUILTIN
 from postdesk.workflow.rules.config import parse_config
 from tests.conftest import start_desk, stop_desk
 from tests.mailgen import history, write_mbox
@@ -235,3 +238,14 @@ def test_a_helper_that_dies_mid_import_changes_no_outcome(tmp_path: Path,
     assert helped == plain
     # The helper parsed some before it died; this process parsed the rest.
     assert isinstance(importer, Patient) and 0 < importer.parsed < 42
+
+
+def test_a_helper_by_default_only_with_a_second_cpu_and_enough_messages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importer_module, "_usable_cpus", lambda: 2)
+    assert default_workers(AUTO_MIN_MESSAGES) == 1
+    assert default_workers(AUTO_MIN_MESSAGES - 1) == 0
+    # A benchmark's own pipeline (its steps wrapped to time them) stays in one process.
+    assert default_workers(AUTO_MIN_MESSAGES, dataclasses.replace(BUILTIN)) == 0
+    monkeypatch.setattr(importer_module, "_usable_cpus", lambda: 1)
+    assert default_workers(10 * AUTO_MIN_MESSAGES) == 0
