@@ -10,6 +10,7 @@ tree's own ``.venv/bin/python``)::
     python3 bench/bench_import_peers.py --postdesk-backends sqlite,postgres \\
         --roundup-backends sqlite,anydbm
     python3 bench/bench_import_peers.py --postdesk-batches 1,25,100   # ``import --batch N``
+    python3 bench/bench_import_peers.py --postdesk-workers 0,1        # ``import --workers N``
 
 Roundup is installed, when missing, into its own venv from the package index
 (``python3 -m venv build/roundup-venv && build/roundup-venv/bin/pip install
@@ -189,8 +190,9 @@ class Row:
 # --- postdesk --------------------------------------------------------------------------------
 
 def run_postdesk(args: argparse.Namespace, tree: Tree, backend: str, mbox: Path,
-                 empty: Path, batch: int | None = None) -> Row:
-    """``batch``: run ``import --batch N`` (None: the tree's default, no flag)."""
+                 empty: Path, batch: int | None = None, workers: int | None = None) -> Row:
+    """``batch``, ``workers``: run ``import --batch N``, ``--workers N`` (None: the tree's
+    default, no flag)."""
     load = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="pdimport-"))
     db_name = ""
@@ -216,7 +218,8 @@ def run_postdesk(args: argparse.Namespace, tree: Tree, backend: str, mbox: Path,
         # The fixed cost first (same database, nothing in it yet), then the mbox.
         fixed = timed([exe, "import", "mbox", str(empty), "--notify", "--json",
                        "--config", str(config)], cwd=workdir, env=env)
-        flags = ["--batch", str(batch)] if batch is not None else []
+        flags = [*(["--batch", str(batch)] if batch is not None else []),
+                 *(["--workers", str(workers)] if workers is not None else [])]
         run = timed([exe, "import", "mbox", str(mbox), "--notify", "--json", *flags,
                      "--config", str(config)], cwd=workdir, env=env)
         if run.returncode != 0:
@@ -225,7 +228,8 @@ def run_postdesk(args: argparse.Namespace, tree: Tree, backend: str, mbox: Path,
         summary = json.loads(run.stdout)
         outbox = outbox_counts(backend, workdir, args.pg_admin_url, db_name)
         note = "" if summary["tickets_created"] == args.emails else f"summary {summary}"
-        tool = "postdesk import --notify" + (f" --batch {batch}" if batch else "")
+        tool = ("postdesk import --notify" + (f" --batch {batch}" if batch else "")
+                + (f" --workers {workers}" if workers is not None else ""))
         return Row(tool, backend, args.emails,
                    int(summary["tickets_created"]), run.wall_s, run.cpu_s, fixed.cpu_s,
                    fixed.wall_s, outbox, load, note)
@@ -424,6 +428,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--postdesk-batches", default="",
                    help="comma list of `import --batch N` sizes to run as variants (default: "
                         "the tree's default, without the flag)")
+    p.add_argument("--postdesk-workers", default="",
+                   help="comma list of `import --workers N` to run as variants (default: "
+                        "the tree's default, without the flag)")
     p.add_argument("--roundup-backends", default="sqlite",
                    help="comma list of Roundup backends (sqlite, anydbm)")
     p.add_argument("--roundup-venv", type=Path, default=DEFAULT_TREE / "build" / "roundup-venv")
@@ -441,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     roundup_backends = [b.strip() for b in args.roundup_backends.split(",") if b.strip()]
     batches: list[int | None] = [int(b) for b in args.postdesk_batches.split(",")
                                  if b.strip()] or [None]
+    workers: list[int | None] = [int(w) for w in args.postdesk_workers.split(",")
+                                 if w.strip()] or [None]
     if "postgres" in postdesk_backends:
         require_loopback(args.pg_admin_url, "--pg-admin-url")
     bin_dir = ensure_roundup(args.roundup_venv.resolve())
@@ -458,12 +467,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_ in range(args.repeat):
             for backend in postdesk_backends:
                 for batch in batches:
-                    what = f"postdesk{f' --batch {batch}' if batch else ''} on {backend}"
-                    print(f"  round {round_ + 1}: {what} ...", file=sys.stderr, flush=True)
-                    try:
-                        rows.append(run_postdesk(args, tree, backend, mbox, empty, batch))
-                    except Exception as exc:
-                        print(f"  {what} failed: {exc}", file=sys.stderr)
+                    for helpers in workers:
+                        what = (f"postdesk{f' --batch {batch}' if batch else ''}"
+                                f"{f' --workers {helpers}' if helpers is not None else ''}"
+                                f" on {backend}")
+                        print(f"  round {round_ + 1}: {what} ...", file=sys.stderr,
+                              flush=True)
+                        try:
+                            rows.append(run_postdesk(args, tree, backend, mbox, empty, batch,
+                                                     helpers))
+                        except Exception as exc:
+                            print(f"  {what} failed: {exc}", file=sys.stderr)
             for backend in roundup_backends:
                 print(f"  round {round_ + 1}: roundup on {backend} ...", file=sys.stderr,
                       flush=True)

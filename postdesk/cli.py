@@ -45,14 +45,21 @@ def _version() -> str:
         return "unknown"
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: {value}")
-    return number
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, ``minimum`` or more."""
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more: {value}")
+        return number
+    return parse
+
+
+_positive = _at_least(1)
+_non_negative = _at_least(0)
 
 
 def _print_json(data: Any) -> None:
@@ -283,6 +290,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     with _app(args) as app:
         summary = import_paths(app.services, app.dispatch, args.kind, args.paths,
                                notify=args.notify, batch=args.batch or PER_TRANSACTION,
+                               workers=args.workers,
                                as_status="closed" if args.as_closed else args.as_status)
     if args.json:
         _print_json(summary.as_json())
@@ -629,6 +637,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "SQLite a live desk on the same database waits for one batch to "
                         "accept mail, so lower it there; 1: each message on its own, as "
                         "live mail")
+    p.add_argument("--workers", type=_non_negative, metavar="N",
+                   help="helper processes that parse the next emails while this one "
+                        "records them (default: 1 with two CPUs or more and at least 50 "
+                        "messages, else 0); 0: all in this process")
     filed = p.add_mutually_exclusive_group()
     filed.add_argument("--as-closed", action="store_true",
                        help="file the imported tickets as closed (as of their last email)")

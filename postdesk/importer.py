@@ -27,10 +27,14 @@ blobs (the re-run accepts them again) or committed ``pending`` rows with nothing
 processing (the re-run processes them); nothing is created twice. ``--batch 1`` records
 each email in its own transactions, as live mail.
 
-With two CPUs or more, a second process parses the batch ahead (``parse_email`` and the
-visible reply text, both pure functions of the bytes) while this one accepts and processes:
-the pipeline's ``parse`` step then takes the ready result, or parses itself when it is not
-ready (or failed), so the outcome is the same either way."""
+Helper processes (``--workers N``; by default one, with two CPUs or more and an import
+of ``AUTO_MIN_MESSAGES`` messages or more) parse the batch ahead (``parse_email`` and the
+visible reply text, both pure functions of the bytes) while this process accepts and
+records: the pipeline's ``parse`` step then takes the ready result, or parses itself when
+it is not ready (or failed, or the helper died), so the outcome is the same either way.
+Nothing else moves to a helper: each record transaction needs the previous one's drafts
+rendered and stored (a staff notification lists the ticket's latest messages, the
+acknowledgement among them), so rendering cannot overlap the next transaction."""
 
 from __future__ import annotations
 
@@ -80,6 +84,10 @@ PER_TRANSACTION = 100
 BLOB_THREADS = 8                # blobs published at once (their fsyncs overlap)
 AHEAD_CHUNK = 25                # messages parsed ahead per job of the parsing process
 AHEAD_MAX_BYTES = 1024 * 1024   # larger messages are parsed by the pipeline itself
+# A helper by default from this many messages. Forking it and its first chunk take about
+# 60 ms before the first result (13 ms of this process's CPU); it then saves this process
+# about 1.5 ms per 2 KB email. Below a couple of chunks there is little to save.
+AUTO_MIN_MESSAGES = 50
 
 
 class SourceError(Exception):
@@ -211,14 +219,14 @@ class Importer:
     wrapped to time them). ``batch_messages``/``batch_bytes``: how many messages are
     accepted in one transaction (1: one by one, as live mail). ``per_transaction``: how
     many of them are recorded in one (at most a batch; 1: each email in its own
-    transactions, as live mail). ``parse_ahead``: parse in a second process (None: with
-    the built-in pipeline, when there are two CPUs or more)."""
+    transactions, as live mail). ``workers``: helper processes that parse ahead (0: all
+    in this process; None: ``default_workers``)."""
 
     def __init__(self, services: Services, dispatch: Dispatch, kind: str, *,
                  notify: bool = False, warn: Callable[[str], None] | None = None,
                  pipeline: Pipeline = BUILTIN, batch_messages: int = BATCH_MESSAGES,
                  batch_bytes: int = BATCH_BYTES, per_transaction: int = PER_TRANSACTION,
-                 parse_ahead: bool | None = None):
+                 workers: int | None = None):
         if kind not in KINDS:
             raise ValueError(f"unknown import kind {kind!r} (use {', '.join(KINDS)})")
         self.services = services
@@ -232,12 +240,8 @@ class Importer:
         self.batch_bytes = batch_bytes
         self.per_transaction = max(1, per_transaction)
         self._pool: ThreadPoolExecutor | None = None
-        # Parsing ahead needs a second CPU and fork (the child inherits what is imported);
-        # by default only with the built-in pipeline (a benchmark's timed steps stay whole).
-        self.parse_ahead = (pipeline is BUILTIN and _usable_cpus() >= 2
-                            and "fork" in _START_METHODS
-                            if parse_ahead is None else parse_ahead)
-        self._parser: ProcessPoolExecutor | None = None
+        self.workers = workers   # None: decided by run(), from the size of the import
+        self._helpers: ProcessPoolExecutor | None = None
         self._ahead: dict[str, tuple[Future[list[_Ahead | None]], int]] = {}
         self._ahead_pipeline = _with_parse_ahead(pipeline, self._parsed_ahead)
         # Every raw message this run met (new or met before): their tickets are the
@@ -249,11 +253,16 @@ class Importer:
 
     def run(self, sources: list[Source],
             on_item: Callable[[ImportSummary], None] | None = None) -> ImportSummary:
+        workers = self.workers
+        if workers is None:
+            workers = default_workers(count_inputs(sources), self.pipeline)
         with ThreadPoolExecutor(BLOB_THREADS, thread_name_prefix="import-blob") as pool:
             self._pool = pool
-            if self.parse_ahead and self._ahead_pipeline is not None:
-                self._parser = ProcessPoolExecutor(
-                    1, mp_context=multiprocessing.get_context("fork"),
+            if workers > 0 and "fork" in _START_METHODS and self._ahead_pipeline is not None:
+                # fork: the helpers inherit what this process imported (a parser ready
+                # to run); they touch no database.
+                self._helpers = ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("fork"),
                     initializer=_die_with_parent, initargs=(os.getpid(),))
             try:
                 for source in sources:
@@ -268,9 +277,9 @@ class Importer:
                         self.import_batch(batch, on_item)
             finally:
                 self._pool = None
-                if self._parser is not None:
-                    self._parser.shutdown(cancel_futures=True)
-                    self._parser = None
+                if self._helpers is not None:
+                    self._helpers.shutdown(cancel_futures=True)
+                    self._helpers = None
                 self._ahead.clear()
         return self.summary
 
@@ -342,19 +351,19 @@ class Importer:
             self._ahead.clear()
         return outcomes
 
-    # --- parsing ahead ------------------------------------------------------------------------
+    # --- parsing ahead, in the helper processes -----------------------------------------
     def _submit_ahead(self, raws: Sequence[bytes]) -> None:
-        parser = self._parser
-        if parser is None:
+        helpers = self._helpers
+        if helpers is None:
             return
         small = [raw for raw in raws if len(raw) <= AHEAD_MAX_BYTES]
         for start in range(0, len(small), AHEAD_CHUNK):
             chunk = small[start:start + AHEAD_CHUNK]
             try:
-                future = parser.submit(_parse_ahead, chunk)
-            except Exception:   # a broken pool: the pipeline parses for itself
-                parser.shutdown(wait=False, cancel_futures=True)
-                self._parser = None
+                future = helpers.submit(_parse_ahead, chunk)
+            except Exception:   # a broken pool (a helper died): the pipeline parses itself
+                helpers.shutdown(wait=False, cancel_futures=True)
+                self._helpers = None
                 return
             for index, raw in enumerate(chunk):
                 self._ahead.setdefault(sha256_hex(raw), (future, index))
@@ -412,7 +421,7 @@ class Importer:
         return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline()))
 
     def _pipeline(self) -> Pipeline:
-        if self._parser is not None and self._ahead_pipeline is not None:
+        if self._helpers is not None and self._ahead_pipeline is not None:
             return self._ahead_pipeline
         return self.pipeline
 
@@ -528,6 +537,13 @@ def _with_parse_ahead(pipeline: Pipeline, lookup: Callable[[str], _Ahead | None]
     return dataclasses.replace(pipeline, checks=checks)
 
 
+def default_workers(inputs: int, pipeline: Pipeline = BUILTIN) -> int:
+    """Helpers by default: one, when there is a second CPU for it and the import is large
+    enough to pay for it (AUTO_MIN_MESSAGES); none for a pipeline other than the built-in
+    one (a benchmark's timed steps stay whole in one process)."""
+    return int(pipeline is BUILTIN and _usable_cpus() >= 2 and inputs >= AUTO_MIN_MESSAGES)
+
+
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -539,9 +555,9 @@ _START_METHODS = multiprocessing.get_all_start_methods()
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """In the parse-ahead child: exit once the import that started it is gone. A killed
-    import (kill -9) cannot shut its pool down, and the child would otherwise wait on
-    its task queue for ever."""
+    """In a helper: exit once the import that started it is gone. A killed import
+    (kill -9) cannot shut its pool down, and the helper would otherwise wait on its task
+    queue for ever."""
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(0.5)
@@ -580,13 +596,14 @@ def settle_history(services: Services, raw_ids: Sequence[int], as_status: str | 
 
 def import_paths(services: Services, dispatch: Dispatch, kind: str, paths: list[str], *,
                  notify: bool = False, progress: bool = True, as_status: str | None = None,
-                 batch: int = PER_TRANSACTION) -> ImportSummary:
+                 batch: int = PER_TRANSACTION, workers: int | None = None) -> ImportSummary:
     """Import with a rich progress bar on stderr (counts as they happen), then settle the
     history (``settle_history``). Ctrl-C settles what was done, says how far it got and
     re-raises; a re-run resumes (the messages done are duplicates, pending ones are
-    processed). ``batch``: messages recorded per transaction (``--batch``)."""
+    processed). ``batch``: messages recorded per transaction (``--batch``); ``workers``:
+    helper processes (``--workers``; None: ``default_workers``)."""
     importer = Importer(services, dispatch, kind, notify=notify, per_transaction=batch,
-                        batch_messages=max(BATCH_MESSAGES, batch))
+                        batch_messages=max(BATCH_MESSAGES, batch), workers=workers)
     sources = importer.sources(paths)
     try:
         summary = _run(importer, sources, progress)

@@ -155,3 +155,22 @@ def test_notify_flag_acknowledges_like_live_mail(make_desk, tmp_path, capsys):
     assert run_import(capsys, config, "eml", loud, notify=True)[1]["tickets_created"] == 1
     acks = [o for o in desk.outbox() if o["template"] == "acknowledgement"]
     assert [(a["ticket"], a["to"]) for a in acks] == [("PD-2", ["bob@client.example"])]
+
+
+def test_workers_flag_sets_the_helper_processes_and_refuses_a_negative_count(
+        make_desk, tmp_path, capsys):
+    make_desk(smtp=False, workers=False)
+    config = write_config(make_desk, tmp_path)
+    h = history(120, tag="workers")
+    mbox = write_mbox(tmp_path / "workers.mbox", h.messages)
+    code = main(["import", "mbox", str(mbox), "--json", "--workers", "2",
+                 "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out) == {"total": 120, "tickets_created": h.tickets,
+                               "replies_threaded": h.replies, "duplicates": 0,
+                               "quarantined": {"unknown_sender": h.unknown}, "failed": 0}
+    with pytest.raises(SystemExit) as exit_:
+        main(["import", "mbox", str(mbox), "--workers", "-1", "--config", str(config)])
+    assert exit_.value.code == 2
+    assert "--workers: must be 0 or more: -1" in capsys.readouterr().err

@@ -5,16 +5,25 @@ creating anything twice (a crash while a transaction records: ``test_import_tran
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 from collections.abc import Callable
+from concurrent.futures import wait
+from email import policy
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from postdesk.importer import Importer, ImportSummary, Item
+from postdesk import importer as importer_module
+from postdesk.importer import AUTO_MIN_MESSAGES, Importer, ImportSummary, Item, default_workers
+from postdesk.mail.parse import parse_email
 from postdesk.storage.blobs import BlobStore
-from postdesk.storage.models import Message, RawMessage, Ticket
+from postdesk.storage.models import Message, Outbox, RawMessage, Ticket
+from postdesk.workflow.pipeline.builtin import BUILTIN
 from postdesk.workflow.rules.config import parse_config
 from tests.conftest import start_desk, stop_desk
 from tests.mailgen import history, write_mbox
@@ -129,52 +138,114 @@ def test_byte_duplicate_in_one_batch_is_processed_once(make_desk: Any, tmp_path:
 
 def _import_alone(tmp_path: Path, mbox: Path, importer_cls: type[Importer], **kw: Any
                   ) -> tuple[Importer, dict[str, Any]]:
-    """Import into a desk of its own (SQLite); the summary and what was stored."""
+    """Import with ``--notify`` into a desk of its own (SQLite), recording 10 emails per
+    transaction; the summary and what was stored."""
     with backend("sqlite", tmp_path) as be:
         desk = start_desk(parse_config(config_text(be, tmp_path / "data"), environ={}),
                           smtp=False, workers=False)
         try:
             importer = importer_cls(desk.app.services, desk.app.dispatch, "mbox",
-                                    batch_messages=10, **kw)
+                                    batch_messages=25, per_transaction=10, notify=True, **kw)
             summary = importer.run(importer.sources([str(mbox)]))
             with desk.app.sessions() as s:
                 stored = {
                     "summary": summary.as_json(),
                     "raws": [(r.status, r.reason, r.detail, r.ticket_id, r.subject) for r in
                              s.scalars(select(RawMessage).order_by(RawMessage.id))],
-                    "messages": [(m.ticket_id, m.subject, m.text, m.stripped_text) for m in
-                                 s.scalars(select(Message).where(Message.direction == "in")
-                                           .order_by(Message.id))]}
+                    "messages": [(m.ticket_id, m.direction, m.subject, m.to,
+                                  m.text if m.direction == "in" else _dated(m.text),
+                                  m.stripped_text if m.direction == "in" else "")
+                                 for m in s.scalars(select(Message).order_by(Message.id))],
+                    # Message-IDs and Dates are made afresh: the rest of each email.
+                    "outbox": [(o.ticket_id, o.template, o.status, o.to, o.subject,
+                                o.in_reply_to, _body(o.raw)) for o in
+                               s.scalars(select(Outbox).order_by(Outbox.id))]}
         finally:
             stop_desk(desk)
     return importer, stored
 
 
-def test_parsing_ahead_in_a_second_process_changes_no_outcome(tmp_path: Path) -> None:
+def _body(raw: bytes | None) -> str:
+    """The text of an outgoing email, its times left out (they are the clock's)."""
+    assert raw is not None
+    part = next(p for p in BytesParser(policy=policy.default).parsebytes(raw).walk()
+                if p.get_content_type() == "text/plain")
+    return _dated(part.get_content())
+
+
+def _dated(text: str | None) -> str:
+    return re.sub(r"\d{1,2}:\d{2}|\d{4}-\d{2}-\d{2}|\d+ (minutes|hours?)", "<t>", text or "")
+
+
+def _mixed_mbox(tmp_path: Path) -> tuple[Path, Any]:
+    """New tickets, replies to tickets opened earlier in the same mbox (one quoting the
+    answer it replies to), unknown senders and a message that is no email at all."""
     h = history(40, tag="ahead")
     quoted = make_email(sender="user0@client.example", subject=f"Re: {h.messages[0]['Subject']}",
                         in_reply_to=h.messages[0]["Message-ID"],
                         body="Still broken.\n\nOn Monday, Support wrote:\n> We are on it.\n")
     garbage = b"\x00\xff\xfe not an email \x00\n"
     raws = [m.as_bytes() for m in h.messages]
-    mbox = write_mbox(tmp_path / "ahead.mbox", [*raws[:20], garbage, quoted.as_bytes(),
-                                                *raws[20:]])
+    return write_mbox(tmp_path / "ahead.mbox", [*raws[:20], garbage, quoted.as_bytes(),
+                                                *raws[20:]]), h
 
-    class Patient(Importer):
-        """Waits for each message's parse-ahead result, so that every one is used."""
 
-        used = 0
+class Patient(Importer):
+    """Waits for each message's parse-ahead result, so that every one is used; counts
+    those used."""
 
-        def _parsed_ahead(self, digest: str) -> Any:
-            entry = self._ahead.get(digest)
-            if entry is not None:
-                entry[0].result(timeout=60)
-            ahead = super()._parsed_ahead(digest)
-            self.used += ahead is not None
-            return ahead
+    parsed = 0
 
-    inline, plain = _import_alone(tmp_path / "inline", mbox, Importer, parse_ahead=False)
-    importer, ahead = _import_alone(tmp_path / "ahead", mbox, Patient, parse_ahead=True)
-    assert isinstance(importer, Patient) and importer.used == 42   # every message
-    assert ahead == plain
+    def _parsed_ahead(self, digest: str) -> Any:
+        entry = self._ahead.get(digest)
+        if entry is not None:
+            wait([entry[0]], timeout=60)
+        ahead = super()._parsed_ahead(digest)
+        self.parsed += ahead is not None
+        return ahead
+
+
+def test_parsing_ahead_in_a_helper_process_changes_no_outcome(tmp_path: Path) -> None:
+    mbox, h = _mixed_mbox(tmp_path)
+    _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
+    importer, helped = _import_alone(tmp_path / "helped", mbox, Patient, workers=1)
+    assert isinstance(importer, Patient) and importer.parsed == 42   # every message
+    assert helped == plain
     assert plain["summary"]["quarantined"] == {"unknown_sender": h.unknown, "unparseable": 1}
+    assert plain["summary"]["replies_threaded"] == h.replies + 1
+    # Every email the desk wrote (acknowledgements, staff notifications, notices) is the
+    # same, rendered and queued.
+    assert len(plain["outbox"]) > 2 * h.tickets
+    assert {status for _t, _template, status, *_rest in plain["outbox"]} == {"queued"}
+
+
+def test_a_helper_that_dies_mid_import_changes_no_outcome(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    mbox, h = _mixed_mbox(tmp_path)
+    _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
+    poison = h.messages[28]["Message-ID"].encode()   # in the second batch read
+
+    def dies_at_the_poison(raw: bytes, **kw: Any) -> Any:
+        if poison in raw:
+            os._exit(70)   # the helper dies at once, as on a crash in C code
+        return parse_email(raw, **kw)
+
+    # The helpers are forked from this process, so they parse with this (importer.py's
+    # reference: the pipeline's own parse step is left as it is).
+    monkeypatch.setattr("postdesk.importer.parse_email", dies_at_the_poison)
+    importer, helped = _import_alone(tmp_path / "helped", mbox, Patient, workers=1)
+    assert helped == plain
+    # The helper parsed some before it died; this process parsed the rest.
+    assert isinstance(importer, Patient) and 0 < importer.parsed < 42
+
+
+def test_a_helper_by_default_only_with_a_second_cpu_and_enough_messages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importer_module, "_usable_cpus", lambda: 2)
+    assert default_workers(AUTO_MIN_MESSAGES) == 1
+    assert default_workers(AUTO_MIN_MESSAGES - 1) == 0
+    # A benchmark's own pipeline (its steps wrapped to time them) stays in one process.
+    assert default_workers(AUTO_MIN_MESSAGES, dataclasses.replace(BUILTIN)) == 0
+    monkeypatch.setattr(importer_module, "_usable_cpus", lambda: 1)
+    assert default_workers(10 * AUTO_MIN_MESSAGES) == 0

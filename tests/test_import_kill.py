@@ -71,7 +71,9 @@ def test_an_import_killed_mid_batch_and_run_again_makes_each_ticket_and_ack_once
             with engine.connect() as conn:
                 return int(conn.execute(select(func.count()).select_from(what)).scalar_one())
 
-        first = subprocess.Popen([*POSTDESK, "import", "mbox", str(box_path), "--notify"],
+        # With a helper parsing ahead (the default on two CPUs, explicit here).
+        first = subprocess.Popen([*POSTDESK, "import", "mbox", str(box_path), "--notify",
+                                  "--workers", "1"],
                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             wait_for(lambda: count(Ticket) >= KILL_AFTER_TICKETS or first.poll() is not None,
@@ -87,7 +89,7 @@ def test_an_import_killed_mid_batch_and_run_again_makes_each_ticket_and_ack_once
                                 "--json"], env=env, capture_output=True, text=True,
                                timeout=600, check=True)
         assert again.returncode == 0, again.stderr
-        # Nothing of the killed import lives on (its parse-ahead child exits with it).
+        # Nothing of the killed import lives on (its helper exits with it).
         wait_for(lambda: not processes_reading(box_path), 30,
                  what="no process left reading the mbox")
 
@@ -126,13 +128,14 @@ def processes_reading(path: Path) -> list[int]:
 BATCH = 50
 
 
+@pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
 def test_an_import_killed_inside_a_batch_transaction_keeps_nothing_of_that_batch(
-        kind: str, tmp_path: Path) -> None:
+        kind: str, workers: int, tmp_path: Path) -> None:
     with desk_and_mbox(kind, tmp_path, "Batched") as (be, env, box_path):
         engine = create_engine(be.database_url)
         command = [*POSTDESK, "import", "mbox", str(box_path), "--notify", "--batch",
-                   str(BATCH)]
+                   str(BATCH), "--workers", str(workers)]
 
         first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE)
