@@ -252,10 +252,9 @@ class DoorProcess:
             if self._stopping.is_set():
                 return
             why = _exit_text(process)
-            restart = self._restart_delay()
+            restart = self._restart_delay(f"the SMTP door process died {RESTART_LIMIT} "
+                                          f"times in {RESTART_WINDOW_S:.0f} s (last: {why})")
             if restart is None:
-                self._give_up(f"the SMTP door process died {RESTART_LIMIT} times in "
-                              f"{RESTART_WINDOW_S:.0f} s (last: {why})")
                 return
             log.warning("the SMTP door process %s ended unexpectedly (%s): starting a new "
                         "one%s", process.pid, why,
@@ -269,28 +268,26 @@ class DoorProcess:
                         self._ask_to_stop()
                     break
                 except UserError as exc:
-                    restart = self._restart_delay()
+                    restart = self._restart_delay(
+                        f"the SMTP door process could not be started again: {exc}")
                     if restart is None:
-                        self._give_up(f"the SMTP door process could not be started again: "
-                                      f"{exc}")
                         return
                     log.warning("the SMTP door process could not start (%s): trying again "
                                 "in %g s", exc, restart)
             log.info("SMTP door process %s serves again on port %s", self.pid, self.port)
 
-    def _restart_delay(self) -> float | None:
-        """The wait before the next start, or None: too many deaths in the window."""
+    def _restart_delay(self, give_up_why: str) -> float | None:
+        """The wait before the next start; or None after too many deaths in the window,
+        when serve is told to stop, saying ``give_up_why``."""
         now = time.monotonic()
         self._deaths.append(now)
         while self._deaths and now - self._deaths[0] > RESTART_WINDOW_S:
             self._deaths.popleft()
         if len(self._deaths) >= RESTART_LIMIT:
+            log.error("%s: postdesk serve stops", give_up_why)
+            self.failure = give_up_why
             return None
         return RESTART_DELAYS_S[min(len(self._deaths) - 1, len(RESTART_DELAYS_S) - 1)]
-
-    def _give_up(self, why: str) -> None:
-        log.error("%s: postdesk serve stops", why)
-        self.failure = why
 
     def _drain(self, conn: Connection) -> None:
         while True:

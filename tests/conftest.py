@@ -4,6 +4,7 @@ import logging
 import os
 import re
 import smtplib
+import subprocess
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
@@ -216,3 +217,16 @@ def sqlite_desk(tmp_path: Path) -> Iterator[Desk]:
                                        environ={}))
         yield desk
         stop_desk(desk)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1, made with the openssl command (the SMTP
+    door's STARTTLS tests)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=120)
+    return str(cert), str(key)

@@ -45,18 +45,6 @@ BURST = 40
 LISTENING = re.compile(r"SMTP door process (\d+) listening")
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=120)
-    return str(cert), str(key)
-
-
 @dataclass
 class Desk:
     process: subprocess.Popen[str]
@@ -184,6 +172,15 @@ class Sender:
                 smtp.quit()
 
 
+
+def bound(sock: socket.socket, port: int) -> bool:
+    """Whether ``sock`` could be bound to ``port`` on the loopback (now it is)."""
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
+
 def test_a_door_killed_mid_burst_is_started_again_and_every_email_is_one_ticket_once(
         tmp_path: Path, certificate: tuple[str, str]) -> None:
     emails = [make_email(sender=f"user{i}@client.example", subject=f"Burst {i}").as_bytes()
@@ -269,16 +266,10 @@ def test_a_door_that_cannot_come_back_stops_serve_with_a_clear_message(
         try:
             os.kill(door, signal.SIGKILL)
 
-            def took_the_port() -> bool:
-                # Free once the killed door's last thread is gone (its pid reads as a zombie
-                # a moment before that); the new door needs a second or more to start.
-                try:
-                    squatter.bind(("127.0.0.1", desk.port))
-                except OSError:
-                    return False
-                return True
-
-            wait_for(took_the_port, 30, 0.005, what="the killed door's port")
+            # Free once the killed door's last thread is gone (its pid reads as a zombie a
+            # moment before that); the new door needs a second or more to start.
+            wait_for(lambda: bound(squatter, desk.port), 30, 0.005,
+                     what="the killed door's port")
             squatter.listen()
             code = desk.process.wait(timeout=180)
         finally:
@@ -301,11 +292,7 @@ def test_a_serve_killed_with_sigkill_takes_its_door_with_it(
         def port_free() -> bool:
             with socket.socket() as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", desk.port))
-                except OSError:
-                    return False
-            return True
+                return bound(probe, desk.port)
 
         wait_for(port_free, 30, 0.1, what="the port to be free for a restart")
     assert "the desk process is gone: the SMTP door stops" in desk.text()

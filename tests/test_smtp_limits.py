@@ -9,7 +9,6 @@ import select
 import smtplib
 import socket
 import ssl
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -145,18 +144,6 @@ def test_mail_from_with_size_over_the_limit_gets_552_before_any_data() -> None:
 
 
 # --- TLS and AUTH -----------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=120)
-    return str(cert), str(key)
-
 
 def client_context(cert: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cert)
