@@ -12,7 +12,8 @@ What is measured, each in its own server process started by this script:
   once) with the same ``data_size_limit``: the ceiling of one Python SMTP process here;
 * ``smtp-sqlite``: ``postdesk smtp`` on the embedded default (SQLite in WAL mode), with
   ``broker_url = "stub://"``, so the accepted emails are committed and nothing processes
-  them (the stub queue lives in that process and nobody consumes it);
+  them (with a stub queue ``postdesk smtp`` enqueues nothing: nobody in its process would
+  consume the jobs);
 * ``smtp-postgres``: the same on PostgreSQL (``--pg-admin-url``, default
   ``postgresql://postgres@127.0.0.1:5432/postgres``; a private database is created for the
   run and dropped afterwards);

@@ -227,11 +227,15 @@ def _serve(app: App, *, verbose: bool = False, log_format: str = "text") -> int:
 
 
 def cmd_smtp(args: argparse.Namespace) -> int:
-    from postdesk.door import smtp_server, start_smtp
+    from postdesk.door import smtp_accept, smtp_server, start_smtp
 
     with _app(args) as app:
         cfg = app.config.smtp_in
-        server = smtp_server(app.config, app.accept)
+        if app.config.desk.broker_url.startswith("stub"):
+            logging.getLogger("postdesk").warning(
+                "desk.broker_url is stub://: this process only stores mail; it is processed "
+                "by `postdesk serve` on the same database (or use `postdesk serve`)")
+        server = smtp_server(app.config, smtp_accept(app))
         return _run_until_signalled(lambda: start_smtp(server, cfg.host, cfg.port),
                                     server.stop, "postdesk smtp", app)
 

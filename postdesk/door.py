@@ -50,6 +50,7 @@ from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.errors import UserError
 
 if TYPE_CHECKING:
+    from postdesk.app import App
     from postdesk.workflow.desk.services import Dispatch
 
 log = logging.getLogger("postdesk.door")
@@ -70,6 +71,21 @@ def smtp_server(config: Config, accept_fn: AcceptFn) -> SmtpServer:
                             max_recipients=cfg.max_recipients)
     return SmtpServer(cfg.host, cfg.port, cfg.max_message_bytes, handler,
                       DoorLimits.from_config(cfg))
+
+
+def smtp_accept(app: App) -> AcceptFn:
+    """What ``postdesk smtp`` hands its door: ``App.accept`` (commit, then enqueue) with a
+    shared broker. With ``stub://`` nothing in this process consumes jobs, so an enqueue
+    would only grow an in-memory queue by one message per email, for ever: the email is
+    committed ``pending`` and left to the sweeper of a ``postdesk serve`` on the same
+    database (as ``postdesk imap`` does)."""
+    if not app.config.desk.broker_url.startswith("stub"):
+        return app.accept
+
+    def commit_only(raw: bytes, envelope: Envelope, source: str) -> AcceptResult:
+        return app.accept(raw, envelope, source, enqueue=False)
+
+    return commit_only
 
 
 def start_smtp(server: SmtpServer, host: str, port: int) -> None:
