@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, bindparam, insert, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine, Insert, Table, bindparam, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from postdesk.storage.blobs import BlobStore, sha256_hex
-from postdesk.storage.db import DURABLE, durable
+from postdesk.storage.db import DURABLE, ON_CONFLICT_DIALECTS, durable, insert_unless_exists
 from postdesk.storage.models import RawMessage
 from postdesk.storage.raw_store import in_row
 
@@ -56,9 +55,8 @@ _RAW = cast(Table, RawMessage.__table__)
 # Built once: executed with a parameter dict, the compiled form is reused from SQLAlchemy's
 # cache without building and keying a new statement per email.
 _UPSERTS: dict[str, Any] = {
-    name: dialect_insert(_RAW).on_conflict_do_nothing(index_elements=["sha256"])
-    .returning(_RAW.c.id)
-    for name, dialect_insert in (("sqlite", sqlite.insert), ("postgresql", postgresql.insert))}
+    dialect: cast(Insert, insert_unless_exists(dialect, _RAW, "sha256")).returning(_RAW.c.id)
+    for dialect in ON_CONFLICT_DIALECTS}
 _FIND = select(_RAW.c.id, _RAW.c.status).where(_RAW.c.sha256 == bindparam("digest"))
 _FIND_MANY = select(_RAW.c.id, _RAW.c.sha256, _RAW.c.status).where(
     _RAW.c.sha256.in_(bindparam("digests", expanding=True)))

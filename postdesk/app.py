@@ -32,7 +32,7 @@ from postdesk.outbound.transport import (
     Transport,
 )
 from postdesk.storage.blobs import BlobStore
-from postdesk.storage.db import make_engine, make_session_factory
+from postdesk.storage.db import desk_engine, make_session_factory
 from postdesk.storage.directory import sync_from_config
 from postdesk.storage.migrate import upgrade
 from postdesk.workflow.desk.services import Services
@@ -81,13 +81,11 @@ class App:
         if not self.data_dir.exists():
             # Raw mail, attachments and the secret live here: owner only.
             self.data_dir.mkdir(parents=True, mode=0o700)
-        self.engine = make_engine(
-            config.desk.database_url,
-            lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())
+        self.engine = desk_engine(config)
         self.sessions = make_session_factory(self.engine)
         self.services = Services(
             config=config, clock=self.clock, sessions=self.sessions,
-            blobs=BlobStore(self.data_dir / "blobs"), secret=self._load_secret(),
+            blobs=BlobStore.of_desk(self.data_dir), secret=self._load_secret(),
             calendars=build_calendars(config),
             renderer=Renderer(self.data_dir / "templates",
                               template_globals={"hours": format_hours}))

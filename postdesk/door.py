@@ -37,7 +37,6 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from postdesk import logs, observe
@@ -45,7 +44,7 @@ from postdesk.clock import SystemClock
 from postdesk.ingest.accept import AcceptFn, AcceptResult, Envelope, accept
 from postdesk.ingest.smtp import DoorLimits, IngestHandler, SmtpServer
 from postdesk.storage.blobs import BlobStore
-from postdesk.storage.db import make_engine, make_session_factory
+from postdesk.storage.db import desk_engine, make_session_factory
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.errors import UserError
 
@@ -107,11 +106,9 @@ class HandOver:
     logged, never answered 451: the email is committed, the sweeper has it."""
 
     def __init__(self, config: Config, conn: Connection):
-        self.engine = make_engine(
-            config.desk.database_url,
-            lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())
+        self.engine = desk_engine(config)
         self.sessions = make_session_factory(self.engine)
-        self.blobs = BlobStore(Path(config.desk.data_dir) / "blobs")
+        self.blobs = BlobStore.of_desk(config.desk.data_dir)
         self.clock = SystemClock()
         self.row_limit = config.desk.raw_in_database_bytes
         self.conn = conn

@@ -58,6 +58,11 @@ class BlobStore:
     def __init__(self, root: Path):
         self.root = Path(root)
 
+    @classmethod
+    def of_desk(cls, data_dir: Path | str) -> BlobStore:
+        """The desk's store: ``blobs/`` under ``desk.data_dir``."""
+        return cls(Path(data_dir) / "blobs")
+
     def path_for(self, digest: str) -> Path:
         return self.root / digest[:2] / digest[2:4] / digest
 

@@ -12,11 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
+from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.errors import UserError
 
 READ_ONLY = "postdesk_read_only"
@@ -28,6 +30,13 @@ _SYNCHRONOUS = "postdesk_synchronous"
 
 class DatabaseUrlError(UserError, ValueError):
     pass
+
+
+def desk_engine(config: Config) -> Engine:
+    """The engine of the desk's database as ``[desk]`` sets it (URL, lock timeout)."""
+    return make_engine(
+        config.desk.database_url,
+        lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())
 
 
 def make_engine(url: str, *, lock_timeout_s: float = 30.0, **kwargs: Any) -> Engine:
@@ -136,6 +145,22 @@ def read_only(session: Session) -> Iterator[Session]:
     with session.begin():
         session.connection(execution_options={READ_ONLY: True})
         yield session
+
+
+# The dialects with INSERT ... ON CONFLICT DO NOTHING (``insert_unless_exists``).
+ON_CONFLICT_DIALECTS = ("sqlite", "postgresql")
+
+
+def insert_unless_exists(dialect: str, table: Any, column: str) -> Insert | None:
+    """``INSERT ... ON CONFLICT (column) DO NOTHING`` into ``table`` (a table or mapped
+    class) for ``dialect``; None where the dialect has no such statement (the caller looks
+    up first). One statement where a look-up and an insert would take two, and a row
+    being written by a concurrent transaction is waited for, not duplicated."""
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=[column])
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=[column])
+    return None
 
 
 @contextmanager

@@ -9,10 +9,9 @@ import weakref
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, event, inspect, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, make_transient_to_detached
 
+from postdesk.storage.db import ON_CONFLICT_DIALECTS, insert_unless_exists
 from postdesk.storage.models import Contact, Org, Staff
 from postdesk.workflow.rules.config import Config
 
@@ -141,10 +140,8 @@ def staff_by_id(session: Session, staff_id: int) -> Staff | None:
     return _cached(session, Staff, "id", staff_id)
 
 
-_ENSURE_CONTACT = {
-    "postgresql": pg_insert(Contact).on_conflict_do_nothing(index_elements=["email"]),
-    "sqlite": sqlite_insert(Contact).on_conflict_do_nothing(index_elements=["email"]),
-}
+_ENSURE_CONTACT = {dialect: insert_unless_exists(dialect, Contact, "email")
+                   for dialect in ON_CONFLICT_DIALECTS}
 
 
 def ensure_contact(session: Session, email: str, org: Org, name: str = "") -> None:

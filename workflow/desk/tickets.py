@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from sqlalchemy import Insert, insert, select
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from postdesk.mail.html_safety import sanitize_html
 from postdesk.mail.parse import ParsedEmail
 from postdesk.storage.blobs import BlobStore
+from postdesk.storage.db import ON_CONFLICT_DIALECTS, insert_unless_exists
 from postdesk.storage.directory import ensure_contact
 from postdesk.storage.models import Attachment, Message, Org, Outbox, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
@@ -36,14 +36,6 @@ def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, r
 
 _Row = TypeVar("_Row", Ticket, Message, Outbox)
 _INSERTS: dict[tuple[type, str, str | None], tuple[Insert, str]] = {}
-# INSERT ... ON CONFLICT DO NOTHING, where the dialect has it.
-_ON_CONFLICT = ("sqlite", "postgresql")
-
-
-def _insert_unless_exists(dialect: str, cls: type, column: str) -> Insert:
-    if dialect == "sqlite":
-        return sqlite.insert(cls).on_conflict_do_nothing(index_elements=[column])
-    return postgresql.insert(cls).on_conflict_do_nothing(index_elements=[column])
 
 
 def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None) -> bool:
@@ -61,7 +53,7 @@ def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None)
     cls = mapper.class_
     connection = session.connection()
     dialect = connection.dialect.name
-    if unless_exists is not None and dialect not in _ON_CONFLICT:
+    if unless_exists is not None and dialect not in ON_CONFLICT_DIALECTS:
         column = getattr(cls, unless_exists)
         if session.scalar(select(column).where(
                 column == getattr(row, unless_exists)).limit(1)) is not None:
@@ -71,7 +63,7 @@ def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None)
     if key not in _INSERTS:
         [pk] = mapper.primary_key
         statement = (insert(cls) if unless_exists is None
-                     else _insert_unless_exists(dialect, cls, unless_exists))
+                     else cast(Insert, insert_unless_exists(dialect, cls, unless_exists)))
         _INSERTS[key] = (statement.returning(pk), mapper.get_property_by_column(pk).key)
     statement, pk_key = _INSERTS[key]
     values = {attr.key: state.dict[attr.key] for attr in mapper.column_attrs

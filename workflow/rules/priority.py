@@ -107,11 +107,18 @@ DEFAULT_KEYWORD_RULES: tuple[KeywordRule, ...] = (
 )
 
 
+def _phrase_body(phrase: str) -> str:
+    """The phrase's words, apostrophes made plain, any run of whitespace between them."""
+    return r"\s+".join(re.escape(word) for word in phrase.translate(_APOSTROPHES).split())
+
+
+def _bounded(body: str, token_chars: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![{token_chars}]){body}(?![{token_chars}])", re.IGNORECASE)
+
+
 @lru_cache(maxsize=512)
 def _phrase_pattern(phrase: str, token_chars: str) -> re.Pattern[str]:
-    words = phrase.translate(_APOSTROPHES).split()
-    body = r"\s+".join(re.escape(word) for word in words)
-    return re.compile(rf"(?<![{token_chars}]){body}(?![{token_chars}])", re.IGNORECASE)
+    return _bounded(_phrase_body(phrase), token_chars)
 
 
 @lru_cache(maxsize=64)
@@ -119,10 +126,7 @@ def _any_phrase_pattern(phrases: tuple[str, ...]) -> re.Pattern[str]:
     """One pattern that matches where any of ``phrases`` would (rule phrases' boundaries):
     most emails name no rule phrase, and one scan of the text tells so, where a scan per
     rule costs a pass over the body each."""
-    bodies = (r"\s+".join(re.escape(w) for w in p.translate(_APOSTROPHES).split())
-              for p in phrases)
-    return re.compile(rf"(?<![{_WORD_CHARS}])(?:{'|'.join(bodies)})(?![{_WORD_CHARS}])",
-                      re.IGNORECASE)
+    return _bounded(f"(?:{'|'.join(_phrase_body(p) for p in phrases)})", _WORD_CHARS)
 
 
 def _mentions(phrase: str, texts: Sequence[str], token_chars: str) -> bool:
@@ -154,10 +158,11 @@ def initial_priority(
     if keyword and _mentions(keyword, texts, _TOKEN_CHARS):
         return PriorityDecision("P1", ESCALATION_REASON)
 
-    best: KeywordRule | None = None
-    prefilter = _any_phrase_pattern(tuple(rule.phrase for rule in keyword_rules))
-    if keyword_rules and not any(prefilter.search(text) for text in texts):
+    any_rule = (_any_phrase_pattern(tuple(rule.phrase for rule in keyword_rules))
+                if keyword_rules else None)
+    if any_rule is None or not any(any_rule.search(text) for text in texts):
         return PriorityDecision(default, DEFAULT_REASON)
+    best: KeywordRule | None = None
     for rule in keyword_rules:
         if best is not None and not is_higher(rule.priority, best.priority):
             continue
