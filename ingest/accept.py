@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Engine, Insert, Table, bindparam, insert, select
 from sqlalchemy.engine import Connection
@@ -46,10 +46,24 @@ class AcceptResult:
     created: bool          # False: these exact bytes were accepted before
     status: str            # the raw message's status now (pending for a new one)
 
+    @property
+    def queued_as(self) -> str:
+        return f"raw-{self.raw_id}"
+
+
+class Receipt(Protocol):
+    """What the SMTP door names in its 250: the raw message, or the door's spool row
+    (``postdesk.ingest.spooled``)."""
+
+    @property
+    def queued_as(self) -> str: ...
+
 
 # The door as the adapters are handed it (``App.accept``: commit, then enqueue the job), so
 # SMTP and IMAP ingest never reach for the pipeline or the App themselves.
 AcceptFn = Callable[[bytes, Envelope, str], AcceptResult]
+# What the SMTP door needs of it: a commit, then something to name in the 250.
+ReceiptFn = Callable[[bytes, Envelope, str], Receipt]
 
 _RAW = cast(Table, RawMessage.__table__)
 # Built once: executed with a parameter dict, the compiled form is reused from SQLAlchemy's
@@ -82,14 +96,21 @@ def accept(sessions: sessionmaker[Session], blobs: BlobStore, raw: bytes, envelo
         # crash between blob and row finds the blob and adds the row).
         blobs.put(raw, digest)
     with _transaction(sessions) as conn:
-        upsert = _UPSERTS.get(conn.dialect.name)
-        if upsert is None:
-            return _insert_portable(conn, digest, values)
-        row = conn.execute(upsert, values).first()
-        if row is not None:
-            return AcceptResult(raw_id=row.id, created=True, status="pending")
-        # Accepted before (or by another door a moment ago: ON CONFLICT waited for it).
-        return _existing(conn, digest)
+        return insert_raw(conn, values)
+
+
+def insert_raw(conn: Connection, values: dict[str, Any]) -> AcceptResult:
+    """Insert one ``raw_messages`` row (``values``: its columns, ``status`` pending) in
+    the caller's transaction, unless its bytes (``sha256``) were accepted before: then
+    the existing row."""
+    upsert = _UPSERTS.get(conn.dialect.name)
+    if upsert is None:
+        return _insert_portable(conn, values["sha256"], values)
+    row = conn.execute(upsert, values).first()
+    if row is not None:
+        return AcceptResult(raw_id=row.id, created=True, status="pending")
+    # Accepted before (or by another door a moment ago: ON CONFLICT waited for it).
+    return _existing(conn, values["sha256"])
 
 
 def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequence[bytes],
@@ -131,14 +152,11 @@ def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequenc
         for digest in files:
             put(digest)
     if new:
-        upsert = _UPSERTS[bind.dialect.name]
         with durable(bind) as conn:
             for digest in new:
-                row = conn.execute(upsert, _row(digest, raw_of[digest], envelope, source,
-                                                now, notify, row_limit)).first()
-                # None: taken by another door between the look-up and the insert.
-                known[digest] = (AcceptResult(row.id, True, "pending") if row is not None
-                                 else _existing(conn, digest))
+                # An existing row: taken by another door between the look-up and here.
+                known[digest] = insert_raw(conn, _row(digest, raw_of[digest], envelope,
+                                                      source, now, notify, row_limit))
     seen: set[str] = set()
     results: list[AcceptResult | None] = []
     for digest in digests:

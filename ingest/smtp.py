@@ -33,7 +33,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from aiosmtpd.smtp import Session as SmtpSession
 
-from postdesk.ingest.accept import AcceptFn, Envelope
+from postdesk.ingest.accept import Envelope, ReceiptFn
 from postdesk.mail.tokens import base_address
 from postdesk.workflow.rules.config import SmtpInConfig, secret_from_env
 from postdesk.workflow.rules.errors import UserError
@@ -42,7 +42,7 @@ log = logging.getLogger("postdesk.smtp")
 
 
 class IngestHandler:
-    def __init__(self, support_addresses: Iterable[str], accept: AcceptFn, *,
+    def __init__(self, support_addresses: Iterable[str], accept: ReceiptFn, *,
                  max_recipients: int = 100):
         self.support_addresses = {a.lower() for a in support_addresses}
         self.accept = accept
@@ -63,11 +63,11 @@ class IngestHandler:
         raw = envelope.original_content or b""
         env = Envelope(mail_from=envelope.mail_from, rcpt_tos=tuple(envelope.rcpt_tos))
         try:
-            result = await asyncio.to_thread(self.accept, raw, env, "smtp")
+            receipt = await asyncio.to_thread(self.accept, raw, env, "smtp")
         except Exception:
             log.exception("could not store message from %s: answering 451", envelope.mail_from)
             return "451 4.3.0 Temporary storage failure, please try again later"
-        return f"250 2.0.0 OK: queued as raw-{result.raw_id}"
+        return f"250 2.0.0 OK: queued as {receipt.queued_as}"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ Why it is consistent without stopping anything: blobs are content-addressed and 
 (fsynced) before the row that names them commits, and never deleted. So the database is
 copied first, as one snapshot (SQLite's online backup API; ``pg_dump``'s one
 transaction), and ``data_dir`` after it: every blob the snapshot names is already on disk.
-Mail accepted after the snapshot may add blobs nobody names yet; they are harmless.
+Mail accepted after the snapshot may add blobs nobody names yet; they are harmless. The
+SMTP door's spool (``serve`` on SQLite: emails answered 250 and not yet moved into the
+database) is copied with the backup API too, before the database: an email moved out of
+it before the database's snapshot is in that snapshot, and one still spooled is moved by
+the restored ``serve``.
 
 Restore is for the embedded default (SQLite): it refuses to overwrite a database that
 exists. On PostgreSQL restore with ``pg_restore`` (docs/production.md)."""
@@ -25,6 +29,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from postdesk.storage.blobs import fsync_dir
+from postdesk.storage.spool import SPOOL_FILE
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.errors import UserError
 
@@ -43,17 +48,33 @@ def _sqlite_path(config: Config) -> Path | None:
     return Path(url.database)
 
 
-def _ignore_database(db_file: Path | None) -> Any:
-    """copytree ignore: the live SQLite file (and its journal) if it lives in data_dir;
-    it is copied by the backup API instead."""
-    names = {f"{db_file.name}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")} \
-        if db_file else set()
+def _sqlite_files(db_file: Path) -> set[str]:
+    return {f"{db_file.name}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")}
+
+
+def _ignore_live_sqlite(data_dir: Path, db_file: Path | None) -> Any:
+    """copytree ignore: the live SQLite files in data_dir (the desk's database if it lives
+    there, the door's spool), which are copied by SQLite's backup API instead: a file copy
+    of a database being written can be torn."""
+    ignored: dict[Path, set[str]] = {data_dir.resolve(): _sqlite_files(data_dir / SPOOL_FILE)}
+    if db_file is not None:
+        ignored.setdefault(db_file.parent.resolve(), set()).update(_sqlite_files(db_file))
 
     def ignore(directory: str, entries: list[str]) -> set[str]:
-        if db_file is None or Path(directory).resolve() != db_file.parent.resolve():
-            return set()
-        return names & set(entries)
+        return ignored.get(Path(directory).resolve(), set()) & set(entries)
     return ignore
+
+
+def _copy_sqlite(source_file: Path, target_file: Path) -> None:
+    source = sqlite3.connect(source_file)
+    target = sqlite3.connect(target_file)
+    try:
+        with target:
+            source.backup(target)   # one consistent snapshot, writers keep going
+    finally:
+        target.close()
+        source.close()
+    target_file.chmod(0o600)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -77,27 +98,23 @@ def backup(config: Config, dest: Path) -> dict[str, Any]:
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     dest.chmod(0o700)   # raw mail and the secret: owner only, like data_dir
     db_file = _sqlite_path(config)
+    if db_file is not None and not db_file.exists():
+        raise UserError(f"desk.database_url: {db_file} does not exist")
+    # The door's spool before the database: an email moved out of the spool before this
+    # snapshot is in the database's, taken after; one still spooled is in this one (and
+    # moved on restore; bytes in both are one raw message).
+    (dest / DATA).mkdir(mode=0o700)
+    if (data_dir / SPOOL_FILE).exists():
+        _copy_sqlite(data_dir / SPOOL_FILE, dest / DATA / SPOOL_FILE)
     if db_file is not None:
-        if not db_file.exists():
-            raise UserError(f"desk.database_url: {db_file} does not exist")
         database = {"kind": "sqlite", "file": SQLITE_FILE}
-        source = sqlite3.connect(db_file)
-        target = sqlite3.connect(dest / SQLITE_FILE)
-        try:
-            with target:
-                source.backup(target)   # one consistent snapshot, writers keep going
-        finally:
-            target.close()
-            source.close()
-        (dest / SQLITE_FILE).chmod(0o600)
+        _copy_sqlite(db_file, dest / SQLITE_FILE)
     else:
         database = {"kind": "postgresql", "file": PG_DUMP_FILE}
         _pg_dump(config.desk.database_url, dest / PG_DUMP_FILE)
     if data_dir.exists():
-        shutil.copytree(data_dir, dest / DATA, ignore=_ignore_database(db_file),
+        shutil.copytree(data_dir, dest / DATA, ignore=_ignore_live_sqlite(data_dir, db_file),
                         dirs_exist_ok=True)
-    else:
-        (dest / DATA).mkdir(mode=0o700)
     manifest = {
         "postdesk_backup": 1,
         "created_at": datetime.now(UTC).isoformat(),

@@ -191,18 +191,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(app: App, *, verbose: bool = False, log_format: str = "text") -> int:
-    from postdesk.door import DoorProcess
+    from postdesk.door import DoorProcess, WorkersYieldToTheDoor
     from postdesk.scheduler import Scheduler
 
     # The SMTP door runs in a process of its own (postdesk/door.py): answering 250 never
     # waits for the GIL behind the workers below.
-    door = DoorProcess(app.config, app.services.secret, app.dispatch, verbose=verbose,
-                       log_format=log_format)
+    door = DoorProcess(app.config, app.services.secret, app.dispatch, app.engine,
+                       verbose=verbose, log_format=log_format)
     scheduler = Scheduler(app.services, app.dispatch)
     pollers = _pollers(app)
     cfg = app.config.smtp_in
 
     def start() -> None:
+        app.broker.add_middleware(WorkersYieldToTheDoor())
         app.start_workers()
         door.start()
         scheduler.start()

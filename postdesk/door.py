@@ -39,12 +39,25 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Final
 
+from dramatiq import Middleware
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
+
 from postdesk import logs, observe
 from postdesk.clock import SystemClock
-from postdesk.ingest.accept import AcceptFn, AcceptResult, Envelope, accept
+from postdesk.ingest.accept import (
+    AcceptFn,
+    AcceptResult,
+    Envelope,
+    Receipt,
+    ReceiptFn,
+    accept,
+)
 from postdesk.ingest.smtp import DoorLimits, IngestHandler, SmtpServer
+from postdesk.ingest.spooled import Spooled, move_spooled, spool_email
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.db import desk_engine, make_session_factory
+from postdesk.storage.spool import Spool
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.errors import UserError
 
@@ -60,11 +73,14 @@ STOP_TIMEOUT_S = 30.0
 RESTART_LIMIT = 5            # deaths within the window before serve gives up
 RESTART_WINDOW_S = 60.0
 RESTART_DELAYS_S = (0.0, 0.5, 1.0, 2.0, 4.0)
+MOVE_BATCH = 200             # spooled emails moved into the desk database per transaction
+WORKER_NICE = 5              # serve's worker threads run this much nicer than its door
+SPOOL_RETRY_S = 5.0          # after a failed move, the spool is swept again this often
 
 
 # --- the SMTP server, as `postdesk smtp` and the door process build it ---------------------
 
-def smtp_server(config: Config, accept_fn: AcceptFn) -> SmtpServer:
+def smtp_server(config: Config, accept_fn: ReceiptFn) -> SmtpServer:
     cfg = config.smtp_in
     handler = IngestHandler(config.desk.support_addresses, accept_fn,
                             max_recipients=cfg.max_recipients)
@@ -101,35 +117,66 @@ def start_smtp(server: SmtpServer, host: str, port: int) -> None:
 # --- the door process --------------------------------------------------------------------
 
 class HandOver:
-    """The door's ``accept``: commit as ``App.accept(enqueue=False)`` does, then send what
-    the desk needs (raw id, new?, status, source, seconds) over the pipe. A failed send is
-    logged, never answered 451: the email is committed, the sweeper has it."""
+    """The door's ``accept``: commit, then send what the desk needs over the pipe. A failed
+    send is logged, never answered 451: the email is committed, and the desk finds it.
+
+    On an SQLite desk the email is committed into the door's spool (``spool_email``; the
+    desk moves it into ``raw_messages``), so the 250 never waits for the desk database's
+    write lock, which the workers take several times per email. On other databases the
+    door commits ``raw_messages`` rows itself, as ``App.accept(enqueue=False)`` does: a
+    row insert there waits for no other transaction."""
 
     def __init__(self, config: Config, conn: Connection):
-        self.engine = desk_engine(config)
-        self.sessions = make_session_factory(self.engine)
         self.blobs = BlobStore.of_desk(config.desk.data_dir)
         self.clock = SystemClock()
         self.row_limit = config.desk.raw_in_database_bytes
         self.conn = conn
-        self.lock = threading.Lock()   # accepts run on several threads; one writer at a time
+        self.lock = threading.Lock()   # accepts run on several threads; one sender at a time
+        self.spool: Spool | None = None
+        self.engine: Engine | None = None
+        if uses_spool(config):
+            self.spool = open_spool(config)
+        else:
+            self.engine = desk_engine(config)
+            self.sessions = make_session_factory(self.engine)
 
-    def __call__(self, raw: bytes, envelope: Envelope, source: str) -> AcceptResult:
+    def __call__(self, raw: bytes, envelope: Envelope, source: str) -> Receipt:
         started = time.perf_counter()
-        result = accept(self.sessions, self.blobs, raw, envelope, source,
-                        now=self.clock.now(), notify=True, row_limit=self.row_limit)
-        message = ("accepted", result.raw_id, result.created, result.status, source,
-                   time.perf_counter() - started)
+        receipt: Spooled | AcceptResult
+        if self.spool is not None:
+            receipt = spool_email(self.spool, self.blobs, raw, envelope, source,
+                                  now=self.clock.now(), row_limit=self.row_limit)
+            message: tuple[Any, ...] = ("spooled", receipt.spool_id, source,
+                                        time.perf_counter() - started)
+        else:
+            receipt = accept(self.sessions, self.blobs, raw, envelope, source,
+                             now=self.clock.now(), notify=True, row_limit=self.row_limit)
+            message = ("accepted", receipt.raw_id, receipt.created, receipt.status, source,
+                       time.perf_counter() - started)
         try:
             with self.lock:
                 self.conn.send(message)
         except (OSError, ValueError) as exc:
-            log.warning("could not hand raw message %s to the desk process (the sweeper "
-                        "processes it after scheduler.sweep_grace): %s", result.raw_id, exc)
-        return result
+            log.warning("could not hand %s to the desk process (it is taken up after "
+                        "scheduler.sweep_grace at the latest): %s", receipt.queued_as, exc)
+        return receipt
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self.spool is not None:
+            self.spool.close()
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+def uses_spool(config: Config) -> bool:
+    """Whether serve's door commits into its spool: on an SQLite desk (one write lock)."""
+    return make_url(config.desk.database_url).get_backend_name() == "sqlite"
+
+
+def open_spool(config: Config) -> Spool:
+    return Spool.of_desk(
+        config.desk.data_dir,
+        lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())
 
 
 def run_door(conn: Connection, config: Config, secret: bytes, verbose: bool,
@@ -175,9 +222,13 @@ def run_door(conn: Connection, config: Config, secret: bytes, verbose: bool,
 class DoorProcess:
     """Starts, watches and stops the door process; enqueues what it accepts."""
 
-    def __init__(self, config: Config, secret: bytes, dispatch: Dispatch, *,
+    def __init__(self, config: Config, secret: bytes, dispatch: Dispatch, engine: Engine, *,
                  verbose: bool = False, log_format: str = "text"):
         self.config, self.secret, self.dispatch = config, secret, dispatch
+        self.engine = engine                 # the desk's: spooled emails are moved into it
+        self.spool: Spool | None = open_spool(config) if uses_spool(config) else None
+        self._left_in_spool = False          # a move failed: sweep the spool again soon
+        self._last_sweep = time.monotonic()
         self.verbose, self.log_format = verbose, log_format
         self.context = multiprocessing.get_context(START_METHOD)
         self.process: BaseProcess | None = None
@@ -193,7 +244,9 @@ class DoorProcess:
         return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
-        """Start the door and wait until it listens; UserError if it cannot."""
+        """Start the door and wait until it listens; UserError if it cannot. Emails an
+        earlier serve spooled and never moved (it was killed) are moved first."""
+        self._sweep_spool()
         self._spawn()
         self._watcher = threading.Thread(target=self._watch, name="door-watcher",
                                          daemon=True)
@@ -213,6 +266,10 @@ class DoorProcess:
             process.join(STOP_TIMEOUT_S)
             if self._watcher is not None:
                 self._watcher.join(STOP_TIMEOUT_S)
+        # Whatever the door spooled and could not hand over, before the workers stop.
+        self._sweep_spool()
+        if self.spool is not None:
+            self.spool.close()
 
     # --- internals ---
     def _spawn(self) -> None:
@@ -264,6 +321,7 @@ class DoorProcess:
             process.join()
             if self._stopping.is_set():
                 return
+            self._sweep_spool()        # what it spooled but died before handing over
             why = _exit_text(process)
             restart = self._restart_delay(f"the SMTP door process died {RESTART_LIMIT} "
                                           f"times in {RESTART_WINDOW_S:.0f} s (last: {why})")
@@ -305,24 +363,97 @@ class DoorProcess:
     def _drain(self, conn: Connection) -> None:
         while True:
             try:
+                if not conn.poll(SPOOL_RETRY_S):
+                    self._retry_spool()
+                    continue
                 message = conn.recv()
+                spooled: dict[int, tuple[str, float]] = {}
+                # Spooled emails that arrived together are moved in one transaction: one
+                # write lock on the desk database for a burst, not one per email.
+                while True:
+                    if isinstance(message, tuple) and message[0] == "spooled":
+                        spooled[message[1]] = (message[2], message[3])
+                    else:
+                        self._handle(message)
+                    if len(spooled) >= MOVE_BATCH or not conn.poll(0):
+                        break
+                    message = conn.recv()
             except (EOFError, OSError):
                 conn.close()
                 return
-            if isinstance(message, tuple) and message[0] == "accepted":
-                try:
-                    self._accepted(*message[1:])
-                except Exception:
-                    # This thread also watches the door: it must outlive any one email,
-                    # which is committed and left to the sweeper.
-                    log.exception("could not enqueue raw message %s (the sweeper will)",
-                                  message[1])
+            if spooled:
+                self._move(spooled)
+            self._retry_spool()
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, tuple) and message[0] == "accepted":
+            try:
+                self._accepted(*message[1:])
+            except Exception:
+                # This thread also watches the door: it must outlive any one email,
+                # which is committed and left to the sweeper.
+                log.exception("could not enqueue raw message %s (the sweeper will)",
+                              message[1])
 
     def _accepted(self, raw_id: int, created: bool, status: str, source: str,
-                  seconds: float) -> None:
+                  seconds: float | None) -> None:
         observe.accepted(raw_id, created, source, seconds)
         if status == "pending":
             self.dispatch.inbound(raw_id)
+
+    def _move(self, spooled: dict[int, tuple[str, float]]) -> None:
+        """Move the spooled emails the door handed over into the desk database, then
+        enqueue them. On failure (the desk database locked past its timeout, say) they
+        stay spooled and are moved by the next sweep."""
+        assert self.spool is not None
+        try:
+            moved = move_spooled(self.engine, self.spool, self.spool.rows(list(spooled)))
+        except Exception:
+            log.exception("could not move %d spooled emails into the desk database (they "
+                          "stay in the spool and are moved again)", len(spooled))
+            self._left_in_spool = True
+            return
+        for one in moved:
+            self._accepted(one.result.raw_id, one.result.created, one.result.status,
+                           one.source, spooled[one.spool_id][1])
+
+    def _retry_spool(self) -> None:
+        if self._left_in_spool and time.monotonic() - self._last_sweep >= SPOOL_RETRY_S:
+            self._sweep_spool()
+
+    def _sweep_spool(self) -> None:
+        """Move every email in the spool (oldest first): what a door spooled but did not
+        hand over (killed in between), or a move that failed."""
+        if self.spool is None:
+            return
+        self._last_sweep = time.monotonic()
+        try:
+            while rows := self.spool.oldest(MOVE_BATCH):
+                for one in move_spooled(self.engine, self.spool, rows):
+                    self._accepted(one.result.raw_id, one.result.created, one.result.status,
+                                   one.source, None)
+        except Exception:
+            log.exception("could not move the spooled emails into the desk database (they "
+                          "stay in the spool and are moved again in %.0f s)", SPOOL_RETRY_S)
+            self._left_in_spool = True
+            return
+        self._left_in_spool = False
+
+
+class WorkersYieldToTheDoor(Middleware):
+    """Dramatiq middleware for serve's workers: each worker thread lowers its own CPU
+    priority (Linux nice is per thread) by ``WORKER_NICE``. With two cores shared by the
+    door, the workers and the desk's mover, a burst would otherwise have the workers'
+    processing (10-15 ms CPU per email) crowd out the door's accepting (about 1 ms), and
+    the 250s would come at the pace of processing. The door and the workers share no lock
+    since the door writes its own spool, so the workers' lower priority cannot hold the
+    door up (it did when both wrote the desk database: BENCHMARKS.md)."""
+
+    def after_worker_thread_boot(self, broker: Any, thread: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):   # not Linux: nothing to do
+            # who=0 is the calling thread on Linux.
+            current = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, 0, min(19, current + WORKER_NICE))
 
 
 def _exit_text(process: BaseProcess) -> str:

@@ -66,9 +66,11 @@ def _source_kind(source: str) -> str:
     return source.split(":", 1)[0]
 
 
-def email_accepted(source: str, seconds: float) -> None:
+def email_accepted(source: str, seconds: float | None) -> None:
+    """``seconds``: end of DATA to the commit that allows the 250; None when not known
+    (an email serve's door spooled and the desk found in the spool, not handed over)."""
     EMAILS_ACCEPTED.labels(source=_source_kind(source)).inc()
-    if _source_kind(source) == "smtp":
+    if seconds is not None and _source_kind(source) == "smtp":
         SMTP_DATA_TO_250.observe(seconds)
 
 

@@ -17,7 +17,7 @@ from postdesk.workflow.rules.refs import ticket_ref
 log = logging.getLogger("postdesk.mail")
 
 
-def accepted(raw_id: int, created: bool, source: str, seconds: float) -> None:
+def accepted(raw_id: int, created: bool, source: str, seconds: float | None) -> None:
     if created:
         metrics.email_accepted(source, seconds)
     log.debug("accepted raw=%s source=%s new=%s", raw_id, source, created,

@@ -49,7 +49,7 @@ def make_engine(url: str, *, lock_timeout_s: float = 30.0, **kwargs: Any) -> Eng
         parsed = parsed.set(drivername="postgresql+psycopg")
     try:
         if parsed.get_backend_name() == "sqlite":
-            _create_private(parsed.database)
+            create_private(parsed.database)
             engine = create_engine(
                 parsed, connect_args={"timeout": lock_timeout_s, "check_same_thread": False},
                 **kwargs)
@@ -92,7 +92,7 @@ def _ping_when_idle(engine: Engine) -> None:
             raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
-def _create_private(database: str | None) -> None:
+def create_private(database: str | None) -> None:
     """A new SQLite database file is created readable by its owner only (0600): it holds
     every client's email. SQLite gives its -wal and -shm files the same mode."""
     if not database or database == ":memory:" or database.startswith("file:"):

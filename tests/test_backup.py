@@ -9,7 +9,7 @@ import json
 import smtplib
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,14 @@ from sqlalchemy.orm import Session
 
 from postdesk.backup import backup
 from postdesk.cli import main
+from postdesk.ingest.accept import Envelope
+from postdesk.ingest.spooled import move_spooled, spool_email
 from postdesk.scheduler import sweep_pending_raw
 from postdesk.storage.blobs import BlobStore
+from postdesk.storage.db import make_engine
 from postdesk.storage.models import Attachment, Message, RawMessage, Ticket
 from postdesk.storage.raw_store import raw_bytes
+from postdesk.storage.spool import SPOOL_FILE, Spool
 from postdesk.workflow.rules.config import load_config, parse_config
 from tests.conftest import start_desk, stop_desk
 from tests.support import backend, config_text, make_email, wait_for
@@ -180,3 +184,43 @@ def test_a_postgresql_desk_is_backed_up_with_pg_dump(tmp_path: Path) -> None:
     listing = __import__("subprocess").run(["pg_restore", "--list", str(dump)],
                                            capture_output=True, text=True, check=True).stdout
     assert "TABLE public tickets" in listing and "TABLE public duty_runs" in listing
+
+
+def test_an_email_still_in_the_doors_spool_is_in_the_backup_and_moved_after_restore(
+        tmp_path: Path) -> None:
+    """serve's door answered 250 for it and the desk had not moved it into the database
+    yet: the backup copies the spool (with SQLite's backup API, not as a file), so the
+    restored desk has it to move."""
+    with backend("sqlite", tmp_path) as be:
+        config_file = tmp_path / "postdesk.toml"
+        config_file.write_text(config_text(be, tmp_path / "data"))
+        stop_desk(start_desk(load_config(config_file), smtp=False))   # database made
+        raw = make_email(subject="Spooled at backup time").as_bytes()
+        spool = Spool.of_desk(tmp_path / "data")
+        try:
+            spool_email(spool, BlobStore.of_desk(tmp_path / "data"), raw,
+                        Envelope("alice@client.example", ("support@desk.example",)), "smtp",
+                        now=datetime.now(UTC), row_limit=256 * 1024)
+            assert main(["backup", str(tmp_path / "backup"), "--config",
+                         str(config_file)]) == 0
+        finally:
+            spool.close()
+    assert not (tmp_path / "backup" / "data" / f"{SPOOL_FILE}-wal").exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    fresh_config = fresh / "postdesk.toml"
+    fresh_config.write_text(config_file.read_text()
+                            .replace(be.database_url, f"sqlite:///{fresh / 'postdesk.db'}")
+                            .replace(str(tmp_path / "data"), str(fresh / "data")))
+    assert main(["restore", str(tmp_path / "backup"), "--config", str(fresh_config)]) == 0
+    restored = Spool.of_desk(fresh / "data")
+    engine = make_engine(f"sqlite:///{fresh / 'postdesk.db'}")
+    try:
+        [moved] = move_spooled(engine, restored, restored.oldest())
+        assert moved.result.created
+        with Session(engine) as session:
+            [row] = session.scalars(select(RawMessage))
+            assert raw_bytes(session, BlobStore(fresh / "data" / "blobs"), row) == raw
+    finally:
+        restored.close()
+        engine.dispose()

@@ -6,6 +6,8 @@
 - an email the door committed but never handed over is processed by the sweeper;
 - Ctrl-C (SIGINT to the process group) and SIGTERM stop the desk and its door cleanly;
 - a door that cannot come back stops serve with a clear message and exit status 1;
+- the door answers 250 while the desk database's write lock is held (it commits to its
+  own spool), and emails left in the spool by a killed serve are processed on restart;
 - a serve killed with kill -9 takes its door with it (the port is free for the restart)."""
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import re
 import signal
 import smtplib
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,9 +33,11 @@ import pytest
 from sqlalchemy import func, select
 
 from postdesk.ingest.accept import Envelope, accept
+from postdesk.ingest.spooled import spool_email
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.db import make_engine, make_session_factory
 from postdesk.storage.models import Outbox, RawMessage, Ticket
+from postdesk.storage.spool import Spool
 from tests.support import backend, config_text, free_port, make_email, wait_for
 
 # `postdesk serve` subprocesses, each a minute or so: slow.
@@ -77,9 +82,14 @@ class Desk:
 
 
 @contextmanager
-def serving(tmp_path: Path, certificate: tuple[str, str]) -> Iterator[Desk]:
-    """`postdesk serve` on SQLite, its door with STARTTLS and AUTH required."""
+def serving(tmp_path: Path, certificate: tuple[str, str],
+            before_start: Callable[[Path], None] | None = None) -> Iterator[Desk]:
+    """`postdesk serve` on SQLite, its door with STARTTLS and AUTH required.
+    ``before_start`` is given the data directory (made, owner only) before serve starts."""
     cert, key = certificate
+    if before_start is not None:
+        (tmp_path / "data").mkdir(mode=0o700)
+        before_start(tmp_path / "data")
     with backend("sqlite", tmp_path) as be:
         port = free_port()
         config = tmp_path / "postdesk.toml"
@@ -296,3 +306,63 @@ def test_a_serve_killed_with_sigkill_takes_its_door_with_it(
 
         wait_for(port_free, 30, 0.1, what="the port to be free for a restart")
     assert "the desk process is gone: the SMTP door stops" in desk.text()
+
+
+def all_processed(desk: Desk, n: int) -> Callable[[], bool]:
+    def check() -> bool:
+        raws, tickets, acks, statuses = counts(desk.database_url)
+        return (raws, tickets, acks) == (n, n, n) and set(statuses) == {"sent"}
+    return check
+
+
+def test_the_door_answers_250_while_the_desk_database_is_locked(
+        tmp_path: Path, certificate: tuple[str, str]) -> None:
+    """Accepting never waits for processing: with the desk database's write lock held (a
+    long transaction, a backup), each email is committed to the door's spool and
+    answered; the desk moves and processes them once the lock is free."""
+    with serving(tmp_path, certificate) as desk:
+        holder = sqlite3.connect(desk.database_url.removeprefix("sqlite:///"),
+                                 isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            smtp = desk.client()
+            replies = []
+            for i in range(5):
+                raw = make_email(sender=f"user{i}@client.example", subject=f"Locked {i}")
+                smtp.mail(f"user{i}@client.example")
+                smtp.rcpt(SUPPORT)
+                replies.append(smtp.data(raw.as_bytes()))
+            smtp.quit()
+            # Still locked: the door wrote nothing into the desk database (read beside
+            # the lock, as WAL lets a reader).
+            assert holder.execute("SELECT count(*) FROM raw_messages").fetchone() == (0,)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert [code for code, _ in replies] == [250] * 5
+        assert all(re.match(rb"2\.0\.0 OK: queued as spool-\d+$", text)
+                   for _, text in replies), replies
+        wait_for(all_processed(desk, 5), 180, 0.2, what="the five emails processed")
+        assert Spool.of_desk(desk.data_dir).count() == 0
+    assert "Traceback" not in desk.text()
+
+
+def test_emails_a_killed_serve_left_in_its_spool_are_processed_when_it_starts_again(
+        tmp_path: Path, certificate: tuple[str, str]) -> None:
+    """What a ``kill -9`` of serve between the door's 250 and the desk's move leaves: emails
+    in the spool only. The next serve moves them before its door listens."""
+    def leave_in_spool(data_dir: Path) -> None:
+        spool = Spool.of_desk(data_dir)
+        try:
+            for i in range(3):
+                raw = make_email(sender=f"user{i}@client.example", subject=f"Spooled {i}")
+                spool_email(spool, BlobStore.of_desk(data_dir), raw.as_bytes(),
+                            Envelope(f"user{i}@client.example", (SUPPORT,)), "smtp",
+                            now=datetime.now(UTC), row_limit=256 * 1024)
+        finally:
+            spool.close()
+
+    with serving(tmp_path, certificate, before_start=leave_in_spool) as desk:
+        wait_for(all_processed(desk, 3), 180, 0.2, what="the spooled emails processed")
+        assert Spool.of_desk(desk.data_dir).count() == 0
+    assert "Traceback" not in desk.text()
