@@ -15,6 +15,7 @@ import smtplib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from postdesk.storage.models import (
     RawMessage,
     RawStatus,
 )
+from postdesk.storage.spool import SPOOL_FILE, Spool
 from postdesk.workflow.desk.lease import SCHEDULER_LEASE, default_holder
 from postdesk.workflow.desk.mailboxes import mailbox_health
 from postdesk.workflow.rules.clock import Clock
@@ -236,6 +238,26 @@ def _backlog(report: Report, sessions: sessionmaker[Session], now: datetime,
                                              f"(longer than scheduler.sweep_grace)")
 
 
+def _spool(report: Report, config: Config, now: datetime, grace: timedelta) -> None:
+    """Emails serve's SMTP door answered 250 for and the desk has not moved into the
+    database yet (SQLite desks; normally none for more than a moment)."""
+    path = Path(config.desk.data_dir) / SPOOL_FILE
+    if not path.exists():
+        return
+    spool = Spool(path)
+    try:
+        count, oldest = spool.backlog()
+    finally:
+        spool.close()
+    age = _age_s(now, oldest)
+    report.sections["door_spool"] = {"count": count, "oldest_received_at": _iso(oldest),
+                                     "oldest_age_s": age}
+    if age is not None and age > grace.total_seconds():
+        report.problem(DEGRADED, "smtp", f"an email has waited in the SMTP door's spool for "
+                                         f"{age:.0f}s: serve is not moving it into the "
+                                         f"database (see its log)")
+
+
 def _scheduler(report: Report, sessions: sessionmaker[Session], now: datetime,
                config: Config) -> None:
     with sessions() as session:
@@ -293,6 +315,8 @@ def status_report(config: Config, component: str | None = None, *,
         grace = config.scheduler.sweep_grace.as_timedelta()
         if component in (None, "worker"):
             _backlog(report, sessions, now, grace)
+        if component in (None, "smtp"):
+            _spool(report, config, now, grace)
         if component is None:
             with sessions() as session:
                 report.sections["quarantine_24h"] = quarantine_last_day(session, now)
@@ -311,7 +335,7 @@ def render_text(report: Report) -> str:
     lines = [f"status: {data['status']}"]
     for problem in data["problems"]:
         lines.append(f"  {problem['status']}: {problem['component']}: {problem['detail']}")
-    for key in ("database", "broker", "smtp", "smarthost", "raw_pending", "outbox",
+    for key in ("database", "broker", "smtp", "smarthost", "door_spool", "raw_pending", "outbox",
                 "quarantine_24h"):
         if key in data:
             lines.append(f"{key}: {_flat(data[key])}")

@@ -152,8 +152,18 @@ class Spool:
             self._db.execute(f"DELETE FROM spooled_mail WHERE id IN ({marks})", chosen)
 
     def count(self) -> int:
+        return self.backlog()[0]
+
+    def backlog(self) -> tuple[int, datetime | None]:
+        """How many emails are spooled, and when the oldest of them was received."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM spooled_mail").fetchone()[0])
+            count, first_id = self._db.execute(
+                "SELECT count(*), min(id) FROM spooled_mail").fetchone()
+            if not count:
+                return 0, None
+            (received,) = self._db.execute(
+                "SELECT received_at FROM spooled_mail WHERE id = ?", (first_id,)).fetchone()
+        return int(count), datetime.fromisoformat(received)
 
     def close(self) -> None:
         with self._lock:

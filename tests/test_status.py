@@ -15,8 +15,10 @@ from postdesk.app import App
 from postdesk.cli import main
 from postdesk.ingest.accept import Envelope
 from postdesk.ingest.smtp import IngestHandler, SmtpServer
+from postdesk.ingest.spooled import spool_email
 from postdesk.scheduler import Scheduler
 from postdesk.status import status_report
+from postdesk.storage.blobs import BlobStore
 from postdesk.storage.models import (
     DutyRun,
     ImapMailboxState,
@@ -24,6 +26,7 @@ from postdesk.storage.models import (
     Lease,
     RawMessage,
 )
+from postdesk.storage.spool import Spool
 from postdesk.workflow.rules.clock import ManualClock
 from postdesk.workflow.rules.config import parse_config
 from tests.support import backend, config_text, free_port, make_email, wait_for
@@ -117,6 +120,39 @@ def test_a_fresh_pending_message_is_not_a_problem(desk_config) -> None:
                    "smtp", enqueue=False)
     report = status_report(config, "worker")
     assert report.exit_code == 0 and report.sections["raw_pending"]["count"] == 1
+
+
+def test_an_email_left_in_the_doors_spool_longer_than_sweep_grace_is_degraded(
+        desk_config, capsys) -> None:
+    """serve's door answered 250 for it ten minutes ago and the desk never moved it into
+    the database (it cannot write there, say): the operator is told, with the age."""
+    path, config, _ = desk_config
+    run_scheduler_once(config)
+    spool = Spool.of_desk(config.desk.data_dir)
+    try:
+        spool_email(spool, BlobStore.of_desk(config.desk.data_dir), make_email().as_bytes(),
+                    Envelope("alice@client.example", ["support@desk.example"]), "smtp",
+                    now=datetime.now(UTC) - timedelta(minutes=10), row_limit=256 * 1024)
+    finally:
+        spool.close()
+    code, report = status_json(capsys, "--config", str(path))
+    assert code == 1 and report["status"] == "degraded"
+    assert report["door_spool"]["count"] == 1
+    assert report["door_spool"]["oldest_age_s"] > 120
+    assert [p["component"] for p in report["problems"]] == ["smtp"]
+    assert "spool for 6" in report["problems"][0]["detail"]
+    main(["status", "--config", str(path)])
+    assert "door_spool: count=1" in capsys.readouterr().out
+
+
+def test_an_empty_spool_is_shown_and_is_no_problem(desk_config, capsys) -> None:
+    path, config, _ = desk_config
+    run_scheduler_once(config)
+    Spool.of_desk(config.desk.data_dir).close()     # made by a serve, all moved
+    code, report = status_json(capsys, "--config", str(path))
+    assert code == 0
+    assert report["door_spool"] == {"count": 0, "oldest_received_at": None,
+                                    "oldest_age_s": None}
 
 
 def test_smtp_component_checks_the_configured_port_answers(tmp_path, capsys) -> None:
