@@ -80,14 +80,30 @@ class SpoolError(UserError):
     """The spool file cannot be used (a newer postdesk wrote it): said with its path."""
 
 
+@dataclass
+class _Waiting:
+    """One email handed to ``Spool.add``, waiting for a commit that includes it."""
+
+    values: tuple[object, ...]
+    spool_id: int | None = None
+    error: BaseException | None = None
+
+
 class Spool:
     """One connection, shared by the threads of one process under a lock (the door's
-    accepts run on several threads; SQLite would serialise their writes anyway)."""
+    accepts run on several threads; SQLite would serialise their writes anyway).
+
+    ``add`` commits in groups: while one thread's commit waits for its fsync, the emails
+    of the connections that arrive meanwhile queue up, and the next thread to take the
+    lock commits all of them at once, with one fsync (the others find theirs done). One
+    connection pays exactly one commit per email; four share them."""
 
     def __init__(self, path: Path | str, *, lock_timeout_s: float = 30.0):
         self.path = Path(path)
         create_private(str(self.path))
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()          # the connection, and so the writer
+        self._queue_lock = threading.Lock()    # _waiting
+        self._waiting: list[_Waiting] = []
         # isolation_level None: BEGIN IMMEDIATE is said where a transaction starts.
         self._db = sqlite3.connect(self.path, timeout=lock_timeout_s, isolation_level=None,
                                    check_same_thread=False)
@@ -119,15 +135,38 @@ class Spool:
         """Spool one email, committed durably before this returns; its id."""
         values = (digest, size, source[:100], envelope_from, json.dumps(list(envelope_to)),
                   received_at.isoformat(), int(notify), content)
+        mine = _Waiting(values)
+        with self._queue_lock:
+            self._waiting.append(mine)
         with self._lock:
+            if mine.spool_id is None and mine.error is None:   # nobody committed it yet
+                with self._queue_lock:
+                    group, self._waiting = self._waiting, []
+                self._commit(group)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.spool_id is not None
+        return mine.spool_id
+
+    def _commit(self, group: list[_Waiting]) -> None:
+        """Insert ``group`` in one transaction (under ``_lock``); each learns its id, or
+        every one the error that stopped the commit."""
+        try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                (spool_id,) = self._db.execute(_ADD, values).fetchone()
+                ids = [int(self._db.execute(_ADD, w.values).fetchone()[0]) for w in group]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return int(spool_id)
+        except BaseException as exc:
+            for waiting in group:
+                waiting.error = exc
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for waiting, spool_id in zip(group, ids, strict=True):
+            waiting.spool_id = spool_id
 
     def rows(self, ids: Sequence[int]) -> list[SpooledMail]:
         """The emails of ``ids`` still spooled, oldest first (one moved already is gone)."""

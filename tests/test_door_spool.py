@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -178,6 +179,58 @@ def test_rows_already_moved_are_not_moved_again(
     assert len(move_spooled(desk_engine, spool, spool.oldest())) == 1
     assert spool.rows([spooled.spool_id]) == []
     assert move_spooled(desk_engine, spool, spool.rows([spooled.spool_id])) == []
+
+
+def test_emails_spooled_from_many_threads_at_once_each_get_their_own_committed_row(
+        tmp_path: Path, spool: Spool, blobs: BlobStore) -> None:
+    """Four SMTP connections' accepts at once (committed in groups): every email is
+    committed once, under its own id, and another process reads each back whole."""
+    raws = {f"{t}-{i}": email(f"Thread {t} email {i}") for t in range(8) for i in range(25)}
+    got: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def sender(t: int) -> None:
+        for i in range(25):
+            key = f"{t}-{i}"
+            spool_id = spool_email(spool, blobs, raws[key], ENVELOPE, "smtp", now=NOW,
+                                   row_limit=ROW_LIMIT).spool_id
+            with lock:
+                got[key] = spool_id
+
+    threads = [threading.Thread(target=sender, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == 200 and len(set(got.values())) == 200
+    other = Spool.of_desk(tmp_path / "data")
+    try:
+        by_id = {row.id: row.content for row in other.oldest(1000)}
+    finally:
+        other.close()
+    assert {key: by_id[spool_id] for key, spool_id in got.items()} == raws
+
+
+def test_a_commit_that_fails_fails_every_email_it_carried(
+        tmp_path: Path, spool: Spool, blobs: BlobStore) -> None:
+    """Each waiting door thread hears the error (and answers 451): none is told 250."""
+    with sqlite3.connect(tmp_path / "data" / SPOOL_FILE) as db:
+        db.execute("DROP TABLE spooled_mail")
+    errors: list[Exception] = []
+
+    def sender() -> None:
+        try:
+            spool_email(spool, blobs, email("Cannot be spooled"), ENVELOPE, "smtp", now=NOW,
+                        row_limit=ROW_LIMIT)
+        except sqlite3.OperationalError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sender) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(errors) == 4 and all("no such table" in str(e) for e in errors)
 
 
 def test_a_spool_of_an_unknown_version_is_refused_with_its_path(tmp_path: Path) -> None:
