@@ -116,6 +116,16 @@ class Tree:
     def describe(self) -> str:
         return describe_tree(self.path)
 
+    def precompile(self) -> None:
+        """Write the tree's bytecode (untimed), as ``pip install`` does for an installed
+        package: an editable install under ``PYTHONDONTWRITEBYTECODE=1`` (set on these
+        machines) would otherwise compile about 90 of its modules from source in every
+        command, 0.18 s a start that no installed copy pays (nor the peer's, which pip
+        installed)."""
+        dirs = [str(self.path / d) for d in ("postdesk", "ingest", "workflow", "outbound",
+                                              "storage", "mail") if (self.path / d).is_dir()]
+        subprocess.run([str(self.python), "-m", "compileall", "-q", *dirs], check=True)
+
 
 def reexec_in_tree(tree: Tree, script: Path) -> None:
     """Run the tree's code with the tree's own interpreter: re-execute ``script`` (the
