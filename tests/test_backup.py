@@ -57,6 +57,20 @@ def snapshot(database_url: str) -> dict[str, Any]:
         engine.dispose()
 
 
+def restore_into_fresh(tmp_path: Path, config_file: Path, database_url: str
+                       ) -> tuple[Path, Path]:
+    """``postdesk restore`` of ``tmp_path/backup`` into ``tmp_path/fresh`` (a new database
+    and data_dir, the config otherwise the same); the directory and its config."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    fresh_config = fresh / "postdesk.toml"
+    fresh_config.write_text(config_file.read_text()
+                            .replace(database_url, f"sqlite:///{fresh / 'postdesk.db'}")
+                            .replace(str(tmp_path / "data"), str(fresh / "data")))
+    assert main(["restore", str(tmp_path / "backup"), "--config", str(fresh_config)]) == 0
+    return fresh, fresh_config
+
+
 @pytest.mark.slow
 def test_a_backup_taken_mid_burst_restores_every_ticket_message_and_attachment(
         tmp_path: Path) -> None:
@@ -95,13 +109,7 @@ def test_a_backup_taken_mid_burst_restores_every_ticket_message_and_attachment(
     assert len(backed_up["raw"]) >= len(before_backup)
 
     # Restore into a fresh directory, with the restore command.
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    fresh_config = fresh / "postdesk.toml"
-    fresh_config.write_text(config_file.read_text()
-                            .replace(be.database_url, f"sqlite:///{fresh / 'postdesk.db'}")
-                            .replace(str(tmp_path / "data"), str(fresh / "data")))
-    assert main(["restore", str(tmp_path / "backup"), "--config", str(fresh_config)]) == 0
+    fresh, fresh_config = restore_into_fresh(tmp_path, config_file, be.database_url)
     restored = snapshot(f"sqlite:///{fresh / 'postdesk.db'}")
     assert restored == backed_up
     blobs = BlobStore(fresh / "data" / "blobs")
@@ -206,13 +214,7 @@ def test_an_email_still_in_the_doors_spool_is_in_the_backup_and_moved_after_rest
         finally:
             spool.close()
     assert not (tmp_path / "backup" / "data" / f"{SPOOL_FILE}-wal").exists()
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    fresh_config = fresh / "postdesk.toml"
-    fresh_config.write_text(config_file.read_text()
-                            .replace(be.database_url, f"sqlite:///{fresh / 'postdesk.db'}")
-                            .replace(str(tmp_path / "data"), str(fresh / "data")))
-    assert main(["restore", str(tmp_path / "backup"), "--config", str(fresh_config)]) == 0
+    fresh, _ = restore_into_fresh(tmp_path, config_file, be.database_url)
     restored = Spool.of_desk(fresh / "data")
     engine = make_engine(f"sqlite:///{fresh / 'postdesk.db'}")
     try:
