@@ -4,16 +4,24 @@ Why: in one process the door shares the GIL with the worker threads processing m
 a burst that keeps them busy made answering ``250`` twenty times slower than
 ``postdesk smtp`` alone (BENCHMARKS.md, issue 11). So ``serve`` starts the door as a child
 process (``multiprocessing``, start method "spawn": never a plain fork of a threaded
-process) that opens its own engine from the same config and accepts exactly as
-``postdesk smtp`` does: raw bytes committed (synced) before ``250``, nothing enqueued. For
-each email it hands the raw id over a pipe to the desk process, where a thread enqueues
-the job on the in-process broker and records the accept metric and log line, so
-``/metrics`` of ``serve`` still counts every email.
+process) that commits each email (synced) before ``250`` and enqueues nothing. It hands
+each email over a pipe to the desk process, where a thread enqueues the job on the
+in-process broker and records the accept metric and log line, so ``/metrics`` of
+``serve`` still counts every email.
 
-Nothing is lost between the two: an email committed whose id never reached the desk (the
-door killed between its commit and the hand-over, or the pipe gone) is still ``pending``
-in the database, and the scheduler's ``sweep_pending_raw`` processes it after
-``scheduler.sweep_grace``.
+Where the door commits (``HandOver``): on an SQLite desk into its own spool
+(``storage/spool.py``), because SQLite's one write lock per database is taken by the
+workers several times per email and a door waiting for it answered at the pace of
+processing; the desk's thread moves spooled emails into ``raw_messages``
+(``ingest/spooled.py``) in batches. On PostgreSQL the door inserts the ``raw_messages``
+row itself, as ``postdesk smtp`` does. The worker threads run a little nicer than the door
+(``WorkersYieldToTheDoor``), so a burst is answered first and processed as the CPU allows.
+
+Nothing is lost between the two: an email whose hand-over never came (the door killed
+between its commit and the send, or the pipe gone) is still in the spool, which the desk
+moves when the door dies, when serve starts and stops, and a few seconds after a failed
+move; on PostgreSQL it is a ``pending`` raw message, which the scheduler's
+``sweep_pending_raw`` processes after ``scheduler.sweep_grace``.
 
 Supervision (docs/faults.md): the door ignores SIGINT and SIGTERM (the desk process
 stops it, after which it drains the pipe, so a Ctrl-C to the terminal's process group
