@@ -138,12 +138,27 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+# The dialects on which work that needs no transaction of its own runs in the driver's
+# autocommit mode (``read_only``, ``one_statement``). Not SQLite: SQLAlchemy's pysqlite
+# dialect hands a connection back from autocommit with pysqlite's own implicit (deferred)
+# BEGIN switched on again, which the "begin" listener above exists to keep off.
+AUTOCOMMIT_DIALECTS = ("postgresql",)
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
 @contextmanager
 def read_only(session: Session) -> Iterator[Session]:
     """A transaction that only reads: on SQLite a deferred BEGIN, so it never holds the
-    database's write lock; on PostgreSQL a plain transaction that locks no row."""
+    database's write lock (and its reads are one snapshot); on PostgreSQL each statement
+    in autocommit mode. PostgreSQL's READ COMMITTED (the isolation the desk runs at) gives
+    every statement of a transaction its own snapshot anyway, and a read takes no lock
+    that a transaction would keep: a BEGIN and a COMMIT, two round trips and SQLAlchemy's
+    bookkeeping for each, bought nothing."""
     with session.begin():
-        session.connection(execution_options={READ_ONLY: True})
+        options: dict[str, Any] = {READ_ONLY: True}
+        if session.get_bind().dialect.name in AUTOCOMMIT_DIALECTS:
+            options.update(_AUTOCOMMIT)
+        session.connection(execution_options=options)
         yield session
 
 
