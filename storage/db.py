@@ -162,6 +162,23 @@ def read_only(session: Session) -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def one_statement(factory: sessionmaker[Session]) -> Iterator[Connection]:
+    """A connection for work that is one statement per transaction (claiming a row with
+    a conditional UPDATE, recording its new status): on PostgreSQL each statement commits
+    on its own (autocommit: no BEGIN and COMMIT round trips, no Session); elsewhere the
+    statements run in one transaction that commits when the block ends. Either way a
+    statement's effect is committed when the block ends without an error."""
+    engine = factory.kw["bind"]
+    if engine.dialect.name in AUTOCOMMIT_DIALECTS:
+        with engine.connect() as conn:
+            conn.execution_options(**_AUTOCOMMIT)
+            yield conn
+        return
+    with engine.begin() as conn:
+        yield conn
+
+
 # The dialects with INSERT ... ON CONFLICT DO NOTHING (``insert_unless_exists``).
 ON_CONFLICT_DIALECTS = ("sqlite", "postgresql")
 
