@@ -163,6 +163,22 @@ def read_only(session: Session) -> Iterator[Session]:
 
 
 @contextmanager
+def plain_transaction(factory: sessionmaker[Session]) -> Iterator[Connection]:
+    """One transaction on a bare connection of the factory's engine, for writers that
+    need no ORM (Core statements only): what a Session's transaction is, without the
+    Session's own set-up and bookkeeping. Commits when the block ends, else rolls back.
+    A factory bound to a connection that is in a transaction already (the unit tests'
+    harness) gets a SAVEPOINT in it, as its sessions do."""
+    bind = factory.kw["bind"]
+    if isinstance(bind, Connection):
+        with bind.begin_nested():
+            yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
+
+
+@contextmanager
 def one_statement(factory: sessionmaker[Session]) -> Iterator[Connection]:
     """A connection for work that is one statement per transaction (claiming a row with
     a conditional UPDATE, recording its new status): on PostgreSQL each statement commits
@@ -170,12 +186,12 @@ def one_statement(factory: sessionmaker[Session]) -> Iterator[Connection]:
     statements run in one transaction that commits when the block ends. Either way a
     statement's effect is committed when the block ends without an error."""
     engine = factory.kw["bind"]
-    if engine.dialect.name in AUTOCOMMIT_DIALECTS:
+    if isinstance(engine, Engine) and engine.dialect.name in AUTOCOMMIT_DIALECTS:
         with engine.connect() as conn:
             conn.execution_options(**_AUTOCOMMIT)
             yield conn
         return
-    with engine.begin() as conn:
+    with plain_transaction(factory) as conn:
         yield conn
 
 
