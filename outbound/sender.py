@@ -30,6 +30,7 @@ from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from postdesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
+from postdesk.storage.db import one_statement
 from postdesk.storage.models import Outbox, OutboxStatus
 from postdesk.workflow.desk.services import Services
 
@@ -50,7 +51,12 @@ _CLAIM = (update(_OUTBOX)
                      _OUTBOX.c.template, _OUTBOX.c.recipient))
 _STATUS = select(_OUTBOX.c.status, _OUTBOX.c.template, _OUTBOX.c.recipient).where(
     _OUTBOX.c.id == bindparam("outbox_id"))
-_FINISH = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id"))
+# Built once, one per shape (``values()`` on each call built a statement and its cache
+# key per send): a status with no claim and the error, and ``sent`` with its time.
+_FINISH = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id"))
+           .values(status=bindparam("status"), claimed_until=None,
+                   last_error=bindparam("error")))
+_FINISH_SENT = _FINISH.values(sent_at=bindparam("sent_at"))
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,9 @@ def send_outbox(services: Services, transport: Transport, outbox_id: int) -> Del
     now = services.now()
     claimed_at = time.monotonic()
     claim = services.config.desk.send_claim.as_timedelta()
-    with services.sessions() as session, session.begin():
-        connection = session.connection()
+    # The claim commits on its own before the transport is called (one statement, so on
+    # PostgreSQL in autocommit mode: no BEGIN/COMMIT round trips).
+    with one_statement(services.sessions) as connection:
         row = connection.execute(_CLAIM, {"outbox_id": outbox_id, "now": now,
                                           "until": now + claim}).first()
         if row is None:
@@ -123,12 +130,13 @@ def _record_sent(services: Services, outbox_id: int, error: str | None, *,
 
 def _finish(services: Services, outbox_id: int, status: OutboxStatus, *,
             error: str | None) -> None:
-    with services.sessions() as session, session.begin():
-        values: dict[str, object] = {"status": status, "claimed_until": None,
-                                     "last_error": error}
+    with one_statement(services.sessions) as connection:
         if status == OutboxStatus.SENT:
-            values["sent_at"] = services.now()
-        session.connection().execute(_FINISH.values(**values), {"outbox_id": outbox_id})
+            connection.execute(_FINISH_SENT, {"outbox_id": outbox_id, "status": status,
+                                              "error": error, "sent_at": services.now()})
+        else:
+            connection.execute(_FINISH, {"outbox_id": outbox_id, "status": status,
+                                         "error": error})
 
 
 def stale_outbox_ids(services: Services, older_than: timedelta, limit: int = 500) -> list[int]:

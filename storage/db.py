@@ -138,13 +138,61 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+# The dialects on which work that needs no transaction of its own runs in the driver's
+# autocommit mode (``read_only``, ``one_statement``). Not SQLite: SQLAlchemy's pysqlite
+# dialect hands a connection back from autocommit with pysqlite's own implicit (deferred)
+# BEGIN switched on again, which the "begin" listener above exists to keep off.
+AUTOCOMMIT_DIALECTS = ("postgresql",)
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
 @contextmanager
 def read_only(session: Session) -> Iterator[Session]:
     """A transaction that only reads: on SQLite a deferred BEGIN, so it never holds the
-    database's write lock; on PostgreSQL a plain transaction that locks no row."""
+    database's write lock (and its reads are one snapshot); on PostgreSQL each statement
+    in autocommit mode. PostgreSQL's READ COMMITTED (the isolation the desk runs at) gives
+    every statement of a transaction its own snapshot anyway, and a read takes no lock
+    that a transaction would keep: a BEGIN and a COMMIT, two round trips and SQLAlchemy's
+    bookkeeping for each, bought nothing."""
     with session.begin():
-        session.connection(execution_options={READ_ONLY: True})
+        options: dict[str, Any] = {READ_ONLY: True}
+        if session.get_bind().dialect.name in AUTOCOMMIT_DIALECTS:
+            options.update(_AUTOCOMMIT)
+        session.connection(execution_options=options)
         yield session
+
+
+@contextmanager
+def plain_transaction(factory: sessionmaker[Session]) -> Iterator[Connection]:
+    """One transaction on a bare connection of the factory's engine, for writers that
+    need no ORM (Core statements only): what a Session's transaction is, without the
+    Session's own set-up and bookkeeping. Commits when the block ends, else rolls back.
+    A factory bound to a connection that is in a transaction already (the unit tests'
+    harness) gets a SAVEPOINT in it, as its sessions do."""
+    bind = factory.kw["bind"]
+    if isinstance(bind, Connection):
+        with bind.begin_nested():
+            yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
+
+
+@contextmanager
+def one_statement(factory: sessionmaker[Session]) -> Iterator[Connection]:
+    """A connection for work that is one statement per transaction (claiming a row with
+    a conditional UPDATE, recording its new status): on PostgreSQL each statement commits
+    on its own (autocommit: no BEGIN and COMMIT round trips, no Session); elsewhere the
+    statements run in one transaction that commits when the block ends. Either way a
+    statement's effect is committed when the block ends without an error."""
+    engine = factory.kw["bind"]
+    if isinstance(engine, Engine) and engine.dialect.name in AUTOCOMMIT_DIALECTS:
+        with engine.connect() as conn:
+            conn.execution_options(**_AUTOCOMMIT)
+            yield conn
+        return
+    with plain_transaction(factory) as conn:
+        yield conn
 
 
 # The dialects with INSERT ... ON CONFLICT DO NOTHING (``insert_unless_exists``).

@@ -25,7 +25,8 @@ from postdesk.storage.blobs import sha256_hex
 from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
-from postdesk.workflow.pipeline.runner import Step
+from postdesk.workflow.pipeline.notify import answer_balance
+from postdesk.workflow.pipeline.runner import Outcome, Step
 from postdesk.workflow.rules.config import parse_config
 from tests.conftest import Desk, start_desk, stop_desk
 from tests.mailgen import history, write_mbox
@@ -325,6 +326,43 @@ def test_a_unique_key_race_inside_a_batch_reruns_that_email_alone_on_fresh_data(
                                          .where(Message.message_id == raced)))
         assert subjects == ["Already here", *(f"Question {i}" for i in range(10) if i != 4)]
         assert len(stored_once) == 1
+
+
+def failing_after_the_outcome() -> Pipeline:
+    """The built-in pipeline, where the reaction to a ``balance`` request leaves a row
+    that cannot be written: the email's savepoint fails at its flush, after the raw
+    message's outcome was written (``process._finish``)."""
+    def answer_then_fail(ctx: Inbound, outcome: Outcome) -> None:
+        answer_balance(ctx, outcome)
+        ctx.session.add(Event(ticket_id=None, at=ctx.now, kind="poison", actor="test",
+                              data={"unstorable": object()}))
+
+    return dataclasses.replace(BUILTIN, reactions={
+        **BUILTIN.reactions, ("processed", "balance_request"): answer_then_fail})
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_an_email_failing_after_its_outcome_was_written_is_quarantined_alone(
+        kind: str, tmp_path: Path) -> None:
+    """Its savepoint is rolled back, outcome and all; the quarantine is written on the
+    raw message as it is in the database (still pending), not as it was in memory."""
+    with fresh_desk(kind, tmp_path) as desk:
+        emails = [make_email(sender=f"client{i}@client.example", subject=f"Question {i}")
+                  for i in range(5)]
+        emails[2] = make_email(sender="client2@client.example", subject="balance")
+        summary = run_import(desk, write_mbox(tmp_path / "late.mbox", emails),
+                             per_transaction=5, pipeline=failing_after_the_outcome())
+
+        assert summary.as_json()["quarantined"] == {"processing_error": 1}
+        assert summary.as_json()["tickets_created"] == 4
+        with desk.app.sessions() as s:
+            raws = {r.sha256: (r.status, r.reason, r.attempts)
+                    for r in s.scalars(select(RawMessage))}
+            poison_events = s.scalars(select(Event).where(Event.kind == "poison")).all()
+        failed = sha256_hex(emails[2].as_bytes())
+        assert raws.pop(failed) == ("quarantined", "processing_error", 1)
+        assert list(raws.values()) == [("processed", None, 1)] * 4
+        assert poison_events == []
 
 
 def test_a_connection_lost_mid_batch_rolls_the_batch_back_and_the_import_retries_it(

@@ -13,7 +13,6 @@ Only ``queued`` rows are ever sent (``postdesk.outbound.sender``)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import secrets
@@ -27,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from postdesk.mail.compose import OutgoingAttachment, OutgoingEmail, compose
 from postdesk.mail.tokens import make_message_id
-from postdesk.storage.db import read_only
+from postdesk.storage.db import plain_transaction, read_only
 from postdesk.storage.directory import org_by_id
 from postdesk.storage.models import Message, Outbox, OutboxStatus, Ticket
 from postdesk.workflow.desk.services import Dispatch, Services
@@ -163,12 +162,11 @@ def _render_batch(services: Services, outbox_ids: Sequence[int],
     ready: set[int] = set()
     done = [_render_one(services, *known[i]) for i in outbox_ids if i in known]
     unknown = [i for i in outbox_ids if i not in known]
-    with services.sessions() as session:
-        # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
-        # write lock), on PostgreSQL no row lock. The write after it is short.
-        with read_only(session) if unknown else contextlib.nullcontext(session):
-            rows = {row.id: row for row in session.scalars(
-                _DRAFTS, {"ids": unknown})} if unknown else {}
+    if unknown:
+        with services.sessions() as session, read_only(session):
+            # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
+            # write lock), on PostgreSQL no row lock. The write after it is short.
+            rows = {row.id: row for row in session.scalars(_DRAFTS, {"ids": unknown})}
             held: list[Any] = []      # the identity map holds rows weakly: keep them
             for outbox_id in unknown:
                 row = rows.get(outbox_id)
@@ -183,24 +181,24 @@ def _render_batch(services: Services, outbox_ids: Sequence[int],
                     # ``ticket.org`` needs no query.
                     held += [ticket, org_by_id(session, ticket.org_id)]
                 done.append(_render_one(services, row, ticket))
-        if not done:
-            return ready
-        with session.begin():
-            connection = session.connection()
-            messages = []
-            for item in done:
-                won = connection.execute(
-                    _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED,
-                    {"outbox_id": item.outbox_id, "was": item.status, **item.values}
-                ).rowcount
-                if not won:
-                    continue
-                if item.message is not None:
-                    messages.append(item.message)
-                if item.values["new_status"] == OutboxStatus.QUEUED:
-                    ready.add(item.outbox_id)
-            if messages:
-                connection.execute(_INSERT_MESSAGE, messages)
+    if not done:
+        return ready
+    # Core statements only: a bare connection's transaction, no Session.
+    with plain_transaction(services.sessions) as connection:
+        messages = []
+        for item in done:
+            won = connection.execute(
+                _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED,
+                {"outbox_id": item.outbox_id, "was": item.status, **item.values}
+            ).rowcount
+            if not won:
+                continue
+            if item.message is not None:
+                messages.append(item.message)
+            if item.values["new_status"] == OutboxStatus.QUEUED:
+                ready.add(item.outbox_id)
+        if messages:
+            connection.execute(_INSERT_MESSAGE, messages)
     return ready
 
 

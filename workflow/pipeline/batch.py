@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -115,17 +115,25 @@ def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeli
             savepoint.commit()
             return result, ctx.outbox
         except IntegrityError as exc:
-            undo()
+            _undo(session, raw, undo)
             log.info("raw %s: unique-key race (attempt %s): %s", raw_id, attempt, exc.orig)
             if attempt == RACE_RETRIES:
                 return _failed(services, session, raw, race_detail(attempt, exc)), None
         except Exception as exc:
             if is_transient(exc):
                 raise   # the whole batch is rolled back; the caller retries it
-            undo()
+            _undo(session, raw, undo)
             log.exception("processing raw message %s failed", raw_id)
             return _failed(services, session, raw, error_detail(exc)), None
     raise AssertionError("unreachable")
+
+
+def _undo(session: Session, raw: RawMessage, undo: Callable[[], None]) -> None:
+    """Roll the email's savepoint back, and read its raw message again when next used:
+    its outcome may have been written (``process._finish``, a Core UPDATE the rollback
+    does not know of) before the savepoint failed."""
+    undo()
+    session.expire(raw)
 
 
 def _failed(services: Services, session: Session, raw: RawMessage, detail: str

@@ -28,11 +28,12 @@ import logging
 import traceback
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, SessionTransaction, undefer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from postdesk.storage.db import read_only
 from postdesk.storage.models import RawMessage, RawStatus, Ticket
@@ -47,9 +48,17 @@ from postdesk.workflow.pipeline.runner import Outcome, PipelineResult, Quarantin
 log = logging.getLogger("postdesk.inbound")
 
 RACE_RETRIES = 3
-_CLAIM = (select(RawMessage).where(RawMessage.id == bindparam("raw_id"),
-                                   RawMessage.status == RawStatus.PENDING)
-          .with_for_update().execution_options(populate_existing=True))
+_RAW = cast(Table, RawMessage.__table__)
+# Core statements, built once: the claim reads only whether the row is still pending
+# (locking it); the outcome is one UPDATE with the values this run knows, written into
+# the in-memory row as its committed state, so the session has nothing left to flush.
+_CLAIM = (select(_RAW.c.id).where(_RAW.c.id == bindparam("raw_id"),
+                                  _RAW.c.status == RawStatus.PENDING).with_for_update())
+_OUTCOME = (update(_RAW).where(_RAW.c.id == bindparam("raw_id"))
+            .values(attempts=_RAW.c.attempts + 1,
+                    **{c: bindparam(c) for c in ("message_id", "from_addr", "subject",
+                                                  "status", "reason", "detail",
+                                                  "processed_at", "ticket_id")}))
 
 
 # The bytes come with the row when they live in it (one query for both).
@@ -110,7 +119,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
             outcome = run_steps(pipeline.checks, ctx)
         # Phase 2: record, in one short transaction.
         with session.begin():
-            claimed = session.scalar(_CLAIM, {"raw_id": raw_id})
+            claimed = session.connection().execute(_CLAIM, {"raw_id": raw_id}).first()
             if claimed is None:
                 return None   # another worker finished it while the checks ran
             _refresh(ctx)
@@ -182,21 +191,33 @@ def _refresh(ctx: Inbound) -> None:
 
 
 def _finish(ctx: Inbound, outcome: Outcome | None) -> PipelineResult:
+    """Mark the raw message with its outcome: one UPDATE (Core, on the session's
+    connection), its values then set on the in-memory row as committed, without history,
+    so the session's flush has nothing of the row to write (a reaction's change to the
+    row, e.g. ``ticket_id``, is in the UPDATE). ``attempts`` is counted by the database
+    and expired in memory. Whoever rolls back a savepoint around this expires the row
+    (``batch``): the rollback does not know the UPDATE changed it."""
     raw = ctx.raw
+    values: dict[str, Any] = {}
     if ctx.parsed is not None:
         # Written here, with the outcome: one UPDATE of the raw message per email.
-        raw.message_id = ctx.parsed.message_id
-        raw.from_addr = ctx.parsed.from_addr
-        raw.subject = (ctx.parsed.subject or "")[:2000]
+        values.update(message_id=ctx.parsed.message_id, from_addr=ctx.parsed.from_addr,
+                      subject=(ctx.parsed.subject or "")[:2000])
+    else:
+        values.update(message_id=raw.message_id, from_addr=raw.from_addr,
+                      subject=raw.subject)
     status = outcome.status if outcome else RawStatus.PROCESSED
     reason = outcome.reason if outcome else None
     detail = outcome.detail if outcome else ""
-    raw.status, raw.reason, raw.detail = status, reason, detail[:4000]
-    raw.processed_at = ctx.now
-    raw.attempts += 1
     ticket_id = None
     if ctx.ticket is not None and status == RawStatus.PROCESSED:
-        raw.ticket_id = ticket_id = ctx.ticket.id
+        ticket_id = ctx.ticket.id
+    values.update(status=status, reason=reason, detail=detail[:4000], processed_at=ctx.now,
+                  ticket_id=ticket_id if ticket_id is not None else raw.ticket_id)
+    ctx.session.connection().execute(_OUTCOME, {"raw_id": raw.id, **values})
+    for key, value in values.items():
+        set_committed_value(raw, key, value)
+    ctx.session.expire(raw, ["attempts"])
     return PipelineResult(str(status), reason, detail, outcome.step if outcome else None,
                           ticket_id=ticket_id, created_ticket=ctx.created_ticket,
                           outbox_ids=tuple(ctx.outbox.queued_ids), **_raw_facts(raw))
