@@ -618,6 +618,8 @@ class Desk:
     pg_admin: str
     redis_url: str
     worker_threads: int
+    # desk.worker_prefetch; None leaves the desk's default (32).
+    worker_prefetch: int | None = 2
     namespace: str = field(default_factory=lambda: f"pdbench-{uuid.uuid4().hex[:10]}")
     db_name: str = ""
     config: Path = Path()
@@ -634,8 +636,10 @@ class Desk:
 
     def write_configs(self) -> None:
         self.smtp_port = free_port()
-        extra = {"auto_reply_limit_per_hour": "1000000", "worker_prefetch": "2",
+        extra = {"auto_reply_limit_per_hour": "1000000",
                  "worker_threads": str(self.worker_threads)}
+        if self.worker_prefetch is not None:
+            extra["worker_prefetch"] = str(self.worker_prefetch)
         for key in self.dropped_keys:
             extra.pop(key, None)
         for path, broker in ((self.config, self.broker_url), (self.feed_config, "stub://")):
@@ -733,11 +737,11 @@ def pg_admin(url: str) -> Iterator[Any]:
 
 
 @contextmanager
-def private_desk(args: argparse.Namespace, tree: Tree, backend: str, broker_url: str
-                 ) -> Iterator[Desk]:
+def private_desk(args: argparse.Namespace, tree: Tree, backend: str, broker_url: str,
+                 worker_prefetch: int | None = 2) -> Iterator[Desk]:
     workdir = Path(tempfile.mkdtemp(prefix="pdbench-"))
     desk = Desk(tree, workdir, backend, broker_url, args.pg_admin_url, args.redis_url,
-                args.worker_threads)
+                args.worker_threads, worker_prefetch)
     try:
         desk.setup()
         yield desk

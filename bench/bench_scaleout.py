@@ -39,7 +39,10 @@ number of the run's database sessions waiting on a lock (``pg_stat_activity``), 
 while emails are processed.
 
 Part 2 - latency at a sustained rate. ``--latency-workers`` (2) workers and ``postdesk
-smtp`` with the Redis broker (so accepting an email enqueues it) run together. After
+smtp`` with the Redis broker (so accepting an email enqueues it) run together, with the
+desk's own ``worker_prefetch`` (32; ``--latency-prefetch N`` sets another: part 1's 2 makes
+Dramatiq's Redis consumer sleep with a growing backoff, up to the worker timeout, whenever
+its two messages are in progress, even with more waiting). After
 ``--warmup`` emails (not counted, waited for until acknowledged), emails are sent at a
 fixed rate (``--rate`` per second for ``--duration`` seconds) from ``--senders-latency``
 senders: email i is due at t0 + i / rate; ``--connections`` smtplib connections take the
@@ -425,7 +428,8 @@ def wait_for_acks(desk: Desk, message_ids: Sequence[str], timeout: float) -> Non
 
 def measure_latency(args: argparse.Namespace, tree: Tree) -> Latency:
     load = os.getloadavg()[0]
-    with private_desk(args, tree, "postgres", args.redis_url) as desk:
+    prefetch = args.latency_prefetch or None
+    with private_desk(args, tree, "postgres", args.redis_url, prefetch) as desk:
         tag = uuid.uuid4().hex[:6]
         total = args.warmup + int(args.rate * args.duration)
         emails: list[tuple[str, str, bytes]] = []
@@ -485,6 +489,7 @@ def measure_latency(args: argparse.Namespace, tree: Tree) -> Latency:
 def print_latency(r: Latency, args: argparse.Namespace) -> None:
     print(f"\n2. SMTP -> acknowledgement latency at {r.rate:g} emails/s for {r.duration:g} s: "
           f"PostgreSQL + Redis, {r.workers} `postdesk worker` x {r.threads} thread(s), "
+          f"worker_prefetch {args.latency_prefetch or 'default (32)'}, "
           f"`postdesk smtp`, {r.connections} SMTP connection(s), {r.senders} sender(s)")
     print(f"  {r.emails} emails measured (after {args.warmup} warm-up), sent at "
           f"{r.achieved_rate:.1f}/s; {r.late_starts} started > 50 ms after due; "
@@ -526,6 +531,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=50, help="emails/s in part 2")
     p.add_argument("--duration", type=float, default=60, help="seconds of sending in part 2")
     p.add_argument("--latency-workers", type=int, default=2, help="worker processes, part 2")
+    p.add_argument("--latency-prefetch", type=int, default=0,
+                   help="desk.worker_prefetch in part 2 (0: the desk's default, 32)")
     p.add_argument("--connections", type=int, default=4, help="SMTP connections, part 2")
     p.add_argument("--senders-latency", type=int, default=5, help="sender count, part 2")
     p.add_argument("--warmup", type=int, default=20, help="part 2 emails not counted")
