@@ -109,3 +109,24 @@ def test_is_up_to_date_before_at_and_after_head(kind: str, tmp_path: Path) -> No
             assert not is_up_to_date(engine)
         finally:
             engine.dispose()
+
+
+@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
+def test_current_and_head_revision_say_what_alembic_says(kind: str, tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from postdesk.storage.migrate import alembic_config, current_revision, head_revision
+
+    with backend(kind, tmp_path) as be:
+        engine = make_engine(be.database_url)
+        try:
+            alembic_head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+            for target in (None, "head-2", "head"):
+                if target:
+                    upgrade(engine, target)
+                with engine.connect() as conn:
+                    expected = MigrationContext.configure(conn).get_current_revision()
+                assert current_revision(engine) == expected
+                assert head_revision(engine) == alembic_head
+        finally:
+            engine.dispose()
