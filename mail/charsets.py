@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import re
 
-import charset_normalizer
-
 __all__ = ["decode_iso2022jp", "detect_cjk_charset", "is_iso2022jp", "is_multibyte",
            "plausible_cjk"]
 
@@ -142,6 +140,10 @@ def detect_cjk_charset(sample: bytes) -> str | None:
     decodes in it to East Asian text; else None."""
     if not sample or max(sample) < 0x80 or not _mostly_paired(sample):
         return None
+    # Imported on first use: only undeclared 8-bit header bytes get here, and the package
+    # costs ~0.01 s CPU at every start otherwise.
+    import charset_normalizer
+
     try:
         best = charset_normalizer.from_bytes(sample).best()
     except Exception:  # noqa: BLE001 - a detector bug must not lose the email

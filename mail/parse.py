@@ -50,19 +50,17 @@ import email.message
 import email.parser
 import email.policy
 import email.utils
+import functools
 import logging
 import mimetypes
 import quopri
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
-
-import mailparser
-from mailparser.utils import as_string_safe
 
 from postdesk.mail.charsets import (
     decode_iso2022jp,
@@ -79,15 +77,6 @@ from postdesk.mail.transfer import (
     decode_uu_lenient,
     split_uuencoded,
 )
-
-try:  # Optional: a layout-aware HTML-to-text converter (Apache-2.0).
-    import inscriptis
-    from inscriptis.css_profiles import CSS_PROFILES
-    from inscriptis.model.config import ParserConfig
-except ImportError:  # pragma: no cover - exercised by forcing the fallback
-    inscriptis = None
-    ParserConfig = None
-    CSS_PROFILES = {}
 
 # mail-parser logs ~75 DEBUG lines per message; keep only its warnings.
 logging.getLogger("mailparser").setLevel(logging.WARNING)
@@ -510,14 +499,28 @@ def _fallback_html_to_text(html: str) -> str:
     return "".join(extractor.parts)
 
 
-# The "strict" CSS profile: inline elements (span, b, a, font...) add no
-# whitespace of their own. The default "relaxed" one puts a space at every
-# inline boundary, which splits words styled in pieces ("Ex<b>ample</b>") and
-# every run of Chinese or Japanese text that a mail client wrapped in spans.
-_INSCRIPTIS_CONFIG = (
-    ParserConfig(css=CSS_PROFILES["strict"], display_links=False, display_images=False)
-    if ParserConfig else None
-)
+@functools.cache
+def _inscriptis() -> tuple[Callable[[str, Any], str], Any] | None:
+    """inscriptis' ``get_text`` and its configuration; None when it is not installed.
+
+    Optional: a layout-aware HTML-to-text converter (Apache-2.0). Imported on first use:
+    only HTML bodies need it, and inscriptis with lxml costs ~0.02 s CPU at every start
+    otherwise."""
+    try:
+        import inscriptis
+        from inscriptis.css_profiles import CSS_PROFILES
+        from inscriptis.model.config import ParserConfig
+    except ImportError:  # pragma: no cover - exercised by forcing the fallback
+        return None
+    # The "strict" CSS profile: inline elements (span, b, a, font...) add no
+    # whitespace of their own. The default "relaxed" one puts a space at every
+    # inline boundary, which splits words styled in pieces ("Ex<b>ample</b>") and
+    # every run of Chinese or Japanese text that a mail client wrapped in spans.
+    config = ParserConfig(css=CSS_PROFILES["strict"], display_links=False,
+                          display_images=False)
+    return inscriptis.get_text, config
+
+
 _BLANK_LINES = re.compile(r"\n{3,}")
 # libxml2 drops whatever follows </html> (mailing-list footers, the second half
 # of a message glued by a gateway); without the end tags it stays in the body.
@@ -532,9 +535,11 @@ def html_to_text(html: str, *, use_library: bool = True) -> str:
     the fallback if inscriptis (lxml) fails on hostile markup.
     """
     text = None
-    if use_library and inscriptis is not None:
+    library = _inscriptis() if use_library else None
+    if library is not None:
+        get_text, config = library
         try:
-            text = inscriptis.get_text(_DOCUMENT_END_TAGS.sub("", html), _INSCRIPTIS_CONFIG)
+            text = get_text(_DOCUMENT_END_TAGS.sub("", html), config)
         except Exception:  # noqa: BLE001 - lxml on hostile markup; use the fallback
             text = None
     if text is None:
@@ -615,6 +620,8 @@ def _flatten(message: email.message.Message, defects: list[str]) -> bytes:
         return message.as_bytes()
     except Exception:  # noqa: BLE001 - odd charsets make the generator raise
         pass
+    from mailparser.utils import as_string_safe  # see _mailparser
+
     try:
         text: str = as_string_safe(message)
         return text.encode("utf-8", "surrogateescape")
@@ -1104,6 +1111,14 @@ def _first_raw_header(message: email.message.Message, name: str) -> str | None:
     return None
 
 
+def _mailparser() -> Any:
+    """The mail-parser package, imported on first use: a command that parses no email
+    (``tickets list``, ``status``, an empty import) does not pay its ~0.05 s CPU."""
+    import mailparser
+
+    return mailparser
+
+
 def parse_email(raw: bytes, *, max_attachment_bytes: int | None = None) -> ParsedEmail:
     """Parse one raw message; see the module docstring for what may raise.
 
@@ -1124,7 +1139,7 @@ def parse_email(raw: bytes, *, max_attachment_bytes: int | None = None) -> Parse
     try:
         # mail-parser reads the header side only: its own MIME walk would decode (and
         # base64-encode again) every attachment, which this module does itself.
-        header_source = mailparser.MailParser(_headers_only(message))
+        header_source = _mailparser().MailParser(_headers_only(message))
     except Exception as exc:  # noqa: BLE001 - a mail-parser bug must not lose the email
         defects.append(f"mail-parser failed on the headers ({type(exc).__name__}: {exc})")
         header_source = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -89,7 +90,18 @@ def _app(args: argparse.Namespace, *, upgrade: bool = False) -> Iterator[App]:
                                 "`postdesk db upgrade` first")
             app.upgrade_database()   # the embedded database upgrades itself
         app.sync_directory()
+        _startup_over()
         yield app
+
+
+def _startup_over() -> None:
+    """The command's work begins: collect garbage again (see ``_main``), and leave what
+    start-up built out of every later collection (modules, classes, mappers: it lives as
+    long as the process), so that a long import or a server does not walk it again."""
+    if getattr(_startup, "paused_collector", False):
+        _startup.paused_collector = False
+        gc.enable()
+        gc.freeze()
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -743,7 +755,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+# Per thread (tests run commands in threads): whether this thread's ``_main`` turned the
+# collector off and ``_startup_over`` is to turn it on.
+_startup = threading.local()
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    # Start-up (importing the desk's modules and libraries, opening the App) allocates a
+    # few hundred thousand objects that live as long as the process and frees almost
+    # none: the collector's passes over them find nothing and cost ~0.15 s of CPU per
+    # command. It is off until the command's work begins (``_startup_over``), and on
+    # again, whatever happens, when the command returns. A collector that was off
+    # already (someone else's choice) is left alone.
+    owner = gc.isenabled()
+    if owner:
+        gc.disable()
+    _startup.paused_collector = owner
+    try:
+        return _run(argv)
+    finally:
+        _startup.paused_collector = False
+        if owner:
+            gc.unfreeze()
+            gc.enable()
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.log_format)

@@ -1,6 +1,12 @@
 """What the live path tells an operator about each email: one log line (logger
 ``postdesk.mail``) and the metrics, for every inbound and every outbound email. Called by
-the App around the actor bodies and the ingest door; nothing below the shell knows."""
+the App around the actor bodies and the ingest door; nothing below the shell knows.
+
+``postdesk.metrics`` (and with it prometheus_client, ~0.02 s CPU) is imported at the first
+email observed, not at start-up: commands that observe none (``import``, which counts in
+its own summary, ``tickets list``, ``status``) do not pay it. A process that serves
+``/metrics`` imports it when it starts the endpoint (``operate.started``), so its metrics
+exist before the first scrape as before."""
 
 from __future__ import annotations
 
@@ -8,7 +14,6 @@ import logging
 
 from sqlalchemy import select
 
-from postdesk import metrics
 from postdesk.storage.models import Outbox
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.runner import PipelineResult
@@ -19,6 +24,8 @@ log = logging.getLogger("postdesk.mail")
 
 def accepted(raw_id: int, created: bool, source: str, seconds: float | None) -> None:
     if created:
+        from postdesk import metrics  # see the module's docstring
+
         metrics.email_accepted(source, seconds)
     log.debug("accepted raw=%s source=%s new=%s", raw_id, source, created,
               extra={"event": "accept", "raw_id": raw_id, "source": source, "new": created})
@@ -28,6 +35,8 @@ def inbound(services: Services, raw_id: int, result: PipelineResult, seconds: fl
     source, message_id, sender = result.source, result.message_id, result.sender
     received_at = result.received_at
     latency = (services.now() - received_at).total_seconds() if received_at else None
+    from postdesk import metrics  # see the module's docstring
+
     metrics.email_processed(result.status, result.reason, latency)
     ticket = (ticket_ref(services.config.desk.ticket_prefix, result.ticket_id)
               if result.ticket_id else None)
@@ -44,6 +53,8 @@ def outbound(services: Services, outbox_id: int, status: str, *,
              template: str | None = None, recipient: str | None = None) -> None:
     """``template`` and ``recipient`` as the send step read them; looked up only when
     the caller has not got them (a send that failed before it could say)."""
+    from postdesk import metrics  # see the module's docstring
+
     metrics.outbound(status)
     if template is None:
         with services.sessions() as session:

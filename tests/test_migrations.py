@@ -67,3 +67,66 @@ def test_the_pause_spans_migration_rebuilds_old_pauses_from_status_events(
         assert spans == [(first, at(9), at(11)), (first, at(13), None), (second, at(10), None)]
     finally:
         engine.dispose()
+
+
+def test_the_quick_head_reading_agrees_with_alembic(tmp_path: Path) -> None:
+    """``script_head`` reads the scripts' revision lines itself (so that a start on a
+    current database imports no Alembic); it must name Alembic's own head."""
+    from alembic.script import ScriptDirectory
+
+    from postdesk.storage.migrate import alembic_config, script_head
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    try:
+        alembic_head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    finally:
+        engine.dispose()
+    assert alembic_head is not None
+    assert script_head() == alembic_head
+
+
+@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
+def test_is_up_to_date_before_at_and_after_head(kind: str, tmp_path: Path) -> None:
+    """Empty, one revision behind, current, and a revision this code does not know."""
+    from sqlalchemy import text
+
+    from postdesk.storage.migrate import is_up_to_date, script_head, stored_revisions
+
+    head = script_head()
+    with backend(kind, tmp_path) as be:
+        engine = make_engine(be.database_url)
+        try:
+            assert stored_revisions(engine) == ()
+            assert not is_up_to_date(engine)
+            upgrade(engine, "head-1")
+            assert stored_revisions(engine) not in ((), (head,))
+            assert not is_up_to_date(engine)
+            upgrade(engine)
+            assert stored_revisions(engine) == (head,)
+            assert is_up_to_date(engine)
+            with engine.begin() as conn:
+                conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+            assert not is_up_to_date(engine)
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
+def test_current_and_head_revision_say_what_alembic_says(kind: str, tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from postdesk.storage.migrate import alembic_config, current_revision, head_revision
+
+    with backend(kind, tmp_path) as be:
+        engine = make_engine(be.database_url)
+        try:
+            alembic_head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+            for target in (None, "head-2", "head"):
+                if target:
+                    upgrade(engine, target)
+                with engine.connect() as conn:
+                    expected = MigrationContext.configure(conn).get_current_revision()
+                assert current_revision(engine) == expected
+                assert head_revision(engine) == alembic_head
+        finally:
+            engine.dispose()
