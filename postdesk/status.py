@@ -211,7 +211,7 @@ def _engine(config: Config) -> Iterator[Engine]:
 
 def _database(report: Report, engine: Engine) -> bool:
     try:
-        current, head = current_revision(engine), head_revision(engine)
+        current, head = current_revision(engine), head_revision()
     except Exception as exc:   # the driver's own errors: refused, auth, no such file
         report.sections["database"] = {"reachable": False}
         report.problem(UNREACHABLE, "database", str(exc).splitlines()[0])

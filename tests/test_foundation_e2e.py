@@ -216,4 +216,4 @@ def test_schema_is_migrated_not_created(make_desk):
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     from postdesk.storage.migrate import head_revision
 
-    assert version == head_revision(desk.app.engine)
+    assert version == head_revision()

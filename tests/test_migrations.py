@@ -69,12 +69,12 @@ def test_the_pause_spans_migration_rebuilds_old_pauses_from_status_events(
         engine.dispose()
 
 
-def test_the_quick_head_reading_agrees_with_alembic(tmp_path: Path) -> None:
-    """``script_head`` reads the scripts' revision lines itself (so that a start on a
-    current database imports no Alembic); it must name Alembic's own head."""
+def test_the_declared_schema_head_is_alembics_head(tmp_path: Path) -> None:
+    """``SCHEMA_HEAD`` says the newest migration's revision (so that a start on a current
+    database imports no Alembic); a new migration that does not update it fails here."""
     from alembic.script import ScriptDirectory
 
-    from postdesk.storage.migrate import alembic_config, script_head
+    from postdesk.storage.migrate import SCHEMA_HEAD, alembic_config
 
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     try:
@@ -82,7 +82,7 @@ def test_the_quick_head_reading_agrees_with_alembic(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert alembic_head is not None
-    assert script_head() == alembic_head
+    assert alembic_head == SCHEMA_HEAD
 
 
 @pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
@@ -90,9 +90,9 @@ def test_is_up_to_date_before_at_and_after_head(kind: str, tmp_path: Path) -> No
     """Empty, one revision behind, current, and a revision this code does not know."""
     from sqlalchemy import text
 
-    from postdesk.storage.migrate import is_up_to_date, script_head, stored_revisions
+    from postdesk.storage.migrate import SCHEMA_HEAD as head
+    from postdesk.storage.migrate import is_up_to_date, stored_revisions
 
-    head = script_head()
     with backend(kind, tmp_path) as be:
         engine = make_engine(be.database_url)
         try:
@@ -127,6 +127,6 @@ def test_current_and_head_revision_say_what_alembic_says(kind: str, tmp_path: Pa
                 with engine.connect() as conn:
                     expected = MigrationContext.configure(conn).get_current_revision()
                 assert current_revision(engine) == expected
-                assert head_revision(engine) == alembic_head
+                assert head_revision() == alembic_head
         finally:
             engine.dispose()
