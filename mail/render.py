@@ -11,20 +11,24 @@ way: the org's override, then the desk's, then the built-in one; sandboxed like 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateNotFound,
+    TemplateSyntaxError,
+    meta,
+    nodes,
+)
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from postdesk import templates as builtin_templates
-
-if TYPE_CHECKING:
-    # jinja2 is imported where templates are compiled or checked, not here: a command that
-    # renders no email (``tickets list``, ``status``, an empty import) does not pay its
-    # ~0.03 s CPU at start-up.
-    from jinja2 import BaseLoader
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 BUILTIN_DIR = Path(builtin_templates.__file__).parent
 log = logging.getLogger("postdesk.render")
@@ -46,9 +50,6 @@ def _environment(loader: BaseLoader, *, auto_reload: bool = True
     # Every template, built-in or an operator's override, renders in jinja2's immutable
     # sandbox: no access to Python internals (``__class__``, ``__globals__``), no
     # mutation of what it is given.
-    from jinja2 import StrictUndefined
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     return ImmutableSandboxedEnvironment(
         loader=loader,
         auto_reload=auto_reload,
@@ -72,55 +73,23 @@ class Renderer:
 
     def __init__(self, override_dir: Path | None = None, *,
                  template_globals: Mapping[str, Callable[..., Any]] | None = None):
-        self.override_dir = override_dir
-        self._globals = dict(template_globals or {})
-        # Built at the first render (see the TYPE_CHECKING import above); worker threads
-        # share one Renderer, so the first of them builds them under the lock.
-        self._envs: tuple[ImmutableSandboxedEnvironment,
-                          ImmutableSandboxedEnvironment | None] | None = None
-        self._envs_lock = threading.Lock()
-
-    def _environments(self) -> tuple[ImmutableSandboxedEnvironment,
-                                     ImmutableSandboxedEnvironment | None]:
-        envs = self._envs
-        if envs is None:
-            with self._envs_lock:
-                if self._envs is None:
-                    self._envs = self._build_environments()
-                envs = self._envs
-        return envs
-
-    def _build_environments(self) -> tuple[ImmutableSandboxedEnvironment,
-                                           ImmutableSandboxedEnvironment | None]:
-        from jinja2 import ChoiceLoader, FileSystemLoader
-
         builtin = FileSystemLoader(str(BUILTIN_DIR))
         # The built-in templates ship with the code and change only with it: compiled once,
         # not checked on disk at every render. Overrides are an operator's files, edited
         # while the desk runs: their environment looks for changes.
-        builtin_env = _environment(builtin, auto_reload=False)
-        override_env = (_environment(ChoiceLoader([FileSystemLoader(str(self.override_dir)),
-                                                   builtin]))
-                        if self.override_dir is not None else None)
-        for env in (builtin_env, override_env):
+        self.builtin_env = _environment(builtin, auto_reload=False)
+        self.override_env = (_environment(ChoiceLoader([FileSystemLoader(str(override_dir)),
+                                                        builtin]))
+                             if override_dir is not None else None)
+        self.override_dir = override_dir
+        for env in (self.builtin_env, self.override_env):
             if env is not None:
-                env.globals.update(self._globals)
-        return builtin_env, override_env
-
-    @property
-    def builtin_env(self) -> ImmutableSandboxedEnvironment:
-        return self._environments()[0]
-
-    @property
-    def override_env(self) -> ImmutableSandboxedEnvironment | None:
-        return self._environments()[1]
+                env.globals.update(template_globals or {})
 
     def render(self, name: str, context: dict[str, Any], org_slug: str | None = None
                ) -> RenderedEmail:
         text = self._render_one(name, "txt", context, org_slug)
         if text is None:
-            from jinja2 import TemplateNotFound
-
             raise TemplateNotFound(f"{name}.txt")
         html = self._render_one(name, "html", context, org_slug)
         return RenderedEmail(text=text, html=html)
@@ -135,10 +104,7 @@ class Renderer:
 
     def _render_one(self, name: str, ext: str, context: dict[str, Any],
                     org_slug: str | None) -> str | None:
-        from jinja2 import TemplateNotFound
-
-        builtin_env, override_env = self._environments()
-        if override_env is not None and self.override_dir is not None:
+        if self.override_env is not None and self.override_dir is not None:
             candidates = [f"{name}.{ext}"]
             if org_slug:
                 candidates.insert(0, f"orgs/{org_slug}/{name}.{ext}")
@@ -146,14 +112,14 @@ class Renderer:
                 if not (self.override_dir / candidate).is_file():
                     continue
                 try:
-                    return override_env.get_template(candidate).render(**context)
+                    return self.override_env.get_template(candidate).render(**context)
                 except Exception as exc:
                     log.error("template override %s failed (%s: %s); using the built-in "
                               "%s.%s", self.override_dir / candidate, type(exc).__name__,
                               exc, name, ext)
                     break
         try:
-            template = builtin_env.get_template(f"{name}.{ext}")
+            template = self.builtin_env.get_template(f"{name}.{ext}")
         except TemplateNotFound:
             return None
         return template.render(**context)
@@ -163,8 +129,6 @@ def check_overrides(override_dir: Path) -> list[str]:
     """Problems of an operator's template overrides, each with its file: syntax errors,
     variables the built-in template of the same name is not given, and access to private
     attributes (``__class__``, ``_x``), which the sandbox refuses at render time."""
-    from jinja2 import FileSystemLoader, TemplateSyntaxError, meta, nodes
-
     if not override_dir.is_dir():
         return []
     builtin_env = _environment(FileSystemLoader(str(BUILTIN_DIR)))
@@ -205,8 +169,6 @@ def _template_files(root: Path) -> Iterator[Path]:
 
 
 def _known_names(env: ImmutableSandboxedEnvironment, filename: str) -> frozenset[str] | None:
-    from jinja2 import meta
-
     path = BUILTIN_DIR / filename
     if not path.is_file():
         return None
