@@ -62,7 +62,7 @@ from postdesk.ingest.accept import (
     accept,
 )
 from postdesk.ingest.smtp import DoorLimits, IngestHandler, SmtpServer
-from postdesk.ingest.spooled import Spooled, move_spooled, spool_email
+from postdesk.ingest.spooled import Moved, Spooled, move_spooled, spool_email
 from postdesk.storage.blobs import BlobStore
 from postdesk.storage.db import desk_engine, make_session_factory
 from postdesk.storage.spool import Spool
@@ -154,7 +154,7 @@ class HandOver:
         if self.spool is not None:
             receipt = spool_email(self.spool, self.blobs, raw, envelope, source,
                                   now=self.clock.now(), row_limit=self.row_limit)
-            message: tuple[Any, ...] = ("spooled", receipt.spool_id, source,
+            message: tuple[Any, ...] = ("spooled", receipt.spool_id,
                                         time.perf_counter() - started)
         else:
             receipt = accept(self.sessions, self.blobs, raw, envelope, source,
@@ -375,14 +375,14 @@ class DoorProcess:
                     self._retry_spool()
                     continue
                 message = conn.recv()
-                spooled: dict[int, tuple[str, float]] = {}
+                spooled: dict[int, float] = {}     # spool id -> seconds to its commit
                 # Spooled emails that arrived together are moved in one transaction: one
                 # write lock on the desk database for a burst, not one per email.
                 while True:
                     if isinstance(message, tuple) and message[0] == "spooled":
-                        spooled[message[1]] = (message[2], message[3])
-                    else:
-                        self._handle(message)
+                        spooled[message[1]] = message[2]
+                    elif isinstance(message, tuple) and message[0] == "accepted":
+                        self._accepted(*message[1:])
                     if len(spooled) >= MOVE_BATCH or not conn.poll(0):
                         break
                     message = conn.recv()
@@ -393,23 +393,23 @@ class DoorProcess:
                 self._move(spooled)
             self._retry_spool()
 
-    def _handle(self, message: Any) -> None:
-        if isinstance(message, tuple) and message[0] == "accepted":
-            try:
-                self._accepted(*message[1:])
-            except Exception:
-                # This thread also watches the door: it must outlive any one email,
-                # which is committed and left to the sweeper.
-                log.exception("could not enqueue raw message %s (the sweeper will)",
-                              message[1])
-
     def _accepted(self, raw_id: int, created: bool, status: str, source: str,
                   seconds: float | None) -> None:
-        observe.accepted(raw_id, created, source, seconds)
-        if status == "pending":
-            self.dispatch.inbound(raw_id)
+        try:
+            observe.accepted(raw_id, created, source, seconds)
+            if status == "pending":
+                self.dispatch.inbound(raw_id)
+        except Exception:
+            # This thread also watches the door: it must outlive any one email, which is
+            # committed and left to the sweeper.
+            log.exception("could not enqueue raw message %s (the sweeper will)", raw_id)
 
-    def _move(self, spooled: dict[int, tuple[str, float]]) -> None:
+    def _enqueue_moved(self, moved: list[Moved], seconds: dict[int, float]) -> None:
+        for one in moved:
+            self._accepted(one.result.raw_id, one.result.created, one.result.status,
+                           one.source, seconds.get(one.spool_id))
+
+    def _move(self, spooled: dict[int, float]) -> None:
         """Move the spooled emails the door handed over into the desk database, then
         enqueue them. On failure (the desk database locked past its timeout, say) they
         stay spooled and are moved by the next sweep."""
@@ -421,9 +421,7 @@ class DoorProcess:
                           "stay in the spool and are moved again)", len(spooled))
             self._left_in_spool = True
             return
-        for one in moved:
-            self._accepted(one.result.raw_id, one.result.created, one.result.status,
-                           one.source, spooled[one.spool_id][1])
+        self._enqueue_moved(moved, spooled)
 
     def _retry_spool(self) -> None:
         if self._left_in_spool and time.monotonic() - self._last_sweep >= SPOOL_RETRY_S:
@@ -437,9 +435,8 @@ class DoorProcess:
         self._last_sweep = time.monotonic()
         try:
             while rows := self.spool.oldest(MOVE_BATCH):
-                for one in move_spooled(self.engine, self.spool, rows):
-                    self._accepted(one.result.raw_id, one.result.created, one.result.status,
-                                   one.source, None)
+                # Not handed over: how long the door took is not known.
+                self._enqueue_moved(move_spooled(self.engine, self.spool, rows), {})
         except Exception:
             log.exception("could not move the spooled emails into the desk database (they "
                           "stay in the spool and are moved again in %.0f s)", SPOOL_RETRY_S)
