@@ -11,14 +11,14 @@ wire's pace, and the desk process moves each spooled email into ``raw_messages``
 
 A row is what ``accept`` would have put into ``raw_messages``: the bytes in the row when
 small (``desk.raw_in_database_bytes``), else in the blob store, published durably before
-the row commits. The spool's COMMIT is synced (synchronous FULL, ``durable``), so a spooled
+the row commits. The spool's COMMIT is synced (``PRAGMA synchronous=FULL``), so a spooled
 email survives a power cut exactly as an accepted one does. A row is deleted only after
 its ``raw_messages`` row committed durably: a crash in between leaves both, and moving the
 row again finds its bytes accepted (``sha256`` is unique there) and adds nothing.
 
 The table is not part of the desk's schema (no migration): the file is created on first
 use, beside the blobs, readable by its owner only. It is written with the standard
-library's ``sqlite3`` rather than through SQLAlchemy: one private table and four fixed
+library's ``sqlite3`` rather than through SQLAlchemy: one private table and a few fixed
 statements need no dialect or ORM, and SQLAlchemy's execution path cost 0.24 ms CPU per
 email here, a third of what the door may spend per email (BENCHMARKS.md, issue 11)."""
 
@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -110,19 +111,20 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         # Every commit synced (FULL): a spooled email is one the door answered 250 for.
         self._db.execute("PRAGMA synchronous=FULL")
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SPOOL_VERSION):
-                    raise SpoolError(f"{self.path}: a spool of version {version}, this "
-                                     f"postdesk knows {SPOOL_VERSION}")
-                self._db.execute(_CREATE)
-                self._db.execute(f"PRAGMA user_version={SPOOL_VERSION}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._immediate():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SPOOL_VERSION):
+                raise SpoolError(f"{self.path}: a spool of version {version}, this "
+                                 f"postdesk knows {SPOOL_VERSION}")
+            self._db.execute(_CREATE)
+            self._db.execute(f"PRAGMA user_version={SPOOL_VERSION}")
+
+    @contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """A write transaction, its lock taken at BEGIN (under ``_lock``)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        with self._db:   # sqlite3: COMMIT when the block ends, ROLLBACK on an exception
+            yield
 
     @classmethod
     def of_desk(cls, data_dir: Path | str, *, lock_timeout_s: float = 30.0) -> Spool:
@@ -152,13 +154,8 @@ class Spool:
         """Insert ``group`` in one transaction (under ``_lock``); each learns its id, or
         every one the error that stopped the commit."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._immediate():
                 ids = [int(self._db.execute(_ADD, w.values).fetchone()[0]) for w in group]
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         except BaseException as exc:
             for waiting in group:
                 waiting.error = exc
