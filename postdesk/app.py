@@ -61,11 +61,15 @@ class ActorDispatch:
         except Exception as exc:
             log.warning("could not enqueue raw message %s (sweeper will retry): %s", raw_id, exc)
 
-    def outbox(self, outbox_id: int) -> None:
+    def outbox(self, *outbox_ids: int) -> None:
+        if not outbox_ids:
+            return
         try:
-            self.actors.send_outbox.send(outbox_id)
+            self.actors.send_outbox.send(
+                outbox_ids[0] if len(outbox_ids) == 1 else list(outbox_ids))
         except Exception as exc:
-            log.warning("could not enqueue outbox %s (sweeper will retry): %s", outbox_id, exc)
+            log.warning("could not enqueue outbox %s (sweeper will retry): %s",
+                        ", ".join(map(str, outbox_ids)), exc)
 
 
 class App:
@@ -113,8 +117,8 @@ class App:
         result = process_inbound(self.services, raw_id)
         if result is not None:
             observe.inbound(self.services, raw_id, result, time.perf_counter() - started)
-        for outbox_id in result.outbox_ids if result else ():
-            self.dispatch.outbox(outbox_id)
+        if result is not None:
+            self.dispatch.outbox(*result.outbox_ids)   # one send job for the email's mail
 
     def handle_outbox(self, outbox_id: int) -> None:
         try:

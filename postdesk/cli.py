@@ -534,11 +534,12 @@ class _SendNow:
     def inbound(self, raw_id: int) -> None:
         self.app.dispatch.inbound(raw_id)
 
-    def outbox(self, outbox_id: int) -> None:
+    def outbox(self, *outbox_ids: int) -> None:
         from postdesk.outbound.sender import send_outbox
 
-        self.outcomes[outbox_id] = send_outbox(self.app.services, self.app.transport,
-                                               outbox_id).outcome
+        for outbox_id in outbox_ids:
+            self.outcomes[outbox_id] = send_outbox(self.app.services, self.app.transport,
+                                                   outbox_id).outcome
 
 
 def cmd_digest(args: argparse.Namespace) -> int:

@@ -395,8 +395,8 @@ class Importer:
         else:
             results = dict(zip(raw_ids, self._process_batch(raw_ids), strict=True))
         for result in results.values():
-            for outbox_id in result.outbox_ids if result is not None else ():
-                self.dispatch.outbox(outbox_id)
+            if result is not None:
+                self.dispatch.outbox(*result.outbox_ids)   # one send job per email
         return results
 
     # --- the door, for a batch --------------------------------------------------------------

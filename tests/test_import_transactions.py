@@ -63,11 +63,12 @@ class HandedOn:
     def inbound(self, raw_id: int) -> None:
         raise AssertionError("an import processes its mail itself")
 
-    def outbox(self, outbox_id: int) -> None:
-        self.outbox_ids.append(outbox_id)
-        with self.engine.connect() as conn:
-            self.committed_as[outbox_id] = conn.execute(
-                select(Outbox.status).where(Outbox.id == outbox_id)).scalar()
+    def outbox(self, *outbox_ids: int) -> None:
+        for outbox_id in outbox_ids:
+            self.outbox_ids.append(outbox_id)
+            with self.engine.connect() as conn:
+                self.committed_as[outbox_id] = conn.execute(
+                    select(Outbox.status).where(Outbox.id == outbox_id)).scalar()
 
 
 def run_import(desk: Desk, path: Path, dispatch: Any = None, **kw: Any) -> ImportSummary:

@@ -22,8 +22,8 @@ class Recorded:
     def inbound(self, raw_id: int) -> None:
         raise AssertionError("no inbound mail in this test")
 
-    def outbox(self, outbox_id: int) -> None:
-        self.outbox_ids.append(outbox_id)
+    def outbox(self, *outbox_ids: int) -> None:
+        self.outbox_ids.extend(outbox_ids)
 
 
 def digests(session: Session) -> list[str]:

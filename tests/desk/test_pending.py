@@ -18,8 +18,8 @@ class NoDispatch:
     def inbound(self, raw_id: int) -> None:
         raise AssertionError("no inbound work expected")
 
-    def outbox(self, outbox_id: int) -> None:
-        self.sent.append(outbox_id)
+    def outbox(self, *outbox_ids: int) -> None:
+        self.sent.extend(outbox_ids)
 
 
 def test_business_time_not_wall_time_decides_the_reminder(

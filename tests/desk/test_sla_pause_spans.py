@@ -54,8 +54,8 @@ class Recorded:
     def inbound(self, raw_id: int) -> None:
         raise AssertionError("a scan never enqueues inbound mail")
 
-    def outbox(self, outbox_id: int) -> None:
-        self.outbox_ids.append(outbox_id)
+    def outbox(self, *outbox_ids: int) -> None:
+        self.outbox_ids.extend(outbox_ids)
 
 
 @pytest.fixture

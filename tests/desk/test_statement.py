@@ -51,8 +51,8 @@ class Recorder:
     def inbound(self, raw_id: int) -> None:
         raise AssertionError("statements never dispatch inbound mail")
 
-    def outbox(self, outbox_id: int) -> None:
-        self.outboxes.append(outbox_id)
+    def outbox(self, *outbox_ids: int) -> None:
+        self.outboxes.extend(outbox_ids)
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ class Dispatch(Protocol):
 
     def inbound(self, raw_id: int) -> None: ...
 
-    def outbox(self, outbox_id: int) -> None: ...
+    def outbox(self, *outbox_ids: int) -> None:
+        """Send these emails: one job for all of them, sent in the order given."""
 
 
 @dataclass
