@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError
@@ -38,22 +39,24 @@ log = logging.getLogger("postdesk.outbound")
 FINAL = (OutboxStatus.SENT, OutboxStatus.FAILED, OutboxStatus.BOUNCED, OutboxStatus.SUPPRESSED)
 
 _OUTBOX = cast(Table, Outbox.__table__)
-# Claim and read in one statement (Core, built once): the UPDATE returns what the send
-# needs and what the log line names, so a send is one round trip before the transport.
+# Claim and read in one statement (Core, built once): the UPDATE returns what the sends
+# need and what the log lines name, so a job's sends are one round trip before the
+# transport, however many emails the job carries.
 _CLAIM = (update(_OUTBOX)
-          .where(_OUTBOX.c.id == bindparam("outbox_id"),
+          .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)),
                  or_(_OUTBOX.c.status == OutboxStatus.QUEUED,
                      (_OUTBOX.c.status == OutboxStatus.SENDING)
                      & (_OUTBOX.c.claimed_until < bindparam("now"))))
           .values(status=OutboxStatus.SENDING, claimed_until=bindparam("until"),
                   attempts=_OUTBOX.c.attempts + 1)
-          .returning(_OUTBOX.c.raw, _OUTBOX.c.to, _OUTBOX.c.cc, _OUTBOX.c.message_id,
-                     _OUTBOX.c.template, _OUTBOX.c.recipient))
-_STATUS = select(_OUTBOX.c.status, _OUTBOX.c.template, _OUTBOX.c.recipient).where(
-    _OUTBOX.c.id == bindparam("outbox_id"))
+          .returning(_OUTBOX.c.id, _OUTBOX.c.raw, _OUTBOX.c.to, _OUTBOX.c.cc,
+                     _OUTBOX.c.message_id, _OUTBOX.c.template, _OUTBOX.c.recipient))
+_STATUS = select(_OUTBOX.c.id, _OUTBOX.c.status, _OUTBOX.c.template,
+                 _OUTBOX.c.recipient).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
 # Built once, one per shape (``values()`` on each call built a statement and its cache
-# key per send): a status with no claim and the error, and ``sent`` with its time.
-_FINISH = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id"))
+# key per send): a status with no claim and the error, and ``sent`` with its time; for
+# every email of the job that ended the same way, in one statement.
+_FINISH = (update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
            .values(status=bindparam("status"), claimed_until=None,
                    last_error=bindparam("error")))
 _FINISH_SENT = _FINISH.values(sent_at=bindparam("sent_at"))
@@ -61,82 +64,116 @@ _FINISH_SENT = _FINISH.values(sent_at=bindparam("sent_at"))
 
 @dataclass(frozen=True)
 class Delivery:
-    """What one send job did: ``outcome`` is sent | already-<status> | claimed-elsewhere |
-    failed | missing; ``template`` and ``recipient`` name the email (for the log line)."""
+    """What one send did: ``outcome`` is sent | already-<status> | claimed-elsewhere |
+    failed | missing | retry; ``template`` and ``recipient`` name the email (for the log
+    line); ``retry`` is the temporary failure to be retried (outcome ``retry``)."""
     outcome: str
     template: str | None = None
     recipient: str | None = None
+    retry: TemporaryFailure | None = None
 
 
 def send_outbox(services: Services, transport: Transport, outbox_id: int) -> Delivery:
+    """Send one email; a temporary failure is raised (for Dramatiq to retry the job)."""
+    delivery = send_outboxes(services, transport, [outbox_id])[outbox_id]
+    if delivery.retry is not None:
+        raise delivery.retry
+    return delivery
+
+
+def send_outboxes(services: Services, transport: Transport, outbox_ids: Sequence[int]
+                  ) -> dict[int, Delivery]:
+    """Send each email (in the order given), at most once each: one claim for all, then
+    each to the transport in turn, then one record of each ending. An email that fails,
+    even temporarily, does not keep the others from going; the caller retries the job
+    for the ones whose delivery is ``retry`` (the others are then no-ops)."""
+    ids = list(dict.fromkeys(outbox_ids))
     now = services.now()
     claimed_at = time.monotonic()
     claim = services.config.desk.send_claim.as_timedelta()
+    deliveries: dict[int, Delivery] = {}
     # The claim commits on its own before the transport is called (one statement, so on
     # PostgreSQL in autocommit mode: no BEGIN/COMMIT round trips).
     with one_statement(services.sessions) as connection:
-        row = connection.execute(_CLAIM, {"outbox_id": outbox_id, "now": now,
-                                          "until": now + claim}).first()
+        rows = {row.id: row for row in connection.execute(
+            _CLAIM, {"ids": ids, "now": now, "until": now + claim})}
+        if len(rows) < len(ids):
+            for state in connection.execute(_STATUS, {"ids": [i for i in ids
+                                                              if i not in rows]}):
+                deliveries[state.id] = Delivery(
+                    f"already-{state.status}" if state.status in FINAL
+                    else "claimed-elsewhere", state.template, state.recipient)
+    endings: dict[tuple[OutboxStatus, str | None], list[int]] = {}
+    for outbox_id in ids:
+        row = rows.get(outbox_id)
         if row is None:
-            state = connection.execute(_STATUS, {"outbox_id": outbox_id}).first()
-            if state is None:
+            if outbox_id not in deliveries:
                 log.error("outbox %s does not exist", outbox_id)
-                return Delivery("missing")
-            return Delivery(f"already-{state.status}" if state.status in FINAL
-                            else "claimed-elsewhere", state.template, state.recipient)
-    delivery = Delivery("sent", row.template, row.recipient)
-    recipients = list(dict.fromkeys([*row.to, *row.cc]))
-    key = f"{outbox_id}-{row.message_id.strip('<>')}"
+                deliveries[outbox_id] = Delivery("missing")
+            continue
+        status, error, delivery = _deliver(services, transport, outbox_id, row)
+        deliveries[outbox_id] = delivery
+        endings.setdefault((status, error), []).append(outbox_id)
+    _record(services, endings, deadline=claimed_at + claim.total_seconds() * 0.9)
+    return deliveries
+
+
+def _deliver(services: Services, transport: Transport, outbox_id: int, row: Any
+             ) -> tuple[OutboxStatus, str | None, Delivery]:
+    """Hand one claimed email to the transport: the status to record, its error, and
+    what the send did."""
     if row.raw is None:
         # Cannot happen through render_drafts (it sets the bytes and ``queued`` in one
         # UPDATE); a row written by hand must fail visibly, not send an empty email.
         log.error("outbox %s is queued without rendered bytes", outbox_id)
-        _finish(services, outbox_id, OutboxStatus.FAILED, error="queued without rendered bytes")
-        return Delivery("failed", row.template, row.recipient)
+        return (OutboxStatus.FAILED, "queued without rendered bytes",
+                Delivery("failed", row.template, row.recipient))
+    recipients = list(dict.fromkeys([*row.to, *row.cc]))
+    key = f"{outbox_id}-{row.message_id.strip('<>')}"
     try:
         refused = transport.deliver(key, services.envelope_sender, recipients, row.raw)
     except TemporaryFailure as exc:
-        _finish(services, outbox_id, OutboxStatus.QUEUED, error=str(exc))
-        raise  # Dramatiq retries with exponential backoff
+        return (OutboxStatus.QUEUED, str(exc),
+                Delivery("retry", row.template, row.recipient, retry=exc))
     except PermanentFailure as exc:
         log.warning("outbox %s failed permanently: %s", outbox_id, exc)
-        _finish(services, outbox_id, OutboxStatus.FAILED, error=str(exc))
-        return Delivery("failed", row.template, row.recipient)
-    error = f"refused: {refused}" if refused else None
-    _record_sent(services, outbox_id, error,
-                 deadline=claimed_at + claim.total_seconds() * 0.9)
-    return delivery
+        return OutboxStatus.FAILED, str(exc), Delivery("failed", row.template, row.recipient)
+    return (OutboxStatus.SENT, f"refused: {refused}" if refused else None,
+            Delivery("sent", row.template, row.recipient))
 
 
-def _record_sent(services: Services, outbox_id: int, error: str | None, *,
-                 deadline: float) -> None:
-    """Commit ``sent``, retrying database errors until shortly before our claim runs out:
-    the email is already delivered, so giving up early would hand it to the sweeper."""
+def _record(services: Services, endings: dict[tuple[OutboxStatus, str | None], list[int]],
+            *, deadline: float) -> None:
+    """Commit how each email ended, retrying database errors until shortly before our
+    claim runs out: an email already delivered must be recorded ``sent``, and giving up
+    early would hand it to the sweeper, which would send it again."""
     delay = 0.2
     while True:
         try:
-            _finish(services, outbox_id, OutboxStatus.SENT, error=error)
+            with one_statement(services.sessions) as connection:
+                for (status, error), ids in endings.items():
+                    if status == OutboxStatus.SENT:
+                        connection.execute(_FINISH_SENT, {
+                            "ids": ids, "status": status, "error": error,
+                            "sent_at": services.now()})
+                    else:
+                        connection.execute(_FINISH, {"ids": ids, "status": status,
+                                                     "error": error})
             return
         except DBAPIError as exc:
+            sent = [i for (status, _e), ids in endings.items() if status == OutboxStatus.SENT
+                    for i in ids]
             if time.monotonic() + delay >= deadline:
-                log.error("outbox %s was delivered but recording 'sent' kept failing; it "
-                          "may be sent again when its claim expires: %s", outbox_id, exc)
+                log.error("outbox %s: recording how the send ended kept failing; an email "
+                          "delivered (%s) may be sent again when its claim expires: %s",
+                          ", ".join(str(i) for ids in endings.values() for i in ids),
+                          ", ".join(map(str, sent)) or "none", exc)
                 raise
-            log.warning("outbox %s delivered; database error recording it, retrying in "
-                        "%.1fs: %s", outbox_id, delay, exc)
+            log.warning("outbox %s: database error recording how the send ended, retrying "
+                        "in %.1fs: %s", ", ".join(str(i) for ids in endings.values()
+                                                  for i in ids), delay, exc)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-def _finish(services: Services, outbox_id: int, status: OutboxStatus, *,
-            error: str | None) -> None:
-    with one_statement(services.sessions) as connection:
-        if status == OutboxStatus.SENT:
-            connection.execute(_FINISH_SENT, {"outbox_id": outbox_id, "status": status,
-                                              "error": error, "sent_at": services.now()})
-        else:
-            connection.execute(_FINISH, {"outbox_id": outbox_id, "status": status,
-                                         "error": error})
 
 
 def stale_outbox_ids(services: Services, older_than: timedelta, limit: int = 500) -> list[int]:

@@ -24,7 +24,7 @@ from postdesk.ingest.accept import AcceptResult, Envelope, accept
 from postdesk.logs import register_secrets
 from postdesk.mail.authentication import DnsFunc
 from postdesk.mail.render import Renderer
-from postdesk.outbound.sender import send_outbox
+from postdesk.outbound.sender import send_outboxes
 from postdesk.outbound.transport import (
     MaildirTransport,
     SmtpTransport,
@@ -120,15 +120,19 @@ class App:
         if result is not None:
             self.dispatch.outbox(*result.outbox_ids)   # one send job for the email's mail
 
-    def handle_outbox(self, outbox_id: int) -> None:
-        try:
-            delivery = send_outbox(self.services, self.transport, outbox_id)
-        except TemporaryFailure:
-            observe.outbound(self.services, outbox_id, "retry")
-            raise
-        if delivery.outcome in ("sent", "failed"):   # not a redelivered job that found it done
-            observe.outbound(self.services, outbox_id, delivery.outcome,
-                             template=delivery.template, recipient=delivery.recipient)
+    def handle_outbox(self, outbox_ids: list[int]) -> None:
+        """One send job: its emails, each sent once; then the job fails with the first
+        temporary failure, for Dramatiq to retry it (what was sent is then a no-op)."""
+        deliveries = send_outboxes(self.services, self.transport, outbox_ids)
+        retry: TemporaryFailure | None = None
+        for outbox_id, delivery in deliveries.items():
+            # Not a redelivered job that found the email done: that was told already.
+            if delivery.outcome in ("sent", "failed", "retry"):
+                observe.outbound(self.services, outbox_id, delivery.outcome,
+                                 template=delivery.template, recipient=delivery.recipient)
+            retry = retry or delivery.retry
+        if retry is not None:
+            raise retry
 
     # --- setup ---------------------------------------------------------------------------
     def _load_secret(self) -> bytes:

@@ -13,6 +13,7 @@ from dramatiq import Message, Worker
 from dramatiq.brokers.stub import StubBroker
 
 from postdesk.app import ActorDispatch
+from postdesk.outbound.sender import send_outboxes
 from postdesk.outbound.transport import TemporaryFailure
 from postdesk.workflow.tasks.actors import register_actors
 from tests.smarthost import Sink, Smarthost
@@ -27,15 +28,13 @@ def stub_actors(on_outbox: Any) -> tuple[StubBroker, Any]:
     return broker, actors
 
 
-def test_a_job_of_several_emails_sends_each_and_retries_only_after_trying_all() -> None:
-    calls: list[int] = []
-    failures = {1: 1}   # outbox 1 fails once, as a smarthost's 451 would
+def test_a_job_hands_its_ids_to_the_sender_together_and_is_retried_when_it_fails() -> None:
+    jobs: list[list[int]] = []
 
-    def on_outbox(outbox_id: int) -> None:
-        calls.append(outbox_id)
-        if failures.get(outbox_id):
-            failures[outbox_id] -= 1
-            raise TemporaryFailure("451 try later")
+    def on_outbox(outbox_ids: list[int]) -> None:
+        jobs.append(outbox_ids)
+        if len(jobs) == 1:
+            raise TemporaryFailure("451 try later")   # one email of the job could not go
 
     broker, actors = stub_actors(on_outbox)
     # The retry comes after the actor's minimum backoff; this test need not wait 1 s.
@@ -44,14 +43,50 @@ def test_a_job_of_several_emails_sends_each_and_retries_only_after_trying_all() 
     worker.start()
     try:
         actors.send_outbox.send([1, 2])
+        actors.send_outbox.send(3)   # a job of one email, as the sweeper enqueues it
         broker.join("jobs-test-outbound", timeout=10_000)
         worker.join()
     finally:
         worker.stop()
-    # 2 went out although 1 failed first; the retried job tried both again (the real
-    # sender finds 2 already sent: its claim makes that a no-op).
-    assert calls == [1, 2, 1, 2]
-    assert failures == {1: 0}
+    assert sorted(jobs) == [[1, 2], [1, 2], [3]]
+
+
+class FlakyTransport:
+    """Delivers to a list; the first delivery of one named email fails with a 451."""
+
+    def __init__(self, fail_once: str):
+        self.fail_once, self.delivered = fail_once, []
+
+    def deliver(self, key: str, mail_from: str, rcpt_to: Any, raw: bytes) -> dict[str, str]:
+        if self.fail_once and self.fail_once in raw.decode(errors="replace"):
+            self.fail_once = ""
+            raise TemporaryFailure("451 4.3.0 try later")
+        self.delivered.append(key)
+        return {}
+
+
+@pytest.mark.backends("sqlite", "postgres-redis")
+def test_one_email_failing_does_not_hold_back_the_other_and_each_is_sent_once(
+        make_desk: Any) -> None:
+    desk = make_desk(workers=False)
+    desk.send(make_email(subject="Checkout broken"))
+    [raw] = desk.raws()
+    desk.app.handle_inbound(raw["id"])
+    written = {o["template"]: o for o in desk.outbox()}
+    ack, note = written["acknowledgement"], written["staff_notification"]
+    transport = FlakyTransport(fail_once=ack["message_id"])
+
+    first = send_outboxes(desk.app.services, transport, [ack["id"], note["id"]])
+    assert first[ack["id"]].outcome == "retry" and first[note["id"]].outcome == "sent"
+    states = {o["id"]: o["status"] for o in desk.outbox()}
+    assert states == {ack["id"]: "queued", note["id"]: "sent"}
+
+    again = send_outboxes(desk.app.services, transport, [ack["id"], note["id"]])
+    assert again[ack["id"]].outcome == "sent"
+    assert again[note["id"]].outcome == "already-sent"
+    assert sorted(transport.delivered) == sorted(
+        f"{o['id']}-{o['message_id'].strip('<>')}" for o in (ack, note))
+    assert {o["status"] for o in desk.outbox()} == {"sent"}
 
 
 def test_a_job_of_one_email_is_still_a_plain_id() -> None:

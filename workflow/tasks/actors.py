@@ -27,28 +27,19 @@ class Actors:
 
 
 def register_actors(broker: Broker, namespace: str, *, on_inbound: Callable[[int], object],
-                    on_outbox: Callable[[int], object]) -> Actors:
+                    on_outbox: Callable[[list[int]], object]) -> Actors:
     """Inbound and outbound work have their own queues, and a worker runs a prefetched
     send before prefetched inbound work (dramatiq: a lower priority number runs first),
     so acknowledgements do not wait behind a backlog of inbound processing.
 
     One send job may carry several outbox ids (the emails one inbound email wrote: one
-    message on the broker instead of one each). Each is sent in turn, a failure does not
-    keep the others from going, and the job then fails with the first error, to be
-    retried: an email already sent is a no-op the second time (the sender's claim)."""
+    message on the broker instead of one each); ``on_outbox`` is handed them all."""
 
     def process_inbound(raw_id: int) -> None:
         on_inbound(raw_id)
 
     def send_outbox(outbox_ids: int | list[int]) -> None:
-        failure: Exception | None = None
-        for outbox_id in [outbox_ids] if isinstance(outbox_ids, int) else outbox_ids:
-            try:
-                on_outbox(outbox_id)
-            except Exception as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        on_outbox([outbox_ids] if isinstance(outbox_ids, int) else outbox_ids)
 
     # The decorator form: dramatiq's overloads type ``actor(fn, **options)`` only without
     # options; ``actor(**options)(fn)`` is the same call, typed.
