@@ -54,9 +54,8 @@ _CLAIM = (update(_OUTBOX)
 _STATUS = select(_OUTBOX.c.id, _OUTBOX.c.status, _OUTBOX.c.template,
                  _OUTBOX.c.recipient).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
 # Built once, one per shape (``values()`` on each call built a statement and its cache
-# key per send): a status with no claim and the error, and ``sent`` with its time; for
-# every email of the job that ended the same way, in one statement.
-_FINISH = (update(_OUTBOX).where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+# key per send): a status with no claim and the error, and ``sent`` with its time.
+_FINISH = (update(_OUTBOX).where(_OUTBOX.c.id == bindparam("outbox_id"))
            .values(status=bindparam("status"), claimed_until=None,
                    last_error=bindparam("error")))
 _FINISH_SENT = _FINISH.values(sent_at=bindparam("sent_at"))
@@ -84,7 +83,7 @@ def send_outbox(services: Services, transport: Transport, outbox_id: int) -> Del
 def send_outboxes(services: Services, transport: Transport, outbox_ids: Sequence[int]
                   ) -> dict[int, Delivery]:
     """Send each email (in the order given), at most once each: one claim for all, then
-    each to the transport in turn, then one record of each ending. An email that fails,
+    each to the transport in turn, its ending recorded before the next. An email that fails,
     even temporarily, does not keep the others from going; the caller retries the job
     for the ones whose delivery is ``retry`` (the others are then no-ops)."""
     ids = list(dict.fromkeys(outbox_ids))
@@ -103,7 +102,6 @@ def send_outboxes(services: Services, transport: Transport, outbox_ids: Sequence
                 deliveries[state.id] = Delivery(
                     f"already-{state.status}" if state.status in FINAL
                     else "claimed-elsewhere", state.template, state.recipient)
-    endings: dict[tuple[OutboxStatus, str | None], list[int]] = {}
     for outbox_id in ids:
         row = rows.get(outbox_id)
         if row is None:
@@ -113,8 +111,11 @@ def send_outboxes(services: Services, transport: Transport, outbox_ids: Sequence
             continue
         status, error, delivery = _deliver(services, transport, outbox_id, row)
         deliveries[outbox_id] = delivery
-        endings.setdefault((status, error), []).append(outbox_id)
-    _record(services, endings, deadline=claimed_at + claim.total_seconds() * 0.9)
+        # Recorded at once, before the next email is handed over: between the
+        # smarthost's 250 and this commit lies the one window in which an email can be
+        # sent twice (docs/faults.md), and it must not include another delivery.
+        _record(services, outbox_id, status, error,
+                deadline=claimed_at + claim.total_seconds() * 0.9)
     return deliveries
 
 
@@ -142,36 +143,31 @@ def _deliver(services: Services, transport: Transport, outbox_id: int, row: Any
             Delivery("sent", row.template, row.recipient))
 
 
-def _record(services: Services, endings: dict[tuple[OutboxStatus, str | None], list[int]],
-            *, deadline: float) -> None:
-    """Commit how each email ended, retrying database errors until shortly before our
-    claim runs out: an email already delivered must be recorded ``sent``, and giving up
-    early would hand it to the sweeper, which would send it again."""
+def _record(services: Services, outbox_id: int, status: OutboxStatus, error: str | None, *,
+            deadline: float) -> None:
+    """Commit how one email's send ended, retrying database errors until shortly before
+    our claim runs out: an email already delivered must be recorded ``sent``, and giving
+    up early would hand it to the sweeper, which would send it again."""
     delay = 0.2
     while True:
         try:
             with one_statement(services.sessions) as connection:
-                for (status, error), ids in endings.items():
-                    if status == OutboxStatus.SENT:
-                        connection.execute(_FINISH_SENT, {
-                            "ids": ids, "status": status, "error": error,
-                            "sent_at": services.now()})
-                    else:
-                        connection.execute(_FINISH, {"ids": ids, "status": status,
-                                                     "error": error})
+                if status == OutboxStatus.SENT:
+                    connection.execute(_FINISH_SENT, {"outbox_id": outbox_id, "status": status,
+                                                      "error": error,
+                                                      "sent_at": services.now()})
+                else:
+                    connection.execute(_FINISH, {"outbox_id": outbox_id, "status": status,
+                                                 "error": error})
             return
         except DBAPIError as exc:
-            sent = [i for (status, _e), ids in endings.items() if status == OutboxStatus.SENT
-                    for i in ids]
             if time.monotonic() + delay >= deadline:
-                log.error("outbox %s: recording how the send ended kept failing; an email "
-                          "delivered (%s) may be sent again when its claim expires: %s",
-                          ", ".join(str(i) for ids in endings.values() for i in ids),
-                          ", ".join(map(str, sent)) or "none", exc)
+                log.error("outbox %s (%s): recording it kept failing; %s: %s", outbox_id,
+                          status, "it may be sent again when its claim expires"
+                          if status == OutboxStatus.SENT else "the sweeper will find it", exc)
                 raise
-            log.warning("outbox %s: database error recording how the send ended, retrying "
-                        "in %.1fs: %s", ", ".join(str(i) for ids in endings.values()
-                                                  for i in ids), delay, exc)
+            log.warning("outbox %s (%s): database error recording it, retrying in %.1fs: %s",
+                        outbox_id, status, delay, exc)
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 

@@ -119,3 +119,28 @@ def test_processing_one_email_enqueues_one_send_job_for_both_emails_it_wrote(
         desk.wait_settled()
     assert {o["status"] for o in desk.outbox()} == {"sent"}
     assert sorted(sink.message_ids()) == sorted(o["message_id"] for o in desk.outbox())
+
+
+@pytest.mark.backends("sqlite", "postgres-redis")
+def test_each_email_of_a_job_is_recorded_sent_before_the_next_is_handed_over(
+        make_desk: Any) -> None:
+    """Between a smarthost's 250 and the commit of ``sent`` an email can be sent twice
+    (a crash there, docs/faults.md): that window must not grow by the other deliveries
+    of the same job."""
+    desk = make_desk(workers=False)
+    desk.send(make_email(subject="Checkout broken"))
+    [raw] = desk.raws()
+    desk.app.handle_inbound(raw["id"])
+    ids = [o["id"] for o in desk.outbox()]
+    seen_when_handed_over: list[dict[int, str]] = []
+
+    class Watching:
+        def deliver(self, key: str, mail_from: str, rcpt_to: Any, raw: bytes
+                    ) -> dict[str, str]:
+            seen_when_handed_over.append({o["id"]: o["status"] for o in desk.outbox()})
+            return {}
+
+    send_outboxes(desk.app.services, Watching(), ids)
+    first, second = ids
+    assert seen_when_handed_over == [{first: "sending", second: "sending"},
+                                     {first: "sent", second: "sending"}]
