@@ -55,7 +55,9 @@ due emails in turn, so an email that waits for a free connection waits on the cl
   much late);
 * ack sent: due -> the acknowledgement's ``sent_at`` (the worker's clock, same machine).
 
-p50/p95/p99/max over the measured emails; an email whose acknowledgement never came within
+And the CPU each group of processes used while the emails were sent (workers, the SMTP
+door, the desk database's PostgreSQL backends, the Redis server, this script), in % of one
+core. p50/p95/p99/max over the measured emails; an email whose acknowledgement never came within
 ``--drain`` seconds after the last send is counted as missing (and as infinitely late for
 the percentiles). Bounded in time, loopback only, asserts nothing; prints tables.
 """
@@ -66,6 +68,7 @@ import argparse
 import json
 import os
 import queue
+import resource
 import smtplib
 import statistics
 import subprocess
@@ -127,6 +130,29 @@ def proc_cpu_s(pid: int) -> float:
         return 0.0
     # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
     return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+
+
+def cpu_by_process(desk: Desk, procs: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds so far of each group of processes: the named ones (workers, the SMTP
+    door), the desk database's PostgreSQL backends, the Redis server, and this script
+    (its pacer and poller threads)."""
+    groups = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in procs.items()}
+    backends = [int(pid) for (pid,) in desk.query(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    groups["postgres (the desk's backends)"] = sum(proc_cpu_s(pid) for pid in backends)
+    redis = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+             and _comm(p) == "redis-server"]
+    groups["redis-server"] = sum(proc_cpu_s(pid) for pid in redis)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    groups["this script (pacer, poller)"] = usage.ru_utime + usage.ru_stime
+    return groups
+
+
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def start_workers(desk: Desk, tree: Tree, k: int, tag: str
@@ -327,6 +353,8 @@ class Latency:
     sent_ms: list[float] = field(default_factory=list)
     created_ms: list[float] = field(default_factory=list)
     statuses: str = ""
+    # share of one core each group of processes used while the emails were sent
+    cpu_share: dict[str, float] = field(default_factory=dict)
 
 
 class Pacer:
@@ -466,9 +494,12 @@ def measure_latency(args: argparse.Namespace, tree: Tree) -> Latency:
                 wait_for_acks(desk, [m for _s, m, _r in emails[:args.warmup]], args.drain)
             poller.start()
             pacer = Pacer(desk.smtp_port, emails[args.warmup:], args.rate, args.connections)
+            processes = {"workers": [p.pid for p in procs], "postdesk smtp": [smtp.pid]}
+            cpu_before = cpu_by_process(desk, processes)
             started = time.time()
             pacer.run()
             sending_s = time.time() - started
+            cpu_after = cpu_by_process(desk, processes)
             wait_for_acks(desk, [s.message_id for s in pacer.sent], args.drain)
             time.sleep(args.poll_ms / 1000 * 2)
         finally:
@@ -486,6 +517,8 @@ def measure_latency(args: argparse.Namespace, tree: Tree) -> Latency:
             len(measured) / sending_s if sending_s else 0.0,
             sum(1 for s in measured if s.started - s.due > 0.05),
             sum(1 for s in measured if s.error), 0, load)
+        result.cpu_share = {name: (cpu_after[name] - cpu_before[name]) / sending_s
+                            for name in cpu_after} if sending_s else {}
         inf = float("inf")
         for s in measured:
             if s.error:
@@ -527,6 +560,10 @@ def print_latency(r: Latency, args: argparse.Namespace) -> None:
         print(f"  {label:38} {cells}{fmt(max(values)):>8}")
     print(f"  created_at is the worker's clock when processing began (before commit); 'in "
           f"outbox' is polled every {args.poll_ms:g} ms; raw messages: {r.statuses}")
+    if r.cpu_share:
+        shares = ", ".join(f"{name} {100 * share:.0f}%" for name, share in r.cpu_share.items())
+        print(f"  CPU while sending, in % of one core (the machine has {os.cpu_count()}): "
+              f"{shares}; total {100 * sum(r.cpu_share.values()):.0f}%")
     if r.outbox_ms:
         p99 = pct(r.outbox_ms, 99)
         print(f"  p99 SMTP -> acknowledgement in the outbox: {fmt(p99)} ms "
