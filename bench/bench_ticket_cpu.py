@@ -10,6 +10,7 @@ Run from the repository root::
     .venv/bin/python bench/bench_ticket_cpu.py [--emails 500] [--profile 25]
     .venv/bin/python bench/bench_ticket_cpu.py --profile 25 --profile-out /tmp/ticket.prof
     .venv/bin/python bench/bench_ticket_cpu.py --tree /path/to/other/checkout
+    .venv/bin/python bench/bench_ticket_cpu.py --database postgres --sends
 
 ``--tree`` measures another checkout's code (same layout) with this script and this
 venv's libraries, so two trees compare in one sitting. ``--profile N`` adds a cProfile run
@@ -30,6 +31,9 @@ other threads):
   library (``email.mime``, compat32) composing the same two outgoing emails from the same
   rendered bodies and header values.
 
+``--sends``: then each ticket's two emails are sent as the worker sends them (one send job
+per ticket, to the local maildir): CPU and Python function calls per job.
+
 Prints tables; asserts nothing.
 """
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import inspect
 import io
 import logging
 import os
@@ -86,6 +91,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tree", type=Path, default=None,
                         help="measure this checkout's code instead of the script's own")
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--sends", action="store_true",
+                        help="also send each ticket's two emails (one send job per ticket) "
+                             "to the local maildir: CPU and Python function calls per job")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="also profile the work and print the top N by own time")
     parser.add_argument("--profile-out", type=Path, default=None, metavar="FILE",
@@ -282,6 +290,40 @@ def run_tickets(app: App, raws: list[bytes], meter: Meter | None,
     return time.process_time() - started
 
 
+def measure_sends(app: App) -> tuple[int, float, int]:
+    """Send the queued emails, one job per ticket, as the worker does: half of the jobs
+    timed, the other half counted under cProfile. A tree whose send actor takes one id
+    at a time (before one send job per email) is handed the ids one by one. Returns the
+    jobs of each half, their CPU seconds, and the function calls of the profiled half."""
+    with app.sessions() as s:
+        rows = s.execute(select(Outbox.ticket_id, Outbox.id)
+                         .where(Outbox.status == "queued").order_by(Outbox.id))
+        by_ticket: dict[int, list[int]] = {}
+        for ticket_id, outbox_id in rows:
+            by_ticket.setdefault(ticket_id, []).append(outbox_id)
+    jobs = list(by_ticket.values())
+    one_job = "outbox_ids" in inspect.signature(app.handle_outbox).parameters
+
+    def send(job: list[int]) -> None:
+        if one_job:
+            app.handle_outbox(job)
+        else:
+            for outbox_id in job:
+                app.handle_outbox(outbox_id)  # type: ignore[arg-type]
+
+    half = len(jobs) // 2
+    started = time.process_time()
+    for job in jobs[:half]:
+        send(job)
+    cpu = time.process_time() - started
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for job in jobs[half:2 * half]:
+        send(job)
+    profiler.disable()
+    return half, cpu, pstats.Stats(profiler).total_calls  # type: ignore[attr-defined]
+
+
 def stdlib_compose(mail: Any) -> bytes:
     """The same email with the standard library's compat32 classes: header values as
     plain strings (non-ASCII would need email.header; the generated ones are ASCII)."""
@@ -348,6 +390,7 @@ def main() -> None:
             queued = s.scalar(select(func.count(Outbox.id)).where(Outbox.status == "queued"))
             processed = s.scalar(select(func.count(RawMessage.id)).where(
                 RawMessage.status == "processed"))
+        sends = measure_sends(app) if ARGS.sends else None
 
     # Baselines, same emails, same process.
     parse_cpu = cpu_of(mailparser.parse_from_bytes, raws)
@@ -379,6 +422,12 @@ def main() -> None:
     print(f"  {'stdlib email.mime compose, both emails':<44}{stdlib_cpu * per:>8.3f}")
     print(f"  {'postdesk compose, both emails':<44}{ours_cpu * per:>8.3f}   = "
           f"{ours_cpu / stdlib_cpu:.2f}x stdlib")
+
+    if sends is not None:
+        jobs, cpu, calls = sends
+        print(f"\nsend jobs (each ticket's acknowledgement and staff notification, to the "
+              f"maildir): {jobs} jobs, {1000 * cpu / jobs:.3f} ms CPU and "
+              f"{calls / jobs:,.0f} Python function calls per job")
 
     if ARGS.profile:
         raws2 = generate(n, ARGS.body_bytes, "prof")
