@@ -117,23 +117,46 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
                           raw_bytes=raw_bytes(session, services.blobs, raw), now=now,
                           outbox=OutboxWriter(session, services, now))
             outcome = run_steps(pipeline.checks, ctx)
-        # Phase 2: record, in one short transaction.
+        # Phase 2: record, in one short transaction. With no savepoint: a handler that
+        # quarantines the email (a flood, a staff email that names no ticket; rare) rolls
+        # the whole transaction back, and the quarantine is recorded alone in another.
+        known = set(session.identity_map.keys())
+        try:
+            with session.begin():
+                if session.connection().execute(_CLAIM, {"raw_id": raw_id}).first() is None:
+                    return None   # another worker finished it while the checks ran
+                _refresh(ctx)
+                return record_outcome(ctx, pipeline, outcome, savepoint=False), ctx.outbox
+        except _RecordUndone as undone:
+            forget_rows_since(session, known)
+            outcome = undone.outcome
         with session.begin():
-            claimed = session.connection().execute(_CLAIM, {"raw_id": raw_id}).first()
-            if claimed is None:
-                return None   # another worker finished it while the checks ran
-            _refresh(ctx)
+            if session.connection().execute(_CLAIM, {"raw_id": raw_id}).first() is None:
+                return None
             return record_outcome(ctx, pipeline, outcome), ctx.outbox
 
 
-def record_outcome(ctx: Inbound, pipeline: Pipeline, outcome: Outcome | None
-                   ) -> PipelineResult:
+class _RecordUndone(Exception):
+    """The record phase ended in a quarantine with no savepoint to roll back to: its
+    transaction is rolled back instead (``_run_once`` records the quarantine alone)."""
+
+    def __init__(self, outcome: Quarantine):
+        super().__init__(outcome.reason)
+        self.outcome = outcome
+
+
+def record_outcome(ctx: Inbound, pipeline: Pipeline, outcome: Outcome | None, *,
+                   savepoint: bool = True) -> PipelineResult:
     """The record phase, in the caller's transaction, after the checks ended with
     ``outcome`` (None: all passed): record the email (handlers and notify steps), react to
     the outcome, and mark the raw message with it. The one body of phase 2, for an email
-    on its own (``process_inbound``) and in a batch (``batch.process_batch``)."""
+    on its own (``process_inbound``) and in a batch (``batch.process_batch``).
+
+    ``savepoint``: record inside a savepoint, so that a quarantine undoes only what the
+    handlers wrote (a batch); False, for a transaction of one email, raises
+    ``_RecordUndone`` instead (the caller rolls back: two round trips fewer per email)."""
     if outcome is None:
-        outcome = _record(ctx, pipeline)
+        outcome = _record(ctx, pipeline, savepoint)
     if outcome is not None:
         reaction = pipeline.reactions.get((outcome.status, outcome.reason))
         if reaction is not None:
@@ -141,24 +164,27 @@ def record_outcome(ctx: Inbound, pipeline: Pipeline, outcome: Outcome | None
     return _finish(ctx, outcome)
 
 
-def _record(ctx: Inbound, pipeline: Pipeline) -> Outcome | None:
-    """Handlers and notify steps, in a savepoint: a handler that quarantines the email
-    (a flood, a staff email that names no client) undoes what was recorded for it, so a
-    quarantined email leaves nothing behind but its raw message."""
+def _record(ctx: Inbound, pipeline: Pipeline, savepoint: bool) -> Outcome | None:
+    """Handlers and notify steps: a handler that quarantines the email (a flood, a staff
+    email that names no client) undoes what was recorded for it, so a quarantined email
+    leaves nothing behind but its raw message: by rolling back the savepoint they ran in,
+    or (no savepoint) by raising ``_RecordUndone`` for the caller to roll back."""
     queued = len(ctx.outbox.queued_ids)
-    savepoint, undo = undoable(ctx.session)
+    nested, undo = undoable(ctx.session) if savepoint else (None, None)
     # The email's events (opened, prioritised, assigned...) go in one INSERT at the end.
     with deferred_events(ctx.session):
         outcome = run_steps([*pipeline.handlers, *pipeline.notify], ctx)
         if isinstance(outcome, Quarantine):
             discard_deferred_events(ctx.session)
     if isinstance(outcome, Quarantine):
-        undo()
         ctx.outbox.forget(queued)
         ctx.ticket, ctx.message, ctx.created_ticket = None, None, False
         ctx.new_ticket_clocks = None
-    else:
-        savepoint.commit()
+        if undo is None:
+            raise _RecordUndone(outcome)
+        undo()
+    elif nested is not None:
+        nested.commit()
     return outcome
 
 
@@ -174,12 +200,18 @@ def undoable(session: Session) -> tuple[SessionTransaction, Callable[[], None]]:
 
     def undo() -> None:
         savepoint.rollback()
-        for state in list(session.identity_map.all_states()):
-            obj = state.obj()
-            if state.key not in known and obj is not None:
-                session.expunge(obj)
+        forget_rows_since(session, known)
 
     return savepoint, undo
+
+
+def forget_rows_since(session: Session, known: set[Any]) -> None:
+    """After a rollback: expunge every row the session came to know since it knew
+    ``known`` (its identity keys then), see ``undoable``."""
+    for state in list(session.identity_map.all_states()):
+        obj = state.obj()
+        if state.key not in known and obj is not None:
+            session.expunge(obj)
 
 
 def _refresh(ctx: Inbound) -> None:
