@@ -117,7 +117,6 @@ class App:
         result = process_inbound(self.services, raw_id)
         if result is not None:
             observe.inbound(self.services, raw_id, result, time.perf_counter() - started)
-        if result is not None:
             self.dispatch.outbox(*result.outbox_ids)   # one send job for the email's mail
 
     def handle_outbox(self, outbox_ids: list[int]) -> None:

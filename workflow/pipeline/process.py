@@ -123,7 +123,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
         known = set(session.identity_map.keys())
         try:
             with session.begin():
-                if session.connection().execute(_CLAIM, {"raw_id": raw_id}).first() is None:
+                if not _claimed(session, raw_id):
                     return None   # another worker finished it while the checks ran
                 _refresh(ctx)
                 return record_outcome(ctx, pipeline, outcome, savepoint=False), ctx.outbox
@@ -131,9 +131,14 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
             forget_rows_since(session, known)
             outcome = undone.outcome
         with session.begin():
-            if session.connection().execute(_CLAIM, {"raw_id": raw_id}).first() is None:
+            if not _claimed(session, raw_id):
                 return None
             return record_outcome(ctx, pipeline, outcome), ctx.outbox
+
+
+def _claimed(session: Session, raw_id: int) -> bool:
+    """Lock the raw message for this transaction, if it is still ``pending``."""
+    return session.connection().execute(_CLAIM, {"raw_id": raw_id}).first() is not None
 
 
 class _RecordUndone(Exception):
