@@ -376,6 +376,36 @@ def test_an_override_that_reaches_for_python_internals_renders_nothing_of_them(
     assert any("sandbox violation" in p for p in problems)
 
 
+@pytest.mark.backends("sqlite")
+def test_an_override_of_a_built_in_partial_is_sandboxed_too(tmp_path: Path) -> None:
+    """The built-in templates render without the sandbox (they are the package's own
+    code); an operator's file that a built-in template would include, or that replaces
+    one, is rendered in the sandbox all the same: it never reaches the plain environment."""
+    from jinja2.exceptions import SecurityError
+
+    from postdesk.mail.render import Renderer
+    overrides = tmp_path / "templates"
+    overrides.mkdir()
+    (overrides / "_footer.txt").write_text("{{ cycler.__init__.__globals__ }}")
+    (overrides / "acknowledgement.txt").write_text(
+        "Thanks {{ ''.__class__.__mro__ }}\n{% include '_footer.txt' %}")
+    renderer = Renderer(overrides)
+    assert renderer.override_env is not None
+    with pytest.raises(SecurityError):
+        renderer.override_env.get_template("_footer.txt").render()
+    with pytest.raises(SecurityError):
+        renderer.override_env.get_template("acknowledgement.txt").render()
+    # Without an override of its own, the built-in acknowledgement is rendered, and it
+    # includes the built-in footer, never the operator's file of the same name.
+    (overrides / "acknowledgement.txt").unlink()
+    ticket = {"subject": "Printer", "priority": "P3", "status": "new"}
+    text = renderer.render("acknowledgement", {
+        "desk": {"name": "Desk"}, "ticket": ticket, "ref": "PD-1", "requester_name": "Al",
+        "first_response_due": None}).text
+    assert "Your request has been logged as PD-1" in text
+    assert "__" not in text and "function" not in text and "cycler" not in text
+
+
 def test_config_check_names_a_broken_template_override(tmp_path: Path, capsys) -> None:
     from postdesk.cli import main
     from tests.support import Backend, config_text

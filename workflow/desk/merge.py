@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 from postdesk.storage.models import Event, Message, Outbox, SlaClock, Staff, Ticket, TimeEntry
 from postdesk.workflow.desk.events import add_event, write_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter
+from postdesk.workflow.desk.rows import insert_now
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.ticket_lookup import client_thread
-from postdesk.workflow.desk.tickets import insert_now
 from postdesk.workflow.rules.refs import MAX_SUBJECT, clean_subject, ticket_ref
 
 MAX_HOPS = 20   # a chain of merges longer than this is a loop or a mistake: stop following

@@ -29,8 +29,8 @@ from postdesk.mail.tokens import make_message_id
 from postdesk.storage.db import plain_transaction, read_only
 from postdesk.storage.directory import org_by_id
 from postdesk.storage.models import Message, Outbox, OutboxStatus, Ticket
+from postdesk.workflow.desk.rows import insert_now
 from postdesk.workflow.desk.services import Dispatch, Services
-from postdesk.workflow.desk.tickets import insert_now
 
 log = logging.getLogger("postdesk.outbox")
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from postdesk.storage.models import SlaClock, SlaPause, Ticket
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.rows import insert_all_now
 from postdesk.workflow.rules.calendar import BusinessCalendar
 from postdesk.workflow.rules.config import Config
 from postdesk.workflow.rules.durations import Duration
@@ -77,25 +78,37 @@ class ClockKeeper:
         query of the session sees it first)."""
         if cycle is None:
             cycle = self._next_cycles(ticket, target.kind).get(target.kind, 0)
+        clock = self._new_clock(ticket, target, at, cycle)
+        self.session.add(clock)
+        return clock
+
+    def _new_clock(self, ticket: Ticket, target: Target, at: datetime, cycle: int
+                   ) -> SlaClock:
         clock = SlaClock(ticket_id=ticket.id, target=target.kind, cycle=cycle,
                          calendar=target.calendar_name, target_days=target.duration.days,
                          target_seconds=target.duration.seconds, started_at=at,
                          paused_business_seconds=0,
                          paused_since=at if ticket.status == "pending" else None,
-                         due_at=at, risk_at=None)
+                         due_at=at, risk_at=None,
+                         # Set, not left to the database: a clock written at once
+                         # (``start_ticket``) would load them from it when read.
+                         stopped_at=None, at_risk_at=None, breached_at=None)
         self._schedule(clock)
-        self.session.add(clock)
         return clock
 
     def start_ticket(self, ticket: Ticket, at: datetime, *, fresh: bool = False
                      ) -> list[SlaClock]:
         """A new ticket: first response and resolution clocks (next_update starts with
         the first public update); returns them. ``fresh``: the ticket was created in this
-        transaction, so no clock has run on it before (no query for earlier cycles)."""
+        transaction, so no clock has run on it before (no query for earlier cycles), and
+        its clocks are written at once, in one INSERT (``rows.insert_all_now``)."""
         targets = [t for t in targets_for(self.plan_of(ticket), ticket.priority)
                    if t.kind != "next_update"]
-        cycles = ({} if fresh or not targets
-                  else self._next_cycles(ticket, *(t.kind for t in targets)))
+        if fresh:
+            clocks = [self._new_clock(ticket, target, at, 0) for target in targets]
+            insert_all_now(self.session, clocks)
+            return clocks
+        cycles = self._next_cycles(ticket, *(t.kind for t in targets)) if targets else {}
         return [self.start(ticket, target, at, cycle=cycles.get(target.kind, 0))
                 for target in targets]
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TypeVar, cast
 
-from sqlalchemy import Insert, insert, select
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from postdesk.mail.html_safety import sanitize_html
 from postdesk.mail.parse import ParsedEmail
 from postdesk.storage.blobs import BlobStore
-from postdesk.storage.db import ON_CONFLICT_DIALECTS, insert_unless_exists
 from postdesk.storage.directory import ensure_contact
-from postdesk.storage.models import Attachment, Message, Org, Outbox, RawMessage, Ticket
+from postdesk.storage.models import Attachment, Message, Org, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.rows import insert_now
 from postdesk.workflow.rules.refs import clean_subject, ticket_ref
 
 
@@ -32,49 +29,6 @@ def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, r
     add_event(session, ticket, "ticket_created", now, mail.from_addr or requester,
               ref=ticket_ref(prefix, ticket.id))
     return ticket
-
-
-_Row = TypeVar("_Row", Ticket, Message, Outbox)
-_INSERTS: dict[tuple[type, str, str | None], tuple[Insert, str]] = {}
-
-
-def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None) -> bool:
-    """Write ``row`` now, in one INSERT on the session's connection, and attach it to
-    the session as the persistent row it is: what a flush does for it, without the unit
-    of work (nothing else pending is written with it, no per-flush bookkeeping). Columns
-    left unset take their database defaults, and are loaded if read.
-
-    ``unless_exists``: the name of a unique column; when a row with the same value is
-    there already (or being written by a concurrent transaction, which is waited for)
-    nothing is written and False is returned: one statement where a look-up and an
-    insert would take two."""
-    state = sa_inspect(row)
-    mapper = state.mapper
-    cls = mapper.class_
-    connection = session.connection()
-    dialect = connection.dialect.name
-    if unless_exists is not None and dialect not in ON_CONFLICT_DIALECTS:
-        column = getattr(cls, unless_exists)
-        if session.scalar(select(column).where(
-                column == getattr(row, unless_exists)).limit(1)) is not None:
-            return False
-        unless_exists = None
-    key = (cls, dialect if unless_exists else "", unless_exists)
-    if key not in _INSERTS:
-        [pk] = mapper.primary_key
-        statement = (insert(cls) if unless_exists is None
-                     else cast(Insert, insert_unless_exists(dialect, cls, unless_exists)))
-        _INSERTS[key] = (statement.returning(pk), mapper.get_property_by_column(pk).key)
-    statement, pk_key = _INSERTS[key]
-    values = {attr.key: state.dict[attr.key] for attr in mapper.column_attrs
-              if attr.key in state.dict and attr.key != pk_key}
-    written = connection.execute(statement, values).first()
-    if written is None:
-        return False
-    setattr(row, pk_key, written[0])
-    make_transient_to_detached(row)
-    session.add(row)
-    return True
 
 
 def inbound_dedupe_key(mail: ParsedEmail, raw: RawMessage) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, func, select
 from postdesk.storage.directory import staff_by_email
 from postdesk.storage.models import Contact, Ticket
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.rows import update_now
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.tickets import open_ticket, store_message
 from postdesk.workflow.pipeline.context import Inbound
@@ -48,7 +49,12 @@ def record(ctx: Inbound) -> None:
         kind="system" if ctx.auto_reply else "public", direction="in",
         text=ctx.visible_text, max_attachment_bytes=ctx.config.desk.max_attachment_bytes,
         now=ctx.now)
-    ctx.ticket.updated_at = ctx.now
+    if ctx.created_ticket:
+        # Written at once (the ticket is a row already): nothing of it is left to flush.
+        if ctx.ticket.updated_at != ctx.now:
+            update_now(ctx.session, ctx.ticket, updated_at=ctx.now)
+    else:
+        ctx.ticket.updated_at = ctx.now
     add_event(ctx.session, ctx.ticket, "message_received", ctx.now, sender.email,
               message_id=ctx.email.message_id, matched_by=ctx.matched_by,
               message_kind=ctx.message.kind)
@@ -83,7 +89,8 @@ def prioritise(ctx: Inbound) -> None:
     old = ticket.priority
     new = decision.priority if ctx.created_ticket else raise_only(old, decision.priority)
     if ctx.created_ticket:
-        ticket.priority = new
+        if new != old:
+            update_now(ctx.session, ticket, priority=new)
         add_event(ctx.session, ticket, "priority_set", ctx.now, "rules", priority=new,
                   reason=decision.reason)
         ctx.priority_reason = decision.reason
@@ -106,7 +113,7 @@ def assign(ctx: Inbound) -> None:
     email = on_rota(ctx.config.rota, ctx.now.astimezone(desk_zone(ctx.config)).date())
     staff = staff_by_email(ctx.session, email) if email else None
     if staff is not None:
-        ticket.assignee_id = staff.id
+        update_now(ctx.session, ticket, assignee_id=staff.id)
         add_event(ctx.session, ticket, "assigned", ctx.now, "rota", assignee=staff.email)
 
 
