@@ -50,9 +50,10 @@ def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None)
 
 
 def insert_all_now(session: Session, rows: Sequence[Any]) -> None:
-    """Write ``rows`` (of one mapped class, the same columns set in each) now, in one
-    INSERT of several VALUES (SQLAlchemy's "insertmanyvalues", ids returned in order),
-    and attach them to the session as persistent rows."""
+    """Write ``rows`` (of one mapped class, the same columns set in each) now, with
+    SQLAlchemy's "insertmanyvalues" (ids returned in the rows' order: one INSERT of
+    several VALUES on PostgreSQL, one INSERT per row on SQLite, as a flush would), and
+    attach them to the session as persistent rows."""
     if not rows:
         return
     cls = sa_inspect(rows[0]).mapper.class_
@@ -117,10 +118,18 @@ def _insert_many_of(cls: type) -> Insert:
     return _INSERT_MANY[cls]
 
 
+_COLUMN_KEYS: dict[type, tuple[str, ...]] = {}
+
+
 def _values(row: Any, pk_key: str) -> dict[str, Any]:
-    state = sa_inspect(row)
-    return {attr.key: state.dict[attr.key] for attr in state.mapper.column_attrs
-            if attr.key in state.dict and attr.key != pk_key}
+    """The row's column values that are set (the primary key left to the database)."""
+    cls = type(row)
+    keys = _COLUMN_KEYS.get(cls)
+    if keys is None:
+        keys = _COLUMN_KEYS[cls] = tuple(
+            attr.key for attr in sa_inspect(cls).column_attrs if attr.key != pk_key)
+    values = sa_inspect(row).dict
+    return {key: values[key] for key in keys if key in values}
 
 
 def _attach(session: Session, row: Any, pk_key: str, row_id: Any) -> None:

@@ -101,7 +101,7 @@ class ClockKeeper:
         """A new ticket: first response and resolution clocks (next_update starts with
         the first public update); returns them. ``fresh``: the ticket was created in this
         transaction, so no clock has run on it before (no query for earlier cycles), and
-        its clocks are written at once, in one INSERT (``rows.insert_all_now``)."""
+        its clocks are written at once (``rows.insert_all_now``)."""
         targets = [t for t in targets_for(self.plan_of(ticket), ticket.priority)
                    if t.kind != "next_update"]
         if fresh:
