@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Insert, Update, bindparam, insert, select, update
+from sqlalchemy import Insert, Table, Update, bindparam, insert, select, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
 from postdesk.storage.db import ON_CONFLICT_DIALECTS, insert_unless_exists
@@ -88,19 +88,18 @@ def _update_of(cls: type, keys: tuple[str, ...]) -> Update:
     """``UPDATE table SET key = :key, ... WHERE pk = :_row_id``, built once per class and
     set of keys: building and caching a statement costs more than running it."""
     if (cls, keys) not in _UPDATES:
-        mapper = sa_inspect(cls)
+        mapper: Mapper[Any] = sa_inspect(cls)
         [pk] = mapper.primary_key
-        _UPDATES[cls, keys] = update(mapper.local_table).where(
+        _UPDATES[cls, keys] = update(cast(Table, mapper.local_table)).where(
             pk == bindparam("_row_id")).values(
-            {mapper.get_property(key).columns[0].key: bindparam(key)  # type: ignore[union-attr]
-             for key in keys})
+            {mapper.get_property(key).columns[0].key: bindparam(key) for key in keys})
     return _UPDATES[cls, keys]
 
 
 def _insert_of(cls: type, dialect: str, unless_exists: str | None) -> tuple[Insert, str]:
     key = (cls, dialect, unless_exists)
     if key not in _INSERTS:
-        mapper = sa_inspect(cls)
+        mapper: Mapper[Any] = sa_inspect(cls)
         [pk] = mapper.primary_key
         statement = (insert(cls) if unless_exists is None
                      else cast(Insert, insert_unless_exists(dialect, cls, unless_exists)))
@@ -113,7 +112,8 @@ _INSERT_MANY: dict[type, Insert] = {}
 
 def _insert_many_of(cls: type) -> Insert:
     if cls not in _INSERT_MANY:
-        [pk] = sa_inspect(cls).primary_key
+        mapper: Mapper[Any] = sa_inspect(cls)
+        [pk] = mapper.primary_key
         _INSERT_MANY[cls] = insert(cls).returning(pk, sort_by_parameter_order=True)
     return _INSERT_MANY[cls]
 
