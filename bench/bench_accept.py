@@ -268,6 +268,7 @@ def server_process(kind: str, workdir: Path, pg_admin: str) -> Iterator[tuple[in
     port = free_port()
     log = workdir / f"{kind}.log"
     with log.open("w") as log_fh, contextlib_database(kind, pg_admin) as database_url:
+        wrap = ""
         if kind == "null":
             argv = [sys.executable, str(SCRIPT), "--null-server", str(port)]
         else:
@@ -290,7 +291,7 @@ def server_process(kind: str, workdir: Path, pg_admin: str) -> Iterator[tuple[in
             wait_for_port(port, proc, log)
             yield port, proc.pid
         finally:
-            stop_process(proc, grace=20)
+            stop_process(proc, grace=20, wrapped=bool(wrap))
 
 
 @contextmanager

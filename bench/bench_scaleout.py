@@ -155,6 +155,13 @@ def _comm(proc: Path) -> str:
         return ""
 
 
+WORKER_PREFIX = os.environ.get("PDBENCH_WORKER_PREFIX", "")
+
+
+def stop_worker(proc: subprocess.Popen[Any]) -> None:
+    stop_process(proc, wrapped=bool(WORKER_PREFIX))
+
+
 def start_workers(desk: Desk, tree: Tree, k: int, tag: str
                   ) -> tuple[list[subprocess.Popen[Any]], list[Path]]:
     procs: list[subprocess.Popen[Any]] = []
@@ -162,7 +169,7 @@ def start_workers(desk: Desk, tree: Tree, k: int, tag: str
     # PDBENCH_WORKER_PREFIX: a command each worker runs under, "{name}" replaced by the
     # worker's name, e.g. "py-spy record -r 200 -f raw -o /tmp/{name}.txt --" to see where a
     # worker's CPU goes (the figures of such a run are the profiler's, not the desk's).
-    prefix = os.environ.get("PDBENCH_WORKER_PREFIX", "")
+    prefix = WORKER_PREFIX
     for i in range(k):
         logs.append(desk.workdir / f"worker-{tag}-{i}.log")
         wrap = prefix.replace("{name}", f"worker-{tag}-{i}").split()
@@ -174,7 +181,7 @@ def start_workers(desk: Desk, tree: Tree, k: int, tag: str
         wait_for_workers(desk, procs, logs)
     except BaseException:
         for proc in procs:
-            stop_process(proc)
+            stop_worker(proc)
         raise
     return procs, logs
 
@@ -275,7 +282,7 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
             t0 = float(json.loads(out.strip().splitlines()[-1])["t0"])
         finally:
             for proc in procs:
-                stop_process(proc)
+                stop_worker(proc)
         statuses = ", ".join(f"{s}{'/' + why if why else ''} {n}" for s, why, n in desk.query(
             "SELECT status, COALESCE(reason, ''), COUNT(*) FROM raw_messages GROUP BY 1, 2 "
             "ORDER BY 1, 2"))
@@ -507,7 +514,7 @@ def measure_latency(args: argparse.Namespace, tree: Tree) -> Latency:
             if smtp is not None:
                 stop_process(smtp)
             for proc in procs:
-                stop_process(proc)
+                stop_worker(proc)
         poller.join(timeout=10)
         acks = ack_rows(desk)
         measured = pacer.sent

@@ -74,16 +74,39 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], log: Path, *,
         time.sleep(interval)
 
 
-def stop_process(proc: subprocess.Popen[Any], grace: float = 15) -> None:
-    """Stop one process this script started, by its pid: SIGTERM, then SIGKILL."""
+def stop_process(proc: subprocess.Popen[Any], grace: float = 15, *,
+                 wrapped: bool = False) -> None:
+    """Stop one process this script started, by its pid: SIGTERM, then SIGKILL.
+
+    ``wrapped``: ``proc`` is a wrapper (a profiler given as a PDBENCH_*_PREFIX) running
+    the server as its child. The child is sent SIGTERM, so the server shuts down as it
+    would alone, and the wrapper ends when it does (py-spy writes its profile then); a
+    SIGTERM to py-spy itself ended py-spy and left the server running, orphaned."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    targets = (_children(proc.pid) if wrapped else []) or [proc.pid]
+    for pid in targets:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
+        for pid in targets:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.kill()
         proc.wait()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux ``/proc``; none elsewhere)."""
+    children = []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError, ValueError, IndexError):
+            # The name (2nd field) may hold spaces: the parent pid is the 2nd after ")".
+            if int(entry.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.parent.name))
+    return children
 
 
 # --- the tree measured ------------------------------------------------------------------------
