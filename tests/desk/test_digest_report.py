@@ -22,25 +22,13 @@ from postdesk.workflow.desk.digest import build_digest, queue_digest
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.rules.clock import ManualClock
 from postdesk.workflow.rules.report import FAIR_COLOUR, GOOD_COLOUR, POOR_COLOUR
+from tests.desk.doubles import RecordedDispatch
 
 NOW = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
 def at(day: int, hh: int, mm: int = 0, ss: int = 0, month: int = 11) -> datetime:
     return datetime(2026, month, day, hh, mm, ss, tzinfo=UTC)
-
-
-class Recorder:
-    """A Dispatch that keeps what it was handed (the digest is only queued here)."""
-
-    def __init__(self) -> None:
-        self.outboxes: list[int] = []
-
-    def inbound(self, raw_id: int) -> None:
-        raise AssertionError("the digest never dispatches inbound mail")
-
-    def outbox(self, *outbox_ids: int) -> None:
-        self.outboxes.extend(outbox_ids)
 
 
 @pytest.fixture
@@ -164,9 +152,9 @@ def _parts(raw: bytes) -> tuple[str, str]:
 
 def test_the_queued_digest_carries_the_same_figures_in_both_parts(fixture_month: Services,
                                                                   session: Session):
-    dispatch = Recorder()
+    dispatch = RecordedDispatch()
     outbox_id = queue_digest(fixture_month, dispatch, "boss@agency.example", NOW)
-    assert outbox_id is not None and dispatch.outboxes == [outbox_id]
+    assert outbox_id is not None and dispatch.outbox_ids == [outbox_id]
     row = session.get_one(Outbox, outbox_id)
     session.refresh(row)
     assert row.subject == "Support digest 2026-11-26: 2 breaches, 1 at risk, 1 open P1"

@@ -13,17 +13,7 @@ from postdesk.scheduler import Scheduler
 from postdesk.storage.models import Outbox
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.rules.clock import ManualClock
-
-
-class Recorded:
-    def __init__(self) -> None:
-        self.outbox_ids: list[int] = []
-
-    def inbound(self, raw_id: int) -> None:
-        raise AssertionError("no inbound mail in this test")
-
-    def outbox(self, *outbox_ids: int) -> None:
-        self.outbox_ids.extend(outbox_ids)
+from tests.desk.doubles import RecordedDispatch
 
 
 def digests(session: Session) -> list[str]:
@@ -36,7 +26,7 @@ def test_two_schedulers_started_on_a_sunday_send_one_weekly_digest_on_monday_onl
     weekly = services.config.model_copy(update={
         "digest": services.config.digest.model_copy(update={"period": "weekly"})})
     services = dataclasses.replace(services, config=weekly)
-    dispatch = Recorded()
+    dispatch = RecordedDispatch()
     schedulers = [Scheduler(services, dispatch), Scheduler(services, dispatch)]
 
     def run_both_at(when: datetime) -> None:

@@ -26,6 +26,7 @@ from postdesk.storage.models import Event, SlaClock, SlaPause, Ticket
 from postdesk.workflow.desk.breaches import scan
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.sla_clocks import ClockKeeper, set_status
+from tests.desk.doubles import RecordedDispatch
 from tests.support import BASECO, examples
 
 CONTRACT = BASECO + """
@@ -43,19 +44,6 @@ domains = ["contract.example"]
 """
 
 STAFF = "dev1@agency.example"
-
-
-class Recorded:
-    """A Dispatch that keeps the outbox ids it is handed (the alerts are real drafts)."""
-
-    def __init__(self) -> None:
-        self.outbox_ids: list[int] = []
-
-    def inbound(self, raw_id: int) -> None:
-        raise AssertionError("a scan never enqueues inbound mail")
-
-    def outbox(self, *outbox_ids: int) -> None:
-        self.outbox_ids.extend(outbox_ids)
 
 
 @pytest.fixture
@@ -105,8 +93,8 @@ def test_a_10h_target_paused_7h30_is_at_risk_when_75_percent_of_the_net_target_h
     session.flush()
 
     # The scan agrees: nothing a second before, the at-risk alert at the point.
-    assert scan(services, Recorded(), utc(2026, 11, 25, 12, 59, 59)).at_risk == 0
-    assert scan(services, Recorded(), utc(2026, 11, 25, 13)).at_risk == 1
+    assert scan(services, RecordedDispatch(), utc(2026, 11, 25, 12, 59, 59)).at_risk == 0
+    assert scan(services, RecordedDispatch(), utc(2026, 11, 25, 13)).at_risk == 1
 
 
 def _pause_over_the_may_bank_holiday(keeper: ClockKeeper, ticket: Ticket) -> None:
@@ -167,8 +155,8 @@ def test_a_clock_already_past_due_gets_only_its_breach_alert_in_one_scan(
                             org="baseco")
     session.flush()
     late = utc(2026, 11, 26, 12)    # first response was due Wed 10:00; resolution has none
-    first = scan(services, Recorded(), late)
-    again = scan(services, Recorded(), late + timedelta(hours=1))
+    first = scan(services, RecordedDispatch(), late)
+    again = scan(services, RecordedDispatch(), late + timedelta(hours=1))
     assert (first.at_risk, first.breached) == (0, 1)
     assert (again.at_risk, again.breached) == (0, 0)
     kinds = session.scalars(select(Event.kind).where(Event.ticket_id == ticket.id)).all()

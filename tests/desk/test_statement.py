@@ -27,6 +27,7 @@ from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.statement import build_statement, due_statements
 from postdesk.workflow.rules.clock import ManualClock
 from postdesk.workflow.rules.report import GOOD_COLOUR, POOR_COLOUR
+from tests.desk.doubles import RecordedDispatch
 from tests.support import BASECO
 
 STATEMENT_DESK = BASECO.replace('escalation_keyword = "BASECO-999"',
@@ -42,17 +43,6 @@ def config_extra() -> str:
 
 def at(month: int, day: int, hh: int, mm: int = 0) -> datetime:
     return datetime(2026, month, day, hh, mm, tzinfo=UTC)
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.outboxes: list[int] = []
-
-    def inbound(self, raw_id: int) -> None:
-        raise AssertionError("statements never dispatch inbound mail")
-
-    def outbox(self, *outbox_ids: int) -> None:
-        self.outboxes.extend(outbox_ids)
 
 
 @pytest.fixture
@@ -126,7 +116,7 @@ def test_the_november_statement_matches_the_hand_computation(base_co: Session,
 
 def test_the_statement_is_sent_once_on_the_first_open_day_with_the_csv(
         base_co: Session, services: Services, clock: ManualClock):
-    dispatch = Recorder()
+    dispatch = RecordedDispatch()
     clock.set(at(12, 1, 7, 59))          # Tue 1 Dec, before the office opens
     assert due_statements(services, dispatch) == []
     clock.set(at(12, 1, 8, 0))
@@ -162,6 +152,6 @@ def test_the_statement_is_sent_once_on_the_first_open_day_with_the_csv(
 def test_only_orgs_that_opted_in_get_a_statement(base_co: Session, services: Services,
                                             clock: ManualClock):
     clock.set(NOW)
-    dispatch = Recorder()
+    dispatch = RecordedDispatch()
     ids = due_statements(services, dispatch)
     assert [base_co.get_one(Outbox, i).to for i in ids] == [["accounts@base.example"]]
