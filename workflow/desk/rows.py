@@ -5,14 +5,16 @@ The record phase of one email writes a handful of rows it knows in full (a ticke
 message, its drafts, its SLA clocks). A flush of the unit of work costs about ten times
 the statement it emits (dependency sorting, per-flush bookkeeping, history of every
 attribute); these helpers emit the same statement without it. Anything else pending in
-the session stays pending and is flushed as usual."""
+the session stays pending and is flushed as usual. Statements are built once per class
+(and shape): building and caching one costs more than running it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Insert, Table, Update, bindparam, insert, select, update
+from sqlalchemy import Column, Insert, Table, Update, bindparam, insert, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
@@ -20,7 +22,32 @@ from sqlalchemy.orm.attributes import set_committed_value
 from postdesk.storage.db import ON_CONFLICT_DIALECTS, insert_unless_exists
 
 _Row = TypeVar("_Row")
-_INSERTS: dict[tuple[type, str, str | None], tuple[Insert, str]] = {}
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What the helpers need of a mapped class, read from its mapper once."""
+
+    table: Table
+    pk: Column[Any]
+    pk_key: str                 # the primary key's attribute
+    keys: tuple[str, ...]       # the other column attributes
+
+
+_SHAPES: dict[type, _Shape] = {}
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def _shape(cls: type) -> _Shape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        mapper: Mapper[Any] = sa_inspect(cls)
+        [pk] = mapper.primary_key
+        pk_key = mapper.get_property_by_column(pk).key
+        shape = _SHAPES[cls] = _Shape(
+            cast(Table, mapper.local_table), cast(Column[Any], pk), pk_key,
+            tuple(a.key for a in mapper.column_attrs if a.key != pk_key))
+    return shape
 
 
 def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None) -> bool:
@@ -31,8 +58,8 @@ def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None)
     there already (or being written by a concurrent transaction, which is waited for)
     nothing is written and False is returned: one statement where a look-up and an
     insert would take two."""
-    state = sa_inspect(row)
-    cls = state.mapper.class_
+    cls = type(row)
+    shape = _shape(cls)
     connection = session.connection()
     dialect = connection.dialect.name
     if unless_exists is not None and dialect not in ON_CONFLICT_DIALECTS:
@@ -41,11 +68,15 @@ def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None)
                 column == getattr(row, unless_exists)).limit(1)) is not None:
             return False
         unless_exists = None
-    statement, pk_key = _insert_of(cls, dialect if unless_exists else "", unless_exists)
-    written = connection.execute(statement, _values(row, pk_key)).first()
+    key = ("insert", cls, dialect if unless_exists else "", unless_exists)
+    if key not in _STATEMENTS:
+        statement = (insert(cls) if unless_exists is None
+                     else cast(Insert, insert_unless_exists(dialect, cls, unless_exists)))
+        _STATEMENTS[key] = statement.returning(shape.pk)
+    written = connection.execute(_STATEMENTS[key], _values(row, shape)).first()
     if written is None:
         return False
-    _attach(session, row, pk_key, written[0])
+    _attach(session, row, shape, written[0])
     return True
 
 
@@ -56,83 +87,42 @@ def insert_all_now(session: Session, rows: Sequence[Any]) -> None:
     attach them to the session as persistent rows."""
     if not rows:
         return
-    cls = sa_inspect(rows[0]).mapper.class_
-    _, pk_key = _insert_of(cls, "", None)
-    values = [_values(row, pk_key) for row in rows]
-    if len(rows) == 1 or any(v.keys() != values[0].keys() for v in values):
-        for row in rows:
-            insert_now(session, row)
-        return
-    ids = session.connection().execute(_insert_many_of(cls), values).scalars().all()
+    cls = type(rows[0])
+    shape = _shape(cls)
+    key = ("insert_all", cls)
+    if key not in _STATEMENTS:
+        _STATEMENTS[key] = insert(cls).returning(shape.pk, sort_by_parameter_order=True)
+    ids = session.connection().execute(
+        _STATEMENTS[key], [_values(row, shape) for row in rows]).scalars().all()
     for row, row_id in zip(rows, ids, strict=True):
-        _attach(session, row, pk_key, row_id)
+        _attach(session, row, shape, row_id)
 
 
 def update_now(session: Session, row: Any, **values: Any) -> None:
     """Set ``values`` on the persistent ``row`` and write them now, in one UPDATE by its
     primary key: the values are the row's committed state (no history, nothing left for
     a flush to write). Attributes changed on the row before are left to the flush."""
-    state = sa_inspect(row)
-    identity = state.identity
+    identity = sa_inspect(row).identity
     assert identity is not None, "update_now needs a persistent row"
-    session.connection().execute(_update_of(state.mapper.class_, tuple(values)),
-                                 {"_row_id": identity[0], **values})
-    for key, value in values.items():
-        set_committed_value(row, key, value)
+    cls, names = type(row), tuple(values)
+    key = ("update", cls, names)
+    if key not in _STATEMENTS:
+        shape = _shape(cls)
+        _STATEMENTS[key] = update(shape.table).where(shape.pk == bindparam("_row_id")).values(
+            {getattr(cls, name).expression.key: bindparam(name) for name in names})
+    statement: Update = _STATEMENTS[key]
+    session.connection().execute(statement, {"_row_id": identity[0], **values})
+    for name, value in values.items():
+        set_committed_value(row, name, value)
 
 
-_UPDATES: dict[tuple[type, tuple[str, ...]], Update] = {}
-
-
-def _update_of(cls: type, keys: tuple[str, ...]) -> Update:
-    """``UPDATE table SET key = :key, ... WHERE pk = :_row_id``, built once per class and
-    set of keys: building and caching a statement costs more than running it."""
-    if (cls, keys) not in _UPDATES:
-        mapper: Mapper[Any] = sa_inspect(cls)
-        [pk] = mapper.primary_key
-        _UPDATES[cls, keys] = update(cast(Table, mapper.local_table)).where(
-            pk == bindparam("_row_id")).values(
-            {mapper.get_property(key).columns[0].key: bindparam(key) for key in keys})
-    return _UPDATES[cls, keys]
-
-
-def _insert_of(cls: type, dialect: str, unless_exists: str | None) -> tuple[Insert, str]:
-    key = (cls, dialect, unless_exists)
-    if key not in _INSERTS:
-        mapper: Mapper[Any] = sa_inspect(cls)
-        [pk] = mapper.primary_key
-        statement = (insert(cls) if unless_exists is None
-                     else cast(Insert, insert_unless_exists(dialect, cls, unless_exists)))
-        _INSERTS[key] = (statement.returning(pk), mapper.get_property_by_column(pk).key)
-    return _INSERTS[key]
-
-
-_INSERT_MANY: dict[type, Insert] = {}
-
-
-def _insert_many_of(cls: type) -> Insert:
-    if cls not in _INSERT_MANY:
-        mapper: Mapper[Any] = sa_inspect(cls)
-        [pk] = mapper.primary_key
-        _INSERT_MANY[cls] = insert(cls).returning(pk, sort_by_parameter_order=True)
-    return _INSERT_MANY[cls]
-
-
-_COLUMN_KEYS: dict[type, tuple[str, ...]] = {}
-
-
-def _values(row: Any, pk_key: str) -> dict[str, Any]:
+def _values(row: Any, shape: _Shape) -> dict[str, Any]:
     """The row's column values that are set (the primary key left to the database)."""
-    cls = type(row)
-    keys = _COLUMN_KEYS.get(cls)
-    if keys is None:
-        keys = _COLUMN_KEYS[cls] = tuple(
-            attr.key for attr in sa_inspect(cls).column_attrs if attr.key != pk_key)
     values = sa_inspect(row).dict
-    return {key: values[key] for key in keys if key in values}
+    return {key: values[key] for key in shape.keys if key in values}
 
 
-def _attach(session: Session, row: Any, pk_key: str, row_id: Any) -> None:
-    setattr(row, pk_key, row_id)
+def _attach(session: Session, row: Any, shape: _Shape, row_id: Any) -> None:
+    setattr(row, shape.pk_key, row_id)
     make_transient_to_detached(row)
     session.add(row)

@@ -49,11 +49,7 @@ def record(ctx: Inbound) -> None:
         kind="system" if ctx.auto_reply else "public", direction="in",
         text=ctx.visible_text, max_attachment_bytes=ctx.config.desk.max_attachment_bytes,
         now=ctx.now)
-    if ctx.created_ticket:
-        # Written at once (the ticket is a row already): nothing of it is left to flush.
-        if ctx.ticket.updated_at != ctx.now:
-            update_now(ctx.session, ctx.ticket, updated_at=ctx.now)
-    else:
+    if not ctx.created_ticket:   # (a new ticket was written with updated_at = now)
         ctx.ticket.updated_at = ctx.now
     add_event(ctx.session, ctx.ticket, "message_received", ctx.now, sender.email,
               message_id=ctx.email.message_id, matched_by=ctx.matched_by,
