@@ -19,10 +19,11 @@ whichever comes first): the blobs of the batch's emails too large to travel in t
 (``desk.raw_in_database_bytes``) are published durably side by side (their fsyncs overlap
 in a few threads), then one synced transaction inserts every new row, small emails' bytes
 in it (``INSERT ... ON CONFLICT (sha256) DO NOTHING RETURNING``). Then the batch is recorded
-``--batch N`` emails (``PER_TRANSACTION``) at a time, each N in ONE transaction, each
-email in a savepoint of its own, in input order (``workflow.pipeline.batch``): an email
-that fails is quarantined alone, and the drafts are rendered, then handed to the sender,
-only once their transaction has committed. A crash anywhere leaves either nothing but
+``--batch N`` emails (``PER_TRANSACTION``) at a time, each N in ONE transaction, in input
+order (``workflow.pipeline.batch``; a batch in which one email needs undoing is recorded
+again with each email in a savepoint of its own): an email that fails is quarantined
+alone, and the drafts are rendered, then handed to the sender, only once their
+transaction has committed. A crash anywhere leaves either nothing but
 blobs (the re-run accepts them again) or committed ``pending`` rows with nothing of their
 processing (the re-run processes them); nothing is created twice. ``--batch 1`` records
 each email in its own transactions, as live mail.

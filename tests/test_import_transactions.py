@@ -10,14 +10,14 @@ import dataclasses
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, event, select
 
 from postdesk.importer import Importer, ImportSummary
 from postdesk.ingest.accept import Envelope
@@ -148,6 +148,44 @@ def test_a_batched_import_stores_and_counts_exactly_what_one_email_per_transacti
     assert batched[0]["quarantined"]["unparseable"] == 1
     for part in one_by_one[1]:
         assert batched[1][part] == one_by_one[1][part], part
+
+
+@contextmanager
+def statements_run(desk: Desk) -> Iterator[list[str]]:
+    """The SQL the desk's engine runs inside the block, first word of each upper-cased."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement.lstrip().split(None, 1)[0].upper())
+
+    event.listen(desk.app.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(desk.app.engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_clean_batch_is_recorded_without_savepoints_and_one_to_undo_again_with_them(
+        kind: str, tmp_path: Path) -> None:
+    with fresh_desk(kind, tmp_path) as desk:
+        clean = [make_email(sender=f"client{i}@client.example", subject=f"Question {i}")
+                 for i in range(4)]
+        with statements_run(desk) as seen:
+            summary = run_import(desk, write_mbox(tmp_path / "clean.mbox", clean),
+                                 per_transaction=4)
+        assert summary.tickets_created == 4
+        assert "INSERT" in seen and "SAVEPOINT" not in seen
+
+        flooding = [make_email(sender="flood@client.example", subject=f"Flood {i}")
+                    for i in range(FLOOD_LIMIT + 1)]
+        with statements_run(desk) as seen:
+            summary = run_import(desk, write_mbox(tmp_path / "flood.mbox", flooding),
+                                 per_transaction=len(flooding))
+        assert summary.as_json()["quarantined"] == {"flood": 1}
+        assert summary.tickets_created == FLOOD_LIMIT
+        # Recorded again: one savepoint per email and one more around each record phase.
+        assert seen.count("SAVEPOINT") == 2 * len(flooding)
 
 
 def poisoned(subject: str) -> Pipeline:
@@ -281,12 +319,36 @@ def test_a_crash_mid_batch_leaves_the_batch_undone_and_a_rerun_does_it_once(
     assert Counter(o[0] for o in after["outbox"])["acknowledgement"] == h.tickets
 
 
-def test_a_unique_key_race_inside_a_batch_reruns_that_email_alone_on_fresh_data(
+def another_door_commits(message_id: str, engine: Any,
+                         on_pass: Callable[[Inbound], bool] = lambda ctx: True) -> Step:
+    """A check that, the first time it meets ``message_id`` (on a pass ``on_pass``
+    accepts), commits the same email on a ticket through a connection of its own: what
+    another door does while the batch records."""
+    staged = {"done": False}
+
+    def commit_it(ctx: Inbound) -> None:
+        if staged["done"] or ctx.parsed is None or ctx.parsed.message_id != message_id:
+            return
+        if not on_pass(ctx):
+            return
+        staged["done"] = True
+        with engine.begin() as conn:   # its own transaction, committed now
+            ticket_id = conn.execute(select(Ticket.id).limit(1)).scalar_one()
+            conn.execute(Message.__table__.insert().values(
+                ticket_id=ticket_id, direction="in", kind="public",
+                dedupe_key=f"in:{message_id}", message_id=message_id, subject="raced",
+                created_at=ctx.now))
+
+    return Step("another door", commit_it)
+
+
+def test_a_unique_key_race_inside_a_batch_records_the_batch_again_and_the_email_is_a_duplicate(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """PostgreSQL (on SQLite the batch's write lock keeps every other writer out): while
     the batch records, another door commits the same email (its Message-ID) on a ticket.
-    That email's insert meets the unique key; its savepoint is undone and it is run again,
-    finds the email already stored and is a duplicate; the rest of the batch lands."""
+    That email's insert meets the unique key; the batch's transaction is rolled back and
+    the batch recorded again, each email in a savepoint, where the email finds itself
+    already stored and is a duplicate; the rest of the batch lands once."""
     with fresh_desk("postgres-redis", tmp_path) as desk:
         first = make_email(sender="early@client.example", subject="Already here")
         run_import(desk, write_mbox(tmp_path / "first.mbox", [first]))
@@ -294,31 +356,16 @@ def test_a_unique_key_race_inside_a_batch_reruns_that_email_alone_on_fresh_data(
                   for i in range(10)]
         raced = emails[4]["Message-ID"]
         engine = create_engine(desk.config.desk.database_url)
-        staged = {"done": False}
-
-        def another_door_commits_it(ctx: Inbound) -> None:
-            if staged["done"] or ctx.parsed is None or ctx.parsed.message_id != raced:
-                return
-            staged["done"] = True
-            with engine.begin() as conn:   # its own transaction, committed now
-                ticket_id = conn.execute(select(Ticket.id)).scalar_one()
-                conn.execute(Message.__table__.insert().values(
-                    ticket_id=ticket_id, direction="in", kind="public",
-                    dedupe_key=f"in:{raced}", message_id=raced, subject="Question 4",
-                    created_at=ctx.now))
-
-        racing = dataclasses.replace(BUILTIN, checks=[*BUILTIN.checks, Step(
-            "another door", another_door_commits_it)])
+        racing = dataclasses.replace(BUILTIN, checks=[
+            *BUILTIN.checks, another_door_commits(raced, engine)])
         with caplog.at_level(logging.INFO, logger="postdesk.inbound"):
             summary = run_import(desk, write_mbox(tmp_path / "race.mbox", emails),
                                  per_transaction=10, pipeline=racing)
         engine.dispose()
 
-        assert staged["done"]
-        # The email met the unique key once (it was not caught by the duplicate check
-        # before recording), and its second run settled it.
-        races = [r.getMessage() for r in caplog.records if "unique-key race" in r.getMessage()]
-        assert len(races) == 1 and "(attempt 1)" in races[0]
+        again = [r.getMessage() for r in caplog.records
+                 if "recording the batch again" in r.getMessage()]
+        assert len(again) == 1 and "(IntegrityError)" in again[0]
         assert summary.as_json() == {"total": 10, "tickets_created": 9, "replies_threaded": 0,
                                      "duplicates": 1, "quarantined": {}, "failed": 0}
         with desk.app.sessions() as s:
@@ -326,6 +373,41 @@ def test_a_unique_key_race_inside_a_batch_reruns_that_email_alone_on_fresh_data(
             stored_once = list(s.scalars(select(Message.ticket_id)
                                          .where(Message.message_id == raced)))
         assert subjects == ["Already here", *(f"Question {i}" for i in range(10) if i != 4)]
+        assert len(stored_once) == 1
+
+
+def test_a_unique_key_race_in_a_batch_recorded_with_savepoints_reruns_that_email_alone(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The same race, met once the batch is being recorded with savepoints (a flood
+    earlier in it sent it there): that email's savepoint is undone and it alone is run
+    again on fresh data, where it is a duplicate."""
+    with fresh_desk("postgres-redis", tmp_path) as desk:
+        first = make_email(sender="early@client.example", subject="Already here")
+        run_import(desk, write_mbox(tmp_path / "first.mbox", [first]))
+        flooding = [make_email(sender="flood@client.example", subject=f"Flood {i}")
+                    for i in range(FLOOD_LIMIT + 1)]
+        emails = [*flooding, *(make_email(sender=f"client{i}@client.example",
+                                          subject=f"Question {i}") for i in range(5))]
+        raced = emails[-2]["Message-ID"]
+        engine = create_engine(desk.config.desk.database_url)
+        racing = dataclasses.replace(BUILTIN, checks=[*BUILTIN.checks, another_door_commits(
+            raced, engine, on_pass=lambda ctx: ctx.session.in_nested_transaction())])
+        with caplog.at_level(logging.INFO, logger="postdesk.inbound"):
+            summary = run_import(desk, write_mbox(tmp_path / "race.mbox", emails),
+                                 per_transaction=len(emails), pipeline=racing)
+        engine.dispose()
+
+        messages = [r.getMessage() for r in caplog.records]
+        again = [m for m in messages if "recording the batch again" in m]
+        assert len(again) == 1 and "quarantined as flood" in again[0]
+        races = [m for m in messages if "unique-key race" in m]
+        assert len(races) == 1 and "(attempt 1)" in races[0]
+        assert summary.as_json() == {
+            "total": len(emails), "tickets_created": FLOOD_LIMIT + 4, "replies_threaded": 0,
+            "duplicates": 1, "quarantined": {"flood": 1}, "failed": 0}
+        with desk.app.sessions() as s:
+            stored_once = list(s.scalars(select(Message.ticket_id)
+                                         .where(Message.message_id == raced)))
         assert len(stored_once) == 1
 
 

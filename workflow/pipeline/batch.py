@@ -6,9 +6,12 @@ The same three phases as one email (``process``), with the batch as the unit of 
    ``FOR UPDATE``; on SQLite the transaction's ``BEGIN IMMEDIATE`` already excludes other
    writers);
 2. each email, in input order, runs its checks and its record phase
-   (``process.record_outcome``) inside a SAVEPOINT of its own. An email whose processing
-   fails (an error, a bad row) has its savepoint rolled back and is quarantined as
-   ``processing_error`` with the error, exactly as on its own; the others are untouched.
+   (``process.record_outcome``), at first with no savepoint. When one email needs its
+   work undone (an error, a bad row, a unique-key race, a handler's quarantine), the
+   whole transaction is rolled back and the batch recorded again from the start with
+   each email inside a SAVEPOINT of its own: an email whose processing fails has its
+   savepoint rolled back and is quarantined as ``processing_error`` with the error,
+   exactly as on its own; the others are untouched.
    The checks run inside the batch's transaction, so an email sees what the emails before
    it in the batch recorded (a reply threads onto a ticket opened three emails earlier,
    a second copy is a duplicate, the flood limit counts the batch's tickets);
@@ -51,6 +54,7 @@ from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.process import (
     RACE_RETRIES,
+    RecordUndone,
     error_detail,
     is_transient,
     mark_failed,
@@ -73,9 +77,35 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
                   ) -> list[PipelineResult | None]:
     """Process the raw messages in one transaction, in the order given; one result per id
     (None where there was nothing to do: already processed, or no such message). The
-    results' ``outbox_ids`` are the drafts rendered after commit, ready to send."""
+    results' ``outbox_ids`` are the drafts rendered after commit, ready to send.
+
+    The batch is first recorded without savepoints (``_straight``): almost every email
+    of an import records cleanly, and a savepoint per email (two round trips, and a copy
+    of the session's identity map to undo it by, which grows through the batch) is most
+    of what a batch adds per email. The first email that needs undoing (an error, a
+    unique-key race, a handler's quarantine) rolls that whole transaction back, and the
+    batch is recorded again from the start, each email in a savepoint of its own."""
+    try:
+        return _process(services, raw_ids, pipeline, straight=True)
+    except _NeedsSavepoints as needs:
+        log.info("batch of %s: raw %s needs undoing (%s): recording the batch again, "
+                 "each email in a savepoint", len(raw_ids), needs.raw_id, needs.why)
+    return _process(services, raw_ids, pipeline, straight=False)
+
+
+class _NeedsSavepoints(Exception):
+    """An email of a batch recorded without savepoints needs its own work undone."""
+
+    def __init__(self, raw_id: int, why: str):
+        super().__init__(why)
+        self.raw_id, self.why = raw_id, why
+
+
+def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline, *,
+             straight: bool) -> list[PipelineResult | None]:
     results: list[PipelineResult | None] = []
     writers: list[OutboxWriter] = []
+    one = _straight if straight else _one
     with services.sessions() as session:
         with session.begin():
             claimed = {raw.id: raw for raw in session.scalars(_CLAIM_MANY,
@@ -85,7 +115,7 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
                 if raw is None:
                     results.append(None)
                     continue
-                result, writer = _one(services, session, raw, pipeline)
+                result, writer = one(services, session, raw, pipeline)
                 results.append(result)
                 if writer is not None:
                     writers.append(writer)
@@ -95,6 +125,36 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
             pair for writer in writers for pair in writer.written])) if queued else set()
     return [None if r is None else dataclasses.replace(
         r, outbox_ids=tuple(i for i in r.outbox_ids if i in ready)) for r in results]
+
+
+def _straight(services: Services, session: Session, raw: RawMessage, pipeline: Pipeline
+              ) -> tuple[PipelineResult, OutboxWriter | None]:
+    """One email of a batch recorded without a savepoint. Whatever would need undoing
+    raises ``_NeedsSavepoints`` (a transient error is raised as it is: the caller retries
+    the batch); the batch's transaction is then rolled back by the caller's block."""
+    raw_id = raw.id
+    try:
+        ctx = _context(services, session, raw)
+        result = record_outcome(ctx, pipeline, run_steps(pipeline.checks, ctx),
+                                savepoint=False)
+        # Anything the email left pending in the session is written now, so that a row
+        # that cannot be written is this email's error, not the next one's (a savepoint's
+        # commit does the same).
+        session.flush()
+        return result, ctx.outbox
+    except RecordUndone as undone:
+        raise _NeedsSavepoints(raw_id, f"quarantined as {undone.outcome.reason}") from None
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise _NeedsSavepoints(raw_id, type(exc).__name__) from exc
+
+
+def _context(services: Services, session: Session, raw: RawMessage) -> Inbound:
+    now = services.now()
+    return Inbound(services=services, session=session, raw=raw,
+                   raw_bytes=raw_bytes(session, services.blobs, raw), now=now,
+                   outbox=OutboxWriter(session, services, now))
 
 
 def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeline
@@ -107,10 +167,7 @@ def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeli
     for attempt in range(1, RACE_RETRIES + 1):
         savepoint, undo = undoable(session)
         try:
-            now = services.now()
-            ctx = Inbound(services=services, session=session, raw=raw,
-                          raw_bytes=raw_bytes(session, services.blobs, raw), now=now,
-                          outbox=OutboxWriter(session, services, now))
+            ctx = _context(services, session, raw)
             result = record_outcome(ctx, pipeline, run_steps(pipeline.checks, ctx))
             savepoint.commit()
             return result, ctx.outbox

@@ -127,7 +127,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
                     return None   # another worker finished it while the checks ran
                 _refresh(ctx)
                 return record_outcome(ctx, pipeline, outcome, savepoint=False), ctx.outbox
-        except _RecordUndone as undone:
+        except RecordUndone as undone:
             forget_rows_since(session, known)
             outcome = undone.outcome
         with session.begin():
@@ -141,7 +141,7 @@ def _claimed(session: Session, raw_id: int) -> bool:
     return session.connection().execute(_CLAIM, {"raw_id": raw_id}).first() is not None
 
 
-class _RecordUndone(Exception):
+class RecordUndone(Exception):
     """The record phase ended in a quarantine with no savepoint to roll back to: its
     transaction is rolled back instead (``_run_once`` records the quarantine alone)."""
 
@@ -159,7 +159,7 @@ def record_outcome(ctx: Inbound, pipeline: Pipeline, outcome: Outcome | None, *,
 
     ``savepoint``: record inside a savepoint, so that a quarantine undoes only what the
     handlers wrote (a batch); False, for a transaction of one email, raises
-    ``_RecordUndone`` instead (the caller rolls back: two round trips fewer per email)."""
+    ``RecordUndone`` instead (the caller rolls back: two round trips fewer per email)."""
     if outcome is None:
         outcome = _record(ctx, pipeline, savepoint)
     if outcome is not None:
@@ -173,7 +173,7 @@ def _record(ctx: Inbound, pipeline: Pipeline, savepoint: bool) -> Outcome | None
     """Handlers and notify steps: a handler that quarantines the email (a flood, a staff
     email that names no client) undoes what was recorded for it, so a quarantined email
     leaves nothing behind but its raw message: by rolling back the savepoint they ran in,
-    or (no savepoint) by raising ``_RecordUndone`` for the caller to roll back."""
+    or (no savepoint) by raising ``RecordUndone`` for the caller to roll back."""
     queued = len(ctx.outbox.queued_ids)
     nested, undo = undoable(ctx.session) if savepoint else (None, None)
     # The email's events (opened, prioritised, assigned...) go in one INSERT at the end.
@@ -186,7 +186,7 @@ def _record(ctx: Inbound, pipeline: Pipeline, savepoint: bool) -> Outcome | None
         ctx.ticket, ctx.message, ctx.created_ticket = None, None, False
         ctx.new_ticket_clocks = None
         if undo is None:
-            raise _RecordUndone(outcome)
+            raise RecordUndone(outcome)
         undo()
     elif nested is not None:
         nested.commit()
