@@ -181,9 +181,11 @@ def uses_spool(config: Config) -> bool:
     return make_url(config.desk.database_url).get_backend_name() == "sqlite"
 
 
-def open_spool(config: Config) -> Spool:
+def open_spool(config: Config, *, spools: bool = True) -> Spool:
+    """The door's spool: ``spools`` for the door, which commits emails into it; False for
+    the desk, which moves them out (``Spool``)."""
     return Spool.of_desk(
-        config.desk.data_dir,
+        config.desk.data_dir, spools=spools,
         lock_timeout_s=config.desk.database_lock_timeout.as_timedelta().total_seconds())
 
 
@@ -234,7 +236,8 @@ class DoorProcess:
                  verbose: bool = False, log_format: str = "text"):
         self.config, self.secret, self.dispatch = config, secret, dispatch
         self.engine = engine                 # the desk's: spooled emails are moved into it
-        self.spool: Spool | None = open_spool(config) if uses_spool(config) else None
+        self.spool: Spool | None = (open_spool(config, spools=False) if uses_spool(config)
+                                    else None)
         self._left_in_spool = False          # a move failed: sweep the spool again soon
         self._last_sweep = time.monotonic()
         self.verbose, self.log_format = verbose, log_format

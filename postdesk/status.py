@@ -244,7 +244,7 @@ def _spool(report: Report, config: Config, now: datetime, grace: timedelta) -> N
     path = Path(config.desk.data_dir) / SPOOL_FILE
     if not path.exists():
         return
-    spool = Spool(path)
+    spool = Spool(path, spools=False)   # it only counts
     try:
         count, oldest = spool.backlog()
     finally:

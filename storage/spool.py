@@ -97,9 +97,17 @@ class Spool:
     ``add`` commits in groups: while one thread's commit waits for its fsync, the emails
     of the connections that arrive meanwhile queue up, and the next thread to take the
     lock commits all of them at once, with one fsync (the others find theirs done). One
-    connection pays exactly one commit per email; four share them."""
+    connection pays exactly one commit per email; four share them.
 
-    def __init__(self, path: Path | str, *, lock_timeout_s: float = 30.0):
+    ``spools``: whether this connection spools emails (the door). The desk process opens
+    the same file with False: it only reads rows and removes moved ones, and its removals
+    are not synced (``synchronous=NORMAL``; in WAL mode the next synced commit or
+    checkpoint makes them durable). One lost in a power cut only makes the next sweep move
+    emails accepted already, which adds nothing; and a fsync per move on the file the
+    door syncs for every 250 made the door's own fsyncs slower."""
+
+    def __init__(self, path: Path | str, *, lock_timeout_s: float = 30.0,
+                 spools: bool = True):
         self.path = Path(path)
         create_private(str(self.path))
         self._lock = threading.Lock()          # the connection, and so the writer
@@ -109,8 +117,9 @@ class Spool:
         self._db = sqlite3.connect(self.path, timeout=lock_timeout_s, isolation_level=None,
                                    check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # Every commit synced (FULL): a spooled email is one the door answered 250 for.
-        self._db.execute("PRAGMA synchronous=FULL")
+        # The door's every commit synced (FULL): a spooled email is one it answered 250 for.
+        self.spools = spools
+        self._db.execute(f"PRAGMA synchronous={'FULL' if spools else 'NORMAL'}")
         with self._lock, self._immediate():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SPOOL_VERSION):
@@ -127,14 +136,19 @@ class Spool:
             yield
 
     @classmethod
-    def of_desk(cls, data_dir: Path | str, *, lock_timeout_s: float = 30.0) -> Spool:
+    def of_desk(cls, data_dir: Path | str, *, lock_timeout_s: float = 30.0,
+                spools: bool = True) -> Spool:
         """The spool of the desk whose ``desk.data_dir`` this is."""
-        return cls(Path(data_dir) / SPOOL_FILE, lock_timeout_s=lock_timeout_s)
+        return cls(Path(data_dir) / SPOOL_FILE, lock_timeout_s=lock_timeout_s,
+                   spools=spools)
 
     def add(self, digest: str, size: int, source: str, envelope_from: str | None,
             envelope_to: Sequence[str], received_at: datetime, notify: bool,
             content: bytes | None) -> int:
         """Spool one email, committed durably before this returns; its id."""
+        if not self.spools:
+            raise RuntimeError("this spool connection only moves emails (spools=False): "
+                               "its commits are not synced")
         values = (digest, size, source[:100], envelope_from, json.dumps(list(envelope_to)),
                   received_at.isoformat(), int(notify), content)
         mine = _Waiting(values)
@@ -183,8 +197,7 @@ class Spool:
             return
         marks = ",".join("?" * len(chosen))
         with self._lock:
-            # Autocommit, synced like every commit here; a delete lost in a power cut
-            # would only make the next sweep move emails accepted already (adding nothing).
+            # Autocommit; synced only on a connection that spools (see the class).
             self._db.execute(f"DELETE FROM spooled_mail WHERE id IN ({marks})", chosen)
 
     def count(self) -> int:

@@ -109,6 +109,27 @@ def test_moved_emails_are_raw_messages_pending_and_leave_the_spool(
     assert received == NOW        # the door's time, not the move's
 
 
+def test_the_desk_moves_through_a_connection_of_its_own_that_never_spools_nor_syncs(
+        tmp_path: Path, desk_engine: Engine, spool: Spool, blobs: BlobStore) -> None:
+    """The door syncs every commit (a 250 waits for it); the desk's removal of moved
+    emails needs no fsync of its own on the same file (a lost one only makes the next
+    sweep move an email accepted already) and must not slow the door's."""
+    raw = email("Checkout down")
+    spool_id = spool_email(spool, blobs, raw, ENVELOPE, "smtp", now=NOW,
+                           row_limit=ROW_LIMIT).spool_id
+    desk_side = Spool.of_desk(tmp_path / "data", spools=False)
+    try:
+        assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2        # FULL
+        assert desk_side._db.execute("PRAGMA synchronous").fetchone()[0] == 1    # NORMAL
+        [moved] = move_spooled(desk_engine, desk_side, desk_side.rows([spool_id]))
+        assert moved.result.created and spool.count() == 0
+        with pytest.raises(RuntimeError, match="only moves emails"):
+            desk_side.add("0" * 64, 1, "smtp", None, [], NOW, True, b"x")
+    finally:
+        desk_side.close()
+    assert raw_rows(desk_engine)[0][3] == raw
+
+
 def test_the_same_bytes_spooled_twice_become_one_raw_message(
         desk_engine: Engine, spool: Spool, blobs: BlobStore) -> None:
     """A client that retried after losing our 250: both copies were spooled."""
