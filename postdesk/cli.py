@@ -656,9 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "accept mail, so lower it there; 1: each message on its own, as "
                         "live mail")
     p.add_argument("--workers", type=_non_negative, metavar="N",
-                   help="helper processes that parse the next emails while this one "
-                        "records them (default: 1 with two CPUs or more and at least 50 "
-                        "messages, else 0); 0: all in this process")
+                   help="helper processes that parse the next emails, and render the "
+                        "emails written, while this one records them (default: 1 with "
+                        "two CPUs or more and at least 50 messages, else 0); 0: all in "
+                        "this process")
     filed = p.add_mutually_exclusive_group()
     filed.add_argument("--as-closed", action="store_true",
                        help="file the imported tickets as closed (as of their last email)")

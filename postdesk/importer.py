@@ -29,13 +29,19 @@ processing (the re-run processes them); nothing is created twice. ``--batch 1`` 
 each email in its own transactions, as live mail.
 
 Helper processes (``--workers N``; by default one, with two CPUs or more and an import
-of ``AUTO_MIN_MESSAGES`` messages or more) parse the batch ahead (``parse_email`` and the
-visible reply text, both pure functions of the bytes) while this process accepts and
-records: the pipeline's ``parse`` step then takes the ready result, or parses itself when
-it is not ready (or failed, or the helper died), so the outcome is the same either way.
-Nothing else moves to a helper: each record transaction needs the previous one's drafts
-rendered and stored (a staff notification lists the ticket's latest messages, the
-acknowledgement among them), so rendering cannot overlap the next transaction."""
+of ``AUTO_MIN_MESSAGES`` messages or more) do the pure work of the import while this
+process accepts and records:
+
+- they parse the batch ahead (``parse_email`` and the visible reply text, both pure
+  functions of the bytes): the pipeline's ``parse`` step then takes the ready result, or
+  parses itself when it is not ready (or failed, or the helper died);
+- they render and compose each draft as soon as it is queued (``outbox.render_job``, a
+  function of the draft and the ticket as it was when queued): once the transaction has
+  committed, the rendering is taken from the helper, or made here when the helper failed
+  on it or died. Storing it (and recording the email on its ticket) stays here, after
+  commit, in order, as without a helper.
+
+So every outcome and every email is the same with helpers or without."""
 
 from __future__ import annotations
 
@@ -62,8 +68,9 @@ from postdesk.ingest.accept import AcceptResult, Envelope, accept_many
 from postdesk.mail.parse import ParsedEmail, UnparseableEmail, parse_email
 from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.blobs import sha256_hex
-from postdesk.storage.models import Message, RawMessage, RawStatus, Ticket
+from postdesk.storage.models import Message, Outbox, RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import history
+from postdesk.workflow.desk.outbox import RenderJob, render_job
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.pipeline.batch import process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -85,6 +92,10 @@ PER_TRANSACTION = 100
 BLOB_THREADS = 8                # blobs published at once (their fsyncs overlap)
 AHEAD_CHUNK = 25                # messages parsed ahead per job of the parsing process
 AHEAD_MAX_BYTES = 1024 * 1024   # larger messages are parsed by the pipeline itself
+RENDER_CHUNK = 16               # drafts rendered per job of a helper
+# How long a helper's rendering is waited for once its transaction has committed (it is
+# normally ready: the helper renders while the rest of the batch is recorded).
+RENDER_WAIT_S = 60.0
 # A helper by default from this many messages. Forking it and its first chunk take about
 # 60 ms before the first result (13 ms of this process's CPU); it then saves this process
 # about 1.5 ms per 2 KB email. Below a couple of chunks there is little to save.
@@ -220,8 +231,8 @@ class Importer:
     wrapped to time them). ``batch_messages``/``batch_bytes``: how many messages are
     accepted in one transaction (1: one by one, as live mail). ``per_transaction``: how
     many of them are recorded in one (at most a batch; 1: each email in its own
-    transactions, as live mail). ``workers``: helper processes that parse ahead (0: all
-    in this process; None: ``default_workers``)."""
+    transactions, as live mail). ``workers``: helper processes that parse and render
+    ahead (0: all in this process; None: ``default_workers``)."""
 
     def __init__(self, services: Services, dispatch: Dispatch, kind: str, *,
                  notify: bool = False, warn: Callable[[str], None] | None = None,
@@ -245,6 +256,7 @@ class Importer:
         self._helpers: ProcessPoolExecutor | None = None
         self._ahead: dict[str, tuple[Future[list[_Ahead | None]], int]] = {}
         self._ahead_pipeline = _with_parse_ahead(pipeline, self._parsed_ahead)
+        self._renders = _HelperRenders(self)
         # Every raw message this run met (new or met before): their tickets are the
         # imported history ``settle_history`` files and settles at the end.
         self.raw_ids: list[int] = []
@@ -264,7 +276,7 @@ class Importer:
                 # to run); they touch no database.
                 self._helpers = ProcessPoolExecutor(
                     workers, mp_context=multiprocessing.get_context("fork"),
-                    initializer=_die_with_parent, initargs=(os.getpid(),))
+                    initializer=_start_helper, initargs=(os.getpid(), self.services))
             try:
                 for source in sources:
                     if source.error is not None:
@@ -282,6 +294,7 @@ class Importer:
                     self._helpers.shutdown(cancel_futures=True)
                     self._helpers = None
                 self._ahead.clear()
+                self._renders.clear()
         return self.summary
 
     def import_item(self, item: Item) -> Outcome:
@@ -350,6 +363,7 @@ class Importer:
                         on_item(self.summary)
         finally:
             self._ahead.clear()
+            self._renders.clear()
         return outcomes
 
     # --- parsing ahead, in the helper processes -----------------------------------------
@@ -419,7 +433,12 @@ class Importer:
         """The messages in one transaction (``workflow.pipeline.batch``)."""
         if not raw_ids:
             return []
-        return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline()))
+        ahead = self._renders if self._helpers is not None else None
+        try:
+            return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline(),
+                                                   ahead=ahead))
+        finally:
+            self._renders.clear()   # what a rolled-back attempt queued is never asked for
 
     def _pipeline(self) -> Pipeline:
         if self._helpers is not None and self._ahead_pipeline is not None:
@@ -512,6 +531,79 @@ def _parse_ahead(raws: list[bytes]) -> list[_Ahead | None]:
         except Exception:  # noqa: BLE001 - computed again, and reported, when needed
             visible = None
         out.append(_Ahead(parsed, visible))
+    return out
+
+
+class _HelperRenders:
+    """``RenderAhead`` over the importer's helper processes: drafts are sent to a helper
+    RENDER_CHUNK at a time as they are queued, and their renderings found by Message-ID
+    (new for every draft: an id could be handed out again after a rollback)."""
+
+    def __init__(self, importer: Importer):
+        self.importer = importer
+        self._waiting: list[RenderJob] = []
+        self._sent: dict[str, tuple[Future[list[tuple[bytes, str] | None]], int]] = {}
+
+    def queued(self, row: Outbox, ticket: Any) -> None:
+        if self.importer._helpers is None or row.draft is None or row.draft.get("files"):
+            return   # a client's files stay in this process: not copied to a helper
+        self._waiting.append(RenderJob.of(row, ticket))
+        if len(self._waiting) >= RENDER_CHUNK:
+            self._send()
+
+    def rendered(self, row: Outbox) -> tuple[bytes, str] | None:
+        if self._waiting:
+            self._send()
+        entry = self._sent.pop(row.message_id, None)
+        if entry is None:
+            return None
+        future, index = entry
+        try:
+            return future.result(timeout=RENDER_WAIT_S)[index]
+        except Exception:   # the helper died or is stuck: render here
+            return None
+
+    def clear(self) -> None:
+        self._waiting.clear()
+        self._sent.clear()
+
+    def _send(self) -> None:
+        jobs, self._waiting = self._waiting, []
+        helpers = self.importer._helpers
+        if helpers is None:
+            return
+        try:
+            future = helpers.submit(_render_ahead, jobs)
+        except Exception:   # a broken pool (a helper died): this process renders
+            helpers.shutdown(wait=False, cancel_futures=True)
+            self.importer._helpers = None
+            return
+        for index, job in enumerate(jobs):
+            self._sent[job.message_id] = (future, index)
+
+
+# In a helper process: the importer's services (inherited by fork; only their pure parts,
+# configuration, templates and blob store, are used there).
+_helper_services: Services | None = None
+
+
+def _start_helper(parent_pid: int, services: Services) -> None:
+    global _helper_services
+    _helper_services = services
+    _die_with_parent(parent_pid)
+
+
+def _render_ahead(jobs: list[RenderJob]) -> list[tuple[bytes, str] | None]:
+    """In a helper: each draft's email and text; None where rendering failed (the import
+    renders it again itself, and marks it failed with the reason)."""
+    services = _helper_services
+    assert services is not None
+    out: list[tuple[bytes, str] | None] = []
+    for job in jobs:
+        try:
+            out.append(render_job(services, job))
+        except Exception:  # noqa: BLE001 - reported by the import's own rendering
+            out.append(None)
     return out
 
 

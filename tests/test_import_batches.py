@@ -240,6 +240,54 @@ def test_a_helper_that_dies_mid_import_changes_no_outcome(tmp_path: Path,
     assert isinstance(importer, Patient) and 0 < importer.parsed < 42
 
 
+class RendersCounted(Importer):
+    """Counts the drafts whose rendering came from a helper process."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.from_helper = 0
+        renders = self._renders
+        taken = renders.rendered
+
+        def rendered(row: Outbox) -> Any:
+            done = taken(row)
+            self.from_helper += done is not None
+            return done
+
+        renders.rendered = rendered   # type: ignore[method-assign]
+
+
+def test_rendering_ahead_in_a_helper_process_changes_no_email(tmp_path: Path) -> None:
+    mbox, h = _mixed_mbox(tmp_path)
+    _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
+    importer, helped = _import_alone(tmp_path / "helped", mbox, RendersCounted, workers=1)
+    assert helped == plain
+    assert isinstance(importer, RendersCounted)
+    # Every draft the helper was given (all of them here: none sends a client's file).
+    assert importer.from_helper == len(plain["outbox"]) > 2 * h.tickets
+
+
+def test_a_helper_that_dies_while_rendering_changes_no_email(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mbox, _h = _mixed_mbox(tmp_path)
+    _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
+    rendered_in_helper = {"n": 0}
+    real_render = importer_module.render_job
+
+    def dies_at_the_tenth(services: Any, job: Any) -> Any:
+        rendered_in_helper["n"] += 1   # the helper's own count (it is a forked copy)
+        if rendered_in_helper["n"] == 10:
+            os._exit(70)
+        return real_render(services, job)
+
+    # Forked from this process, the helper renders with this (importer.py's reference;
+    # the import's own rendering, in desk.outbox, is left as it is).
+    monkeypatch.setattr(importer_module, "render_job", dies_at_the_tenth)
+    importer, helped = _import_alone(tmp_path / "helped", mbox, RendersCounted, workers=1)
+    assert helped == plain
+    assert isinstance(importer, RendersCounted) and importer.from_helper < len(plain["outbox"])
+
+
 def test_a_helper_by_default_only_with_a_second_cpu_and_enough_messages(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importer_module, "_usable_cpus", lambda: 2)

@@ -192,9 +192,9 @@ def test_ctrl_c_says_how_far_it_got_and_a_rerun_resumes(
         if calls["n"] == 12:
             raise KeyboardInterrupt
 
-    def interrupted(services: Any, raw_ids: Any, pipeline: Pipeline) -> Any:
+    def interrupted(services: Any, raw_ids: Any, pipeline: Pipeline, **kw: Any) -> Any:
         checks = [Step("ctrl-c", interrupt_at_the_twelfth), *pipeline.checks]
-        return real(services, raw_ids, dataclasses.replace(pipeline, checks=checks))
+        return real(services, raw_ids, dataclasses.replace(pipeline, checks=checks), **kw)
 
     monkeypatch.setattr(importer, "process_batch", interrupted)
     code, _summary, err = run_import(capsys, config, mbox, "--batch", "10")

@@ -150,6 +150,29 @@ def test_a_batched_import_stores_and_counts_exactly_what_one_email_per_transacti
         assert batched[1][part] == one_by_one[1][part], part
 
 
+def test_a_batch_renders_each_email_with_its_ticket_as_it_was_when_the_email_was_queued(
+        tmp_path: Path) -> None:
+    """A reply later in the same batch escalates the ticket to P1; the acknowledgement of
+    the email that opened it still says the priority it had then, as when each email has
+    its own transaction (and as the client would have read it)."""
+    opening = make_email(sender="client1@client.example", subject="Checkout slow")
+    escalating = make_email(sender="client1@client.example", subject="Re: Checkout slow",
+                            in_reply_to=opening["Message-ID"],
+                            body="Now nobody can pay. CLIENTCO-URGENT")
+    mbox = write_mbox(tmp_path / "escalated.mbox", [opening, escalating])
+    seen = {}
+    for batch in (1, 10):
+        with fresh_desk("sqlite", tmp_path / f"batch{batch}") as desk:
+            run_import(desk, mbox, per_transaction=batch, notify=True)
+            with desk.app.sessions() as s:
+                ticket = s.scalars(select(Ticket)).one()
+                ack = s.scalars(select(Outbox).where(
+                    Outbox.template == "acknowledgement")).one()
+                assert ack.raw is not None
+                seen[batch] = (ticket.priority, re.findall(rb"Priority: P\d", ack.raw))
+    assert seen[10] == seen[1] == ("P1", [b"Priority: P3"])
+
+
 @contextmanager
 def statements_run(desk: Desk) -> Iterator[list[str]]:
     """The SQL the desk's engine runs inside the block, first word of each upper-cased."""

@@ -9,17 +9,23 @@
    limit), recording client-facing mail among the ticket's messages. It is idempotent
    (a conditional UPDATE from ``draft``), so the worker and the sweeper may race.
 
-Only ``queued`` rows are ever sent (``postdesk.outbound.sender``)."""
+Only ``queued`` rows are ever sent (``postdesk.outbound.sender``).
+
+Rendering a draft is a function of the draft and the ticket alone (``RenderJob``,
+``render_job``): no database. So an import may render its drafts ahead, in a helper
+process, while its batch is still being recorded (``RenderAhead``); a batch's drafts see
+their tickets as they were when queued (``ticket_view``), as one email per transaction
+does."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -54,18 +60,50 @@ _STORE_FAILED = update(Outbox).where(*_STILL_DRAFT).values(
     status=bindparam("new_status"), last_error=bindparam("error"))
 
 
+# The ticket's attributes a template sees in a ``ticket_view`` (with ``org``).
+_VIEWED = ("id", "requester_email", "subject", "status", "priority", "created_at",
+           "updated_at", "first_responded_at", "resolved_at", "closed_at", "chargeable")
+
+
+def ticket_view(ticket: Ticket) -> SimpleNamespace:
+    """The ticket as a template sees it, frozen now: its own values and its org's name,
+    slug and plan (what the built-in templates use, and more). Plain data: it can be
+    pickled to a helper process, and later changes to the ticket do not reach it."""
+    org = ticket.org
+    return SimpleNamespace(**{name: getattr(ticket, name) for name in _VIEWED},
+                           org=SimpleNamespace(name=org.name, slug=org.slug, plan=org.plan))
+
+
+class RenderAhead(Protocol):
+    """Renders drafts somewhere else as they are queued (an import's helper process)."""
+
+    def queued(self, row: Outbox, ticket: Any) -> None:
+        """A draft was just written, with the ticket (view) its template will see."""
+
+    def rendered(self, row: Outbox) -> tuple[bytes, str] | None:
+        """The draft's email and text as rendered ahead, or None: render it here."""
+
+
 class OutboxWriter:
     """Queues drafts in one session and remembers their ids, so whoever commits the
-    session can hand them to ``render_drafts`` and then to the sender."""
+    session can hand them to ``render_drafts`` and then to the sender.
 
-    def __init__(self, session: Session, services: Services, now: datetime | None = None):
+    ``frozen_tickets``: remember each draft with a ``ticket_view`` taken as it is queued
+    (a batch, where later emails may change the ticket before the batch commits), rather
+    than with the ticket itself. ``on_queued``: told of each draft as it is written, with
+    that ticket (``RenderAhead.queued``)."""
+
+    def __init__(self, session: Session, services: Services, now: datetime | None = None,
+                 *, frozen_tickets: bool = False,
+                 on_queued: Callable[[Outbox, Any], None] | None = None):
         self.session, self.services = session, services
         self.now = now
+        self.frozen_tickets, self.on_queued = frozen_tickets, on_queued
         self.queued_ids: list[int] = []
-        # The drafts as written, with their tickets: once the session has committed,
-        # ``render_drafts(..., written=writer.written)`` renders them without reading
-        # them back.
-        self.written: list[tuple[Outbox, Ticket | None]] = []
+        # The drafts as written, with their tickets (or views): once the session has
+        # committed, ``render_drafts(..., written=writer.written)`` renders them without
+        # reading them back.
+        self.written: list[tuple[Outbox, Any]] = []
 
     def forget(self, count: int) -> None:
         """Drop the drafts queued after the first ``count`` (their savepoint was rolled
@@ -122,7 +160,10 @@ class OutboxWriter:
         if not insert_now(session, row, unless_exists="dedupe_key"):
             return None
         self.queued_ids.append(row.id)
-        self.written.append((row, ticket))
+        shown: Any = ticket_view(ticket) if self.frozen_tickets and ticket else ticket
+        self.written.append((row, shown))
+        if self.on_queued is not None:
+            self.on_queued(row, shown)
         return row
 
 
@@ -130,7 +171,8 @@ RENDER_BATCH = 50
 
 
 def render_drafts(services: Services, outbox_ids: Sequence[int], *,
-                  written: Sequence[tuple[Outbox, Ticket | None]] = ()) -> list[int]:
+                  written: Sequence[tuple[Outbox, Any]] = (),
+                  ahead: RenderAhead | None = None) -> list[int]:
     """Render and compose each draft, outside any lock; returns the ids now ``queued``
     (to hand to the sender), in the order given. A draft that cannot be rendered is
     marked ``failed`` with the reason, never left behind silently.
@@ -138,14 +180,16 @@ def render_drafts(services: Services, outbox_ids: Sequence[int], *,
     Drafts are taken in batches: one read-only transaction reads and renders a batch,
     one short write transaction stores it (a conditional UPDATE per draft). ``written``:
     drafts (with their tickets) exactly as the caller has just committed them
-    (``OutboxWriter.written``); those are rendered as they are, not read again."""
+    (``OutboxWriter.written``); those are rendered as they are, not read again, or taken
+    as ``ahead`` rendered them."""
     known = {row.id: (row, ticket) for row, ticket in written
              if row.raw is None and row.draft is not None
              and row.status in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)}
     ready: set[int] = set()
     unique = list(dict.fromkeys(outbox_ids))
     for start in range(0, len(unique), RENDER_BATCH):
-        ready.update(_render_batch(services, unique[start:start + RENDER_BATCH], known))
+        ready.update(_render_batch(services, unique[start:start + RENDER_BATCH], known,
+                                   ahead))
     return [i for i in outbox_ids if i in ready]
 
 
@@ -158,9 +202,10 @@ class _Rendered:
 
 
 def _render_batch(services: Services, outbox_ids: Sequence[int],
-                  known: dict[int, tuple[Outbox, Ticket | None]]) -> set[int]:
+                  known: dict[int, tuple[Outbox, Any]], ahead: RenderAhead | None
+                  ) -> set[int]:
     ready: set[int] = set()
-    done = [_render_one(services, *known[i]) for i in outbox_ids if i in known]
+    done = [_render_one(services, *known[i], ahead=ahead) for i in outbox_ids if i in known]
     unknown = [i for i in outbox_ids if i not in known]
     if unknown:
         with services.sessions() as session, read_only(session):
@@ -202,11 +247,14 @@ def _render_batch(services: Services, outbox_ids: Sequence[int],
     return ready
 
 
-def _render_one(services: Services, row: Outbox, ticket: Ticket | None) -> _Rendered:
+def _render_one(services: Services, row: Outbox, ticket: Any, *,
+                ahead: RenderAhead | None = None) -> _Rendered:
     assert row.draft is not None
-    draft = dict(row.draft)
+    draft = row.draft
     try:
-        raw, text = _render(services, row, ticket, draft)
+        done = ahead.rendered(row) if ahead is not None else None
+        raw, text = done if done is not None else render_job(services,
+                                                             RenderJob.of(row, ticket))
     except Exception as exc:
         log.exception("outbox %s (%s) could not be rendered", row.id, row.template)
         return _Rendered(row.id, row.status, {"new_status": OutboxStatus.FAILED,
@@ -237,17 +285,42 @@ def release_drafts(services: Services, dispatch: Dispatch, outbox_ids: Sequence[
     return ready
 
 
-def _render(services: Services, row: Outbox, ticket: Ticket | None, draft: dict[str, Any]
-            ) -> tuple[bytes, str]:
-    desk = services.config.desk
+@dataclasses.dataclass(frozen=True)
+class RenderJob:
+    """What rendering one draft needs, as plain data: the draft row's fields and the
+    ticket (or its view) its template sees."""
+
+    template: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    message_id: str
+    created_at: datetime
+    in_reply_to: str | None
+    automatic: bool
+    draft: dict[str, Any]
+    ticket: Any
+
+    @classmethod
+    def of(cls, row: Outbox, ticket: Any) -> RenderJob:
+        assert row.draft is not None
+        return cls(row.template, list(row.to), list(row.cc), row.subject, row.message_id,
+                   row.created_at, row.in_reply_to, row.automatic, row.draft, ticket)
+
+
+def render_job(services: Services, job: RenderJob) -> tuple[bytes, str]:
+    """Render and compose one draft: the email's bytes and its text. Reads no database
+    (a stored file the draft sends comes from the blob store)."""
+    desk, draft = services.config.desk, job.draft
     context = decode_context(draft["context"])
-    body = services.renderer.render(row.template, {"desk": desk, "ticket": ticket, **context},
+    body = services.renderer.render(job.template,
+                                    {"desk": desk, "ticket": job.ticket, **context},
                                     draft.get("org"))
     raw = compose(OutgoingEmail(
-        from_addr=services.from_address, from_name=desk.name, to=list(row.to),
-        cc=list(row.cc), subject=row.subject, body=body, message_id=row.message_id,
-        date=row.created_at, reply_to=draft["reply_to"], in_reply_to=row.in_reply_to,
-        references=list(draft["references"]), automatic=row.automatic,
+        from_addr=services.from_address, from_name=desk.name, to=job.to, cc=job.cc,
+        subject=job.subject, body=body, message_id=job.message_id, date=job.created_at,
+        reply_to=draft["reply_to"], in_reply_to=job.in_reply_to,
+        references=list(draft["references"]), automatic=job.automatic,
         extra_headers=dict(draft["extra_headers"]),
         attachments=[
             *(OutgoingAttachment(name, kind, text.encode("utf-8"))

@@ -48,7 +48,7 @@ from sqlalchemy.orm import Session, undefer
 
 from postdesk.storage.models import RawMessage, RawStatus
 from postdesk.storage.raw_store import raw_bytes
-from postdesk.workflow.desk.outbox import OutboxWriter, render_drafts
+from postdesk.workflow.desk.outbox import OutboxWriter, RenderAhead, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
@@ -73,11 +73,16 @@ _CLAIM_MANY = (select(RawMessage).options(undefer(RawMessage.content))
                .with_for_update().execution_options(populate_existing=True))
 
 
-def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline = BUILTIN
-                  ) -> list[PipelineResult | None]:
+def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline = BUILTIN,
+                  *, ahead: RenderAhead | None = None) -> list[PipelineResult | None]:
     """Process the raw messages in one transaction, in the order given; one result per id
     (None where there was nothing to do: already processed, or no such message). The
     results' ``outbox_ids`` are the drafts rendered after commit, ready to send.
+
+    Each draft is rendered with its ticket as it was when the draft was queued
+    (``outbox.ticket_view``), as if each email had its own transaction. ``ahead``: told
+    of each draft as it is queued, and asked for its rendering after commit (an import's
+    helper process renders while the batch records).
 
     The batch is first recorded without savepoints (``_straight``): almost every email
     of an import records cleanly, and a savepoint per email (two round trips, and a copy
@@ -86,11 +91,11 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
     unique-key race, a handler's quarantine) rolls that whole transaction back, and the
     batch is recorded again from the start, each email in a savepoint of its own."""
     try:
-        return _process(services, raw_ids, pipeline, straight=True)
+        return _process(services, raw_ids, pipeline, ahead, straight=True)
     except _NeedsSavepoints as needs:
         log.info("batch of %s: raw %s needs undoing (%s): recording the batch again, "
                  "each email in a savepoint", len(raw_ids), needs.raw_id, needs.why)
-    return _process(services, raw_ids, pipeline, straight=False)
+    return _process(services, raw_ids, pipeline, ahead, straight=False)
 
 
 class _NeedsSavepoints(Exception):
@@ -101,8 +106,8 @@ class _NeedsSavepoints(Exception):
         self.raw_id, self.why = raw_id, why
 
 
-def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline, *,
-             straight: bool) -> list[PipelineResult | None]:
+def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
+             ahead: RenderAhead | None, *, straight: bool) -> list[PipelineResult | None]:
     results: list[PipelineResult | None] = []
     writers: list[OutboxWriter] = []
     one = _straight if straight else _one
@@ -115,26 +120,26 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline, *,
                 if raw is None:
                     results.append(None)
                     continue
-                result, writer = one(services, session, raw, pipeline)
+                result, writer = one(services, session, raw, pipeline, ahead)
                 results.append(result)
                 if writer is not None:
                     writers.append(writer)
         # Committed: render the batch's drafts as they were written, holding nothing.
         queued = [i for r in results if r is not None for i in r.outbox_ids]
-        ready = set(render_drafts(services, queued, written=[
+        ready = set(render_drafts(services, queued, ahead=ahead, written=[
             pair for writer in writers for pair in writer.written])) if queued else set()
     return [None if r is None else dataclasses.replace(
         r, outbox_ids=tuple(i for i in r.outbox_ids if i in ready)) for r in results]
 
 
-def _straight(services: Services, session: Session, raw: RawMessage, pipeline: Pipeline
-              ) -> tuple[PipelineResult, OutboxWriter | None]:
+def _straight(services: Services, session: Session, raw: RawMessage, pipeline: Pipeline,
+              ahead: RenderAhead | None) -> tuple[PipelineResult, OutboxWriter | None]:
     """One email of a batch recorded without a savepoint. Whatever would need undoing
     raises ``_NeedsSavepoints`` (a transient error is raised as it is: the caller retries
     the batch); the batch's transaction is then rolled back by the caller's block."""
     raw_id = raw.id
     try:
-        ctx = _context(services, session, raw)
+        ctx = _context(services, session, raw, ahead)
         result = record_outcome(ctx, pipeline, run_steps(pipeline.checks, ctx),
                                 savepoint=False)
         # Anything the email left pending in the session is written now, so that a row
@@ -150,15 +155,17 @@ def _straight(services: Services, session: Session, raw: RawMessage, pipeline: P
         raise _NeedsSavepoints(raw_id, type(exc).__name__) from exc
 
 
-def _context(services: Services, session: Session, raw: RawMessage) -> Inbound:
+def _context(services: Services, session: Session, raw: RawMessage,
+             ahead: RenderAhead | None) -> Inbound:
     now = services.now()
     return Inbound(services=services, session=session, raw=raw,
                    raw_bytes=raw_bytes(session, services.blobs, raw), now=now,
-                   outbox=OutboxWriter(session, services, now))
+                   outbox=OutboxWriter(session, services, now, frozen_tickets=True,
+                                       on_queued=ahead.queued if ahead else None))
 
 
-def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeline
-         ) -> tuple[PipelineResult, OutboxWriter | None]:
+def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeline,
+         ahead: RenderAhead | None) -> tuple[PipelineResult, OutboxWriter | None]:
     """One email of the batch, in its own savepoint; its drafts' writer when recorded.
     A unique-key conflict re-runs the email on fresh data (another process committed
     what it wanted to create), as ``process_inbound`` does; any other error, or the
@@ -167,7 +174,7 @@ def _one(services: Services, session: Session, raw: RawMessage, pipeline: Pipeli
     for attempt in range(1, RACE_RETRIES + 1):
         savepoint, undo = undoable(session)
         try:
-            ctx = _context(services, session, raw)
+            ctx = _context(services, session, raw, ahead)
             result = record_outcome(ctx, pipeline, run_steps(pipeline.checks, ctx))
             savepoint.commit()
             return result, ctx.outbox
