@@ -161,6 +161,24 @@ def test_discarded_deferred_events_are_never_written(
     assert _events(session, ticket) == [("kept", {})]
 
 
+def test_a_block_inside_another_leaves_its_events_to_the_outer_one_and_discards_only_its_own(
+        session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock,
+        statements: list[str]) -> None:
+    ticket = new_ticket()
+    statements.clear()
+    with deferred_events(session):
+        with deferred_events(session):
+            add_event(session, ticket, "first email", clock.now())
+        with deferred_events(session):
+            add_event(session, ticket, "second email, undone", clock.now())
+            discard_deferred_events(session)
+        with deferred_events(session):
+            add_event(session, ticket, "third email", clock.now())
+        assert statements == []
+    assert [s.split(" (")[0] for s in statements] == ["INSERT INTO events"]
+    assert _events(session, ticket) == [("first email", {}), ("third email", {})]
+
+
 def test_a_block_that_fails_writes_none_of_its_events_and_the_next_write_is_immediate(
         session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock) -> None:
     ticket = new_ticket()

@@ -13,8 +13,10 @@ from sqlalchemy.orm import Session
 from postdesk.storage.models import Event, Ticket
 
 _INSERT_EVENT = insert(Event)
-# session.info key: the events of a ``deferred_events`` block not yet written.
+# session.info keys: the events of a ``deferred_events`` block not yet written, and where
+# the events of each block open inside it start among them.
 _DEFERRED = "postdesk_deferred_events"
+_STARTS = "postdesk_deferred_event_starts"
 
 
 def add_event(session: Session, ticket: Ticket | None, kind: str, at: datetime,
@@ -38,20 +40,32 @@ def deferred_events(session: Session) -> Iterator[None]:
     """The events added in the block are written together, in order, in one statement
     when it ends (the pipeline's record phase adds several per email). Whoever reads
     events inside such a block calls ``write_deferred_events`` first; a block that ends
-    by an exception writes nothing (its transaction is being rolled back)."""
-    session.info[_DEFERRED] = []
+    by an exception writes nothing (its transaction is being rolled back). A block inside
+    another leaves its events to the outer one (an import's batch writes the events of
+    all its emails at once)."""
+    deferred = session.info.get(_DEFERRED)
+    if deferred is not None:
+        starts = session.info[_STARTS]
+        starts.append(len(deferred))
+        try:
+            yield
+        finally:
+            starts.pop()
+        return
+    session.info[_DEFERRED], session.info[_STARTS] = [], [0]
     try:
         yield
         write_deferred_events(session)
     finally:
         session.info.pop(_DEFERRED, None)
+        session.info.pop(_STARTS, None)
 
 
 def discard_deferred_events(session: Session) -> None:
-    """Forget the block's events not yet written (its savepoint is being rolled back)."""
+    """Forget the innermost block's events not yet written (its work is being undone)."""
     deferred = session.info.get(_DEFERRED)
     if deferred is not None:
-        deferred.clear()
+        del deferred[session.info[_STARTS][-1]:]
 
 
 def write_deferred_events(session: Session) -> None:
@@ -59,3 +73,5 @@ def write_deferred_events(session: Session) -> None:
     if deferred:
         session.connection().execute(_INSERT_EVENT, deferred)
         deferred.clear()
+        starts = session.info[_STARTS]
+        starts[:] = [0] * len(starts)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +49,7 @@ from sqlalchemy.orm import Session, undefer
 
 from postdesk.storage.models import RawMessage, RawStatus
 from postdesk.storage.raw_store import raw_bytes
+from postdesk.workflow.desk.events import deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter, RenderAhead, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -112,7 +114,9 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
     writers: list[OutboxWriter] = []
     one = _straight if straight else _one
     with services.sessions() as session:
-        with session.begin():
+        # Without savepoints nothing of one email is undone alone: the events of the whole
+        # batch are written in one statement at its end.
+        with session.begin(), (deferred_events(session) if straight else nullcontext()):
             claimed = {raw.id: raw for raw in session.scalars(_CLAIM_MANY,
                                                               {"ids": list(raw_ids)})}
             for raw_id in raw_ids:
