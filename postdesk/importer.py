@@ -560,7 +560,10 @@ class _HelperRenders:
         future, index = entry
         try:
             return future.result(timeout=RENDER_WAIT_S)[index]
-        except Exception:   # the helper died or is stuck: render here
+        except TimeoutError:   # the helper is stuck: this process does all from now on
+            self._give_up()
+            return None
+        except Exception:   # the helper died (a broken pool): render here
             return None
 
     def clear(self) -> None:
@@ -575,11 +578,17 @@ class _HelperRenders:
         try:
             future = helpers.submit(_render_ahead, jobs)
         except Exception:   # a broken pool (a helper died): this process renders
-            helpers.shutdown(wait=False, cancel_futures=True)
-            self.importer._helpers = None
+            self._give_up()
             return
         for index, job in enumerate(jobs):
             self._sent[job.message_id] = (future, index)
+
+    def _give_up(self) -> None:
+        """No more helpers for this import: parsing and rendering stay here."""
+        helpers, self.importer._helpers = self.importer._helpers, None
+        if helpers is not None:
+            helpers.shutdown(wait=False, cancel_futures=True)
+        self.clear()
 
 
 # In a helper process: the importer's services (inherited by fork; only their pure parts,

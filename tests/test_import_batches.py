@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import wait
 from email import policy
@@ -241,20 +242,26 @@ def test_a_helper_that_dies_mid_import_changes_no_outcome(tmp_path: Path,
 
 
 class RendersCounted(Importer):
-    """Counts the drafts whose rendering came from a helper process."""
+    """Counts the drafts whose rendering came from a helper process, and the times the
+    helpers were given up."""
 
     def __init__(self, *args: Any, **kw: Any):
         super().__init__(*args, **kw)
-        self.from_helper = 0
+        self.from_helper = self.gave_up = 0
         renders = self._renders
-        taken = renders.rendered
+        taken, give_up = renders.rendered, renders._give_up
 
         def rendered(row: Outbox) -> Any:
             done = taken(row)
             self.from_helper += done is not None
             return done
 
+        def counted_give_up() -> None:
+            self.gave_up += 1
+            give_up()
+
         renders.rendered = rendered   # type: ignore[method-assign]
+        renders._give_up = counted_give_up   # type: ignore[method-assign]
 
 
 def test_rendering_ahead_in_a_helper_process_changes_no_email(tmp_path: Path) -> None:
@@ -286,6 +293,29 @@ def test_a_helper_that_dies_while_rendering_changes_no_email(
     importer, helped = _import_alone(tmp_path / "helped", mbox, RendersCounted, workers=1)
     assert helped == plain
     assert isinstance(importer, RendersCounted) and importer.from_helper < len(plain["outbox"])
+
+
+def test_a_helper_stuck_while_rendering_is_given_up_and_changes_no_email(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mbox, _h = _mixed_mbox(tmp_path)
+    _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
+    rendered_in_helper = {"n": 0}
+    real_render = importer_module.render_job
+
+    def hangs_at_the_tenth(services: Any, job: Any) -> Any:
+        rendered_in_helper["n"] += 1
+        if rendered_in_helper["n"] == 10:
+            time.sleep(3600)   # ended with the import (the helper dies with its parent)
+        return real_render(services, job)
+
+    monkeypatch.setattr(importer_module, "render_job", hangs_at_the_tenth)
+    monkeypatch.setattr(importer_module, "RENDER_WAIT_S", 1.0)
+    importer, helped = _import_alone(tmp_path / "helped", mbox, RendersCounted, workers=1)
+    assert helped == plain
+    # Given up once, at the stuck chunk (the drafts before the tenth were in it too):
+    # no helper afterwards, this process rendered every draft.
+    assert isinstance(importer, RendersCounted)
+    assert (importer.gave_up, importer.from_helper) == (1, 0)
 
 
 def test_a_helper_by_default_only_with_a_second_cpu_and_enough_messages(
