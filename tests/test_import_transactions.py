@@ -23,6 +23,7 @@ from postdesk.importer import Importer, ImportSummary
 from postdesk.ingest.accept import Envelope
 from postdesk.storage.blobs import sha256_hex
 from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
+from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.notify import answer_balance
@@ -435,6 +436,32 @@ def test_a_unique_key_race_in_a_batch_recorded_with_savepoints_reruns_that_email
             stored_once = list(s.scalars(select(Message.ticket_id)
                                          .where(Message.message_id == raced)))
         assert len(stored_once) == 1
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_an_event_that_cannot_be_written_quarantines_its_email_alone(
+        kind: str, tmp_path: Path) -> None:
+    """Without savepoints a batch writes its emails' events in one statement before it
+    commits; when that fails, the batch is recorded again with savepoints, where the
+    email whose event it was is quarantined alone."""
+    def unstorable_event(ctx: Inbound) -> None:
+        if ctx.parsed is not None and ctx.parsed.subject == "Question 2":
+            add_event(ctx.session, ctx.ticket, "poison", ctx.now, unstorable=object())
+
+    poisoning = dataclasses.replace(BUILTIN, notify=[*BUILTIN.notify,
+                                                     Step("poison", unstorable_event)])
+    with fresh_desk(kind, tmp_path) as desk:
+        emails = [make_email(sender=f"client{i}@client.example", subject=f"Question {i}")
+                  for i in range(5)]
+        summary = run_import(desk, write_mbox(tmp_path / "poison.mbox", emails),
+                             per_transaction=5, pipeline=poisoning)
+        assert summary.as_json()["quarantined"] == {"processing_error": 1}
+        assert summary.tickets_created == 4
+        with desk.app.sessions() as s:
+            subjects = sorted(s.scalars(select(Ticket.subject)))
+            kinds = set(s.scalars(select(Event.kind)))
+        assert subjects == [f"Question {i}" for i in (0, 1, 3, 4)]
+        assert "poison" not in kinds and "ticket_created" in kinds
 
 
 def failing_after_the_outcome() -> Pipeline:

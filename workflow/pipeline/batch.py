@@ -49,7 +49,7 @@ from sqlalchemy.orm import Session, undefer
 
 from postdesk.storage.models import RawMessage, RawStatus
 from postdesk.storage.raw_store import raw_bytes
-from postdesk.workflow.desk.events import deferred_events
+from postdesk.workflow.desk.events import deferred_events, write_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter, RenderAhead, render_drafts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -103,7 +103,7 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
 class _NeedsSavepoints(Exception):
     """An email of a batch recorded without savepoints needs its own work undone."""
 
-    def __init__(self, raw_id: int, why: str):
+    def __init__(self, raw_id: int | None, why: str):
         super().__init__(why)
         self.raw_id, self.why = raw_id, why
 
@@ -128,6 +128,8 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
                 results.append(result)
                 if writer is not None:
                     writers.append(writer)
+            if straight:
+                _write_events(session)
         # Committed: render the batch's drafts as they were written, holding nothing.
         queued = [i for r in results if r is not None for i in r.outbox_ids]
         ready = set(render_drafts(services, queued, ahead=ahead, written=[
@@ -157,6 +159,17 @@ def _straight(services: Services, session: Session, raw: RawMessage, pipeline: P
         if is_transient(exc):
             raise
         raise _NeedsSavepoints(raw_id, type(exc).__name__) from exc
+
+
+def _write_events(session: Session) -> None:
+    """The batch's events, before it commits. One that cannot be written is some email's
+    error: recording the batch again with savepoints finds which."""
+    try:
+        write_deferred_events(session)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise _NeedsSavepoints(None, f"its events: {type(exc).__name__}") from exc
 
 
 def _context(services: Services, session: Session, raw: RawMessage,
