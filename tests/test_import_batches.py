@@ -274,22 +274,28 @@ def test_rendering_ahead_in_a_helper_process_changes_no_email(tmp_path: Path) ->
     assert importer.from_helper == len(plain["outbox"]) > 2 * h.tickets
 
 
+def at_the_tenth_rendering_in_the_helper(monkeypatch: pytest.MonkeyPatch,
+                                         happens: Callable[[], object]) -> None:
+    """Make the helper run ``happens`` when it starts its tenth rendering. Forked from
+    this process, the helper renders with importer.py's reference to ``render_job``; the
+    import's own rendering, in desk.outbox, is left as it is."""
+    rendered_in_helper = {"n": 0}   # the helper's own count (it is a forked copy)
+    real_render = importer_module.render_job
+
+    def render(services: Any, job: Any) -> Any:
+        rendered_in_helper["n"] += 1
+        if rendered_in_helper["n"] == 10:
+            happens()
+        return real_render(services, job)
+
+    monkeypatch.setattr(importer_module, "render_job", render)
+
+
 def test_a_helper_that_dies_while_rendering_changes_no_email(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mbox, _h = _mixed_mbox(tmp_path)
     _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
-    rendered_in_helper = {"n": 0}
-    real_render = importer_module.render_job
-
-    def dies_at_the_tenth(services: Any, job: Any) -> Any:
-        rendered_in_helper["n"] += 1   # the helper's own count (it is a forked copy)
-        if rendered_in_helper["n"] == 10:
-            os._exit(70)
-        return real_render(services, job)
-
-    # Forked from this process, the helper renders with this (importer.py's reference;
-    # the import's own rendering, in desk.outbox, is left as it is).
-    monkeypatch.setattr(importer_module, "render_job", dies_at_the_tenth)
+    at_the_tenth_rendering_in_the_helper(monkeypatch, lambda: os._exit(70))
     importer, helped = _import_alone(tmp_path / "helped", mbox, RendersCounted, workers=1)
     assert helped == plain
     assert isinstance(importer, RendersCounted) and importer.from_helper < len(plain["outbox"])
@@ -299,16 +305,8 @@ def test_a_helper_stuck_while_rendering_is_given_up_and_changes_no_email(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mbox, _h = _mixed_mbox(tmp_path)
     _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
-    rendered_in_helper = {"n": 0}
-    real_render = importer_module.render_job
-
-    def hangs_at_the_tenth(services: Any, job: Any) -> Any:
-        rendered_in_helper["n"] += 1
-        if rendered_in_helper["n"] == 10:
-            time.sleep(3600)   # ended with the import (the helper dies with its parent)
-        return real_render(services, job)
-
-    monkeypatch.setattr(importer_module, "render_job", hangs_at_the_tenth)
+    # Ended with the import (the helper dies with its parent).
+    at_the_tenth_rendering_in_the_helper(monkeypatch, lambda: time.sleep(3600))
     monkeypatch.setattr(importer_module, "RENDER_WAIT_S", 1.0)
     importer, helped = _import_alone(tmp_path / "helped", mbox, RendersCounted, workers=1)
     assert helped == plain
