@@ -98,6 +98,10 @@ def _forget_after_commit(session: Session) -> None:
     forget_cached_rows()
 
 
+# session.info key: the cached rows merged into the session, held for its life.
+_HELD = "postdesk_directory_rows"
+
+
 def _detached_copy(row: _T) -> _T:
     mapper = inspect(type(row))
     copy = type(row)(**{c.key: getattr(row, c.key) for c in mapper.column_attrs})
@@ -113,8 +117,12 @@ def _cached(session: Session, model: type[_T], column: str, value: object) -> _T
         present = session.identity_map.get(inspect(hit).key)
         if present is not None:
             return cast(_T, present)
-        # merge(load=False): into this session as it was cached, without a query.
-        return cast(_T, session.merge(hit, load=False))
+        # merge(load=False): into this session as it was cached, without a query. The
+        # session holds its rows weakly: keep this one for the session's life, or a
+        # session that records many emails (an import's batch) merges it again for each.
+        merged = session.merge(hit, load=False)
+        session.info.setdefault(_HELD, []).append(merged)
+        return cast(_T, merged)
     with session.no_autoflush:
         row = session.scalar(select(model).where(getattr(model, column) == value))
     if row is not None and rows is not None and not session.is_modified(row):

@@ -5,6 +5,8 @@ phase, together at its end."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,6 +62,18 @@ def test_orgs_and_staff_are_read_once_then_come_from_the_cache(
         assert member is not None and member.email == "dev1@agency.example"
         assert other.get(Org, org.id) is again                # in its identity map
     assert statements == []
+
+
+def test_a_cached_row_stays_in_the_session_it_was_merged_into(
+        session: Session, sessions: sessionmaker[Session]) -> None:
+    """A session holds its rows weakly; one that records many emails (an import's batch)
+    keeps the cached org instead of merging it again for every email."""
+    assert org_by_slug(session, "clientco") is not None     # cached
+    with sessions() as other:
+        merged = weakref.ref(org_by_slug(other, "clientco"))  # type: ignore[arg-type]
+        gc.collect()
+        assert merged() is not None
+        assert org_by_slug(other, "clientco") is merged()
 
 
 def test_a_change_to_a_sessions_copy_never_reaches_the_cache(
