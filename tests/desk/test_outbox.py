@@ -209,6 +209,51 @@ def test_rendering_a_draft_twice_records_one_message_and_still_hands_it_on(
         Message.outbox_id == row.id)) == 1
 
 
+def test_several_drafts_are_stored_with_one_update_statement(
+        session: Session, services: Services, outbox: OutboxWriter,
+        new_ticket: Callable[..., Ticket]) -> None:
+    ticket = new_ticket()
+    rows = [queue_ack(outbox, ticket, key=f"ack:{n}") for n in range(3)]
+    ids = [row.id for row in rows if row is not None]
+    updates: list[bool] = []    # executemany, per UPDATE of the outbox
+
+    def count(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+              executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE OUTBOX"):
+            updates.append(executemany)
+
+    engine = session.get_bind()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert render_drafts(services, ids, written=outbox.written) == ids
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert updates == [True]
+    assert session.scalar(select(func.count(Message.id)).where(
+        Message.outbox_id.in_(ids))) == 3
+
+
+def test_drafts_another_renderer_stored_first_are_left_to_it_and_the_rest_stored(
+        session: Session, services: Services, outbox: OutboxWriter,
+        new_ticket: Callable[..., Ticket]) -> None:
+    """Stored together, one statement changes fewer rows than it was given: that is
+    rolled back, and the drafts are stored one by one, which tells whose each one is."""
+    ticket = new_ticket()
+    first, second = (queue_ack(outbox, ticket, key=f"ack:{n}") for n in range(2))
+    assert first is not None and second is not None
+    # Another renderer (the sweeper, say) reads and stores the first draft now.
+    assert render_drafts(services, [first.id]) == [first.id]
+    # This one renders both as it wrote them, and hands on only the one it stored.
+    assert render_drafts(services, [first.id, second.id], written=outbox.written) == [
+        second.id]
+    recorded = session.execute(select(Message.outbox_id, func.count(Message.id))
+                               .group_by(Message.outbox_id)).all()
+    assert sorted(recorded) == sorted([(first.id, 1), (second.id, 1)])
+    statuses = session.execute(select(Outbox.status).where(
+        Outbox.id.in_([first.id, second.id])).execution_options(populate_existing=True))
+    assert [status for (status,) in statuses] == [OutboxStatus.QUEUED] * 2
+
+
 def test_an_automatic_email_over_the_hourly_limit_is_suppressed(
         session: Session, services: Services, outbox: OutboxWriter,
         new_ticket: Callable[..., Ticket]) -> None:

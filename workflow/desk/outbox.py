@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from postdesk.mail.compose import OutgoingAttachment, OutgoingEmail, compose
@@ -228,23 +228,70 @@ def _render_batch(services: Services, outbox_ids: Sequence[int],
                 done.append(_render_one(services, row, ticket))
     if not done:
         return ready
-    # Core statements only: a bare connection's transaction, no Session.
+    return ready | _store(services, done)
+
+
+class _Raced(Exception):
+    """Another renderer stored some of these drafts first (``_store_together``)."""
+
+
+def _store(services: Services, done: Sequence[_Rendered]) -> set[int]:
+    """Store the renderings (or failures) of drafts still as they were read, recording
+    client-facing mail on its ticket; the ids now ``queued``. Core statements only: a
+    bare connection's transaction, no Session.
+
+    Several drafts are stored with one statement per kind (``executemany``): every one of
+    them is normally still a draft. When the rows changed fall short (a racing renderer,
+    the worker or the sweeper, stored some first), that transaction is rolled back and
+    the drafts are stored one by one, which tells which were ours."""
+    if len(done) > 1:
+        try:
+            with plain_transaction(services.sessions) as connection:
+                stored = _store_together(connection, done)
+            if stored is not None:
+                return stored
+        except _Raced:
+            pass
     with plain_transaction(services.sessions) as connection:
-        messages = []
-        for item in done:
-            won = connection.execute(
-                _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED,
-                {"outbox_id": item.outbox_id, "was": item.status, **item.values}
-            ).rowcount
-            if not won:
-                continue
-            if item.message is not None:
-                messages.append(item.message)
-            if item.values["new_status"] == OutboxStatus.QUEUED:
-                ready.add(item.outbox_id)
-        if messages:
-            connection.execute(_INSERT_MESSAGE, messages)
+        return _store_each(connection, done)
+
+
+def _store_together(connection: Connection, done: Sequence[_Rendered]) -> set[int] | None:
+    if not connection.dialect.supports_sane_multi_rowcount:
+        return None   # the rows changed could not be counted: one by one
+    for statement, items in ((_STORE_RENDERED, [i for i in done if "new_raw" in i.values]),
+                             (_STORE_FAILED, [i for i in done if "new_raw" not in i.values])):
+        if items and connection.execute(statement, [_stored(i) for i in items]
+                                        ).rowcount != len(items):
+            raise _Raced
+    messages = [item.message for item in done if item.message is not None]
+    if messages:
+        connection.execute(_INSERT_MESSAGE, messages)
+    return {item.outbox_id for item in done
+            if item.values["new_status"] == OutboxStatus.QUEUED}
+
+
+def _store_each(connection: Connection, done: Sequence[_Rendered]) -> set[int]:
+    ready: set[int] = set()
+    messages = []
+    for item in done:
+        won = connection.execute(
+            _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED, _stored(item)
+        ).rowcount
+        if not won:
+            continue
+        if item.message is not None:
+            messages.append(item.message)
+        if item.values["new_status"] == OutboxStatus.QUEUED:
+            ready.add(item.outbox_id)
+    if messages:
+        connection.execute(_INSERT_MESSAGE, messages)
     return ready
+
+
+def _stored(item: _Rendered) -> dict[str, Any]:
+    """The parameters of the conditional UPDATE that stores ``item``."""
+    return {"outbox_id": item.outbox_id, "was": item.status, **item.values}
 
 
 def _render_one(services: Services, row: Outbox, ticket: Any, *,
