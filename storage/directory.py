@@ -152,19 +152,46 @@ _ENSURE_CONTACT = {dialect: insert_unless_exists(dialect, Contact, "email")
                    for dialect in ON_CONFLICT_DIALECTS}
 
 
+# session.info key: (the transaction, the addresses whose contact it has ensured).
+_ENSURED = "postdesk_ensured_contacts"
+
+
 def ensure_contact(session: Session, email: str, org: Org, name: str = "") -> None:
     """The contact row for an address exists: created on first contact for domain
     members, in one statement on the session's connection (``INSERT ... ON CONFLICT DO
     NOTHING``: a concurrent first email from the same address neither fails nor
-    duplicates it). Nothing pending in the session is flushed."""
+    duplicates it). Nothing pending in the session is flushed.
+
+    Once per address and transaction: an import's batch records many emails from each
+    sender in one. An address ensured inside a savepoint is not remembered (rolling the
+    savepoint back would undo it)."""
     values = {"email": email, "org_id": org.id, "name": name, "can_approve": False,
               "listed": False, "hard_bounces": 0}
+    ensured = _ensured_in_this_transaction(session)
+    if ensured is not None and email in ensured:
+        return
     connection = session.connection()
     statement = _ENSURE_CONTACT.get(connection.dialect.name)
     if statement is not None:
         connection.execute(statement, values)
-        return
-    with session.no_autoflush:
-        found = session.scalar(select(Contact.id).where(Contact.email == email))
-    if found is None:
-        session.add(Contact(**values))
+    else:
+        with session.no_autoflush:
+            found = session.scalar(select(Contact.id).where(Contact.email == email))
+        if found is None:
+            session.add(Contact(**values))
+    if ensured is not None:
+        ensured.add(email)
+
+
+def _ensured_in_this_transaction(session: Session) -> set[str] | None:
+    """The addresses ``ensure_contact`` has ensured in the session's transaction; None
+    inside a savepoint (or outside a transaction), where nothing is remembered."""
+    transaction = session.get_transaction()
+    if transaction is None or session.in_nested_transaction():
+        return None
+    ensured: set[str]
+    ensured_in, ensured = session.info.get(_ENSURED, (None, set()))
+    if ensured_in is not transaction:
+        ensured = set()
+        session.info[_ENSURED] = (transaction, ensured)
+    return ensured

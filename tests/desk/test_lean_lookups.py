@@ -109,17 +109,42 @@ def test_unknown_names_are_not_cached(session: Session, statements: list[str]) -
 
 # --- contacts --------------------------------------------------------------------------
 
-def test_a_contact_is_created_once_in_one_statement(
+def test_a_contact_is_created_once_in_one_statement_and_ensured_once_per_transaction(
         session: Session, statements: list[str]) -> None:
     org = org_by_slug(session, "clientco")
     assert org is not None
     statements.clear()
     ensure_contact(session, "new@client.example", org, "New Person")
-    ensure_contact(session, "new@client.example", org, "Another Name")
-    assert len(statements) == 2 and all("INSERT" in s for s in statements)
+    ensure_contact(session, "new@client.example", org, "Another Name")   # remembered
+    assert len(statements) == 1 and "INSERT" in statements[0]
     rows = session.scalars(select(Contact).where(Contact.email == "new@client.example")).all()
     assert [(c.name, c.org_id, c.listed, c.can_approve, c.hard_bounces) for c in rows] == [
         ("New Person", org.id, False, False, 0)]
+
+
+def test_a_contact_ensured_in_a_transaction_rolled_back_is_ensured_again(
+        session: Session) -> None:
+    session.commit()   # the directory, so that the rollback below undoes only the contact
+    org = org_by_slug(session, "clientco")
+    assert org is not None
+    ensure_contact(session, "gone@client.example", org, "Gone")
+    session.rollback()
+    ensure_contact(session, "gone@client.example", org, "Back")
+    assert session.scalars(select(Contact.name).where(
+        Contact.email == "gone@client.example")).all() == ["Back"]
+
+
+def test_a_contact_ensured_in_a_rolled_back_savepoint_is_ensured_again(
+        session: Session) -> None:
+    org = org_by_slug(session, "clientco")
+    assert org is not None
+    savepoint = session.begin_nested()
+    ensure_contact(session, "undone@client.example", org, "Undone")
+    savepoint.rollback()
+    ensure_contact(session, "undone@client.example", org, "Again")
+    names = session.scalars(select(Contact.name).where(
+        Contact.email == "undone@client.example")).all()
+    assert names == ["Again"]
 
 
 def test_a_listed_contact_is_left_as_configured(session: Session) -> None:
