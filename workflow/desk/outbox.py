@@ -247,46 +247,44 @@ def _store(services: Services, done: Sequence[_Rendered]) -> set[int]:
     if len(done) > 1:
         try:
             with plain_transaction(services.sessions) as connection:
-                stored = _store_together(connection, done)
-            if stored is not None:
-                return stored
+                if _update_together(connection, done):
+                    return _record_stored(connection, done)
         except _Raced:
             pass
     with plain_transaction(services.sessions) as connection:
-        return _store_each(connection, done)
+        return _record_stored(connection, _update_each(connection, done))
 
 
-def _store_together(connection: Connection, done: Sequence[_Rendered]) -> set[int] | None:
+def _update_together(connection: Connection, done: Sequence[_Rendered]) -> bool:
+    """One UPDATE per kind for all of ``done``; False where the driver cannot count the
+    rows an ``executemany`` changed. ``_Raced`` when fewer changed than were given."""
     if not connection.dialect.supports_sane_multi_rowcount:
-        return None   # the rows changed could not be counted: one by one
-    for statement, items in ((_STORE_RENDERED, [i for i in done if "new_raw" in i.values]),
-                             (_STORE_FAILED, [i for i in done if "new_raw" not in i.values])):
-        if items and connection.execute(statement, [_stored(i) for i in items]
-                                        ).rowcount != len(items):
+        return False
+    for statement in (_STORE_RENDERED, _STORE_FAILED):
+        params = [_stored(item) for item in done if _update_for(item) is statement]
+        if params and connection.execute(statement, params).rowcount != len(params):
             raise _Raced
-    messages = [item.message for item in done if item.message is not None]
+    return True
+
+
+def _update_each(connection: Connection, done: Sequence[_Rendered]) -> list[_Rendered]:
+    """The drafts of ``done`` this renderer stored, one UPDATE each."""
+    return [item for item in done
+            if connection.execute(_update_for(item), _stored(item)).rowcount]
+
+
+def _record_stored(connection: Connection, stored: Sequence[_Rendered]) -> set[int]:
+    """Record the client-facing mail of the drafts just stored among its ticket's
+    messages; the ids now ``queued``."""
+    messages = [item.message for item in stored if item.message is not None]
     if messages:
         connection.execute(_INSERT_MESSAGE, messages)
-    return {item.outbox_id for item in done
+    return {item.outbox_id for item in stored
             if item.values["new_status"] == OutboxStatus.QUEUED}
 
 
-def _store_each(connection: Connection, done: Sequence[_Rendered]) -> set[int]:
-    ready: set[int] = set()
-    messages = []
-    for item in done:
-        won = connection.execute(
-            _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED, _stored(item)
-        ).rowcount
-        if not won:
-            continue
-        if item.message is not None:
-            messages.append(item.message)
-        if item.values["new_status"] == OutboxStatus.QUEUED:
-            ready.add(item.outbox_id)
-    if messages:
-        connection.execute(_INSERT_MESSAGE, messages)
-    return ready
+def _update_for(item: _Rendered) -> Any:
+    return _STORE_RENDERED if "new_raw" in item.values else _STORE_FAILED
 
 
 def _stored(item: _Rendered) -> dict[str, Any]:
