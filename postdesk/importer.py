@@ -367,6 +367,13 @@ class Importer:
         return outcomes
 
     # --- parsing ahead, in the helper processes -----------------------------------------
+    def _drop_helpers(self) -> None:
+        """No more helpers for this import (one died, or is stuck): parsing and rendering
+        stay in this process from now on."""
+        helpers, self._helpers = self._helpers, None
+        if helpers is not None:
+            helpers.shutdown(wait=False, cancel_futures=True)
+
     def _submit_ahead(self, raws: Sequence[bytes]) -> None:
         helpers = self._helpers
         if helpers is None:
@@ -377,8 +384,7 @@ class Importer:
             try:
                 future = helpers.submit(_parse_ahead, chunk)
             except Exception:   # a broken pool (a helper died): the pipeline parses itself
-                helpers.shutdown(wait=False, cancel_futures=True)
-                self._helpers = None
+                self._drop_helpers()
                 return
             for index, raw in enumerate(chunk):
                 self._ahead.setdefault(sha256_hex(raw), (future, index))
@@ -584,10 +590,7 @@ class _HelperRenders:
             self._sent[job.message_id] = (future, index)
 
     def _give_up(self) -> None:
-        """No more helpers for this import: parsing and rendering stay here."""
-        helpers, self.importer._helpers = self.importer._helpers, None
-        if helpers is not None:
-            helpers.shutdown(wait=False, cancel_futures=True)
+        self.importer._drop_helpers()
         self.clear()
 
 
