@@ -30,7 +30,12 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
-from postdesk.outbound.transport import PermanentFailure, TemporaryFailure, Transport
+from postdesk.outbound.transport import (
+    Connection,
+    PermanentFailure,
+    TemporaryFailure,
+    Transport,
+)
 from postdesk.storage.db import one_statement
 from postdesk.storage.models import Outbox, OutboxStatus
 from postdesk.workflow.desk.services import Services
@@ -103,23 +108,29 @@ def send_outboxes(services: Services, transport: Transport, outbox_ids: Sequence
                     f"already-{state.status}" if state.status in FINAL
                     else "claimed-elsewhere", state.template, state.recipient)
     for outbox_id in ids:
-        row = rows.get(outbox_id)
-        if row is None:
-            if outbox_id not in deliveries:
-                log.error("outbox %s does not exist", outbox_id)
-                deliveries[outbox_id] = Delivery("missing")
-            continue
-        status, error, delivery = _deliver(services, transport, outbox_id, row)
-        deliveries[outbox_id] = delivery
-        # Recorded at once, before the next email is handed over: between the
-        # smarthost's 250 and this commit lies the one window in which an email can be
-        # sent twice (docs/faults.md), and it must not include another delivery.
-        _record(services, outbox_id, status, error,
-                deadline=claimed_at + claim.total_seconds() * 0.9)
+        if outbox_id not in rows and outbox_id not in deliveries:
+            log.error("outbox %s does not exist", outbox_id)
+            deliveries[outbox_id] = Delivery("missing")
+    if not rows:
+        return deliveries
+    # One connection for the job's emails, its QUIT after the last is recorded.
+    with transport.connect() as connection:
+        for outbox_id in ids:
+            row = rows.get(outbox_id)
+            if row is None:
+                continue
+            status, error, delivery = _deliver(services, connection, outbox_id, row)
+            deliveries[outbox_id] = delivery
+            # Recorded at once, before the next email is handed over and before QUIT:
+            # between the smarthost's 250 and this commit lies the one window in which
+            # an email can be sent twice (docs/faults.md), and it must not include
+            # another delivery or another round trip.
+            _record(services, outbox_id, status, error,
+                    deadline=claimed_at + claim.total_seconds() * 0.9)
     return deliveries
 
 
-def _deliver(services: Services, transport: Transport, outbox_id: int, row: Any
+def _deliver(services: Services, connection: Connection, outbox_id: int, row: Any
              ) -> tuple[OutboxStatus, str | None, Delivery]:
     """Hand one claimed email to the transport: the status to record, its error, and
     what the send did."""
@@ -132,7 +143,7 @@ def _deliver(services: Services, transport: Transport, outbox_id: int, row: Any
     recipients = list(dict.fromkeys([*row.to, *row.cc]))
     key = f"{outbox_id}-{row.message_id.strip('<>')}"
     try:
-        refused = transport.deliver(key, services.envelope_sender, recipients, row.raw)
+        refused = connection.deliver(key, services.envelope_sender, recipients, row.raw)
     except TemporaryFailure as exc:
         return (OutboxStatus.QUEUED, str(exc),
                 Delivery("retry", row.template, row.recipient, retry=exc))

@@ -6,9 +6,10 @@ import logging
 import os
 import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from postdesk.workflow.rules.errors import PermanentError, TransientError
 
@@ -23,13 +24,28 @@ class PermanentFailure(PermanentError):
     """Never try again (5xx for every recipient)."""
 
 
-class Transport(Protocol):
+class Connection(Protocol):
     def deliver(self, key: str, mail_from: str, rcpt_to: Sequence[str], raw: bytes
                 ) -> dict[str, str]:
         """Deliver once; return the recipients refused while others were accepted."""
 
 
-class MaildirTransport:
+class Transport(Connection, Protocol):
+    def connect(self) -> AbstractContextManager[Connection]:
+        """One connection for several deliveries (a send job's), closed when the block
+        ends: the caller records each email ``sent`` while the connection is still open,
+        so nothing else of the dialogue (QUIT) lies between a delivery and its record."""
+
+
+class ConnectionlessTransport:
+    """A transport with nothing to hold open between deliveries: its connection is
+    itself."""
+
+    def connect(self) -> AbstractContextManager[Connection]:
+        return nullcontext(cast(Connection, self))
+
+
+class MaildirTransport(ConnectionlessTransport):
     """Writes each email to ``new/`` of a maildir under a name derived from the outbox
     key, so delivering the same email twice leaves one file."""
 
@@ -62,54 +78,96 @@ class SmtpTransport:
         self.username, self.password = username, password
         self.timeout = timeout
 
+    def connect(self) -> SmtpConnection:
+        return SmtpConnection(self)
+
     def deliver(self, key: str, mail_from: str, rcpt_to: Sequence[str], raw: bytes
                 ) -> dict[str, str]:
-        """The smarthost's 250 to DATA is the commitment: once ``sendmail`` returns, the
-        email is delivered whatever happens next. So the dialogue is not a ``with`` block
-        (smtplib's ``__exit__`` raises when QUIT is answered with anything but 221, which
-        turned a delivered email into a retry and a second copy): QUIT is sent after the
-        fact and its answer, or a dropped connection, is only logged."""
+        """One email on a connection of its own."""
+        with self.connect() as connection:
+            return connection.deliver(key, mail_from, rcpt_to, raw)
+
+    def open(self) -> smtplib.SMTP:
+        """Connect and greet (STARTTLS, AUTH): a session ready for MAIL FROM."""
         try:
             cls = smtplib.SMTP_SSL if self.use_ssl else smtplib.SMTP
             smtp = cls(self.host, self.port, timeout=self.timeout)
         except (OSError, smtplib.SMTPException) as exc:
             raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
         try:
-            refused = self._transaction(smtp, mail_from, rcpt_to, raw)
+            with _smtp_failures():
+                smtp.ehlo()
+                if self.starttls and not self.use_ssl:
+                    if not smtp.has_extn("starttls"):
+                        raise TemporaryFailure(f"{self.host} does not offer STARTTLS")
+                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.ehlo()
+                if self.username:
+                    smtp.login(self.username, self.password or "")
         except BaseException:
             smtp.close()
             raise
-        _quit_quietly(smtp, self.host)
+        return smtp
+
+
+class SmtpConnection:
+    """One SMTP session for the deliveries of one send job: opened at the first, each
+    email one MAIL .. DATA transaction, QUIT once when the block ends.
+
+    The smarthost's 250 to DATA is the commitment: once ``sendmail`` returns, the email
+    is delivered whatever happens next. So QUIT is sent after the fact, after the caller
+    recorded what it sent, and its answer (or a dropped connection) is only logged
+    (smtplib's ``__exit__`` raises when QUIT is answered with anything but 221, which
+    turned a delivered email into a retry and a second copy). A transaction that fails
+    closes the session; the next email of the job opens a new one."""
+
+    def __init__(self, transport: SmtpTransport):
+        self.transport = transport
+        self._smtp: smtplib.SMTP | None = None
+
+    def __enter__(self) -> SmtpConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._smtp is not None:
+            _quit_quietly(self._smtp, self.transport.host)
+            self._smtp = None
+
+    def deliver(self, key: str, mail_from: str, rcpt_to: Sequence[str], raw: bytes
+                ) -> dict[str, str]:
+        if self._smtp is None:
+            self._smtp = self.transport.open()
+        try:
+            with _smtp_failures():
+                refused = self._smtp.sendmail(mail_from, list(rcpt_to), raw)
+        except BaseException:
+            self._smtp.close()
+            self._smtp = None
+            raise
         # Some recipients refused with the rest accepted: the email is out, and retrying
         # would send the accepted ones a second copy. The caller records them instead.
         return {rcpt: f"{code} {msg!r}" for rcpt, (code, msg) in refused.items()}
 
-    def _transaction(self, smtp: smtplib.SMTP, mail_from: str, rcpt_to: Sequence[str],
-                     raw: bytes) -> dict[str, tuple[int, bytes]]:
-        """EHLO .. DATA; returns once the smarthost answered 250 to DATA."""
-        try:
-            smtp.ehlo()
-            if self.starttls and not self.use_ssl:
-                if not smtp.has_extn("starttls"):
-                    raise TemporaryFailure(f"{self.host} does not offer STARTTLS")
-                smtp.starttls(context=ssl.create_default_context())
-                smtp.ehlo()
-            if self.username:
-                smtp.login(self.username, self.password or "")
-            return smtp.sendmail(mail_from, list(rcpt_to), raw)
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            if all(code >= 500 for code in codes):
-                raise PermanentFailure(f"all recipients refused: {exc.recipients}") from None
-            raise TemporaryFailure(f"recipients refused: {exc.recipients}") from None
-        except smtplib.SMTPResponseException as exc:
-            err = exc.smtp_error.decode(errors="replace") if isinstance(
-                exc.smtp_error, bytes) else str(exc.smtp_error)
-            if 500 <= exc.smtp_code < 600:
-                raise PermanentFailure(f"{exc.smtp_code} {err}") from None
-            raise TemporaryFailure(f"{exc.smtp_code} {err}") from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
+
+@contextmanager
+def _smtp_failures() -> Iterator[None]:
+    """smtplib's errors as ours: 5xx (or every recipient refused with one) is permanent,
+    the rest (4xx, a dropped or refused connection) temporary."""
+    try:
+        yield
+    except smtplib.SMTPRecipientsRefused as exc:
+        codes = [code for code, _ in exc.recipients.values()]
+        if all(code >= 500 for code in codes):
+            raise PermanentFailure(f"all recipients refused: {exc.recipients}") from None
+        raise TemporaryFailure(f"recipients refused: {exc.recipients}") from None
+    except smtplib.SMTPResponseException as exc:
+        err = exc.smtp_error.decode(errors="replace") if isinstance(
+            exc.smtp_error, bytes) else str(exc.smtp_error)
+        if 500 <= exc.smtp_code < 600:
+            raise PermanentFailure(f"{exc.smtp_code} {err}") from None
+        raise TemporaryFailure(f"{exc.smtp_code} {err}") from None
+    except (OSError, smtplib.SMTPException) as exc:
+        raise TemporaryFailure(f"{type(exc).__name__}: {exc}") from None
 
 
 def _quit_quietly(smtp: smtplib.SMTP, host: str) -> None:

@@ -5,6 +5,8 @@ after an accepted DATA. Only aiosmtpd's public handler hooks are used."""
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from email import message_from_bytes
 from typing import Any
 
@@ -15,11 +17,20 @@ from tests.support import free_port
 
 class Sink:
     def __init__(self, *, quit_reply: str | None = None, refuse_first: int = 0,
-                 drop_after_data: bool = False):
+                 drop_after_data: bool = False,
+                 on_quit: Callable[[], None] | None = None,
+                 on_stored: Callable[[int], None] | None = None):
         self.quit_reply = quit_reply
         self.refuse_first = refuse_first
         self.drop_after_data = drop_after_data
+        self.on_quit = on_quit
+        # called with the number of emails stored so far, before the 250 is answered
+        self.on_stored = on_stored
         self.messages: list[bytes] = []
+        # per message: when it arrived (time.monotonic) and the client's (host, port),
+        # which tells the messages of one connection apart from another's
+        self.arrivals: list[float] = []
+        self.peers: list[Any] = []
         self.refused = 0
         self._lock = threading.Lock()
 
@@ -29,9 +40,16 @@ class Sink:
                 self.refused += 1
                 return "451 4.3.0 Try again later"
             self.messages.append(envelope.original_content)
+            self.arrivals.append(time.monotonic())
+            self.peers.append(session.peer)
+            stored = len(self.messages)
+        if self.on_stored is not None:
+            self.on_stored(stored)
         return "250 2.0.0 OK"
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.on_quit is not None:
+            self.on_quit()
         if self.drop_after_data:
             server.transport.abort()   # the connection drops instead of any answer
         return self.quit_reply or "221 Bye"

@@ -24,6 +24,7 @@ from hypothesis import settings
 
 REQUIRE_SERVICES = os.environ.get("POSTDESK_REQUIRE_SERVICES") == "1"
 HYPOTHESIS_PROFILE_ENV = "POSTDESK_HYPOTHESIS_PROFILE"
+WORKER_THREADS = 4
 
 BASE_CONFIG = """
 [desk]
@@ -35,7 +36,7 @@ broker_url = "{broker_url}"
 data_dir = "{data_dir}"
 secret = "test-secret-key"
 queue_namespace = "{namespace}"
-worker_threads = 4
+worker_threads = {worker_threads}
 database_lock_timeout = "{lock_timeout}"
 {desk_extra}
 
@@ -313,7 +314,8 @@ def config_text(be: Backend, data_dir: Path, *, smtp_port: int = 0, max_bytes: i
                               database_url=be.database_url, broker_url=be.broker_url,
                               data_dir=data_dir, namespace=be.namespace,
                               smtp_port=smtp_port or free_port(), max_bytes=max_bytes,
-                              extra=extra, lock_timeout=lock_timeout, desk_extra=desk_extra)
+                              extra=extra, lock_timeout=lock_timeout, desk_extra=desk_extra,
+                              worker_threads=WORKER_THREADS)
 
 
 def make_email(*, sender: str = "alice@client.example", to: str = "support@desk.example",

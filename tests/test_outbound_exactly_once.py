@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from postdesk.outbound.transport import SmtpTransport
+from postdesk.outbound.transport import ConnectionlessTransport, SmtpTransport
 from postdesk.scheduler import sweep_outbox
 from tests.smarthost import Sink, Smarthost
 from tests.support import make_email
@@ -81,7 +81,7 @@ def test_a_database_error_after_the_250_is_retried_in_process_not_sent_again(
         locker = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
         released = threading.Event()
 
-        class LockingTransport:
+        class LockingTransport(ConnectionlessTransport):
             """Delivers, then takes the database away as the 250 arrives."""
 
             def deliver(self, *args: Any) -> dict[str, str]:

@@ -14,7 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from postdesk.app import ActorDispatch
 from postdesk.outbound.sender import send_outboxes
-from postdesk.outbound.transport import TemporaryFailure
+from postdesk.outbound.transport import ConnectionlessTransport, TemporaryFailure
 from postdesk.workflow.tasks.actors import register_actors
 from tests.smarthost import Sink, Smarthost
 from tests.support import make_email
@@ -51,7 +51,7 @@ def test_a_job_hands_its_ids_to_the_sender_together_and_is_retried_when_it_fails
     assert sorted(jobs) == [[1, 2], [1, 2], [3]]
 
 
-class FlakyTransport:
+class FlakyTransport(ConnectionlessTransport):
     """Delivers to a list; the first delivery of one named email fails with a 451."""
 
     def __init__(self, fail_once: str):
@@ -134,7 +134,7 @@ def test_each_email_of_a_job_is_recorded_sent_before_the_next_is_handed_over(
     ids = [o["id"] for o in desk.outbox()]
     seen_when_handed_over: list[dict[int, str]] = []
 
-    class Watching:
+    class Watching(ConnectionlessTransport):
         def deliver(self, key: str, mail_from: str, rcpt_to: Any, raw: bytes
                     ) -> dict[str, str]:
             seen_when_handed_over.append({o["id"]: o["status"] for o in desk.outbox()})
@@ -144,3 +144,43 @@ def test_each_email_of_a_job_is_recorded_sent_before_the_next_is_handed_over(
     first, second = ids
     assert seen_when_handed_over == [{first: "sending", second: "sending"},
                                      {first: "sent", second: "sending"}]
+
+
+@pytest.mark.backends("sqlite", "postgres-redis")
+def test_a_jobs_emails_share_one_smtp_connection_whose_quit_follows_their_records(
+        make_desk: Any) -> None:
+    """QUIT is one more round trip: sent before ``sent`` was committed, it widened the
+    window in which a killed worker leaves a delivered email to be sent again."""
+    statuses_at_quit: list[set[str]] = []
+    sink = Sink(on_quit=lambda: statuses_at_quit.append(
+        {o["status"] for o in desk.outbox()}))
+    with Smarthost(sink) as host:
+        desk = make_desk(extra=host.config(), workers=False)
+        desk.send(make_email(subject="Checkout broken"))
+        [raw] = desk.raws()
+        desk.app.handle_inbound(raw["id"])
+        ids = [o["id"] for o in desk.outbox()]
+        deliveries = send_outboxes(desk.app.services, desk.app.transport, ids)
+    assert [deliveries[i].outcome for i in ids] == ["sent", "sent"]
+    assert len(sink.messages) == 2
+    assert len(set(sink.peers)) == 1            # one connection for both
+    assert statuses_at_quit == [{"sent"}]        # one QUIT, after both were recorded
+
+
+@pytest.mark.backends("sqlite")
+def test_an_email_refused_mid_job_closes_the_connection_and_the_next_opens_another(
+        make_desk: Any) -> None:
+    sink = Sink(refuse_first=1)
+    with Smarthost(sink) as host:
+        desk = make_desk(extra=host.config(), workers=False)
+        desk.send(make_email(subject="Checkout broken"))
+        [raw] = desk.raws()
+        desk.app.handle_inbound(raw["id"])
+        first, second = (o["id"] for o in desk.outbox())
+        deliveries = send_outboxes(desk.app.services, desk.app.transport, [first, second])
+        assert (deliveries[first].outcome, deliveries[second].outcome) == ("retry", "sent")
+        again = send_outboxes(desk.app.services, desk.app.transport, [first, second])
+    assert (again[first].outcome, again[second].outcome) == ("sent", "already-sent")
+    assert len(sink.messages) == 2
+    assert len(set(sink.peers)) == 2            # the 451 ended the first connection
+    assert {o["status"] for o in desk.outbox()} == {"sent"}
