@@ -5,10 +5,12 @@ through the declared steps up to a given one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from postdesk.storage.models import RawMessage, RawStatus
@@ -66,3 +68,17 @@ def inbound(session: Session, services: Services, clock: ManualClock) -> Inbound
         return ctx
 
     return build
+
+
+@pytest.fixture
+def statements(session: Session) -> Iterator[list[str]]:
+    """The SQL statements the session's connection runs while the test does."""
+    seen: list[str] = []
+    connection = session.connection()
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    yield seen
+    event.remove(connection, "before_cursor_execute", record)

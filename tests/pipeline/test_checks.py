@@ -3,7 +3,6 @@ outcome, and none of them writes to the database."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -12,7 +11,7 @@ from typing import Any
 
 import dkim
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from postdesk.mail.classify import Classification
@@ -582,20 +581,6 @@ def test_a_released_email_from_a_staff_address_with_no_org_stays_quarantined(
 
 
 # --- checks write nothing ----------------------------------------------------------------
-
-@pytest.fixture
-def statements(session: Session) -> Iterator[list[str]]:
-    """The SQL statements the session's connection runs while the test does."""
-    seen: list[str] = []
-    connection = session.connection()
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(connection, "before_cursor_execute", record)
-    yield seen
-    event.remove(connection, "before_cursor_execute", record)
-
 
 Scenario = tuple[Any, str | None, tuple[str, str] | None]
 

@@ -260,10 +260,26 @@ def test_another_orgs_escalation_keyword_does_nothing(inbound: InboundBuilder) -
 
 
 def test_the_escalation_keyword_needs_a_verified_sender(inbound: InboundBuilder) -> None:
-    ctx = inbound(make_email(body="CLIENTCO-URGENT"), through="record")
+    ctx = inbound(make_email(body="CLIENTCO-URGENT"), through="decide_trust")
     ctx.sender_verified = False
+    client.record.run(ctx)
     client.prioritise.run(ctx)
     assert ctx.ticket is not None and ctx.ticket.priority == "P3"
+    assert not ctx.became_p1
+
+
+def test_a_new_tickets_priority_and_assignee_are_written_with_it_not_updated_after(
+        inbound: InboundBuilder, statements: list[str]) -> None:
+    ctx = inbound(make_email(body="CLIENTCO-URGENT the shop is broken"),
+                  through="decide_trust")
+    statements.clear()
+    for step in (client.record, client.prioritise, client.assign):
+        step.run(ctx)
+    ctx.session.flush()
+    assert [s for s in statements if s.startswith("INSERT INTO tickets")]
+    assert ctx.ticket is not None and ctx.ticket.priority == "P1"
+    assert ctx.ticket.assignee_id is not None
+    assert [s for s in statements if s.startswith("UPDATE tickets")] == []
 
 
 def test_a_keyword_in_a_later_reply_raises_the_priority_and_recomputes_its_clocks(

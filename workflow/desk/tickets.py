@@ -17,14 +17,16 @@ from postdesk.workflow.rules.refs import clean_subject, ticket_ref
 
 
 def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, requester: str,
-                opened_at: datetime, now: datetime) -> Ticket:
+                opened_at: datetime, now: datetime, priority: str = "P3",
+                assignee_id: int | None = None) -> Ticket:
     """The new ticket, written at once. ``opened_at``: when it opened (for imported
-    history, the email's own date); ``now``: when it is written (its ``updated_at``)."""
+    history, the email's own date); ``now``: when it is written (its ``updated_at``);
+    ``priority`` and ``assignee_id``: what it opens with."""
     ensure_contact(session, requester, org,
                    (mail.from_name or "") if requester == mail.from_addr else "")
     ticket = Ticket(org_id=org.id, requester_email=requester,
-                    subject=clean_subject(mail.subject, prefix), status="new", priority="P3",
-                    assignee_id=None, created_at=opened_at, updated_at=now,
+                    subject=clean_subject(mail.subject, prefix), status="new", priority=priority,
+                    assignee_id=assignee_id, created_at=opened_at, updated_at=now,
                     first_responded_at=None, last_public_update_at=None, resolved_at=None,
                     closed_at=None, paused_since=None, cc=[], chargeable=False)
     insert_now(session, ticket)   # its number is in the event below, and all that follows

@@ -8,10 +8,9 @@ from datetime import timedelta
 
 from sqlalchemy import bindparam, func, select
 
-from postdesk.storage.directory import staff_by_email
-from postdesk.storage.models import Contact, Ticket
+from postdesk.storage.directory import staff_by_email, staff_by_id
+from postdesk.storage.models import Contact, Staff, Ticket
 from postdesk.workflow.desk.events import add_event
-from postdesk.workflow.desk.rows import update_now
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.tickets import open_ticket, store_message
 from postdesk.workflow.pipeline.context import Inbound
@@ -20,6 +19,7 @@ from postdesk.workflow.rules.approval import DEFAULT_APPROVALS, is_approval
 from postdesk.workflow.rules.priority import (
     DEFAULT_KEYWORD_RULES,
     KeywordRule,
+    PriorityDecision,
     initial_priority,
     raise_only,
 )
@@ -40,10 +40,19 @@ def record(ctx: Inbound) -> None:
         mail = ctx.email
         # Imported history keeps its own time line.
         opened = mail.date if (not ctx.raw.notify and mail.date) else ctx.now
+        # Its priority and assignee are decided first (by the rules the next two steps
+        # name) and written with it: one INSERT, not an INSERT and an UPDATE.
+        decision = _opening_priority(ctx)
+        staff = _rota_staff(ctx)
         ctx.ticket = open_ticket(ctx.session, prefix=ctx.config.desk.ticket_prefix, mail=mail,
                                  org=ctx.org, requester=sender.email, opened_at=opened,
-                                 now=ctx.now)
+                                 now=ctx.now,
+                                 priority=decision.priority if decision else "P3",
+                                 assignee_id=staff.id if staff else None)
         ctx.created_ticket = True
+        if decision is not None:
+            ctx.priority_reason = decision.reason
+            ctx.became_p1 = decision.priority == "P1"
     ctx.message = store_message(
         ctx.session, ctx.services.blobs, raw=ctx.raw, mail=ctx.email, ticket=ctx.ticket,
         kind="system" if ctx.auto_reply else "public", direction="in",
@@ -71,27 +80,40 @@ def _escalation_keyword(ctx: Inbound) -> str | None:
     return org.escalation_keyword if org else None
 
 
+def _opening_priority(ctx: Inbound) -> PriorityDecision | None:
+    """The priority a client's new ticket opens with (None: not a client's own email,
+    so no rule applies). Its new text is the visible text ``record`` stores with it."""
+    if not ctx.from_client or ctx.auto_reply:
+        return None
+    return initial_priority(ctx.email.subject, ctx.visible_text,
+                            escalation_keyword=_escalation_keyword(ctx),
+                            keyword_rules=_keyword_rules(ctx))
+
+
+def _rota_staff(ctx: Inbound) -> Staff | None:
+    """Who is on rota this week (in the desk's zone), if anyone."""
+    email = on_rota(ctx.config.rota, ctx.now.astimezone(desk_zone(ctx.config)).date())
+    return staff_by_email(ctx.session, email) if email else None
+
+
 @step
 def prioritise(ctx: Inbound) -> None:
-    """New ticket: priority from the escalation keyword and keyword rules. Later client
-    email: rules may raise the priority, never lower it."""
+    """New ticket: priority from the escalation keyword and keyword rules (written when
+    ``record`` opened it). Later client email: rules may raise the priority, never lower
+    it."""
     if not ctx.from_client or ctx.auto_reply:
         return
     ticket = ctx.ticket
     assert ticket is not None
-    decision = initial_priority(ctx.email.subject if ctx.created_ticket else None,
-                                ctx.new_text, escalation_keyword=_escalation_keyword(ctx),
+    if ctx.created_ticket:
+        add_event(ctx.session, ticket, "priority_set", ctx.now, "rules",
+                  priority=ticket.priority, reason=ctx.priority_reason)
+        return
+    decision = initial_priority(None, ctx.new_text, escalation_keyword=_escalation_keyword(ctx),
                                 keyword_rules=_keyword_rules(ctx))
     old = ticket.priority
-    new = decision.priority if ctx.created_ticket else raise_only(old, decision.priority)
-    if ctx.created_ticket:
-        if new != old:
-            update_now(ctx.session, ticket, priority=new)
-        add_event(ctx.session, ticket, "priority_set", ctx.now, "rules", priority=new,
-                  reason=decision.reason)
-        ctx.priority_reason = decision.reason
-        ctx.became_p1 = new == "P1"
-    elif new != old:
+    new = raise_only(old, decision.priority)
+    if new != old:
         ticket.priority = new
         ctx.services.clocks(ctx.session).reprioritise(ticket, ctx.now)
         add_event(ctx.session, ticket, "priority_changed", ctx.now, "rules", old=old, new=new,
@@ -102,15 +124,14 @@ def prioritise(ctx: Inbound) -> None:
 
 @step
 def assign(ctx: Inbound) -> None:
-    """A new ticket goes to the staff member on rota this week (in the desk's zone)."""
+    """A new ticket goes to the staff member on rota this week (in the desk's zone);
+    ``record`` wrote the assignee with the ticket, this step records why."""
     ticket = ctx.ticket
-    if not ctx.created_ticket or ticket is None or ticket.assignee_id is not None:
+    if not ctx.created_ticket or ticket is None or ticket.assignee_id is None:
         return
-    email = on_rota(ctx.config.rota, ctx.now.astimezone(desk_zone(ctx.config)).date())
-    staff = staff_by_email(ctx.session, email) if email else None
-    if staff is not None:
-        update_now(ctx.session, ticket, assignee_id=staff.id)
-        add_event(ctx.session, ticket, "assigned", ctx.now, "rota", assignee=staff.email)
+    staff = staff_by_id(ctx.session, ticket.assignee_id)
+    add_event(ctx.session, ticket, "assigned", ctx.now, "rota",
+              assignee=staff.email if staff else "")
 
 
 @step
