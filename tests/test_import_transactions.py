@@ -201,8 +201,12 @@ def test_a_clean_batch_is_recorded_without_savepoints_and_one_to_undo_again_with
                                  per_transaction=4)
         assert summary.tickets_created == 4
         assert not [s for s in seen if s.startswith("SAVEPOINT")]
-        # The events of the whole batch (each ticket's opening and more) in one statement.
+        # The events of the whole batch (each ticket's opening and more) in one statement,
+        # and the outcomes of its raw messages in one more (an executemany).
         assert seen.count("INSERT INTO EVENTS") == 1
+        assert seen.count("UPDATE RAW_MESSAGES SET") == 1
+        assert [(r["status"], r["subject"]) for r in desk.raws()] == [
+            ("processed", f"Question {i}") for i in range(4)]
 
         flooding = [make_email(sender="flood@client.example", subject=f"Flood {i}")
                     for i in range(FLOOD_LIMIT + 1)]

@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -57,12 +57,14 @@ from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.process import (
     RACE_RETRIES,
     RecordUndone,
+    deferred_outcomes,
     error_detail,
     is_transient,
     mark_failed,
     race_detail,
     record_outcome,
     undoable,
+    write_deferred_outcomes,
 )
 from postdesk.workflow.pipeline.runner import PipelineResult, run_steps
 
@@ -115,8 +117,9 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
     one = _straight if straight else _one
     with services.sessions() as session:
         # Without savepoints nothing of one email is undone alone: the events of the whole
-        # batch are written in one statement at its end.
-        with session.begin(), (deferred_events(session) if straight else nullcontext()):
+        # batch, and its raw messages' outcomes, are written in one statement each at its
+        # end.
+        with session.begin(), (_deferred(session) if straight else nullcontext()):
             claimed = {raw.id: raw for raw in session.scalars(_CLAIM_MANY,
                                                               {"ids": list(raw_ids)})}
             for raw_id in raw_ids:
@@ -129,7 +132,7 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
                 if writer is not None:
                     writers.append(writer)
             if straight:
-                _write_events(session)
+                _write_deferred(session)
         # Committed: render the batch's drafts as they were written, holding nothing.
         queued = [i for r in results if r is not None for i in r.outbox_ids]
         ready = set(render_drafts(services, queued, ahead=ahead, written=[
@@ -161,15 +164,24 @@ def _straight(services: Services, session: Session, raw: RawMessage, pipeline: P
         raise _NeedsSavepoints(raw_id, type(exc).__name__) from exc
 
 
-def _write_events(session: Session) -> None:
-    """The batch's events, before it commits. One that cannot be written is some email's
-    error: recording the batch again with savepoints finds which."""
-    try:
-        write_deferred_events(session)
-    except Exception as exc:
-        if is_transient(exc):
-            raise
-        raise _NeedsSavepoints(None, f"its events: {type(exc).__name__}") from exc
+@contextmanager
+def _deferred(session: Session) -> Iterator[None]:
+    with deferred_events(session), deferred_outcomes(session):
+        yield
+
+
+def _write_deferred(session: Session) -> None:
+    """The batch's events and raw messages' outcomes, before it commits. One that cannot
+    be written is some email's error: recording the batch again with savepoints finds
+    which."""
+    for what, write in (("its events", write_deferred_events),
+                        ("its outcomes", write_deferred_outcomes)):
+        try:
+            write(session)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            raise _NeedsSavepoints(None, f"{what}: {type(exc).__name__}") from exc
 
 
 def _context(services: Services, session: Session, raw: RawMessage,

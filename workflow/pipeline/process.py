@@ -26,7 +26,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
@@ -229,7 +230,8 @@ def _refresh(ctx: Inbound) -> None:
 
 def _finish(ctx: Inbound, outcome: Outcome | None) -> PipelineResult:
     """Mark the raw message with its outcome: one UPDATE (Core, on the session's
-    connection), its values then set on the in-memory row as committed, without history,
+    connection; inside ``deferred_outcomes``, later, with the block's others), its values
+    then set on the in-memory row as committed, without history,
     so the session's flush has nothing of the row to write (a reaction's change to the
     row, e.g. ``ticket_id``, is in the UPDATE). ``attempts`` is counted by the database
     and expired in memory. Whoever rolls back a savepoint around this expires the row
@@ -251,13 +253,44 @@ def _finish(ctx: Inbound, outcome: Outcome | None) -> PipelineResult:
         ticket_id = ctx.ticket.id
     values.update(status=status, reason=reason, detail=detail[:4000], processed_at=ctx.now,
                   ticket_id=ticket_id if ticket_id is not None else raw.ticket_id)
-    ctx.session.connection().execute(_OUTCOME, {"raw_id": raw.id, **values})
+    deferred = ctx.session.info.get(_DEFERRED_OUTCOMES)
+    if deferred is not None:
+        deferred.append({"raw_id": raw.id, **values})
+    else:
+        ctx.session.connection().execute(_OUTCOME, {"raw_id": raw.id, **values})
     for key, value in values.items():
         set_committed_value(raw, key, value)
     ctx.session.expire(raw, ["attempts"])
     return PipelineResult(str(status), reason, detail, outcome.step if outcome else None,
                           ticket_id=ticket_id, created_ticket=ctx.created_ticket,
                           outbox_ids=tuple(ctx.outbox.queued_ids), **_raw_facts(raw))
+
+
+# session.info key: the raw messages' outcomes of a ``deferred_outcomes`` block, unwritten.
+_DEFERRED_OUTCOMES = "postdesk_deferred_outcomes"
+
+
+@contextmanager
+def deferred_outcomes(session: Session) -> Iterator[None]:
+    """The raw messages' outcomes marked in the block (``_finish``) are written together,
+    in one executemany UPDATE, by ``write_deferred_outcomes`` or when the block ends: a
+    batch recorded without savepoints, where nothing of one email is undone alone.
+    Nothing in the record phase reads a raw message's outcome back from the database; a
+    block that ends by an exception writes nothing (its transaction is being rolled
+    back)."""
+    session.info[_DEFERRED_OUTCOMES] = []
+    try:
+        yield
+        write_deferred_outcomes(session)
+    finally:
+        session.info.pop(_DEFERRED_OUTCOMES, None)
+
+
+def write_deferred_outcomes(session: Session) -> None:
+    deferred = session.info.get(_DEFERRED_OUTCOMES)
+    if deferred:
+        session.connection().execute(_OUTCOME, deferred)
+        deferred.clear()
 
 
 def _raw_facts(raw: RawMessage) -> dict[str, Any]:
