@@ -540,3 +540,42 @@ def test_a_connection_lost_mid_batch_rolls_the_batch_back_and_the_import_retries
         run_import(clean, write_mbox(tmp_path / "clean.mbox", h.messages), per_transaction=10,
                    notify=True)
         assert after == stored(clean)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_batch_keeps_the_hourly_limits_of_one_email_per_transaction(
+        kind: str, tmp_path: Path) -> None:
+    """The flood limit's and the automatic-mail limit's counts: on SQLite a batch reads
+    each sender's and recipient's window once and counts the rest in memory
+    (``desk.recent``); the outcomes are those of one email per transaction."""
+    senders = ["client0", "client0", "client1", "client2", "client1", "client2", "client3"]
+    emails = [make_email(sender=f"{who}@client.example", subject=f"Question {i}")
+              for i, who in enumerate(senders)]
+    outcomes = {}
+    for per_transaction in (1, len(emails)):
+        path = tmp_path / f"per{per_transaction}"
+        with fresh_desk(kind, path, desk_extra="auto_reply_limit_per_hour = 1") as desk:
+            with statements_run(desk) as seen:
+                summary = run_import(desk, write_mbox(path / "in.mbox", emails),
+                                     per_transaction=per_transaction, notify=True)
+            outcomes[per_transaction] = (
+                summary.tickets_created,
+                [(o["template"], o["to"], o["status"]) for o in desk.outbox()])
+        kinds = {"SELECT COUNT(TICKETS.ID)": "count tickets",
+                 "SELECT COUNT(OUTBOX.ID)": "count automatic mail",
+                 "SELECT TICKETS.CREATED_AT": "read tickets",
+                 "SELECT OUTBOX.CREATED_AT": "read automatic mail"}
+        counted = Counter(label for s in seen for start, label in kinds.items()
+                          if s.startswith(start))
+        if per_transaction > 1 and kind == "sqlite":
+            # each sender's tickets and each recipient's automatic mail read once
+            assert counted == {"read tickets": 4, "read automatic mail": 4}
+        else:
+            assert counted == {"count tickets": 7, "count automatic mail": 7}
+    assert outcomes[1] == outcomes[len(emails)]
+    tickets, drafts = outcomes[1]
+    assert tickets == 7
+    # client0, client1 and client2 opened two tickets each: their second acknowledgement
+    # is over the limit of one automatic email an hour
+    acks = Counter(status for template, _, status in drafts if template == "acknowledgement")
+    assert acks == Counter({"queued": 4, "suppressed": 3})

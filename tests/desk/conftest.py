@@ -13,9 +13,10 @@ import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from postdesk.mail.render import Renderer
@@ -149,3 +150,17 @@ def add_message(session: Session, clock: ManualClock) -> Callable[..., Message]:
         return message
 
     return make
+
+
+@pytest.fixture
+def statements(session: Session) -> Iterator[list[str]]:
+    """The SQL statements the session's connection runs while the test does."""
+    seen: list[str] = []
+    connection = session.connection()
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(connection, "before_cursor_execute", record)
+    yield seen
+    event.remove(connection, "before_cursor_execute", record)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import gc
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from postdesk.storage.directory import (
@@ -28,20 +28,6 @@ from postdesk.workflow.desk.merge import merged_into
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.rules.clock import ManualClock
 from postdesk.workflow.rules.config import Config
-
-
-@pytest.fixture
-def statements(session: Session) -> Iterator[list[str]]:
-    seen: list[str] = []
-    connection = session.connection()
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(connection, "before_cursor_execute", record)
-    yield seen
-    event.remove(connection, "before_cursor_execute", record)
-
 
 # --- orgs and staff --------------------------------------------------------------------
 

@@ -5,12 +5,10 @@ through the declared steps up to a given one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from email.message import EmailMessage
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from postdesk.storage.models import RawMessage, RawStatus
@@ -26,6 +24,7 @@ from tests.desk import conftest as desk
 engine, connection, sessions, session = desk.engine, desk.connection, desk.sessions, desk.session
 config_extra, config, clock, services = desk.config_extra, desk.config, desk.clock, desk.services
 outbox, new_ticket, add_message = desk.outbox, desk.new_ticket, desk.add_message
+statements = desk.statements
 
 DECLARED = [*CHECKS, *HANDLERS, *NOTIFY]
 
@@ -69,16 +68,3 @@ def inbound(session: Session, services: Services, clock: ManualClock) -> Inbound
 
     return build
 
-
-@pytest.fixture
-def statements(session: Session) -> Iterator[list[str]]:
-    """The SQL statements the session's connection runs while the test does."""
-    seen: list[str] = []
-    connection = session.connection()
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(connection, "before_cursor_execute", record)
-    yield seen
-    event.remove(connection, "before_cursor_execute", record)

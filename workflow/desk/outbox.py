@@ -27,7 +27,7 @@ from datetime import date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, case, func, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from postdesk.mail.compose import OutgoingAttachment, OutgoingEmail, compose
@@ -35,6 +35,7 @@ from postdesk.mail.tokens import make_message_id
 from postdesk.storage.db import plain_transaction, read_only
 from postdesk.storage.directory import org_by_id
 from postdesk.storage.models import Message, Outbox, OutboxStatus, Ticket
+from postdesk.workflow.desk.recent import HOUR, automatic_sent_since, noted_automatic
 from postdesk.workflow.desk.rows import insert_now
 from postdesk.workflow.desk.services import Dispatch, Services
 
@@ -42,12 +43,6 @@ log = logging.getLogger("postdesk.outbox")
 
 
 # Built once (building a statement costs more than running it on SQLite).
-_AUTOMATIC_SENT = select(
-    func.count(Outbox.id),
-    func.sum(case((Outbox.ticket_id == bindparam("ticket_id"), 1), else_=0)),
-).where(Outbox.automatic.is_(True), Outbox.created_at >= bindparam("since"),
-        # A draft counts unless it is itself going to be suppressed.
-        Outbox.status != OutboxStatus.SUPPRESSED, Outbox.recipient == bindparam("recipient"))
 _DRAFTS = select(Outbox).where(Outbox.id.in_(bindparam("ids", expanding=True)))
 _INSERT_MESSAGE = insert(Message)
 # Rendering is stored only if the draft is still as it was read (a racing renderer, the
@@ -159,6 +154,8 @@ class OutboxWriter:
         # before, by this process or another.
         if not insert_now(session, row, unless_exists="dedupe_key"):
             return None
+        if automatic and not suppress:
+            noted_automatic(session, row.recipient, row.ticket_id, now)
         self.queued_ids.append(row.id)
         shown: Any = ticket_view(ticket) if self.frozen_tickets and ticket else ticket
         self.written.append((row, shown))
@@ -393,11 +390,9 @@ def over_automatic_limit(session: Session, services: Services, recipient: str,
     if services.config.staff_member(recipient) is not None:
         return False
     limit = services.config.desk.auto_reply_limit_per_hour
-    # One statement for both counts: to this recipient, and of those on this ticket.
-    to_recipient, on_ticket = session.connection().execute(_AUTOMATIC_SENT, {
-        "recipient": recipient, "since": now - timedelta(hours=1),
-        "ticket_id": ticket.id if ticket is not None else None}).one()
-    return (to_recipient or 0) >= limit or (on_ticket or 0) >= limit
+    to_recipient, on_ticket = automatic_sent_since(
+        session, recipient, ticket.id if ticket is not None else None, now - HOUR)
+    return to_recipient >= limit or on_ticket >= limit
 
 
 # --- template data, kept as JSON in the draft -------------------------------------------

@@ -12,6 +12,7 @@ from postdesk.storage.blobs import BlobStore
 from postdesk.storage.directory import ensure_contact
 from postdesk.storage.models import Attachment, Message, Org, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.recent import noted_ticket
 from postdesk.workflow.desk.rows import insert_now
 from postdesk.workflow.rules.refs import clean_subject, ticket_ref
 
@@ -30,6 +31,7 @@ def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, r
                     first_responded_at=None, last_public_update_at=None, resolved_at=None,
                     closed_at=None, paused_since=None, cc=[], chargeable=False)
     insert_now(session, ticket)   # its number is in the event below, and all that follows
+    noted_ticket(session, requester, opened_at)
     add_event(session, ticket, "ticket_created", now, mail.from_addr or requester,
               ref=ticket_ref(prefix, ticket.id))
     return ticket

@@ -51,6 +51,7 @@ from postdesk.storage.models import RawMessage, RawStatus
 from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.desk.events import deferred_events, write_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter, RenderAhead, render_drafts
+from postdesk.workflow.desk.recent import remembered_counts
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
@@ -166,7 +167,7 @@ def _straight(services: Services, session: Session, raw: RawMessage, pipeline: P
 
 @contextmanager
 def _deferred(session: Session) -> Iterator[None]:
-    with deferred_events(session), deferred_outcomes(session):
+    with deferred_events(session), deferred_outcomes(session), remembered_counts(session):
         yield
 
 

@@ -4,13 +4,12 @@ sign-off. They queue no email (the notify steps do, from what was recorded)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from sqlalchemy import bindparam, func, select
 
 from postdesk.storage.directory import staff_by_email, staff_by_id
 from postdesk.storage.models import Contact, Staff, Ticket
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.recent import HOUR, tickets_opened_since
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.tickets import open_ticket, store_message
 from postdesk.workflow.pipeline.context import Inbound
@@ -150,9 +149,9 @@ def start_or_resume_clocks(ctx: Inbound) -> None:
 
 
 _LOCK_CONTACT = select(Contact.id).where(Contact.email == bindparam("email")).with_for_update()
-_RECENT_TICKETS = select(func.count(Ticket.id)).where(
-    Ticket.requester_email == bindparam("requester"), Ticket.created_at >= bindparam("since"))
-_TICKETS_IN_HOUR = _RECENT_TICKETS.where(Ticket.created_at <= bindparam("until"))
+_TICKETS_IN_HOUR = select(func.count(Ticket.id)).where(
+    Ticket.requester_email == bindparam("requester"), Ticket.created_at >= bindparam("since"),
+    Ticket.created_at <= bindparam("until"))
 
 
 @step
@@ -179,11 +178,10 @@ def flood_limit(ctx: Inbound) -> None:
     # (not against the minute the import ran) and mail dated later does not count.
     if ticket.created_at < ctx.now:
         recent = connection.execute(_TICKETS_IN_HOUR, {
-            "requester": requester, "since": ticket.created_at - timedelta(hours=1),
+            "requester": requester, "since": ticket.created_at - HOUR,
             "until": ticket.created_at}).scalar() or 0
     else:
-        recent = connection.execute(_RECENT_TICKETS, {
-            "requester": requester, "since": ctx.now - timedelta(hours=1)}).scalar() or 0
+        recent = tickets_opened_since(ctx.session, requester, ctx.now - HOUR)
     if recent > ctx.config.desk.flood_tickets_per_hour:
         raise Quarantine("flood", f"{requester} opened {recent - 1} tickets in the last hour")
 
