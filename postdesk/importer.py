@@ -557,9 +557,12 @@ class _HelperRenders:
         if len(self._waiting) >= RENDER_CHUNK:
             self._send()
 
-    def rendered(self, row: Outbox) -> tuple[bytes, str] | None:
+    def recorded(self) -> None:
         if self._waiting:
             self._send()
+
+    def rendered(self, row: Outbox) -> tuple[bytes, str] | None:
+        self.recorded()
         entry = self._sent.pop(row.message_id, None)
         if entry is None:
             return None

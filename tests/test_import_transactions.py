@@ -24,6 +24,7 @@ from postdesk.ingest.accept import Envelope
 from postdesk.storage.blobs import sha256_hex
 from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.pipeline.batch import process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.notify import answer_balance
@@ -579,3 +580,36 @@ def test_a_batch_keeps_the_hourly_limits_of_one_email_per_transaction(
     # is over the limit of one automatic email an hour
     acks = Counter(status for template, _, status in drafts if template == "acknowledgement")
     assert acks == Counter({"queued": 4, "suppressed": 3})
+
+
+class AheadLog:
+    """A ``RenderAhead`` that renders nothing and logs when it is told what."""
+
+    def __init__(self, log: list[str]):
+        self.log = log
+
+    def queued(self, row: Outbox, ticket: Any) -> None:
+        self.log.append("queued")
+
+    def recorded(self) -> None:
+        self.log.append("recorded")
+
+    def rendered(self, row: Outbox) -> None:
+        self.log.append("rendered")
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_batch_tells_its_renderer_it_is_recorded_before_it_commits(
+        kind: str, tmp_path: Path) -> None:
+    """So that a helper process renders the batch's last drafts while it commits."""
+    with fresh_desk(kind, tmp_path) as desk:
+        raw_ids = [desk.app.accept(make_email(sender=f"client{i}@client.example",
+                                              subject=f"Question {i}").as_bytes(),
+                                   Envelope(), "import:mbox", enqueue=False).raw_id
+                   for i in range(3)]
+        log: list[str] = []
+        event.listen(desk.app.engine, "commit", lambda conn: log.append("commit"))
+        process_batch(desk.app.services, raw_ids, ahead=AheadLog(log))
+    first_commit = log.index("commit")
+    assert log[:first_commit] == ["queued"] * 6 + ["recorded"]
+    assert log.count("rendered") == 6 and log.index("rendered") > first_commit

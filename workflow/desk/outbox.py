@@ -75,6 +75,10 @@ class RenderAhead(Protocol):
     def queued(self, row: Outbox, ticket: Any) -> None:
         """A draft was just written, with the ticket (view) its template will see."""
 
+    def recorded(self) -> None:
+        """The drafts queued so far are all there will be until the caller's transaction
+        commits: render the last of them now, while it commits."""
+
     def rendered(self, row: Outbox) -> tuple[bytes, str] | None:
         """The draft's email and text as rendered ahead, or None: render it here."""
 

@@ -132,6 +132,8 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
                 results.append(result)
                 if writer is not None:
                     writers.append(writer)
+            if ahead is not None:
+                ahead.recorded()
             if straight:
                 _write_deferred(session)
         # Committed: render the batch's drafts as they were written, holding nothing.

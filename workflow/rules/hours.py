@@ -13,7 +13,24 @@ def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+# Described once per calendar (every acknowledgement names its support hours). Keyed by
+# the object, which is kept with its text so that its id is not reused while cached;
+# calendars are few and live as long as their config.
+_DESCRIBED: dict[int, tuple[CalendarConfig, str]] = {}
+
+
 def describe_hours(cal: CalendarConfig) -> str:
+    known = _DESCRIBED.get(id(cal))
+    if known is not None and known[0] is cal:
+        return known[1]
+    text = _describe(cal)
+    if len(_DESCRIBED) >= 64:   # configs loaded again and again (tests): start afresh
+        _DESCRIBED.clear()
+    _DESCRIBED[id(cal)] = (cal, text)
+    return text
+
+
+def _describe(cal: CalendarConfig) -> str:
     if cal.always_open:
         return "24 hours a day, every day"
     spans: list[tuple[int, int, str]] = []   # first day, last day, ranges text
