@@ -68,9 +68,9 @@ from postdesk.ingest.accept import AcceptResult, Envelope, accept_many
 from postdesk.mail.parse import ParsedEmail, UnparseableEmail, parse_email
 from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.blobs import sha256_hex
-from postdesk.storage.models import Message, Outbox, RawMessage, RawStatus, Ticket
+from postdesk.storage.models import Message, RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import history
-from postdesk.workflow.desk.outbox import RenderJob, render_job
+from postdesk.workflow.desk.outbox import DraftRow, RenderJob, render_job
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.pipeline.batch import process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -550,7 +550,7 @@ class _HelperRenders:
         self._waiting: list[RenderJob] = []
         self._sent: dict[str, tuple[Future[list[tuple[bytes, str] | None]], int]] = {}
 
-    def queued(self, row: Outbox, ticket: Any) -> None:
+    def queued(self, row: DraftRow, ticket: Any) -> None:
         if self.importer._helpers is None or row.draft is None or row.draft.get("files"):
             return   # a client's files stay in this process: not copied to a helper
         self._waiting.append(RenderJob.of(row, ticket))
@@ -561,7 +561,7 @@ class _HelperRenders:
         if self._waiting:
             self._send()
 
-    def rendered(self, row: Outbox) -> tuple[bytes, str] | None:
+    def rendered(self, row: DraftRow) -> tuple[bytes, str] | None:
         self.recorded()
         entry = self._sent.pop(row.message_id, None)
         if entry is None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from postdesk.mail.tokens import MessageIdToken, read_message_id, ticket_from_message_id
 from postdesk.storage.models import Message, Outbox, OutboxStatus, Ticket
 from postdesk.workflow.desk.outbox import (
+    Draft,
     OutboxWriter,
     decode_context,
     encode_context,
@@ -29,6 +30,12 @@ from postdesk.workflow.desk.services import Services
 from postdesk.workflow.rules.clock import ManualClock
 from tests.desk.conftest import SECRET
 
+
+def as_stored(session: Session, draft: Draft) -> Outbox:
+    """The draft's outbox row as the database has it now (rendered, failed...)."""
+    row = session.get(Outbox, draft.id, populate_existing=True)
+    assert row is not None
+    return row
 
 def queue_ack(outbox: OutboxWriter, ticket: Ticket, key: str = "ack:1", *,
               to: str = "alice@client.example", **kw: Any) -> Outbox | None:
@@ -106,7 +113,7 @@ def test_a_staff_message_id_is_kept_in_the_rendered_email(
     row = queue_ack(outbox, ticket, to="dev1@agency.example", on_ticket=False)
     assert row is not None
     render_drafts(services, [row.id])
-    session.refresh(row)
+    row = as_stored(session, row)
     assert row.raw is not None
     sent_id = message_from_bytes(row.raw, policy=policy.default)["Message-ID"]
     assert sent_id == row.message_id
@@ -155,7 +162,7 @@ def test_render_drafts_turns_a_draft_into_queued_bytes_with_its_headers(
 
     assert render_drafts(services, [row.id]) == [row.id]
 
-    session.refresh(row)
+    row = as_stored(session, row)
     assert row.status == OutboxStatus.QUEUED
     assert row.draft is None
     assert row.raw is not None
@@ -286,13 +293,13 @@ def test_a_rendered_suppressed_email_stays_suppressed_and_is_never_handed_on(
     assert over is not None and over.status == OutboxStatus.SUPPRESSED
 
     assert render_drafts(services, [over.id]) == []
-    session.refresh(over)
+    over = as_stored(session, over)
     assert over.status == OutboxStatus.SUPPRESSED and over.raw is not None
     raw = over.raw
     assert message_from_bytes(raw, policy=policy.default)["Message-ID"] == over.message_id
 
     assert render_drafts(services, [over.id]) == []          # again: nothing changes
-    session.refresh(over)
+    over = as_stored(session, over)
     assert (over.status, over.raw) == (OutboxStatus.SUPPRESSED, raw)
 
 
@@ -367,7 +374,7 @@ def test_a_template_that_fails_marks_the_draft_failed_with_the_reason(
 
     assert render_drafts(services, [row.id]) == []
 
-    session.refresh(row)
+    row = as_stored(session, row)
     assert row.status == OutboxStatus.FAILED
     assert row.raw is None
     assert row.last_error is not None

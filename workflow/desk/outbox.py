@@ -36,7 +36,7 @@ from postdesk.storage.db import plain_transaction, read_only
 from postdesk.storage.directory import org_by_id
 from postdesk.storage.models import Message, Outbox, OutboxStatus, Ticket
 from postdesk.workflow.desk.recent import HOUR, automatic_sent_since, noted_automatic
-from postdesk.workflow.desk.rows import insert_now
+from postdesk.workflow.desk.rows import insert_values_now
 from postdesk.workflow.desk.services import Dispatch, Services
 
 log = logging.getLogger("postdesk.outbox")
@@ -69,17 +69,45 @@ def ticket_view(ticket: Ticket) -> SimpleNamespace:
                            org=SimpleNamespace(name=org.name, slug=org.slug, plan=org.plan))
 
 
+@dataclasses.dataclass(slots=True)
+class Draft:
+    """A draft as ``OutboxWriter.queue`` wrote it: its outbox row's values, not an object
+    of the session (the row is written by one INSERT; building and attaching an ORM row
+    was most of what queueing cost). The renderers read it as they read a row."""
+
+    id: int
+    ticket_id: int | None
+    template: str
+    recipient: str
+    to: list[str]
+    cc: list[str]
+    subject: str
+    message_id: str
+    in_reply_to: str | None
+    automatic: bool
+    status: str
+    created_at: datetime
+    draft: dict[str, Any]
+    raw: bytes | None = None
+
+
+_DRAFT_FIELDS = tuple(f.name for f in dataclasses.fields(Draft) if f.name not in ("id", "raw"))
+
+# A draft as written, or as read back from the outbox.
+DraftRow = Draft | Outbox
+
+
 class RenderAhead(Protocol):
     """Renders drafts somewhere else as they are queued (an import's helper process)."""
 
-    def queued(self, row: Outbox, ticket: Any) -> None:
+    def queued(self, row: DraftRow, ticket: Any) -> None:
         """A draft was just written, with the ticket (view) its template will see."""
 
     def recorded(self) -> None:
         """The drafts queued so far are all there will be until the caller's transaction
         commits: render the last of them now, while it commits."""
 
-    def rendered(self, row: Outbox) -> tuple[bytes, str] | None:
+    def rendered(self, row: DraftRow) -> tuple[bytes, str] | None:
         """The draft's email and text as rendered ahead, or None: render it here."""
 
 
@@ -94,7 +122,7 @@ class OutboxWriter:
 
     def __init__(self, session: Session, services: Services, now: datetime | None = None,
                  *, frozen_tickets: bool = False,
-                 on_queued: Callable[[Outbox, Any], None] | None = None):
+                 on_queued: Callable[[DraftRow, Any], None] | None = None):
         self.session, self.services = session, services
         self.now = now
         self.frozen_tickets, self.on_queued = frozen_tickets, on_queued
@@ -102,7 +130,7 @@ class OutboxWriter:
         # The drafts as written, with their tickets (or views): once the session has
         # committed, ``render_drafts(..., written=writer.written)`` renders them without
         # reading them back.
-        self.written: list[tuple[Outbox, Any]] = []
+        self.written: list[tuple[DraftRow, Any]] = []
 
     def forget(self, count: int) -> None:
         """Drop the drafts queued after the first ``count`` (their savepoint was rolled
@@ -116,7 +144,7 @@ class OutboxWriter:
               automatic: bool = True, reply_to: str | None = None, kind: str = "system",
               extra_headers: dict[str, str] | None = None, on_ticket: bool = True,
               attachments: Sequence[tuple[str, str, str]] = (),
-              files: Sequence[dict[str, Any]] = ()) -> Outbox | None:
+              files: Sequence[dict[str, Any]] = ()) -> Draft | None:
         """The new draft, or None when ``dedupe_key`` was queued before.
 
         ``attachments``: generated files, (filename, content type, text); ``files``:
@@ -136,7 +164,7 @@ class OutboxWriter:
         message_id = make_message_id(services.secret, ticket.id if ticket else None,
                                      secrets.token_hex(6), support.split("@", 1)[1],
                                      purpose="staff" if staff_only else "client")
-        row = Outbox(
+        values: dict[str, Any] = dict(
             dedupe_key=dedupe_key, ticket_id=ticket.id if ticket else None, template=template,
             recipient=to[0].lower(), to=list(to), cc=list(cc), subject=subject,
             message_id=message_id, in_reply_to=in_reply_to, automatic=automatic, raw=None,
@@ -156,8 +184,10 @@ class OutboxWriter:
                    "org": ticket.org.slug if ticket is not None else None})
         # Its id, now (it is handed to render_drafts); nothing when the key was queued
         # before, by this process or another.
-        if not insert_now(session, row, unless_exists="dedupe_key"):
+        row_id = insert_values_now(session, Outbox, values, unless_exists="dedupe_key")
+        if row_id is None:
             return None
+        row = Draft(row_id, *(values[name] for name in _DRAFT_FIELDS))
         if automatic and not suppress:
             noted_automatic(session, row.recipient, row.ticket_id, now)
         self.queued_ids.append(row.id)
@@ -172,7 +202,7 @@ RENDER_BATCH = 50
 
 
 def render_drafts(services: Services, outbox_ids: Sequence[int], *,
-                  written: Sequence[tuple[Outbox, Any]] = (),
+                  written: Sequence[tuple[DraftRow, Any]] = (),
                   ahead: RenderAhead | None = None) -> list[int]:
     """Render and compose each draft, outside any lock; returns the ids now ``queued``
     (to hand to the sender), in the order given. A draft that cannot be rendered is
@@ -203,7 +233,7 @@ class _Rendered:
 
 
 def _render_batch(services: Services, outbox_ids: Sequence[int],
-                  known: dict[int, tuple[Outbox, Any]], ahead: RenderAhead | None
+                  known: dict[int, tuple[DraftRow, Any]], ahead: RenderAhead | None
                   ) -> set[int]:
     ready: set[int] = set()
     done = [_render_one(services, *known[i], ahead=ahead) for i in outbox_ids if i in known]
@@ -293,7 +323,7 @@ def _stored(item: _Rendered) -> dict[str, Any]:
     return {"outbox_id": item.outbox_id, "was": item.status, **item.values}
 
 
-def _render_one(services: Services, row: Outbox, ticket: Any, *,
+def _render_one(services: Services, row: DraftRow, ticket: Any, *,
                 ahead: RenderAhead | None = None) -> _Rendered:
     assert row.draft is not None
     draft = row.draft
@@ -348,7 +378,7 @@ class RenderJob:
     ticket: Any
 
     @classmethod
-    def of(cls, row: Outbox, ticket: Any) -> RenderJob:
+    def of(cls, row: DraftRow, ticket: Any) -> RenderJob:
         assert row.draft is not None
         return cls(row.template, list(row.to), list(row.cc), row.subject, row.message_id,
                    row.created_at, row.in_reply_to, row.automatic, row.draft, ticket)

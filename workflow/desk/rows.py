@@ -58,26 +58,37 @@ def insert_now(session: Session, row: _Row, *, unless_exists: str | None = None)
     there already (or being written by a concurrent transaction, which is waited for)
     nothing is written and False is returned: one statement where a look-up and an
     insert would take two."""
-    cls = type(row)
+    shape = _shape(type(row))
+    row_id = insert_values_now(session, type(row), _values(row, shape),
+                               unless_exists=unless_exists)
+    if row_id is None:
+        return False
+    _attach(session, row, shape, row_id)
+    return True
+
+
+def insert_values_now(session: Session, cls: type, values: dict[str, Any], *,
+                      unless_exists: str | None = None) -> Any | None:
+    """Write one row of ``cls`` from its attributes' ``values`` now, in one INSERT, and
+    return its primary key: for a row no one needs as an object of the session (building
+    and attaching one is most of what writing it costs). None when ``unless_exists`` (as
+    for ``insert_now``) found the row there already."""
     shape = _shape(cls)
     connection = session.connection()
     dialect = connection.dialect.name
     if unless_exists is not None and dialect not in ON_CONFLICT_DIALECTS:
         column = getattr(cls, unless_exists)
         if session.scalar(select(column).where(
-                column == getattr(row, unless_exists)).limit(1)) is not None:
-            return False
+                column == values[unless_exists]).limit(1)) is not None:
+            return None
         unless_exists = None
     key = ("insert", cls, dialect if unless_exists else "", unless_exists)
     if key not in _STATEMENTS:
         statement = (insert(cls) if unless_exists is None
                      else cast(Insert, insert_unless_exists(dialect, cls, unless_exists)))
         _STATEMENTS[key] = statement.returning(shape.pk)
-    written = connection.execute(_STATEMENTS[key], _values(row, shape)).first()
-    if written is None:
-        return False
-    _attach(session, row, shape, written[0])
-    return True
+    written = connection.execute(_STATEMENTS[key], values).first()
+    return None if written is None else written[0]
 
 
 def insert_all_now(session: Session, rows: Sequence[Any]) -> None:
