@@ -71,6 +71,11 @@ _RAW = cast(Table, RawMessage.__table__)
 _UPSERTS: dict[str, Any] = {
     dialect: cast(Insert, insert_unless_exists(dialect, _RAW, "sha256")).returning(_RAW.c.id)
     for dialect in ON_CONFLICT_DIALECTS}
+# The same for many rows in one statement: the rows written say which digests they are.
+_UPSERTS_MANY: dict[str, Any] = {
+    dialect: cast(Insert, insert_unless_exists(dialect, _RAW, "sha256")).returning(
+        _RAW.c.id, _RAW.c.sha256)
+    for dialect in ON_CONFLICT_DIALECTS}
 _FIND = select(_RAW.c.id, _RAW.c.status).where(_RAW.c.sha256 == bindparam("digest"))
 _FIND_MANY = select(_RAW.c.id, _RAW.c.sha256, _RAW.c.status).where(
     _RAW.c.sha256.in_(bindparam("digests", expanding=True)))
@@ -121,7 +126,7 @@ def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequenc
     """``accept`` for a batch (``postdesk import``), with the same guarantees: one look-up
     of the known digests, the new blobs published durably first (``publish`` may map the
     writes over a thread pool so their fsyncs overlap), then one transaction inserting
-    every new row with the same ON CONFLICT statement. A message whose bytes came earlier
+    every new row with one ON CONFLICT statement. A message whose bytes came earlier
     in the same batch gets None. Where no upsert exists, each message goes through
     ``accept``."""
     digests = [sha256_hex(raw) for raw in raws]
@@ -153,10 +158,16 @@ def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequenc
             put(digest)
     if new:
         with durable(bind) as conn:
+            # One INSERT of all the rows (SQLAlchemy's "insertmanyvalues").
+            written = {row.sha256: row.id for row in conn.execute(
+                _UPSERTS_MANY[bind.dialect.name],
+                [_row(digest, raw_of[digest], envelope, source, now, notify, row_limit)
+                 for digest in new])}
             for digest in new:
-                # An existing row: taken by another door between the look-up and here.
-                known[digest] = insert_raw(conn, _row(digest, raw_of[digest], envelope,
-                                                      source, now, notify, row_limit))
+                # Not written: taken by another door between the look-up and here.
+                known[digest] = (AcceptResult(raw_id=written[digest], created=True,
+                                              status="pending")
+                                 if digest in written else _existing(conn, digest))
     seen: set[str] = set()
     results: list[AcceptResult | None] = []
     for digest in digests:
