@@ -65,6 +65,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from postdesk.ingest.accept import AcceptResult, Envelope, accept_many
+from postdesk.mail.classify import Classification, classify
 from postdesk.mail.parse import ParsedEmail, UnparseableEmail, parse_email
 from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.blobs import sha256_hex
@@ -517,6 +518,7 @@ class _Ahead:
     parsed: ParsedEmail | None
     visible: str | None
     unparseable: str | None = None
+    classified: Classification | None = None   # classify(parsed, None): no envelope
 
 
 def _parse_ahead(raws: list[bytes]) -> list[_Ahead | None]:
@@ -536,7 +538,11 @@ def _parse_ahead(raws: list[bytes]) -> list[_Ahead | None]:
             visible: str | None = visible_reply(parsed.text or "")
         except Exception:  # noqa: BLE001 - computed again, and reported, when needed
             visible = None
-        out.append(_Ahead(parsed, visible))
+        try:
+            classified: Classification | None = classify(parsed, None)
+        except Exception:  # noqa: BLE001 - computed again, and reported, when needed
+            classified = None
+        out.append(_Ahead(parsed, visible, classified=classified))
     return out
 
 
@@ -640,6 +646,7 @@ def _with_parse_ahead(pipeline: Pipeline, lookup: Callable[[str], _Ahead | None]
         ctx.parsed = ahead.parsed
         if ahead.visible is not None:
             ctx.visible = ahead.visible   # what Inbound.visible_text would compute
+        ctx.classified_without_envelope = ahead.classified
 
     checks = [Step(s.name, parse) if s is original else s for s in pipeline.checks]
     return dataclasses.replace(pipeline, checks=checks)

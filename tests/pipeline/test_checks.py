@@ -124,6 +124,19 @@ def test_a_dsn_is_quarantined_as_bounce_with_its_verdict(inbound: InboundBuilder
     assert "gone@client.example" in outcome.detail
 
 
+@pytest.mark.parametrize("envelope_from", [None, "alice@client.example"])
+def test_a_classification_worked_out_ahead_is_taken_for_mail_with_no_envelope_sender(
+        inbound: InboundBuilder, envelope_from: str | None) -> None:
+    """The importer's helper classifies mail read from a file (no envelope sender) as it
+    parses it; mail with an envelope sender is classified here."""
+    ctx = inbound(make_email(subject="Out of office"), envelope_from=envelope_from,
+                  through="parse")
+    ctx.classified_without_envelope = Classification(kind="auto_reply", reason="ahead")
+    checks.classify_mail.run(ctx)
+    assert (ctx.auto_reply, ctx.auto_reason) == (
+        (True, "ahead") if envelope_from is None else (False, ""))
+
+
 def test_an_out_of_office_reply_is_flagged_and_goes_on(inbound: InboundBuilder) -> None:
     ctx = inbound(make_email(subject="Out of office", headers={"Auto-Submitted": "auto-replied"}),
                   through="parse")

@@ -40,7 +40,9 @@ def classify_mail(ctx: Inbound) -> None:
     mail = ctx.email
     if mail.message_id and is_our_message_id(ctx.services.secret, mail.message_id):
         raise Quarantine("loop", f"our own email {mail.message_id} came back")
-    verdict = classify(mail, ctx.raw.envelope_from)
+    ahead = ctx.classified_without_envelope
+    verdict = (ahead if ahead is not None and ctx.raw.envelope_from is None
+               else classify(mail, ctx.raw.envelope_from))
     if verdict.kind == "bounce":
         raise Quarantine("bounce", f"{verdict.reason}: {', '.join(verdict.bounced_addresses)}",
                          data=verdict)

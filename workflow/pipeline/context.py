@@ -9,6 +9,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from postdesk.mail.classify import Classification
 from postdesk.mail.parse import ParsedEmail
 from postdesk.mail.reply_text import visible_reply
 from postdesk.storage.models import Message, Org, RawMessage, SlaClock, Ticket
@@ -55,6 +56,9 @@ class Inbound:
     # The new text, once known: computed on first use, or handed in by a caller that
     # worked it out ahead (the importer's parse-ahead process).
     visible: str | None = field(default=None, repr=False)
+    # What ``classify`` says of the email with no envelope sender (mail read from a file),
+    # when a caller worked it out ahead (the importer's parse-ahead process).
+    classified_without_envelope: Classification | None = field(default=None, repr=False)
 
     @property
     def config(self) -> Config:
