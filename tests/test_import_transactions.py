@@ -24,6 +24,7 @@ from postdesk.ingest.accept import Envelope
 from postdesk.storage.blobs import sha256_hex
 from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
+from postdesk.workflow.desk.outbox import RENDER_BATCH
 from postdesk.workflow.pipeline.batch import process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
@@ -613,3 +614,20 @@ def test_a_batch_tells_its_renderer_it_is_recorded_before_it_commits(
     first_commit = log.index("commit")
     assert log[:first_commit] == ["queued"] * 6 + ["recorded"]
     assert log.count("rendered") == 6 and log.index("rendered") > first_commit
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_batchs_drafts_are_stored_rendered_in_one_transaction(
+        kind: str, tmp_path: Path) -> None:
+    """More drafts than ``RENDER_BATCH``, all in hand: one UPDATE (an executemany) and one
+    commit for them all, not one per RENDER_BATCH."""
+    emails = [make_email(sender=f"client{i}@client.example", subject=f"Question {i}")
+              for i in range(RENDER_BATCH)]          # two drafts each
+    with fresh_desk(kind, tmp_path) as desk:
+        with statements_run(desk) as seen:
+            summary = run_import(desk, write_mbox(tmp_path / "in.mbox", emails),
+                                 per_transaction=len(emails), notify=True, workers=0)
+        assert summary.tickets_created == len(emails)
+        assert {o["status"] for o in desk.outbox()} == {"queued"}
+        assert len(desk.outbox()) == 2 * RENDER_BATCH
+    assert seen.count("UPDATE OUTBOX SET") == 1

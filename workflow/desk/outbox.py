@@ -208,19 +208,26 @@ def render_drafts(services: Services, outbox_ids: Sequence[int], *,
     (to hand to the sender), in the order given. A draft that cannot be rendered is
     marked ``failed`` with the reason, never left behind silently.
 
-    Drafts are taken in batches: one read-only transaction reads and renders a batch,
-    one short write transaction stores it (a conditional UPDATE per draft). ``written``:
-    drafts (with their tickets) exactly as the caller has just committed them
-    (``OutboxWriter.written``); those are rendered as they are, not read again, or taken
-    as ``ahead`` rendered them."""
+    ``written``: drafts (with their tickets) exactly as the caller has just committed
+    them (``OutboxWriter.written``); those are rendered as they are, not read again, or
+    taken as ``ahead`` rendered them, and stored in one short write transaction (a
+    conditional UPDATE per draft). Other drafts are taken RENDER_BATCH at a time: one
+    read-only transaction reads and renders them, one short write transaction stores
+    them."""
     known = {row.id: (row, ticket) for row, ticket in written
              if row.raw is None and row.draft is not None
              and row.status in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)}
     ready: set[int] = set()
     unique = list(dict.fromkeys(outbox_ids))
-    for start in range(0, len(unique), RENDER_BATCH):
-        ready.update(_render_batch(services, unique[start:start + RENDER_BATCH], known,
-                                   ahead))
+    # Drafts in hand are rendered and stored together, in one write transaction (an
+    # import's batch has a few hundred); the others are read, rendered and stored
+    # RENDER_BATCH at a time.
+    in_hand = [_render_one(services, *known[i], ahead=ahead) for i in unique if i in known]
+    if in_hand:
+        ready.update(_store(services, in_hand))
+    to_read = [i for i in unique if i not in known]
+    for start in range(0, len(to_read), RENDER_BATCH):
+        ready.update(_render_batch(services, to_read[start:start + RENDER_BATCH]))
     return [i for i in outbox_ids if i in ready]
 
 
@@ -232,31 +239,28 @@ class _Rendered:
     message: dict[str, Any] | None    # the row recorded on the ticket, if it is
 
 
-def _render_batch(services: Services, outbox_ids: Sequence[int],
-                  known: dict[int, tuple[DraftRow, Any]], ahead: RenderAhead | None
-                  ) -> set[int]:
+def _render_batch(services: Services, outbox_ids: Sequence[int]) -> set[int]:
+    """Read the drafts ``outbox_ids``, render those still drafts and store them."""
     ready: set[int] = set()
-    done = [_render_one(services, *known[i], ahead=ahead) for i in outbox_ids if i in known]
-    unknown = [i for i in outbox_ids if i not in known]
-    if unknown:
-        with services.sessions() as session, read_only(session):
-            # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
-            # write lock), on PostgreSQL no row lock. The write after it is short.
-            rows = {row.id: row for row in session.scalars(_DRAFTS, {"ids": unknown})}
-            held: list[Any] = []      # the identity map holds rows weakly: keep them
-            for outbox_id in unknown:
-                row = rows.get(outbox_id)
-                if row is None or row.raw is not None or row.draft is None or (
-                        row.status not in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)):
-                    if row is not None and row.status == OutboxStatus.QUEUED:
-                        ready.add(outbox_id)   # finished by a racing renderer: send it
-                    continue
-                ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
-                if ticket is not None:
-                    # The org (templates name it) from the directory cache, so that
-                    # ``ticket.org`` needs no query.
-                    held += [ticket, org_by_id(session, ticket.org_id)]
-                done.append(_render_one(services, row, ticket))
+    done: list[_Rendered] = []
+    with services.sessions() as session, read_only(session):
+        # Read and render in a read-only transaction: on SQLite a deferred BEGIN (no
+        # write lock), on PostgreSQL no row lock. The write after it is short.
+        rows = {row.id: row for row in session.scalars(_DRAFTS, {"ids": list(outbox_ids)})}
+        held: list[Any] = []      # the identity map holds rows weakly: keep them
+        for outbox_id in outbox_ids:
+            row = rows.get(outbox_id)
+            if row is None or row.raw is not None or row.draft is None or (
+                    row.status not in (OutboxStatus.DRAFT, OutboxStatus.SUPPRESSED)):
+                if row is not None and row.status == OutboxStatus.QUEUED:
+                    ready.add(outbox_id)   # finished by a racing renderer: send it
+                continue
+            ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+            if ticket is not None:
+                # The org (templates name it) from the directory cache, so that
+                # ``ticket.org`` needs no query.
+                held += [ticket, org_by_id(session, ticket.org_id)]
+            done.append(_render_one(services, row, ticket))
     if not done:
         return ready
     return ready | _store(services, done)
