@@ -73,6 +73,7 @@ from postdesk.storage.models import Message, RawMessage, RawStatus, Ticket
 from postdesk.workflow.desk import history
 from postdesk.workflow.desk.outbox import DraftRow, RenderJob, render_job
 from postdesk.workflow.desk.services import Dispatch, Services
+from postdesk.workflow.desk.tickets import dedupe_key
 from postdesk.workflow.pipeline.batch import process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
@@ -356,7 +357,8 @@ class Importer:
                 todo = [a.raw_id for _pair, a in part if a is not None
                         and (a.created or a.status == RawStatus.PENDING)]
                 started = time.perf_counter()
-                results = self._process_all(todo)
+                results = self._process_all(todo, self._dedupe_keys(
+                    [raw for (_item, raw), a in part if a is not None]))
                 timings["process"] += time.perf_counter() - started
                 for (item, _raw), result in part:
                     outcomes.append(self._outcome(item, result, results))
@@ -390,6 +392,16 @@ class Importer:
             for index, raw in enumerate(chunk):
                 self._ahead.setdefault(sha256_hex(raw), (future, index))
 
+    def _dedupe_keys(self, raws: Sequence[bytes]) -> list[str]:
+        """The emails' dedupe keys, for those parsed ahead already."""
+        keys = []
+        for raw in raws:
+            digest = sha256_hex(raw)
+            ahead = self._parsed_ahead(digest)
+            if ahead is not None and ahead.parsed is not None:
+                keys.append(dedupe_key(ahead.parsed.message_id, digest))
+        return keys
+
     def _parsed_ahead(self, digest: str) -> _Ahead | None:
         """The result parsed ahead for these bytes, when it is ready."""
         entry = self._ahead.get(digest)
@@ -409,13 +421,15 @@ class Importer:
             return self._count("ticket_created" if result.created_ticket else "reply_threaded")
         return self._classify(item, accepted.raw_id)
 
-    def _process_all(self, raw_ids: Sequence[int]) -> dict[int, PipelineResult | None]:
+    def _process_all(self, raw_ids: Sequence[int], dedupe_keys: Sequence[str] = ()
+                     ) -> dict[int, PipelineResult | None]:
         """Process the batch's new messages, then hand the email they wrote (rendered
         after commit) to the sender, in order."""
         if self.per_transaction == 1:
             results = {raw_id: self._process(raw_id) for raw_id in raw_ids}
         else:
-            results = dict(zip(raw_ids, self._process_batch(raw_ids), strict=True))
+            results = dict(zip(raw_ids, self._process_batch(raw_ids, dedupe_keys),
+                               strict=True))
         for result in results.values():
             if result is not None:
                 self.dispatch.outbox(*result.outbox_ids)   # one send job per email
@@ -436,14 +450,15 @@ class Importer:
         """One message on its own, as live mail (a batch of 1)."""
         return _retrying(lambda: process_inbound(self.services, raw_id, self._pipeline()))
 
-    def _process_batch(self, raw_ids: Sequence[int]) -> list[PipelineResult | None]:
+    def _process_batch(self, raw_ids: Sequence[int], dedupe_keys: Sequence[str] = ()
+                       ) -> list[PipelineResult | None]:
         """The messages in one transaction (``workflow.pipeline.batch``)."""
         if not raw_ids:
             return []
         ahead = self._renders if self._helpers is not None else None
         try:
             return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline(),
-                                                   ahead=ahead))
+                                                   ahead=ahead, dedupe_keys=dedupe_keys))
         finally:
             self._renders.clear()   # what a rolled-back attempt queued is never asked for
 

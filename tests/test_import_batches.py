@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 
 from postdesk import importer as importer_module
 from postdesk.importer import AUTO_MIN_MESSAGES, Importer, ImportSummary, Item, default_workers
@@ -339,3 +339,34 @@ def test_a_helper_by_default_only_with_a_second_cpu_and_enough_messages(
     assert default_workers(AUTO_MIN_MESSAGES, dataclasses.replace(BUILTIN)) == 0
     monkeypatch.setattr(importer_module, "_usable_cpus", lambda: 1)
     assert default_workers(10 * AUTO_MIN_MESSAGES) == 0
+
+
+def test_a_batch_looks_up_the_message_ids_its_helper_parsed_in_one_statement(
+        tmp_path: Path) -> None:
+    """The same Message-ID in other bytes (a copy from another folder), in the same batch
+    and in a later one: duplicates as without a helper, with the batch's keys looked up
+    together instead of one statement per email."""
+    h = history(30, tag="keys")
+
+    def copy(message: Any) -> bytes:
+        return b"X-Folder: Sent\r\n" + message.as_bytes()
+
+    raws = [m.as_bytes() for m in h.messages]
+    mbox = write_mbox(tmp_path / "keys.mbox",
+                      [*raws[:3], copy(h.messages[2]), *raws[3:], copy(h.messages[0])])
+    _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
+    asked: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "WHERE messages.dedupe_key = " in statement:
+            asked.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        _, helped = _import_alone(tmp_path / "helped", mbox, Patient, workers=1)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert helped == plain
+    assert plain["summary"]["duplicates"] == 2
+    # Asked one by one: each copy (its key was answered once already), nothing else.
+    assert len(asked) == 2

@@ -26,6 +26,7 @@ from postdesk.storage.models import Contact, Event, Org, SlaClock, Ticket
 from postdesk.workflow.desk.events import add_event, deferred_events, discard_deferred_events
 from postdesk.workflow.desk.merge import merged_into
 from postdesk.workflow.desk.services import Services
+from postdesk.workflow.desk.tickets import looked_up_together, stored_on
 from postdesk.workflow.rules.clock import ManualClock
 from postdesk.workflow.rules.config import Config
 
@@ -258,3 +259,24 @@ def test_a_second_start_before_anything_is_written_is_the_next_cycle(
         SlaClock.ticket_id == ticket.id).order_by(SlaClock.id)).all()
     kinds = {target for target, _ in cycles}
     assert sorted(cycles) == sorted([(k, 0) for k in kinds] + [(k, 1) for k in kinds])
+
+
+# --- inbound dedupe keys, looked up together --------------------------------------------
+
+def test_keys_looked_up_together_answer_once_each_without_a_statement(
+        session: Session, new_ticket: Callable[..., Ticket],
+        add_message: Callable[..., Any], statements: list[str]) -> None:
+    ticket = new_ticket()
+    stored = add_message(ticket, "<stored@client.example>")
+    statements.clear()
+    with looked_up_together(session, [stored.dedupe_key, "in:<new@client.example>"]):
+        assert len(statements) == 1                                  # the one look-up
+        assert stored_on(session, "in:<new@client.example>") is None
+        assert stored_on(session, stored.dedupe_key) == ticket.id     # asked the database
+        assert len(statements) == 2
+        # Asked again (a second email with the same Message-ID, after the first was
+        # stored or not): the database answers.
+        assert stored_on(session, "in:<new@client.example>") is None
+        assert len(statements) == 3
+    assert stored_on(session, "in:<new@client.example>") is None
+    assert len(statements) == 4

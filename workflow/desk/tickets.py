@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from postdesk.mail.html_safety import sanitize_html
@@ -40,7 +43,50 @@ def open_ticket(session: Session, *, prefix: str, mail: ParsedEmail, org: Org, r
 def inbound_dedupe_key(mail: ParsedEmail, raw: RawMessage) -> str:
     """One email is stored once, whichever door it came by: its Message-ID, or for mail
     without one its bytes."""
-    return f"in:{mail.message_id}" if mail.message_id else f"sha:{raw.sha256}"
+    return dedupe_key(mail.message_id, raw.sha256)
+
+
+def dedupe_key(message_id: str | None, sha256: str) -> str:
+    """``inbound_dedupe_key`` of an email with this Message-ID and these bytes."""
+    return f"in:{message_id}" if message_id else f"sha:{sha256}"
+
+
+# Built once and run as Core on the session's connection: every email asks, and the
+# ORM's execution path (and building the statement per call) cost more than the query.
+# Nothing pending can be missed: messages are written as they are stored (insert_now).
+_STORED = select(Message.ticket_id).where(Message.dedupe_key == bindparam("key"))
+_STORED_KEYS = select(Message.dedupe_key).where(
+    Message.dedupe_key.in_(bindparam("keys", expanding=True)))
+# session.info key: the dedupe keys looked up together and not stored then, not yet asked.
+_NOT_STORED = "postdesk_keys_not_stored"
+
+
+def stored_on(session: Session, key: str) -> int | None:
+    """The ticket an inbound email with dedupe ``key`` is stored on, or None."""
+    not_stored = session.info.get(_NOT_STORED)
+    if not_stored is not None and key in not_stored:
+        # Once only: a later email with the same key must find this one if it is stored.
+        not_stored.discard(key)
+        return None
+    return session.connection().execute(_STORED, {"key": key}).scalar()
+
+
+@contextmanager
+def looked_up_together(session: Session, keys: Collection[str]) -> Iterator[None]:
+    """Look ``keys`` up in one statement now; inside the block, ``stored_on`` answers for
+    each of them that was not stored without another (an import's batch, whose keys its
+    helper worked out as it parsed). What another transaction stores meanwhile under one
+    of them is not seen, but cannot be missed: storing it again fails the unique key, and
+    the batch is recorded again with a savepoint per email, asking each key anew."""
+    if not keys:
+        yield
+        return
+    stored = set(session.connection().execute(_STORED_KEYS, {"keys": list(keys)}).scalars())
+    session.info[_NOT_STORED] = set(keys) - stored
+    try:
+        yield
+    finally:
+        session.info.pop(_NOT_STORED, None)
 
 
 MAX_DEFECTS, MAX_DEFECT_CHARS = 20, 200

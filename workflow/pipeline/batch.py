@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import bindparam, select
@@ -53,6 +53,7 @@ from postdesk.workflow.desk.events import deferred_events, write_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter, RenderAhead, render_drafts
 from postdesk.workflow.desk.recent import remembered_counts
 from postdesk.workflow.desk.services import Services
+from postdesk.workflow.desk.tickets import looked_up_together
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.process import (
@@ -79,7 +80,8 @@ _CLAIM_MANY = (select(RawMessage).options(undefer(RawMessage.content))
 
 
 def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline = BUILTIN,
-                  *, ahead: RenderAhead | None = None) -> list[PipelineResult | None]:
+                  *, ahead: RenderAhead | None = None, dedupe_keys: Collection[str] = ()
+                  ) -> list[PipelineResult | None]:
     """Process the raw messages in one transaction, in the order given; one result per id
     (None where there was nothing to do: already processed, or no such message). The
     results' ``outbox_ids`` are the drafts rendered after commit, ready to send.
@@ -87,7 +89,9 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
     Each draft is rendered with its ticket as it was when the draft was queued
     (``outbox.ticket_view``), as if each email had its own transaction. ``ahead``: told
     of each draft as it is queued, and asked for its rendering after commit (an import's
-    helper process renders while the batch records).
+    helper process renders while the batch records). ``dedupe_keys``: the emails'
+    dedupe keys, as far as the caller worked them out ahead: looked up together
+    (``tickets.looked_up_together``) when the batch is recorded without savepoints.
 
     The batch is first recorded without savepoints (``_straight``): almost every email
     of an import records cleanly, and a savepoint per email (two round trips, and a copy
@@ -96,7 +100,8 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
     unique-key race, a handler's quarantine) rolls that whole transaction back, and the
     batch is recorded again from the start, each email in a savepoint of its own."""
     try:
-        return _process(services, raw_ids, pipeline, ahead, straight=True)
+        return _process(services, raw_ids, pipeline, ahead, straight=True,
+                        dedupe_keys=dedupe_keys)
     except _NeedsSavepoints as needs:
         log.info("batch of %s: raw %s needs undoing (%s): recording the batch again, "
                  "each email in a savepoint", len(raw_ids), needs.raw_id, needs.why)
@@ -112,7 +117,8 @@ class _NeedsSavepoints(Exception):
 
 
 def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
-             ahead: RenderAhead | None, *, straight: bool) -> list[PipelineResult | None]:
+             ahead: RenderAhead | None, *, straight: bool, dedupe_keys: Collection[str] = ()
+             ) -> list[PipelineResult | None]:
     results: list[PipelineResult | None] = []
     writers: list[OutboxWriter] = []
     one = _straight if straight else _one
@@ -120,7 +126,8 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
         # Without savepoints nothing of one email is undone alone: the events of the whole
         # batch, and its raw messages' outcomes, are written in one statement each at its
         # end.
-        with session.begin(), (_deferred(session) if straight else nullcontext()):
+        with session.begin(), (_deferred(session, dedupe_keys) if straight
+                               else nullcontext()):
             claimed = {raw.id: raw for raw in session.scalars(_CLAIM_MANY,
                                                               {"ids": list(raw_ids)})}
             for raw_id in raw_ids:
@@ -168,8 +175,11 @@ def _straight(services: Services, session: Session, raw: RawMessage, pipeline: P
 
 
 @contextmanager
-def _deferred(session: Session) -> Iterator[None]:
-    with deferred_events(session), deferred_outcomes(session), remembered_counts(session):
+def _deferred(session: Session, dedupe_keys: Collection[str]) -> Iterator[None]:
+    """What a batch recorded without savepoints does together: its events and outcomes
+    written at its end, its hourly counts remembered, its emails' keys looked up."""
+    with deferred_events(session), deferred_outcomes(session), remembered_counts(session), \
+            looked_up_together(session, dedupe_keys):
         yield
 
 

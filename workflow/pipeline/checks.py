@@ -6,17 +6,15 @@ runner's reaction to it, in the record transaction (``process``)."""
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
-
 from postdesk.mail.authentication import authenticate
 from postdesk.mail.classify import classify
 from postdesk.mail.parse import UnparseableEmail, parse_email
 from postdesk.mail.tokens import is_our_message_id
 from postdesk.storage.directory import org_by_slug
-from postdesk.storage.models import Message, Ticket
+from postdesk.storage.models import Ticket
 from postdesk.workflow.desk.merge import follow_merges
 from postdesk.workflow.desk.ticket_lookup import gather_references
-from postdesk.workflow.desk.tickets import inbound_dedupe_key
+from postdesk.workflow.desk.tickets import inbound_dedupe_key, stored_on
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.runner import Duplicate, Handled, Quarantine, step
 from postdesk.workflow.rules import commands as cmd
@@ -109,17 +107,11 @@ def authenticate_sender(ctx: Inbound) -> None:
     ctx.sender_verified = verdict.passed
 
 
-# Built once and run as Core on the session's connection: every email asks, and the
-# ORM's execution path (and building the statement per call) cost more than the query.
-# Nothing pending can be missed: messages are written as they are stored (insert_now).
-_STORED = select(Message.ticket_id).where(Message.dedupe_key == bindparam("key"))
-
-
 @step
 def deduplicate(ctx: Inbound) -> None:
     """The same email by another door (SMTP and IMAP), or re-sent with new bytes."""
     key = inbound_dedupe_key(ctx.email, ctx.raw)
-    existing = ctx.session.connection().execute(_STORED, {"key": key}).scalar()
+    existing = stored_on(ctx.session, key)
     if existing is not None:
         raise Duplicate("message_id", f"already on ticket {existing} as {key}", data=existing)
 
