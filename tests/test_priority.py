@@ -7,10 +7,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from postdesk.workflow.rules.priority import (
+    _APOSTROPHES,
+    _TOKEN_CHARS,
+    _WORD_CHARS,
     DEFAULT_KEYWORD_RULES,
+    DEFAULT_REASON,
+    ESCALATION_REASON,
     PRIORITIES,
     KeywordRule,
     PriorityDecision,
+    _mentions,
     initial_priority,
     is_higher,
     raise_only,
@@ -298,3 +304,46 @@ def test_a_rule_phrase_inside_a_longer_word_is_screened_out_as_before() -> None:
     assert initial_priority("outages report", "re-logging in", escalation_keyword=None,
                             keyword_rules=DEFAULT_KEYWORD_RULES) == PriorityDecision(
         "P3", "default")
+
+
+# --- the word scan before the patterns -----------------------------------------------------
+
+def decided_by_patterns_alone(subject: str | None, body: str | None, keyword: str | None,
+                              rules: list[KeywordRule]) -> PriorityDecision:
+    """``initial_priority`` as it was before it scanned for words first: the oracle."""
+    texts = [t.translate(_APOSTROPHES) for t in (subject, body) if t]
+    if keyword and keyword.strip() and _mentions(keyword.strip(), texts, _TOKEN_CHARS):
+        return PriorityDecision("P1", ESCALATION_REASON)
+    best: KeywordRule | None = None
+    for rule in rules:
+        if best is not None and not is_higher(rule.priority, best.priority):
+            continue
+        if _mentions(rule.phrase, texts, _WORD_CHARS):
+            best = rule
+    if best is not None:
+        return PriorityDecision(best.priority, f'keyword "{best.phrase}"')
+    return PriorityDecision("P3", DEFAULT_REASON)
+
+
+# Words of the rule phrases and near misses, in any case, with letters a case-insensitive
+# match pairs with ASCII ones (long s, Kelvin sign, dotless i) and apostrophe variants.
+WORDS = ["site", "SITE", "ſite", "website", "web", "down", "DOWN", "is", "outage", "Outage",
+         "cannot", "can't", "can\u2019t", "can", "not", "log", "in", "login", "unable",
+         "to", "Kan", "\u212aan", "l\u0131ne", "CLIENTCO-URGENT", "clientco", "urgent",
+         "printer", "does", "print", "é"]
+SEPARATORS = [" ", "  ", "\n", "\t", "-", ".", ", ", "_"]
+texts = st.lists(st.tuples(st.sampled_from(WORDS), st.sampled_from(SEPARATORS)),
+                 max_size=12).map(lambda pairs: "".join(w + s for w, s in pairs))
+phrases = st.lists(st.sampled_from(WORDS), min_size=1, max_size=3).map(" ".join)
+
+
+@given(subject=st.none() | texts, body=st.none() | texts,
+       keyword=st.none() | st.sampled_from(["CLIENTCO-URGENT", "ſite", "urgent", " "]),
+       extra=st.lists(st.tuples(phrases, st.sampled_from(PRIORITIES)), max_size=3))
+def test_scanning_for_words_first_decides_as_the_patterns_alone(
+        subject: str | None, body: str | None, keyword: str | None,
+        extra: list[tuple[str, str]]) -> None:
+    rules = [*DEFAULT_KEYWORD_RULES, *(KeywordRule(p, prio) for p, prio in extra)]
+    assert initial_priority(subject, body, escalation_keyword=keyword,
+                            keyword_rules=rules) == decided_by_patterns_alone(
+        subject, body, keyword, rules)

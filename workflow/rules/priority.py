@@ -135,6 +135,26 @@ def _mentions(phrase: str, texts: Sequence[str], token_chars: str) -> bool:
     return any(pattern.search(text) for text in texts)
 
 
+@lru_cache(maxsize=512)
+def _words(phrase: str) -> tuple[str, ...] | None:
+    """The phrase's words in lower case, or None if it is not ASCII (then only its
+    pattern can tell: a case-insensitive match pairs some non-ASCII letters with ASCII
+    ones)."""
+    plain = phrase.translate(_APOSTROPHES)
+    return tuple(plain.lower().split()) if plain.isascii() else None
+
+
+def _may_mention(phrase: str, lowered: Sequence[str] | None) -> bool:
+    """False only where ``phrase`` cannot match: some text must hold each of its words.
+    ``lowered``: the texts in lower case, or None when one is not ASCII (then this
+    says True). A scan for a few words is a fraction of a scan with the pattern, and
+    most emails name no phrase."""
+    words = _words(phrase)
+    if lowered is None or words is None:
+        return True
+    return any(all(word in text for word in words) for text in lowered)
+
+
 def initial_priority(
     subject: str | None,
     body: str | None,
@@ -153,17 +173,22 @@ def initial_priority(
     # Apostrophes made plain once, not once per rule: a body can be long.
     texts = [text.translate(_APOSTROPHES) for text in (subject, body) if text]
 
+    # For ASCII texts (most mail) the patterns run only for phrases whose words are all
+    # there; on ASCII text a case-insensitive pattern matches what lower case shows.
+    lowered = [text.lower() for text in texts] if all(t.isascii() for t in texts) else None
+
     # A blank keyword would match nothing useful; treat it as "no keyword configured".
     keyword = (escalation_keyword or "").strip()
-    if keyword and _mentions(keyword, texts, _TOKEN_CHARS):
+    if keyword and _may_mention(keyword, lowered) and _mentions(keyword, texts, _TOKEN_CHARS):
         return PriorityDecision("P1", ESCALATION_REASON)
 
-    any_rule = (_any_phrase_pattern(tuple(rule.phrase for rule in keyword_rules))
-                if keyword_rules else None)
+    candidates = [rule for rule in keyword_rules if _may_mention(rule.phrase, lowered)]
+    any_rule = (_any_phrase_pattern(tuple(rule.phrase for rule in candidates))
+                if candidates else None)
     if any_rule is None or not any(any_rule.search(text) for text in texts):
         return PriorityDecision(default, DEFAULT_REASON)
     best: KeywordRule | None = None
-    for rule in keyword_rules:
+    for rule in candidates:
         if best is not None and not is_higher(rule.priority, best.priority):
             continue
         if _mentions(rule.phrase, texts, _WORD_CHARS):
