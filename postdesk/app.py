@@ -82,9 +82,9 @@ class App:
         self.worker_timeout_ms = worker_timeout_ms
         self.clock = clock or SystemClock()
         self.data_dir = Path(config.desk.data_dir)
-        if not self.data_dir.exists():
-            # Raw mail, attachments and the secret live here: owner only.
-            self.data_dir.mkdir(parents=True, mode=0o700)
+        # Raw mail, attachments and the secret live here: owner only. (exist_ok: the
+        # processes of a new deployment start together, and all may find it missing.)
+        self.data_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
         self.engine = desk_engine(config)
         self.sessions = make_session_factory(self.engine)
         self.services = Services(
@@ -143,10 +143,23 @@ class App:
         if path.exists():
             return path.read_bytes().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Written whole under a name of this process's, then published by a hard link,
+        # which fails if another process started at the same time published first: then
+        # its key is the desk's. So no process reads a key half written, and all agree.
         key = pysecrets.token_hex(32).encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
+        draft = path.with_name(f".secret.key.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(key)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(draft, path)
+            except FileExistsError:
+                return path.read_bytes().strip()
+        finally:
+            draft.unlink(missing_ok=True)
         return key
 
     def _make_transport(self) -> Transport:

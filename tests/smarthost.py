@@ -19,12 +19,12 @@ class Sink:
     def __init__(self, *, quit_reply: str | None = None, refuse_first: int = 0,
                  drop_after_data: bool = False,
                  on_quit: Callable[[], None] | None = None,
-                 on_stored: Callable[[int], None] | None = None):
+                 on_stored: Callable[[bytes], None] | None = None):
         self.quit_reply = quit_reply
         self.refuse_first = refuse_first
         self.drop_after_data = drop_after_data
         self.on_quit = on_quit
-        # called with the number of emails stored so far, before the 250 is answered
+        # called with each email stored, before its 250 is answered
         self.on_stored = on_stored
         self.messages: list[bytes] = []
         # per message: when it arrived (time.monotonic) and the client's (host, port),
@@ -42,9 +42,8 @@ class Sink:
             self.messages.append(envelope.original_content)
             self.arrivals.append(time.monotonic())
             self.peers.append(session.peer)
-            stored = len(self.messages)
         if self.on_stored is not None:
-            self.on_stored(stored)
+            self.on_stored(envelope.original_content)
         return "250 2.0.0 OK"
 
     async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:

@@ -88,7 +88,21 @@ class Deployment:
         for i in range(self.n_workers):
             self.start(f"worker{i}", "worker")
         self.start("scheduler", "scheduler")
-        wait_for(self._smtp_open, 60, 0.2, what="postdesk smtp listening")
+        try:
+            wait_for(self._smtp_open, 60, 0.2, what="postdesk smtp listening")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its log:\n{self.log('smtp')[-3000:]}") from None
+
+    def _smtp_open(self) -> bool:
+        door = self.procs["smtp"]
+        if door.poll() is not None:   # it ended: say why, now
+            raise AssertionError(f"postdesk smtp ended ({door.returncode}):\n"
+                                 f"{self.log('smtp')[-3000:]}")
+        try:
+            with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=5) as smtp:
+                return smtp.noop()[0] == 250
+        except OSError:
+            return False
 
     def kill(self, name: str) -> None:
         proc = self.procs[name]
@@ -107,13 +121,6 @@ class Deployment:
             proc.wait(timeout=30)
         self.smarthost.__exit__(None, None, None)
         self.engine.dispose()
-
-    def _smtp_open(self) -> bool:
-        try:
-            with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=5) as smtp:
-                return smtp.noop()[0] == 250
-        except OSError:
-            return False
 
     # --- the burst -------------------------------------------------------------------------
     def burst(self, emails: list[bytes], senders: list[str], *, threads: int = 4,
