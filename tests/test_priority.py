@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from postdesk.workflow.rules.priority import (
     _APOSTROPHES,
     _TOKEN_CHARS,
-    _WORD_CHARS,
     DEFAULT_KEYWORD_RULES,
     DEFAULT_REASON,
     ESCALATION_REASON,
@@ -17,6 +16,7 @@ from postdesk.workflow.rules.priority import (
     KeywordRule,
     PriorityDecision,
     _mentions,
+    _most_urgent,
     initial_priority,
     is_higher,
     raise_only,
@@ -314,15 +314,8 @@ def decided_by_patterns_alone(subject: str | None, body: str | None, keyword: st
     texts = [t.translate(_APOSTROPHES) for t in (subject, body) if t]
     if keyword and keyword.strip() and _mentions(keyword.strip(), texts, _TOKEN_CHARS):
         return PriorityDecision("P1", ESCALATION_REASON)
-    best: KeywordRule | None = None
-    for rule in rules:
-        if best is not None and not is_higher(rule.priority, best.priority):
-            continue
-        if _mentions(rule.phrase, texts, _WORD_CHARS):
-            best = rule
-    if best is not None:
-        return PriorityDecision(best.priority, f'keyword "{best.phrase}"')
-    return PriorityDecision("P3", DEFAULT_REASON)
+    # Every rule's pattern, none skipped by a scan for words.
+    return _most_urgent(rules, texts) or PriorityDecision("P3", DEFAULT_REASON)
 
 
 # Words of the rule phrases and near misses, in any case, with letters a case-insensitive

@@ -187,12 +187,17 @@ def initial_priority(
                 if candidates else None)
     if any_rule is None or not any(any_rule.search(text) for text in texts):
         return PriorityDecision(default, DEFAULT_REASON)
+    return _most_urgent(candidates, texts) or PriorityDecision(default, DEFAULT_REASON)
+
+
+def _most_urgent(rules: Sequence[KeywordRule], texts: Sequence[str]
+                 ) -> PriorityDecision | None:
+    """The most urgent of ``rules`` that ``texts`` mention (on a tie, the first)."""
     best: KeywordRule | None = None
-    for rule in candidates:
+    for rule in rules:
         if best is not None and not is_higher(rule.priority, best.priority):
             continue
         if _mentions(rule.phrase, texts, _WORD_CHARS):
             best = rule
-    if best is not None:
-        return PriorityDecision(best.priority, f'keyword "{best.phrase}"')
-    return PriorityDecision(default, DEFAULT_REASON)
+    return None if best is None else PriorityDecision(best.priority,
+                                                      f'keyword "{best.phrase}"')
