@@ -68,11 +68,8 @@ ReceiptFn = Callable[[bytes, Envelope, str], Receipt]
 _RAW = cast(Table, RawMessage.__table__)
 # Built once: executed with a parameter dict, the compiled form is reused from SQLAlchemy's
 # cache without building and keying a new statement per email.
+# For one row or many (the rows written say which digests they are).
 _UPSERTS: dict[str, Any] = {
-    dialect: cast(Insert, insert_unless_exists(dialect, _RAW, "sha256")).returning(_RAW.c.id)
-    for dialect in ON_CONFLICT_DIALECTS}
-# The same for many rows in one statement: the rows written say which digests they are.
-_UPSERTS_MANY: dict[str, Any] = {
     dialect: cast(Insert, insert_unless_exists(dialect, _RAW, "sha256")).returning(
         _RAW.c.id, _RAW.c.sha256)
     for dialect in ON_CONFLICT_DIALECTS}
@@ -160,7 +157,7 @@ def accept_many(sessions: sessionmaker[Session], blobs: BlobStore, raws: Sequenc
         with durable(bind) as conn:
             # One INSERT of all the rows (SQLAlchemy's "insertmanyvalues").
             written = {row.sha256: row.id for row in conn.execute(
-                _UPSERTS_MANY[bind.dialect.name],
+                _UPSERTS[bind.dialect.name],
                 [_row(digest, raw_of[digest], envelope, source, now, notify, row_limit)
                  for digest in new])}
             for digest in new:

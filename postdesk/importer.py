@@ -342,7 +342,8 @@ class Importer:
         per transaction, counting each message's outcome in order as its part commits."""
         timings = self.summary.timings
         raws = [raw for _item, raw in batch]
-        self._submit_ahead(raws)
+        digests = [sha256_hex(raw) for raw in raws]
+        self._submit_ahead(raws, digests)
         started = time.perf_counter()
         accepted = self._accept_batch(raws)
         timings["accept"] += time.perf_counter() - started
@@ -350,17 +351,17 @@ class Importer:
         self.raw_ids.extend(a.raw_id for a in accepted if a is not None)
         outcomes: list[Outcome] = []
         try:
-            items = list(zip(batch, accepted, strict=True))
+            items = list(zip(batch, digests, accepted, strict=True))
             for part in _chunks(items, self.per_transaction):
                 # Accepted before but never processed (an import interrupted half-way):
                 # processed now, like the new ones.
-                todo = [a.raw_id for _pair, a in part if a is not None
+                todo = [a.raw_id for _pair, _digest, a in part if a is not None
                         and (a.created or a.status == RawStatus.PENDING)]
                 started = time.perf_counter()
-                results = self._process_all(todo, self._dedupe_keys(
-                    [raw for (_item, raw), a in part if a is not None]))
+                results = self._process_all(todo, [digest for _pair, digest, a in part
+                                                   if a is not None])
                 timings["process"] += time.perf_counter() - started
-                for (item, _raw), result in part:
+                for (item, _raw), _digest, result in part:
                     outcomes.append(self._outcome(item, result, results))
                     if on_item:
                         on_item(self.summary)
@@ -377,26 +378,27 @@ class Importer:
         if helpers is not None:
             helpers.shutdown(wait=False, cancel_futures=True)
 
-    def _submit_ahead(self, raws: Sequence[bytes]) -> None:
+    def _submit_ahead(self, raws: Sequence[bytes], digests: Sequence[str]) -> None:
         helpers = self._helpers
         if helpers is None:
             return
-        small = [raw for raw in raws if len(raw) <= AHEAD_MAX_BYTES]
+        small = [(raw, digest) for raw, digest in zip(raws, digests, strict=True)
+                 if len(raw) <= AHEAD_MAX_BYTES]
         for start in range(0, len(small), AHEAD_CHUNK):
             chunk = small[start:start + AHEAD_CHUNK]
             try:
-                future = helpers.submit(_parse_ahead, chunk)
+                future = helpers.submit(_parse_ahead, [raw for raw, _digest in chunk])
             except Exception:   # a broken pool (a helper died): the pipeline parses itself
                 self._drop_helpers()
                 return
-            for index, raw in enumerate(chunk):
-                self._ahead.setdefault(sha256_hex(raw), (future, index))
+            for index, (_raw, digest) in enumerate(chunk):
+                self._ahead.setdefault(digest, (future, index))
 
-    def _dedupe_keys(self, raws: Sequence[bytes]) -> list[str]:
-        """The emails' dedupe keys, for those parsed ahead already."""
+    def _dedupe_keys(self, digests: Sequence[str]) -> list[str]:
+        """The dedupe keys of the emails with these digests, for those parsed ahead
+        already."""
         keys = []
-        for raw in raws:
-            digest = sha256_hex(raw)
+        for digest in digests:
             ahead = self._parsed_ahead(digest)
             if ahead is not None and ahead.parsed is not None:
                 keys.append(dedupe_key(ahead.parsed.message_id, digest))
@@ -421,15 +423,16 @@ class Importer:
             return self._count("ticket_created" if result.created_ticket else "reply_threaded")
         return self._classify(item, accepted.raw_id)
 
-    def _process_all(self, raw_ids: Sequence[int], dedupe_keys: Sequence[str] = ()
+    def _process_all(self, raw_ids: Sequence[int], digests: Sequence[str] = ()
                      ) -> dict[int, PipelineResult | None]:
         """Process the batch's new messages, then hand the email they wrote (rendered
-        after commit) to the sender, in order."""
+        after commit) to the sender, in order. ``digests``: of the messages' bytes (their
+        dedupe keys are looked up together when parsed ahead)."""
         if self.per_transaction == 1:
             results = {raw_id: self._process(raw_id) for raw_id in raw_ids}
         else:
-            results = dict(zip(raw_ids, self._process_batch(raw_ids, dedupe_keys),
-                               strict=True))
+            results = dict(zip(raw_ids, self._process_batch(
+                raw_ids, self._dedupe_keys(digests)), strict=True))
         for result in results.values():
             if result is not None:
                 self.dispatch.outbox(*result.outbox_ids)   # one send job per email
@@ -549,16 +552,18 @@ def _parse_ahead(raws: list[bytes]) -> list[_Ahead | None]:
         except Exception:  # noqa: BLE001 - the pipeline reports it, as for live mail
             out.append(None)
             continue
-        try:
-            visible: str | None = visible_reply(parsed.text or "")
-        except Exception:  # noqa: BLE001 - computed again, and reported, when needed
-            visible = None
-        try:
-            classified: Classification | None = classify(parsed, None)
-        except Exception:  # noqa: BLE001 - computed again, and reported, when needed
-            classified = None
-        out.append(_Ahead(parsed, visible, classified=classified))
+        out.append(_Ahead(parsed, _or_none(visible_reply, parsed.text or ""),
+                          classified=_or_none(classify, parsed, None)))
     return out
+
+
+def _or_none(compute: Callable[..., _T], *args: Any) -> _T | None:
+    """``compute(*args)``, or None where it fails: the pipeline computes it again, and
+    reports the error, when it needs it."""
+    try:
+        return compute(*args)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 class _HelperRenders:

@@ -4,12 +4,16 @@ sign-off. They queue no email (the notify steps do, from what was recorded)."""
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, select
 
 from postdesk.storage.directory import staff_by_email, staff_by_id
-from postdesk.storage.models import Contact, Staff, Ticket
+from postdesk.storage.models import Contact, Staff
 from postdesk.workflow.desk.events import add_event
-from postdesk.workflow.desk.recent import HOUR, tickets_opened_since
+from postdesk.workflow.desk.recent import (
+    HOUR,
+    tickets_opened_between,
+    tickets_opened_since,
+)
 from postdesk.workflow.desk.sla_clocks import set_status
 from postdesk.workflow.desk.tickets import open_ticket, store_message
 from postdesk.workflow.pipeline.context import Inbound
@@ -149,9 +153,6 @@ def start_or_resume_clocks(ctx: Inbound) -> None:
 
 
 _LOCK_CONTACT = select(Contact.id).where(Contact.email == bindparam("email")).with_for_update()
-_TICKETS_IN_HOUR = select(func.count(Ticket.id)).where(
-    Ticket.requester_email == bindparam("requester"), Ticket.created_at >= bindparam("since"),
-    Ticket.created_at <= bindparam("until"))
 
 
 @step
@@ -177,9 +178,8 @@ def flood_limit(ctx: Inbound) -> None:
     # history it is the email's own Date, so old mail is counted against its own hour
     # (not against the minute the import ran) and mail dated later does not count.
     if ticket.created_at < ctx.now:
-        recent = connection.execute(_TICKETS_IN_HOUR, {
-            "requester": requester, "since": ticket.created_at - HOUR,
-            "until": ticket.created_at}).scalar() or 0
+        recent = tickets_opened_between(ctx.session, requester, ticket.created_at - HOUR,
+                                        ticket.created_at)
     else:
         recent = tickets_opened_since(ctx.session, requester, ctx.now - HOUR)
     if recent > ctx.config.desk.flood_tickets_per_hour:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from postdesk.workflow.rules.calendar import WEEKDAYS, parse_day_hours
 from postdesk.workflow.rules.config import CalendarConfig
 
@@ -13,29 +15,21 @@ def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-# Described once per calendar (every acknowledgement names its support hours). Keyed by
-# the object, which is kept with its text so that its id is not reused while cached;
-# calendars are few and live as long as their config.
-_DESCRIBED: dict[int, tuple[CalendarConfig, str]] = {}
-
-
 def describe_hours(cal: CalendarConfig) -> str:
-    known = _DESCRIBED.get(id(cal))
-    if known is not None and known[0] is cal:
-        return known[1]
-    text = _describe(cal)
-    if len(_DESCRIBED) >= 64:   # configs loaded again and again (tests): start afresh
-        _DESCRIBED.clear()
-    _DESCRIBED[id(cal)] = (cal, text)
-    return text
+    # Every acknowledgement names its support hours: described once per distinct
+    # calendar (the values it is described from, which are hashable where the model is
+    # not).
+    return _describe(cal.always_open, tuple(cal.hours.get(key) for key in WEEKDAYS),
+                     cal.timezone, tuple((cal.holidays or {}).items()))
 
 
-def _describe(cal: CalendarConfig) -> str:
-    if cal.always_open:
+@lru_cache(maxsize=64)
+def _describe(always_open: bool, hours: tuple[str | None, ...], timezone: str,
+              holidays: tuple[tuple[str, str], ...]) -> str:
+    if always_open:
         return "24 hours a day, every day"
     spans: list[tuple[int, int, str]] = []   # first day, last day, ranges text
-    for i, key in enumerate(WEEKDAYS):
-        spec = cal.hours.get(key)
+    for i, (key, spec) in enumerate(zip(WEEKDAYS, hours, strict=True)):
         ranges = parse_day_hours(key, spec) if spec is not None else ()
         text = ", ".join(f"{_hhmm(s)}-{_hhmm(e)}" for s, e in ranges)
         if not text:
@@ -48,10 +42,10 @@ def _describe(cal: CalendarConfig) -> str:
         return "by arrangement"
     days = "; ".join(
         f"{_NAMES[a]}{'-' + _NAMES[b] if b > a else ''} {text}" for a, b, text in spans)
-    out = f"{days} ({cal.timezone} time)"
-    if cal.holidays:
-        region = "-".join(v for v in (cal.holidays.get("country"),
-                                      cal.holidays.get("subdiv")) if v)
+    out = f"{days} ({timezone} time)"
+    if holidays:
+        named = dict(holidays)
+        region = "-".join(v for v in (named.get("country"), named.get("subdiv")) if v)
         out += f", closed on public holidays ({region})"
     return out
 
