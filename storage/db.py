@@ -27,6 +27,10 @@ READ_ONLY = "postdesk_read_only"
 # FULL for it; PostgreSQL's default synchronous_commit already is).
 DURABLE = "postdesk_durable"
 _SYNCHRONOUS = "postdesk_synchronous"
+# Execution option of a statement that neither reads, changes nor refers to any row an
+# import's batch may be holding back (``workflow.desk.rows.buffered_rows``), or answers
+# for those rows itself: it runs without them being written first.
+NEEDS_NO_BUFFERED_ROWS = "postdesk_needs_no_buffered_rows"
 
 
 class DatabaseUrlError(UserError, ValueError):

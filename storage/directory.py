@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Engine, event, inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from postdesk.storage.db import ON_CONFLICT_DIALECTS, insert_unless_exists
+from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS, ON_CONFLICT_DIALECTS, insert_unless_exists
 from postdesk.storage.models import Contact, Org, Staff
 from postdesk.workflow.rules.config import Config
 
@@ -150,6 +150,8 @@ def staff_by_id(session: Session, staff_id: int) -> Staff | None:
 
 _ENSURE_CONTACT = {dialect: insert_unless_exists(dialect, Contact, "email")
                    for dialect in ON_CONFLICT_DIALECTS}
+# Contacts are never among the rows an import's batch holds back, and refer to none.
+_HELD_ROWS_NOT_NEEDED = {NEEDS_NO_BUFFERED_ROWS: True}
 
 
 # session.info key: (the transaction, the addresses whose contact it has ensured).
@@ -173,7 +175,7 @@ def ensure_contact(session: Session, email: str, org: Org, name: str = "") -> No
     connection = session.connection()
     statement = _ENSURE_CONTACT.get(connection.dialect.name)
     if statement is not None:
-        connection.execute(statement, values)
+        connection.execute(statement, values, execution_options=_HELD_ROWS_NOT_NEEDED)
     else:
         with session.no_autoflush:
             found = session.scalar(select(Contact.id).where(Contact.email == email))

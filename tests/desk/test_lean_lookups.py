@@ -22,9 +22,10 @@ from postdesk.storage.directory import (
     staff_by_id,
     sync_from_config,
 )
-from postdesk.storage.models import Contact, Event, Org, SlaClock, Ticket
+from postdesk.storage.models import Contact, Event, Message, Org, SlaClock, Ticket
 from postdesk.workflow.desk.events import add_event, deferred_events, discard_deferred_events
 from postdesk.workflow.desk.merge import merged_into
+from postdesk.workflow.desk.rows import buffered_rows, insert_now
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.tickets import looked_up_together, stored_on
 from postdesk.workflow.rules.clock import ManualClock
@@ -280,3 +281,21 @@ def test_keys_looked_up_together_answer_once_each_without_a_statement(
         assert len(statements) == 3
     assert stored_on(session, "in:<new@client.example>") is None
     assert len(statements) == 4
+
+
+def test_an_email_held_back_by_its_batch_is_found_stored_without_writing_it(
+        session: Session, new_ticket: Callable[..., Ticket], clock: ManualClock,
+        statements: list[str]) -> None:
+    """A second copy of an email later in the same import batch finds the first while its
+    row is still held back (``rows.buffered_rows``), with no statement."""
+    ticket = new_ticket()
+    key = "in:<twice@client.example>"
+    with buffered_rows(session), looked_up_together(session, [key]):
+        assert stored_on(session, key) is None                      # the first copy
+        insert_now(session, Message(
+            ticket_id=ticket.id, direction="in", kind="public", dedupe_key=key,
+            message_id="<twice@client.example>", references=[], from_addr="a@client.example",
+            to=[], cc=[], subject="s", text="", stripped_text="", created_at=clock.now()))
+        statements.clear()
+        assert stored_on(session, key) == ticket.id                 # the second copy
+        assert statements == []

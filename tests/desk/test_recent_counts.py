@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from postdesk.storage.directory import org_by_slug
 from postdesk.storage.models import Outbox, OutboxStatus, Ticket
 from postdesk.workflow.desk.outbox import OutboxWriter
 from postdesk.workflow.desk.recent import (
@@ -20,6 +21,7 @@ from postdesk.workflow.desk.recent import (
     remembered_counts,
     tickets_opened_since,
 )
+from postdesk.workflow.desk.rows import buffered_rows, insert_now, insert_values_now
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.rules.clock import ManualClock
 
@@ -108,3 +110,28 @@ def test_automatic_mail_queued_in_the_block_is_counted_as_the_database_would(
                          subject="Re: hello", context={}, ticket=ticket)
             clock.advance(timedelta(minutes=25))
     assert counted == (2, 1)   # the first two left the hour; one of those left is this one's
+
+
+def test_a_first_count_includes_what_a_batch_holds_back_and_reads_without_writing_it(
+        session: Session, clock: ManualClock, statements: list[str]) -> None:
+    """In an import's batch (rows held back, ``rows.buffered_rows``) a ticket just opened
+    and an acknowledgement queued are not in the database yet when the window is first
+    read: they are counted all the same, and the read does not make them be written."""
+    org = org_by_slug(session, "clientco")
+    assert org is not None
+    with buffered_rows(session):
+        ticket = Ticket(org_id=org.id, requester_email=ALICE, subject="Held", status="new",
+                        priority="P3", created_at=clock.now(), updated_at=clock.now(), cc=[])
+        insert_now(session, ticket)
+        insert_values_now(session, Outbox, {
+            "dedupe_key": "held-ack", "ticket_id": ticket.id, "template": "acknowledgement",
+            "recipient": ALICE, "to": [ALICE], "cc": [], "subject": "Re: held",
+            "message_id": "<held@desk>", "automatic": True, "status": OutboxStatus.DRAFT,
+            "created_at": clock.now(), "attempts": 0})
+        with remembered_counts(session):
+            statements.clear()
+            since = clock.now() - HOUR
+            assert tickets_opened_since(session, ALICE, since) == 1
+            assert automatic_sent_since(session, ALICE, ticket.id, since) == (1, 1)
+            assert not [s for s in statements if s.startswith("INSERT")]
+        assert tickets_in_database(session, since) == 1   # a plain read writes them

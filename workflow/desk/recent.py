@@ -21,15 +21,22 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, case, func, select
 from sqlalchemy.orm import Session
 
+from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS
 from postdesk.storage.models import Outbox, OutboxStatus, Ticket
+from postdesk.workflow.desk.rows import buffered_values
 
 HOUR = timedelta(hours=1)
 
+# Reads that add the rows an import's batch is holding back (``rows.buffered_values``) to
+# those in the database themselves, so they need none of them written first.
+_BLIND = {NEEDS_NO_BUFFERED_ROWS: True}
 _OF_REQUESTER = (Ticket.requester_email == bindparam("requester"),
                  Ticket.created_at >= bindparam("since"))
 _TICKETS_SINCE = select(func.count(Ticket.id)).where(*_OF_REQUESTER)
 _TICKETS_BETWEEN = _TICKETS_SINCE.where(Ticket.created_at <= bindparam("until"))
-_TICKET_TIMES = select(Ticket.created_at).where(*_OF_REQUESTER)
+# Counted with the tickets an import's batch holds back (``tickets_opened_between``).
+_TICKETS_BETWEEN_WRITTEN = _TICKETS_BETWEEN.execution_options(**_BLIND)
+_TICKET_TIMES = select(Ticket.created_at).where(*_OF_REQUESTER).execution_options(**_BLIND)
 # A draft counts unless it is itself going to be suppressed.
 _AUTOMATIC = (Outbox.automatic.is_(True), Outbox.created_at >= bindparam("since"),
               Outbox.status != OutboxStatus.SUPPRESSED,
@@ -38,7 +45,8 @@ _AUTOMATIC_SENT = select(
     func.count(Outbox.id),
     func.sum(case((Outbox.ticket_id == bindparam("ticket_id"), 1), else_=0)),
 ).where(*_AUTOMATIC)
-_AUTOMATIC_ROWS = select(Outbox.created_at, Outbox.ticket_id).where(*_AUTOMATIC)
+_AUTOMATIC_ROWS = (select(Outbox.created_at, Outbox.ticket_id).where(*_AUTOMATIC)
+                   .execution_options(**_BLIND))
 
 # session.info key: what the block remembers, by (kind, address): the start of the
 # window first read, and the rows since, as (created_at, ticket id) pairs.
@@ -63,8 +71,10 @@ def tickets_opened_since(session: Session, requester: str, since: datetime) -> i
     """Tickets of ``requester`` opened at or after ``since`` (the one just opened
     included)."""
     rows = _rows(session, ("ticket", requester), since, lambda: [
-        (at, None) for (at,) in session.connection().execute(
-            _TICKET_TIMES, {"requester": requester, "since": since})])
+        *((at, None) for (at,) in session.connection().execute(
+            _TICKET_TIMES, {"requester": requester, "since": since})),
+        *((row["created_at"], None) for row in buffered_values(session, Ticket)
+          if row["requester_email"] == requester and row["created_at"] >= since)])
     if rows is None:
         return session.connection().execute(
             _TICKETS_SINCE, {"requester": requester, "since": since}).scalar() or 0
@@ -74,9 +84,13 @@ def tickets_opened_since(session: Session, requester: str, since: datetime) -> i
 def tickets_opened_between(session: Session, requester: str, since: datetime,
                            until: datetime) -> int:
     """Tickets of ``requester`` opened in [since, until] (imported history: the hour
-    before an email's own Date); always counted in the database."""
-    return session.connection().execute(_TICKETS_BETWEEN, {
+    before an email's own Date); always counted in the database (with those an import's
+    batch holds back)."""
+    written = session.connection().execute(_TICKETS_BETWEEN_WRITTEN, {
         "requester": requester, "since": since, "until": until}).scalar() or 0
+    return written + sum(1 for row in buffered_values(session, Ticket)
+                         if row["requester_email"] == requester
+                         and since <= row["created_at"] <= until)
 
 
 def noted_ticket(session: Session, requester: str, opened_at: datetime) -> None:
@@ -91,8 +105,11 @@ def automatic_sent_since(session: Session, recipient: str, ticket_id: int | None
     """Automatic emails to ``recipient`` (lower case) since ``since`` that are not
     suppressed: all of them, and those on ``ticket_id``."""
     rows = _rows(session, ("automatic", recipient), since, lambda: [
-        (at, row_ticket) for at, row_ticket in session.connection().execute(
-            _AUTOMATIC_ROWS, {"recipient": recipient, "since": since})])
+        *((at, row_ticket) for at, row_ticket in session.connection().execute(
+            _AUTOMATIC_ROWS, {"recipient": recipient, "since": since})),
+        *((row["created_at"], row["ticket_id"]) for row in buffered_values(session, Outbox)
+          if row["automatic"] and row["created_at"] >= since
+          and row["status"] != OutboxStatus.SUPPRESSED and row["recipient"] == recipient)])
     if rows is None:
         to_recipient, on_ticket = session.connection().execute(_AUTOMATIC_SENT, {
             "recipient": recipient, "since": since, "ticket_id": ticket_id}).one()

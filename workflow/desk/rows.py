@@ -6,20 +6,46 @@ message, its drafts, its SLA clocks). A flush of the unit of work costs about te
 the statement it emits (dependency sorting, per-flush bookkeeping, history of every
 attribute); these helpers emit the same statement without it. Anything else pending in
 the session stays pending and is flushed as usual. Statements are built once per class
-(and shape): building and caching one costs more than running it."""
+(and shape): building and caching one costs more than running it.
+
+Inside ``buffered_rows`` (an import's batch on SQLite) the same helpers hold the rows
+instead, with ids this block hands out, and write them with one ``executemany`` per table
+and shape: before any other statement runs on the connection (so whatever reads, updates
+or refers to them finds them there) and when the block ends. A statement that needs none
+of them says so (``NEEDS_NO_BUFFERED_ROWS``) and runs with them still held; the few reads
+that every email of a batch makes (is this email stored already, how many tickets this
+sender opened this hour) are answered from the database plus ``buffered_values``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Column, Insert, Table, Update, bindparam, insert, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Insert,
+    Table,
+    Update,
+    bindparam,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Mapper, Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 
-from postdesk.storage.db import ON_CONFLICT_DIALECTS, insert_unless_exists
+from postdesk.storage.db import (
+    NEEDS_NO_BUFFERED_ROWS,
+    ON_CONFLICT_DIALECTS,
+    insert_unless_exists,
+)
+from postdesk.storage.models import Base
 
 _Row = TypeVar("_Row")
 
@@ -74,6 +100,9 @@ def insert_values_now(session: Session, cls: type, values: dict[str, Any], *,
     and attaching one is most of what writing it costs). None when ``unless_exists`` (as
     for ``insert_now``) found the row there already."""
     shape = _shape(cls)
+    buffer: _Buffer | None = session.info.get(_BUFFER)
+    if buffer is not None:
+        return buffer.add(cls, shape, values, unless_exists)
     connection = session.connection()
     dialect = connection.dialect.name
     if unless_exists is not None and dialect not in ON_CONFLICT_DIALECTS:
@@ -100,6 +129,11 @@ def insert_all_now(session: Session, rows: Sequence[Any]) -> None:
         return
     cls = type(rows[0])
     shape = _shape(cls)
+    buffer: _Buffer | None = session.info.get(_BUFFER)
+    if buffer is not None:
+        for row in rows:
+            _attach(session, row, shape, buffer.add(cls, shape, _values(row, shape)))
+        return
     key = ("insert_all", cls)
     if key not in _STATEMENTS:
         _STATEMENTS[key] = insert(cls).returning(shape.pk, sort_by_parameter_order=True)
@@ -137,3 +171,116 @@ def _attach(session: Session, row: Any, shape: _Shape, row_id: Any) -> None:
     setattr(row, shape.pk_key, row_id)
     make_transient_to_detached(row)
     session.add(row)
+
+
+# --- rows held until the next statement ---------------------------------------------------
+
+# session.info key: the ``_Buffer`` of the ``buffered_rows`` block open on the session.
+_BUFFER = "postdesk_buffered_rows"
+# Tables in the order their rows are written: a row's foreign keys name rows written
+# before it (SQLite checks each statement's references when it runs).
+_TABLE_ORDER = {table: index for index, table in enumerate(Base.metadata.sorted_tables)}
+
+
+class _Buffer:
+    """Rows written into a ``buffered_rows`` block and not yet in the database, grouped
+    by table and set of columns (one ``executemany`` each), with the ids handed out."""
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.groups: dict[tuple[Table, tuple[str, ...]], tuple[type, list[dict[str, Any]]]] = {}
+        self.by_class: dict[type, list[dict[str, Any]]] = {}
+        self.next_ids: dict[Table, int] = {}
+        # The unique values (``unless_exists``) given in the block, written or not.
+        self.unique: dict[tuple[type, str], set[Any]] = {}
+
+    def add(self, cls: type, shape: _Shape, values: dict[str, Any],
+            unless_exists: str | None = None) -> Any | None:
+        """Hold one row; its id. ``unless_exists``: as for ``insert_values_now``, against
+        the rows held (a row already in the database under the same key fails the unique
+        key when the rows are written: the batch is recorded again, statement by
+        statement)."""
+        if unless_exists is not None:
+            given = self.unique.setdefault((cls, unless_exists), set())
+            if values[unless_exists] in given:
+                return None
+            given.add(values[unless_exists])
+        row = {**values, shape.pk_key: self._next_id(shape)}
+        self.by_class.setdefault(cls, []).append(row)
+        key = (shape.table, tuple(row))
+        self.groups.setdefault(key, (cls, []))[1].append(row)
+        return row[shape.pk_key]
+
+    def _next_id(self, shape: _Shape) -> int:
+        """The next id of the table: above every id it holds and (AUTOINCREMENT) every id it
+        ever handed out. Safe only while no one else can write the table: the caller holds
+        SQLite's write lock (``BEGIN IMMEDIATE``)."""
+        table = shape.table
+        next_id = self.next_ids.get(table)
+        if next_id is None:
+            top = self.connection.execute(
+                select(func.max(shape.pk)).execution_options(**{NEEDS_NO_BUFFERED_ROWS: True})
+            ).scalar() or 0
+            if table.dialect_options["sqlite"]["autoincrement"]:
+                top = max(top, self.connection.exec_driver_sql(
+                    "SELECT seq FROM sqlite_sequence WHERE name = ?", (table.name,),
+                    execution_options={NEEDS_NO_BUFFERED_ROWS: True}).scalar() or 0)
+            next_id = top + 1
+        self.next_ids[table] = next_id + 1
+        return next_id
+
+    def write(self) -> None:
+        """Write every row held: one ``executemany`` per table and set of columns, parent
+        tables first."""
+        if not self.groups:
+            return
+        groups = sorted(self.groups.items(), key=lambda item: _TABLE_ORDER[item[0][0]])
+        self.groups, self.by_class = {}, {}
+        for (_table, _columns), (cls, rows) in groups:
+            key = ("insert_buffered", cls)
+            if key not in _STATEMENTS:
+                _STATEMENTS[key] = insert(cls).execution_options(
+                    **{NEEDS_NO_BUFFERED_ROWS: True})
+            self.connection.execute(_STATEMENTS[key], rows)
+
+
+@contextmanager
+def buffered_rows(session: Session) -> Iterator[None]:
+    """Hold the rows written with this module's helpers through the block, and write them
+    together (see the module's docstring). Only on SQLite, whose ``BEGIN IMMEDIATE`` lets
+    the block hand out ids; elsewhere each row is written at once, as outside. A block
+    that ends by an exception writes nothing (its transaction is being rolled back)."""
+    connection = session.connection()
+    if connection.dialect.name != "sqlite" or _BUFFER in session.info:
+        yield
+        return
+    buffer = _Buffer(connection)
+
+    def before_execute(_conn: Any, _statement: Any, _multi: Any, _params: Any,
+                       options: Any) -> None:
+        if not options.get(NEEDS_NO_BUFFERED_ROWS, False):
+            buffer.write()
+
+    session.info[_BUFFER] = buffer
+    event.listen(connection, "before_execute", before_execute)
+    try:
+        yield
+        buffer.write()
+    finally:
+        event.remove(connection, "before_execute", before_execute)
+        session.info.pop(_BUFFER, None)
+
+
+def write_buffered_rows(session: Session) -> None:
+    """Write the rows a ``buffered_rows`` block holds now (before its transaction commits,
+    so that one that cannot be written is found while the batch can still be redone)."""
+    buffer: _Buffer | None = session.info.get(_BUFFER)
+    if buffer is not None:
+        buffer.write()
+
+
+def buffered_values(session: Session, cls: type) -> Sequence[dict[str, Any]]:
+    """The column values (by attribute) of the rows of ``cls`` a ``buffered_rows`` block
+    holds, not yet in the database; none outside such a block."""
+    buffer: _Buffer | None = session.info.get(_BUFFER)
+    return () if buffer is None else buffer.by_class.get(cls, ())

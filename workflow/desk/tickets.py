@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -12,11 +13,12 @@ from sqlalchemy.orm import Session
 from postdesk.mail.html_safety import sanitize_html
 from postdesk.mail.parse import ParsedEmail
 from postdesk.storage.blobs import BlobStore
+from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS
 from postdesk.storage.directory import ensure_contact
 from postdesk.storage.models import Attachment, Message, Org, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.recent import noted_ticket
-from postdesk.workflow.desk.rows import insert_now
+from postdesk.workflow.desk.rows import buffered_values, insert_now
 from postdesk.workflow.rules.refs import clean_subject, ticket_ref
 
 
@@ -53,8 +55,10 @@ def dedupe_key(message_id: str | None, sha256: str) -> str:
 
 # Built once and run as Core on the session's connection: every email asks, and the
 # ORM's execution path (and building the statement per call) cost more than the query.
-# Nothing pending can be missed: messages are written as they are stored (insert_now).
-_STORED = select(Message.ticket_id).where(Message.dedupe_key == bindparam("key"))
+# Nothing pending can be missed: messages are written as they are stored (insert_now), or
+# held back by an import's batch, whose rows ``stored_on`` looks through itself.
+_STORED = (select(Message.ticket_id).where(Message.dedupe_key == bindparam("key"))
+           .execution_options(**{NEEDS_NO_BUFFERED_ROWS: True}))
 _STORED_KEYS = select(Message.dedupe_key).where(
     Message.dedupe_key.in_(bindparam("keys", expanding=True)))
 # session.info key: the dedupe keys looked up together and not stored then, not yet asked.
@@ -68,6 +72,9 @@ def stored_on(session: Session, key: str) -> int | None:
         # Once only: a later email with the same key must find this one if it is stored.
         not_stored.discard(key)
         return None
+    for row in buffered_values(session, Message):
+        if row["dedupe_key"] == key:
+            return cast(int, row["ticket_id"])
     return session.connection().execute(_STORED, {"key": key}).scalar()
 
 

@@ -52,6 +52,7 @@ from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.desk.events import deferred_events, write_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter, RenderAhead, render_drafts
 from postdesk.workflow.desk.recent import remembered_counts
+from postdesk.workflow.desk.rows import buffered_rows, write_buffered_rows
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.tickets import looked_up_together
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
@@ -176,18 +177,20 @@ def _straight(services: Services, session: Session, raw: RawMessage, pipeline: P
 
 @contextmanager
 def _deferred(session: Session, dedupe_keys: Collection[str]) -> Iterator[None]:
-    """What a batch recorded without savepoints does together: its events and outcomes
-    written at its end, its hourly counts remembered, its emails' keys looked up."""
-    with deferred_events(session), deferred_outcomes(session), remembered_counts(session), \
-            looked_up_together(session, dedupe_keys):
+    """What a batch recorded without savepoints does together: its rows held back and
+    written one statement per table (on SQLite), its events and outcomes written at its
+    end, its hourly counts remembered, its emails' keys looked up."""
+    with buffered_rows(session), deferred_events(session), deferred_outcomes(session), \
+            remembered_counts(session), looked_up_together(session, dedupe_keys):
         yield
 
 
 def _write_deferred(session: Session) -> None:
-    """The batch's events and raw messages' outcomes, before it commits. One that cannot
-    be written is some email's error: recording the batch again with savepoints finds
-    which."""
-    for what, write in (("its events", write_deferred_events),
+    """The batch's rows held back, events and raw messages' outcomes, before it commits.
+    One that cannot be written is some email's error: recording the batch again with
+    savepoints finds which."""
+    for what, write in (("its rows", write_buffered_rows),
+                        ("its events", write_deferred_events),
                         ("its outcomes", write_deferred_outcomes)):
         try:
             write(session)
