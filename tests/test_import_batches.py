@@ -373,3 +373,48 @@ def test_a_batch_looks_up_the_message_ids_its_helper_parsed_in_one_statement(
     assert plain["summary"]["duplicates"] == 2
     # Asked one by one: each copy (its key was answered once already), nothing else.
     assert len(asked) == 2
+
+
+class Watched(Patient):
+    """Logs, in order, the messages handed to the helper to parse, the parts whose
+    recording starts, and the drafts handed to it to render."""
+
+    def __init__(self, *args: Any, **kw: Any):
+        super().__init__(*args, **kw)
+        self.log: list[tuple[str, int]] = []
+        sent = self._renders._send
+
+        def send() -> None:
+            self.log.append(("render", len(self._renders._waiting)))
+            sent()
+        self._renders._send = send  # type: ignore[method-assign]
+
+    def _submit_ahead(self, raws: Any, digests: Any) -> None:
+        new = [d for d in digests if d not in self._ahead]
+        super()._submit_ahead(raws, digests)
+        if new:
+            self.log.append(("parse", len(new)))
+
+    def _process_all(self, raw_ids: Any, digests: Any = ()) -> Any:
+        self.log.append(("record", len(digests)))
+        return super()._process_all(raw_ids, digests)
+
+
+def test_the_helper_parses_one_part_ahead_of_the_part_being_recorded(tmp_path: Path) -> None:
+    """Each part (10 emails per transaction here) goes to the helper to parse while the
+    part before it is recorded, also across batches (25 emails here): the drafts of the
+    part being recorded, needed when it commits, never wait behind the parsing of more
+    than one part. Every email is parsed once, and every parse is used."""
+    mbox, _h = _mixed_mbox(tmp_path)
+    importer, _stored = _import_alone(tmp_path / "helped", mbox, Watched, workers=1)
+    assert isinstance(importer, Watched) and importer.parsed == 44
+    parsed = recorded = 0
+    for kind, count in importer.log:
+        parsed += count if kind == "parse" else 0
+        recorded += count if kind == "record" else 0
+        if kind != "parse":   # a part is recorded, or its drafts are rendered
+            assert recorded <= parsed <= recorded + 10, importer.log
+    assert parsed == 44
+    assert importer.log[:3] == [("parse", 10), ("parse", 10), ("record", 10)]
+    # The next batch's first part is handed on while this batch's last part is recorded.
+    assert importer.log[importer.log.index(("record", 5)) - 1] == ("parse", 10)
