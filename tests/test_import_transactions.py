@@ -22,6 +22,7 @@ from sqlalchemy import create_engine, event, select
 from postdesk.importer import Importer, ImportSummary
 from postdesk.ingest.accept import Envelope
 from postdesk.storage.blobs import sha256_hex
+from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS
 from postdesk.storage.models import Event, Message, Outbox, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
 from postdesk.workflow.desk.outbox import RENDER_BATCH
@@ -636,3 +637,42 @@ def test_a_batchs_drafts_are_stored_rendered_in_one_transaction(
         assert {o["status"] for o in desk.outbox()} == {"queued"}
         assert len(desk.outbox()) == 2 * RENDER_BATCH
     assert seen.count("UPDATE OUTBOX SET") == 1
+
+
+def test_a_row_held_back_that_cannot_be_written_records_the_batch_again_with_savepoints(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SQLite holds a batch's new rows back and writes them together (``rows.
+    buffered_rows``). When one of them cannot be written (here a message whose dedupe key
+    a step stored meanwhile, behind the batch's back), the whole transaction is rolled
+    back and the batch recorded again, each email in a savepoint: every email lands once
+    and nothing of the first attempt is left."""
+    with fresh_desk("sqlite", tmp_path) as desk:
+        emails = [make_email(sender=f"client{i}@client.example", subject=f"Question {i}")
+                  for i in range(5)]
+        target = emails[2]["Message-ID"]
+        staged = {"done": False}
+
+        def store_its_key_behind_the_batch(ctx: Inbound) -> None:
+            if staged["done"] or ctx.parsed is None or ctx.parsed.message_id != target:
+                return
+            staged["done"] = True     # the first attempt only
+            assert ctx.ticket is not None
+            ctx.session.connection().execute(
+                Message.__table__.insert().values(
+                    ticket_id=ctx.ticket.id, direction="in", kind="public",
+                    dedupe_key=f"in:{target}", message_id=target, subject="behind",
+                    created_at=ctx.now).execution_options(**{NEEDS_NO_BUFFERED_ROWS: True}))
+
+        pipeline = dataclasses.replace(BUILTIN, notify=[
+            *BUILTIN.notify, Step("behind the batch", store_its_key_behind_the_batch)])
+        with caplog.at_level(logging.INFO, logger="postdesk.inbound"):
+            summary = run_import(desk, write_mbox(tmp_path / "held.mbox", emails),
+                                 per_transaction=5, pipeline=pipeline)
+        again = [r.getMessage() for r in caplog.records
+                 if "recording the batch again" in r.getMessage()]
+        assert len(again) == 1 and "IntegrityError" in again[0]
+        assert summary.tickets_created == 5
+        with desk.app.sessions() as s:
+            subjects = list(s.scalars(select(Message.subject).where(
+                Message.direction == "in").order_by(Message.id)))
+        assert subjects == [f"Question {i}" for i in range(5)]
