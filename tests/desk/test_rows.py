@@ -240,3 +240,21 @@ def test_rows_held_by_a_block_that_fails_are_never_written(
     assert buffered_values(session, Ticket) == ()
     assert session.scalar(select(func.count(Ticket.id)).where(
         Ticket.subject == "Never written")) == 0
+
+
+def test_a_row_the_orm_writes_in_the_block_never_gets_an_id_handed_out_to_a_held_one(
+        session: Session, clock: ManualClock) -> None:
+    """A clock started on a reply is added to the session and flushed by the ORM (the
+    database picks its id); a clock held back after it is given an id above it."""
+    with buffered_rows(session):
+        held_first = ticket_row(session, clock, "Held before")
+        insert_now(session, held_first)
+        by_orm = ticket_row(session, clock, "Written by the ORM")
+        session.add(by_orm)
+        session.flush()
+        held_after = ticket_row(session, clock, "Held after")
+        insert_now(session, held_after)
+        assert len({held_first.id, by_orm.id, held_after.id}) == 3
+    assert session.scalars(select(Ticket.subject).where(Ticket.id.in_(
+        [held_first.id, by_orm.id, held_after.id])).order_by(Ticket.id)).all() == [
+        "Held before", "Written by the ORM", "Held after"]

@@ -256,10 +256,15 @@ def buffered_rows(session: Session) -> Iterator[None]:
         return
     buffer = _Buffer(connection)
 
-    def before_execute(_conn: Any, _statement: Any, _multi: Any, _params: Any,
+    def before_execute(_conn: Any, statement: Any, _multi: Any, _params: Any,
                        options: Any) -> None:
         if not options.get(NEEDS_NO_BUFFERED_ROWS, False):
             buffer.write()
+            if not any(getattr(statement, kind, False)
+                       for kind in ("is_select", "is_update", "is_delete")):
+                # It may add rows itself (the ORM flushing a clock it added): the next id
+                # of each table is read again before one is handed out.
+                buffer.next_ids.clear()
 
     session.info[_BUFFER] = buffer
     event.listen(connection, "before_execute", before_execute)
