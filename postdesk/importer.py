@@ -32,9 +32,11 @@ Helper processes (``--workers N``; by default one, with two CPUs or more and an 
 of ``AUTO_MIN_MESSAGES`` messages or more) do the pure work of the import while this
 process accepts and records:
 
-- they parse the batch ahead (``parse_email`` and the visible reply text, both pure
-  functions of the bytes): the pipeline's ``parse`` step then takes the ready result, or
-  parses itself when it is not ready (or failed, or the helper died);
+- they parse ahead (``parse_email`` and the visible reply text, both pure functions of
+  the bytes), one transaction's part ahead of the part being recorded (the next batch
+  is read ahead for its first part, so two batches are held at most): the pipeline's
+  ``parse`` step then takes the ready result, or parses itself when it is not ready (or
+  failed, or the helper died);
 - they render and compose each draft as soon as it is queued (``outbox.render_job``, a
   function of the draft and the ticket as it was when queued): once the transaction has
   committed, the rendering is taken from the helper, or made here when the helper failed
@@ -85,7 +87,8 @@ KINDS: tuple[str, ...] = ("mbox", "maildir", "eml")
 TRANSIENT_RETRIES = 4
 HEADER_PEEK_BYTES = 64 * 1024   # enough for any sane header block
 BATCH_MESSAGES = 200            # messages read and accepted in one transaction ...
-BATCH_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes of them held at once
+BATCH_BYTES = 32 * 1024 * 1024  # ... and at most this many bytes of them (the next batch,
+                                # read ahead, is held too)
 # Emails recorded in one transaction (``--batch``). More are faster (fewer transactions;
 # on PostgreSQL fewer synced commits), but on SQLite the record transaction holds the
 # database's write lock: a `postdesk serve` on the same database waits for one to accept
