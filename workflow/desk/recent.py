@@ -14,6 +14,7 @@ statement, as for a single email."""
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -48,10 +49,33 @@ _AUTOMATIC_SENT = select(
 _AUTOMATIC_ROWS = (select(Outbox.created_at, Outbox.ticket_id).where(*_AUTOMATIC)
                    .execution_options(**_BLIND))
 
-# session.info key: what the block remembers, by (kind, address): the start of the
-# window first read, and the rows since, as (created_at, ticket id) pairs.
+# session.info key: what the block remembers, by (kind, address): a ``_Window``.
 _HELD = "postdesk_remembered_counts"
 _Rows = list[tuple[datetime, int | None]]
+
+
+class _Window:
+    """The rows of one key since the start of the window first read: their times in
+    order, overall and by ticket, so that a count since any later time is a binary search
+    (a staff member on duty is sent hundreds of notifications an hour, all counted
+    again for each one)."""
+
+    def __init__(self, first_since: datetime, rows: _Rows):
+        self.first_since = first_since
+        self.times: list[datetime] = []
+        self.by_ticket: dict[int | None, list[datetime]] = {}
+        for at, ticket_id in rows:
+            self.add(at, ticket_id)
+
+    def add(self, at: datetime, ticket_id: int | None) -> None:
+        insort(self.times, at)     # rows come in time order: an append, in effect
+        insort(self.by_ticket.setdefault(ticket_id, []), at)
+
+    def since(self, since: datetime, ticket_id: int | None = None) -> tuple[int, int]:
+        """Rows at or after ``since``: all of them, and those on ``ticket_id``."""
+        on_ticket = self.by_ticket.get(ticket_id, []) if ticket_id is not None else []
+        return (len(self.times) - bisect_left(self.times, since),
+                len(on_ticket) - bisect_left(on_ticket, since))
 
 
 @contextmanager
@@ -78,7 +102,7 @@ def tickets_opened_since(session: Session, requester: str, since: datetime) -> i
     if rows is None:
         return session.connection().execute(
             _TICKETS_SINCE, {"requester": requester, "since": since}).scalar() or 0
-    return sum(1 for at, _ in rows if at >= since)
+    return rows.since(since)[0]
 
 
 def tickets_opened_between(session: Session, requester: str, since: datetime,
@@ -97,7 +121,7 @@ def noted_ticket(session: Session, requester: str, opened_at: datetime) -> None:
     """A ticket of ``requester`` was just written."""
     rows = _remembered(session, ("ticket", requester))
     if rows is not None:
-        rows.append((opened_at, None))
+        rows.add(opened_at, None)
 
 
 def automatic_sent_since(session: Session, recipient: str, ticket_id: int | None,
@@ -114,8 +138,7 @@ def automatic_sent_since(session: Session, recipient: str, ticket_id: int | None
         to_recipient, on_ticket = session.connection().execute(_AUTOMATIC_SENT, {
             "recipient": recipient, "since": since, "ticket_id": ticket_id}).one()
         return to_recipient or 0, on_ticket or 0
-    recent = [row_ticket for at, row_ticket in rows if at >= since]
-    return len(recent), sum(1 for t in recent if ticket_id is not None and t == ticket_id)
+    return rows.since(since, ticket_id)
 
 
 def noted_automatic(session: Session, recipient: str, ticket_id: int | None,
@@ -124,23 +147,23 @@ def noted_automatic(session: Session, recipient: str, ticket_id: int | None,
     written."""
     rows = _remembered(session, ("automatic", recipient))
     if rows is not None:
-        rows.append((created_at, ticket_id))
+        rows.add(created_at, ticket_id)
 
 
 def _rows(session: Session, key: tuple[str, str], since: datetime,
-          read: Callable[[], _Rows]) -> _Rows | None:
-    """The remembered rows of ``key`` since ``since``, read now if this is the first
-    count; None when not remembering, or when ``since`` is earlier than the window first
-    read (imported history counts each email's own hour): count in the database."""
+          read: Callable[[], _Rows]) -> _Window | None:
+    """The remembered window of ``key``, read now if this is the first count; None when
+    not remembering, or when ``since`` is earlier than the window first read (imported
+    history counts each email's own hour): count in the database."""
     held = session.info.get(_HELD)
     if held is None:
         return None
-    if key not in held:
-        held[key] = (since, read())
-    first_since, rows = held[key]
-    return rows if since >= first_since else None
+    window = held.get(key)
+    if window is None:
+        window = held[key] = _Window(since, read())
+    return window if since >= window.first_since else None
 
 
-def _remembered(session: Session, key: tuple[str, str]) -> _Rows | None:
+def _remembered(session: Session, key: tuple[str, str]) -> _Window | None:
     held = session.info.get(_HELD)
-    return None if held is None or key not in held else held[key][1]
+    return None if held is None else held.get(key)
