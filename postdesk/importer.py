@@ -76,7 +76,7 @@ from postdesk.workflow.desk import history
 from postdesk.workflow.desk.outbox import DraftRow, RenderJob, render_job
 from postdesk.workflow.desk.services import Dispatch, Services
 from postdesk.workflow.desk.tickets import dedupe_key
-from postdesk.workflow.pipeline.batch import process_batch
+from postdesk.workflow.pipeline.batch import NOTHING_FORESEEN, Foreseen, process_batch
 from postdesk.workflow.pipeline.builtin import BUILTIN, Pipeline
 from postdesk.workflow.pipeline.context import Inbound
 from postdesk.workflow.pipeline.process import process_inbound
@@ -422,15 +422,17 @@ class Importer:
             for index, (_raw, digest) in enumerate(chunk):
                 self._ahead.setdefault(digest, (future, index))
 
-    def _dedupe_keys(self, digests: Sequence[str]) -> list[str]:
-        """The dedupe keys of the emails with these digests, for those parsed ahead
-        already."""
-        keys = []
+    def _foreseen(self, digests: Sequence[str]) -> Foreseen:
+        """What the helper worked out of the emails with these digests, for those parsed
+        ahead already: their dedupe keys and senders."""
+        keys, senders = [], set()
         for digest in digests:
             ahead = self._parsed_ahead(digest)
             if ahead is not None and ahead.parsed is not None:
                 keys.append(dedupe_key(ahead.parsed.message_id, digest))
-        return keys
+                if ahead.parsed.from_addr:
+                    senders.add(ahead.parsed.from_addr.lower())
+        return Foreseen(keys, senders)
 
     def _parsed_ahead(self, digest: str) -> _Ahead | None:
         """The result parsed ahead for these bytes, when it is ready."""
@@ -454,13 +456,13 @@ class Importer:
     def _process_all(self, raw_ids: Sequence[int], digests: Sequence[str] = ()
                      ) -> dict[int, PipelineResult | None]:
         """Process the batch's new messages, then hand the email they wrote (rendered
-        after commit) to the sender, in order. ``digests``: of the messages' bytes (their
-        dedupe keys are looked up together when parsed ahead)."""
+        after commit) to the sender, in order. ``digests``: of the messages' bytes (what
+        the helper parsed of them is looked up together: ``_foreseen``)."""
         if self.per_transaction == 1:
             results = {raw_id: self._process(raw_id) for raw_id in raw_ids}
         else:
             results = dict(zip(raw_ids, self._process_batch(
-                raw_ids, self._dedupe_keys(digests)), strict=True))
+                raw_ids, self._foreseen(digests)), strict=True))
         for result in results.values():
             if result is not None:
                 self.dispatch.outbox(*result.outbox_ids)   # one send job per email
@@ -481,7 +483,7 @@ class Importer:
         """One message on its own, as live mail (a batch of 1)."""
         return _retrying(lambda: process_inbound(self.services, raw_id, self._pipeline()))
 
-    def _process_batch(self, raw_ids: Sequence[int], dedupe_keys: Sequence[str] = ()
+    def _process_batch(self, raw_ids: Sequence[int], foreseen: Foreseen = NOTHING_FORESEEN
                        ) -> list[PipelineResult | None]:
         """The messages in one transaction (``workflow.pipeline.batch``)."""
         if not raw_ids:
@@ -489,7 +491,7 @@ class Importer:
         ahead = self._renders if self._helpers is not None else None
         try:
             return _retrying(lambda: process_batch(self.services, raw_ids, self._pipeline(),
-                                                   ahead=ahead, dedupe_keys=dedupe_keys))
+                                                   ahead=ahead, foreseen=foreseen))
         finally:
             self._renders.clear()   # what a rolled-back attempt queued is never asked for
 

@@ -418,3 +418,33 @@ def test_the_helper_parses_one_part_ahead_of_the_part_being_recorded(tmp_path: P
     assert importer.log[:3] == [("parse", 10), ("parse", 10), ("record", 10)]
     # The next batch's first part is handed on while this batch's last part is recorded.
     assert importer.log[importer.log.index(("record", 5)) - 1] == ("parse", 10)
+
+
+def test_a_batch_reads_the_hour_of_the_senders_its_helper_parsed_together(
+        tmp_path: Path) -> None:
+    """The automatic-mail limit counts each client's mail of the last hour: a batch reads
+    that hour for every sender its helper parsed in one statement, instead of one per
+    sender, and decides the same."""
+    h = history(30, tag="hours")
+    mbox = write_mbox(tmp_path / "hours.mbox", [m.as_bytes() for m in h.messages])
+    one_by_one = "AND outbox.recipient = "
+    together = "AND outbox.recipient IN ("
+    seen: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM outbox" in statement and "outbox.automatic IS 1" in statement:
+            seen.append(together if together in statement else one_by_one)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        _, plain = _import_alone(tmp_path / "inline", mbox, Importer, workers=0)
+        alone = list(seen)
+        seen.clear()
+        _, helped = _import_alone(tmp_path / "helped", mbox, Patient, workers=1)
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    assert helped == plain
+    assert alone and set(alone) == {one_by_one}
+    # 30 messages in batches of 25, 10 per transaction: four parts (10, 10, 5; 5), one
+    # read for each, for all its senders.
+    assert seen == [together] * 4

@@ -18,6 +18,7 @@ from postdesk.workflow.desk.recent import (
     HOUR,
     automatic_sent_since,
     noted_ticket,
+    remember_windows,
     remembered_counts,
     tickets_opened_since,
 )
@@ -135,3 +136,36 @@ def test_a_first_count_includes_what_a_batch_holds_back_and_reads_without_writin
             assert automatic_sent_since(session, ALICE, ticket.id, since) == (1, 1)
             assert not [s for s in statements if s.startswith("INSERT")]
         assert tickets_in_database(session, since) == 1   # a plain read writes them
+
+
+def test_windows_read_together_answer_each_first_count_without_a_statement(
+        session: Session, services: Services, new_ticket: Callable[..., Ticket],
+        clock: ManualClock, statements: list[str]) -> None:
+    """An import's batch reads the hour of every sender its helper parsed in two
+    statements; each count after that is what the database would say, with none."""
+    bob = "bob@client.example"
+    ticket = open_one(session, new_ticket, clock)
+    OutboxWriter(session, services, clock.now()).queue(
+        dedupe_key="before", template="acknowledgement", to=[ALICE], subject="Re: hello",
+        context={}, ticket=ticket)
+    clock.advance(timedelta(minutes=10))
+    with remembered_counts(session):
+        statements.clear()
+        remember_windows(session, [ALICE, bob], clock.now() - HOUR)
+        assert len(statements) == 2
+        counted = []
+        for _ in range(2):
+            clock.advance(timedelta(minutes=5))
+            since = clock.now() - HOUR
+            statements.clear()
+            counted.append((tickets_opened_since(session, ALICE, since),
+                            tickets_opened_since(session, bob, since),
+                            automatic_sent_since(session, ALICE, ticket.id, since),
+                            automatic_sent_since(session, bob, None, since)))
+            assert statements == []                       # all in memory
+            assert counted[-1][:2] == (tickets_in_database(session, since), sum(
+                1 for t in session.scalars(select(Ticket.requester_email))
+                if t == bob))
+            later = new_ticket(requester=bob)
+            noted_ticket(session, bob, later.created_at)
+    assert counted == [(1, 0, (1, 1), (0, 0)), (1, 1, (1, 1), (0, 0))]

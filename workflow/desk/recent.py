@@ -15,7 +15,7 @@ statement, as for a single email."""
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
@@ -48,6 +48,15 @@ _AUTOMATIC_SENT = select(
 ).where(*_AUTOMATIC)
 _AUTOMATIC_ROWS = (select(Outbox.created_at, Outbox.ticket_id).where(*_AUTOMATIC)
                    .execution_options(**_BLIND))
+
+# Several addresses' windows at once (``remember_windows``).
+_TICKET_TIMES_OF = (select(Ticket.requester_email, Ticket.created_at).where(
+    Ticket.requester_email.in_(bindparam("addresses", expanding=True)),
+    Ticket.created_at >= bindparam("since")).execution_options(**_BLIND))
+_AUTOMATIC_ROWS_OF = (select(Outbox.recipient, Outbox.created_at, Outbox.ticket_id).where(
+    Outbox.automatic.is_(True), Outbox.created_at >= bindparam("since"),
+    Outbox.status != OutboxStatus.SUPPRESSED,
+    Outbox.recipient.in_(bindparam("addresses", expanding=True))).execution_options(**_BLIND))
 
 # session.info key: what the block remembers, by (kind, address): a ``_Window``.
 _HELD = "postdesk_remembered_counts"
@@ -89,6 +98,35 @@ def remembered_counts(session: Session) -> Iterator[None]:
         yield
     finally:
         session.info.pop(_HELD, None)
+
+
+def remember_windows(session: Session, addresses: Collection[str], since: datetime) -> None:
+    """Inside ``remembered_counts``: read the windows since ``since`` of these addresses
+    now, as senders (their tickets) and as recipients (automatic mail to them), in one
+    statement each, so that their first counts need none (an import's batch, whose
+    senders its helper parsed ahead). An address not among them is read when it is first
+    counted; a count since a time before ``since`` asks the database, as always."""
+    held = session.info.get(_HELD)
+    if held is None:
+        return
+    for kind, statement, table, column in (
+            ("ticket", _TICKET_TIMES_OF, Ticket, "requester_email"),
+            ("automatic", _AUTOMATIC_ROWS_OF, Outbox, "recipient")):
+        new = sorted({a for a in addresses if (kind, a) not in held})
+        if not new:
+            continue
+        rows: dict[str, _Rows] = {address: [] for address in new}
+        for address, at, *ticket in session.connection().execute(
+                statement, {"addresses": new, "since": since}):
+            rows[address].append((at, ticket[0] if ticket else None))
+        for row in buffered_values(session, table):
+            address = row[column]
+            if address in rows and row["created_at"] >= since and (kind == "ticket" or (
+                    row["automatic"] and row["status"] != OutboxStatus.SUPPRESSED)):
+                rows[address].append((row["created_at"],
+                                      row["ticket_id"] if kind == "automatic" else None))
+        for address, found in rows.items():
+            held[(kind, address)] = _Window(since, found)
 
 
 def tickets_opened_since(session: Session, requester: str, since: datetime) -> int:

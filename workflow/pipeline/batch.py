@@ -42,6 +42,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from datetime import datetime
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
@@ -51,7 +52,7 @@ from postdesk.storage.models import RawMessage, RawStatus
 from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.desk.events import deferred_events, write_deferred_events
 from postdesk.workflow.desk.outbox import OutboxWriter, RenderAhead, render_drafts
-from postdesk.workflow.desk.recent import remembered_counts
+from postdesk.workflow.desk.recent import HOUR, remember_windows, remembered_counts
 from postdesk.workflow.desk.rows import buffered_rows, write_buffered_rows
 from postdesk.workflow.desk.services import Services
 from postdesk.workflow.desk.tickets import looked_up_together
@@ -80,8 +81,23 @@ _CLAIM_MANY = (select(RawMessage).options(undefer(RawMessage.content))
                .with_for_update().execution_options(populate_existing=True))
 
 
+@dataclasses.dataclass(frozen=True)
+class Foreseen:
+    """What the caller worked out ahead about a batch's emails (an import's helper, as it
+    parsed them), for the batch to look up together when it is recorded without
+    savepoints: their dedupe keys (``tickets.looked_up_together``) and their senders'
+    addresses, whose hour of tickets and of automatic mail is read at once
+    (``recent.remember_windows``). Either may be partial or empty."""
+
+    dedupe_keys: Collection[str] = ()
+    senders: Collection[str] = ()
+
+
+NOTHING_FORESEEN = Foreseen()
+
+
 def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline = BUILTIN,
-                  *, ahead: RenderAhead | None = None, dedupe_keys: Collection[str] = ()
+                  *, ahead: RenderAhead | None = None, foreseen: Foreseen = NOTHING_FORESEEN
                   ) -> list[PipelineResult | None]:
     """Process the raw messages in one transaction, in the order given; one result per id
     (None where there was nothing to do: already processed, or no such message). The
@@ -90,9 +106,8 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
     Each draft is rendered with its ticket as it was when the draft was queued
     (``outbox.ticket_view``), as if each email had its own transaction. ``ahead``: told
     of each draft as it is queued, and asked for its rendering after commit (an import's
-    helper process renders while the batch records). ``dedupe_keys``: the emails'
-    dedupe keys, as far as the caller worked them out ahead: looked up together
-    (``tickets.looked_up_together``) when the batch is recorded without savepoints.
+    helper process renders while the batch records). ``foreseen``: what the caller
+    knows ahead of the emails (``Foreseen``).
 
     The batch is first recorded without savepoints (``_straight``): almost every email
     of an import records cleanly, and a savepoint per email (two round trips, and a copy
@@ -102,7 +117,7 @@ def process_batch(services: Services, raw_ids: Sequence[int], pipeline: Pipeline
     batch is recorded again from the start, each email in a savepoint of its own."""
     try:
         return _process(services, raw_ids, pipeline, ahead, straight=True,
-                        dedupe_keys=dedupe_keys)
+                        foreseen=foreseen)
     except _NeedsSavepoints as needs:
         log.info("batch of %s: raw %s needs undoing (%s): recording the batch again, "
                  "each email in a savepoint", len(raw_ids), needs.raw_id, needs.why)
@@ -118,7 +133,7 @@ class _NeedsSavepoints(Exception):
 
 
 def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
-             ahead: RenderAhead | None, *, straight: bool, dedupe_keys: Collection[str] = ()
+             ahead: RenderAhead | None, *, straight: bool, foreseen: Foreseen = NOTHING_FORESEEN
              ) -> list[PipelineResult | None]:
     results: list[PipelineResult | None] = []
     writers: list[OutboxWriter] = []
@@ -127,7 +142,7 @@ def _process(services: Services, raw_ids: Sequence[int], pipeline: Pipeline,
         # Without savepoints nothing of one email is undone alone: the events of the whole
         # batch, and its raw messages' outcomes, are written in one statement each at its
         # end.
-        with session.begin(), (_deferred(session, dedupe_keys) if straight
+        with session.begin(), (_deferred(session, foreseen, services.now()) if straight
                                else nullcontext()):
             claimed = {raw.id: raw for raw in session.scalars(_CLAIM_MANY,
                                                               {"ids": list(raw_ids)})}
@@ -176,12 +191,14 @@ def _straight(services: Services, session: Session, raw: RawMessage, pipeline: P
 
 
 @contextmanager
-def _deferred(session: Session, dedupe_keys: Collection[str]) -> Iterator[None]:
+def _deferred(session: Session, foreseen: Foreseen, now: datetime) -> Iterator[None]:
     """What a batch recorded without savepoints does together: its rows held back and
     written one statement per table (on SQLite), its events and outcomes written at its
-    end, its hourly counts remembered, its emails' keys looked up."""
+    end, its hourly counts remembered (its senders' hours read together), its emails'
+    keys looked up."""
     with buffered_rows(session), deferred_events(session), deferred_outcomes(session), \
-            remembered_counts(session), looked_up_together(session, dedupe_keys):
+            remembered_counts(session), looked_up_together(session, foreseen.dedupe_keys):
+        remember_windows(session, foreseen.senders, now - HOUR)
         yield
 
 
