@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Collection
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Engine, event, inspect, select
+from sqlalchemy import Engine, bindparam, event, inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS, ON_CONFLICT_DIALECTS, insert_unless_exists
@@ -183,6 +184,22 @@ def ensure_contact(session: Session, email: str, org: Org, name: str = "") -> No
             session.add(Contact(**values))
     if ensured is not None:
         ensured.add(email)
+
+
+_EXISTING_CONTACTS = select(Contact.email).where(
+    Contact.email.in_(bindparam("emails", expanding=True)))
+
+
+def known_contacts(session: Session, emails: Collection[str]) -> None:
+    """Look these addresses' contact rows up in one statement, so that ``ensure_contact``
+    writes nothing for those that exist, for the rest of the transaction (an import's
+    batch, whose senders its helper parsed ahead: most have written before)."""
+    ensured = _ensured_in_this_transaction(session)
+    if ensured is None or not emails:
+        return
+    ensured.update(session.connection().execute(
+        _EXISTING_CONTACTS, {"emails": sorted(set(emails) - ensured)},
+        execution_options=_HELD_ROWS_NOT_NEEDED).scalars())
 
 
 def _ensured_in_this_transaction(session: Session) -> set[str] | None:

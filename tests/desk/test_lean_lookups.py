@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from postdesk.storage.directory import (
     ensure_contact,
+    known_contacts,
     org_by_id,
     org_by_slug,
     staff_by_email,
@@ -108,6 +109,25 @@ def test_a_contact_is_created_once_in_one_statement_and_ensured_once_per_transac
     rows = session.scalars(select(Contact).where(Contact.email == "new@client.example")).all()
     assert [(c.name, c.org_id, c.listed, c.can_approve, c.hard_bounces) for c in rows] == [
         ("New Person", org.id, False, False, 0)]
+
+
+def test_contacts_looked_up_together_are_ensured_without_a_statement_and_new_ones_made(
+        session: Session, statements: list[str]) -> None:
+    org = org_by_slug(session, "clientco")
+    assert org is not None
+    ensure_contact(session, "known@client.example", org, "Known")
+    session.commit()
+    session.connection()      # a later transaction begins (an import's next batch)
+    statements.clear()
+    known_contacts(session, ["known@client.example", "first@client.example"])
+    assert len(statements) == 1 and "SELECT" in statements[0]
+    ensure_contact(session, "known@client.example", org, "Known")     # exists: nothing
+    assert len(statements) == 1
+    ensure_contact(session, "first@client.example", org, "First")     # made now
+    assert len(statements) == 2 and "INSERT" in statements[1]
+    assert session.scalars(select(Contact.name).where(Contact.email.in_(
+        ["known@client.example", "first@client.example"])).order_by(Contact.name)).all() == [
+        "First", "Known"]
 
 
 def test_a_contact_ensured_in_a_transaction_rolled_back_is_ensured_again(

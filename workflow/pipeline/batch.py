@@ -48,6 +48,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, undefer
 
+from postdesk.storage.directory import known_contacts
 from postdesk.storage.models import RawMessage, RawStatus
 from postdesk.storage.raw_store import raw_bytes
 from postdesk.workflow.desk.events import deferred_events, write_deferred_events
@@ -87,7 +88,8 @@ class Foreseen:
     parsed them), for the batch to look up together when it is recorded without
     savepoints: their dedupe keys (``tickets.looked_up_together``) and their senders'
     addresses, whose hour of tickets and of automatic mail is read at once
-    (``recent.remember_windows``). Either may be partial or empty."""
+    (``recent.remember_windows``), and whose contact rows are looked up together
+    (``directory.known_contacts``). Either may be partial or empty."""
 
     dedupe_keys: Collection[str] = ()
     senders: Collection[str] = ()
@@ -195,10 +197,11 @@ def _deferred(session: Session, foreseen: Foreseen, now: datetime) -> Iterator[N
     """What a batch recorded without savepoints does together: its rows held back and
     written one statement per table (on SQLite), its events and outcomes written at its
     end, its hourly counts remembered (its senders' hours read together), its emails'
-    keys looked up."""
+    keys and its senders' contacts looked up."""
     with buffered_rows(session), deferred_events(session), deferred_outcomes(session), \
             remembered_counts(session), looked_up_together(session, foreseen.dedupe_keys):
         remember_windows(session, foreseen.senders, now - HOUR)
+        known_contacts(session, foreseen.senders)
         yield
 
 
