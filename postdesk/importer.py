@@ -359,12 +359,13 @@ class Importer:
         timings = self.summary.timings
         raws = [raw for _item, raw in batch]
         digests = [sha256_hex(raw) for raw in raws]
-        bounds = [(start, start + self.per_transaction)
-                  for start in range(0, len(raws), self.per_transaction)]
-        after = upcoming[:self.per_transaction]
-        after_digests = [sha256_hex(raw) for raw in after]
-        start, end = bounds[0] if bounds else (0, 0)
-        self._submit_ahead(raws[start:end], digests[start:end])
+        size = self.per_transaction
+        # What the helper is given to parse, part by part: this batch's parts, then the
+        # next batch's first.
+        after = list(upcoming[:size])
+        to_parse = [(raws[i:i + size], digests[i:i + size]) for i in range(0, len(raws), size)]
+        to_parse.append((after, [sha256_hex(raw) for raw in after]))
+        self._submit_ahead(*to_parse[0])
         started = time.perf_counter()
         accepted = self._accept_batch(raws)
         timings["accept"] += time.perf_counter() - started
@@ -373,12 +374,8 @@ class Importer:
         outcomes: list[Outcome] = []
         try:
             items = list(zip(batch, digests, accepted, strict=True))
-            for index, part in enumerate(_chunks(items, self.per_transaction)):
-                if index + 1 < len(bounds):
-                    start, end = bounds[index + 1]
-                    self._submit_ahead(raws[start:end], digests[start:end])
-                else:
-                    self._submit_ahead(after, after_digests)
+            for index, part in enumerate(_chunks(items, size)):
+                self._submit_ahead(*to_parse[index + 1])
                 # Accepted before but never processed (an import interrupted half-way):
                 # processed now, like the new ones.
                 todo = [a.raw_id for _pair, _digest, a in part if a is not None
@@ -393,7 +390,7 @@ class Importer:
                         on_item(self.summary)
         finally:
             # What was parsed ahead for the next batch is kept for it.
-            keep = set(after_digests)
+            keep = set(to_parse[-1][1])
             self._ahead = {d: entry for d, entry in self._ahead.items() if d in keep}
             self._renders.clear()
         return outcomes

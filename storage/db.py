@@ -31,6 +31,7 @@ _SYNCHRONOUS = "postdesk_synchronous"
 # import's batch may be holding back (``workflow.desk.rows.buffered_rows``), or answers
 # for those rows itself: it runs without them being written first.
 NEEDS_NO_BUFFERED_ROWS = "postdesk_needs_no_buffered_rows"
+NO_BUFFERED_ROWS_NEEDED: dict[str, Any] = {NEEDS_NO_BUFFERED_ROWS: True}
 
 
 class DatabaseUrlError(UserError, ValueError):

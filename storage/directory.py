@@ -12,7 +12,7 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Engine, bindparam, event, inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS, ON_CONFLICT_DIALECTS, insert_unless_exists
+from postdesk.storage.db import NO_BUFFERED_ROWS_NEEDED, ON_CONFLICT_DIALECTS, insert_unless_exists
 from postdesk.storage.models import Contact, Org, Staff
 from postdesk.workflow.rules.config import Config
 
@@ -151,8 +151,8 @@ def staff_by_id(session: Session, staff_id: int) -> Staff | None:
 
 _ENSURE_CONTACT = {dialect: insert_unless_exists(dialect, Contact, "email")
                    for dialect in ON_CONFLICT_DIALECTS}
-# Contacts are never among the rows an import's batch holds back, and refer to none.
-_HELD_ROWS_NOT_NEEDED = {NEEDS_NO_BUFFERED_ROWS: True}
+# Contacts are never among the rows an import's batch holds back, and refer to none:
+# their statements run with NO_BUFFERED_ROWS_NEEDED.
 
 
 # session.info key: (the transaction, the addresses whose contact it has ensured).
@@ -176,7 +176,7 @@ def ensure_contact(session: Session, email: str, org: Org, name: str = "") -> No
     connection = session.connection()
     statement = _ENSURE_CONTACT.get(connection.dialect.name)
     if statement is not None:
-        connection.execute(statement, values, execution_options=_HELD_ROWS_NOT_NEEDED)
+        connection.execute(statement, values, execution_options=NO_BUFFERED_ROWS_NEEDED)
     else:
         with session.no_autoflush:
             found = session.scalar(select(Contact.id).where(Contact.email == email))
@@ -199,7 +199,7 @@ def known_contacts(session: Session, emails: Collection[str]) -> None:
         return
     ensured.update(session.connection().execute(
         _EXISTING_CONTACTS, {"emails": sorted(set(emails) - ensured)},
-        execution_options=_HELD_ROWS_NOT_NEEDED).scalars())
+        execution_options=NO_BUFFERED_ROWS_NEEDED).scalars())
 
 
 def _ensured_in_this_transaction(session: Session) -> set[str] | None:

@@ -15,48 +15,51 @@ statement, as for a single email."""
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, case, func, select
+from sqlalchemy import bindparam, case, func, null, select
 from sqlalchemy.orm import Session
 
-from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS
+from postdesk.storage.db import NO_BUFFERED_ROWS_NEEDED
 from postdesk.storage.models import Outbox, OutboxStatus, Ticket
 from postdesk.workflow.desk.rows import buffered_values
 
 HOUR = timedelta(hours=1)
 
-# Reads that add the rows an import's batch is holding back (``rows.buffered_values``) to
-# those in the database themselves, so they need none of them written first.
-_BLIND = {NEEDS_NO_BUFFERED_ROWS: True}
 _OF_REQUESTER = (Ticket.requester_email == bindparam("requester"),
                  Ticket.created_at >= bindparam("since"))
 _TICKETS_SINCE = select(func.count(Ticket.id)).where(*_OF_REQUESTER)
 _TICKETS_BETWEEN = _TICKETS_SINCE.where(Ticket.created_at <= bindparam("until"))
-# Counted with the tickets an import's batch holds back (``tickets_opened_between``).
-_TICKETS_BETWEEN_WRITTEN = _TICKETS_BETWEEN.execution_options(**_BLIND)
-_TICKET_TIMES = select(Ticket.created_at).where(*_OF_REQUESTER).execution_options(**_BLIND)
 # A draft counts unless it is itself going to be suppressed.
-_AUTOMATIC = (Outbox.automatic.is_(True), Outbox.created_at >= bindparam("since"),
-              Outbox.status != OutboxStatus.SUPPRESSED,
-              Outbox.recipient == bindparam("recipient"))
+_COUNTED_AUTOMATIC = (Outbox.automatic.is_(True), Outbox.created_at >= bindparam("since"),
+                      Outbox.status != OutboxStatus.SUPPRESSED)
 _AUTOMATIC_SENT = select(
     func.count(Outbox.id),
     func.sum(case((Outbox.ticket_id == bindparam("ticket_id"), 1), else_=0)),
-).where(*_AUTOMATIC)
-_AUTOMATIC_ROWS = (select(Outbox.created_at, Outbox.ticket_id).where(*_AUTOMATIC)
-                   .execution_options(**_BLIND))
+).where(*_COUNTED_AUTOMATIC, Outbox.recipient == bindparam("recipient"))
 
-# Several addresses' windows at once (``remember_windows``).
-_TICKET_TIMES_OF = (select(Ticket.requester_email, Ticket.created_at).where(
-    Ticket.requester_email.in_(bindparam("addresses", expanding=True)),
-    Ticket.created_at >= bindparam("since")).execution_options(**_BLIND))
-_AUTOMATIC_ROWS_OF = (select(Outbox.recipient, Outbox.created_at, Outbox.ticket_id).where(
-    Outbox.automatic.is_(True), Outbox.created_at >= bindparam("since"),
-    Outbox.status != OutboxStatus.SUPPRESSED,
-    Outbox.recipient.in_(bindparam("addresses", expanding=True))).execution_options(**_BLIND))
+# The rows of a window (``_read_windows``), by kind: the address column, what is read of
+# each row (its time and ticket) and which rows count. One address's (``= :address``) or
+# several addresses' at once (``IN``, each row with its address). They add the rows an
+# import's batch holds back (``rows.buffered_values``) to those in the database
+# themselves, so they need none of them written first; so does ``tickets_opened_between``.
+_WINDOW_PARTS = {
+    "ticket": (Ticket.requester_email, (Ticket.created_at, null()),
+               (Ticket.created_at >= bindparam("since"),)),
+    "automatic": (Outbox.recipient, (Outbox.created_at, Outbox.ticket_id), _COUNTED_AUTOMATIC),
+}
+_WINDOW_OF_ONE = {
+    kind: select(*read).where(*counted, address == bindparam("address"))
+    .execution_options(**NO_BUFFERED_ROWS_NEEDED)
+    for kind, (address, read, counted) in _WINDOW_PARTS.items()}
+_WINDOWS_OF_MANY = {
+    kind: select(address, *read).where(*counted, address.in_(bindparam("addresses",
+                                                                       expanding=True)))
+    .execution_options(**NO_BUFFERED_ROWS_NEEDED)
+    for kind, (address, read, counted) in _WINDOW_PARTS.items()}
+_TICKETS_BETWEEN_WRITTEN = _TICKETS_BETWEEN.execution_options(**NO_BUFFERED_ROWS_NEEDED)
 
 # session.info key: what the block remembers, by (kind, address): a ``_Window``.
 _HELD = "postdesk_remembered_counts"
@@ -109,34 +112,50 @@ def remember_windows(session: Session, addresses: Collection[str], since: dateti
     held = session.info.get(_HELD)
     if held is None:
         return
-    for kind, statement, table, column in (
-            ("ticket", _TICKET_TIMES_OF, Ticket, "requester_email"),
-            ("automatic", _AUTOMATIC_ROWS_OF, Outbox, "recipient")):
-        new = sorted({a for a in addresses if (kind, a) not in held})
-        if not new:
-            continue
-        rows: dict[str, _Rows] = {address: [] for address in new}
-        for address, at, *ticket in session.connection().execute(
-                statement, {"addresses": new, "since": since}):
-            rows[address].append((at, ticket[0] if ticket else None))
-        for row in buffered_values(session, table):
-            address = row[column]
-            if address in rows and row["created_at"] >= since and (kind == "ticket" or (
-                    row["automatic"] and row["status"] != OutboxStatus.SUPPRESSED)):
-                rows[address].append((row["created_at"],
-                                      row["ticket_id"] if kind == "automatic" else None))
-        for address, found in rows.items():
-            held[(kind, address)] = _Window(since, found)
+    for kind in _WINDOW_PARTS:
+        _read_windows(session, held, kind, [a for a in addresses if (kind, a) not in held],
+                      since)
+
+
+def _read_windows(session: Session, held: dict[tuple[str, str], _Window], kind: str,
+                  addresses: Collection[str], since: datetime) -> None:
+    """Read the windows of ``kind`` of these addresses since ``since`` into ``held``: the
+    rows in the database and those the batch holds back."""
+    if not addresses:
+        return
+    rows: dict[str, _Rows] = {address: [] for address in addresses}
+    connection = session.connection()
+    if len(rows) == 1:
+        [one] = rows
+        rows[one] += [(at, ticket_id) for at, ticket_id in connection.execute(
+            _WINDOW_OF_ONE[kind], {"address": one, "since": since})]
+    else:
+        for address, at, ticket_id in connection.execute(
+                _WINDOWS_OF_MANY[kind], {"addresses": sorted(rows), "since": since}):
+            rows[address].append((at, ticket_id))
+    for address, at, ticket_id in _held_rows(session, kind):
+        if address in rows and at >= since:
+            rows[address].append((at, ticket_id))
+    for address, found in rows.items():
+        held[(kind, address)] = _Window(since, found)
+
+
+def _held_rows(session: Session, kind: str) -> Iterator[tuple[str, datetime, int | None]]:
+    """The rows of ``kind`` an import's batch holds back, as its windows count them:
+    (address, time, ticket)."""
+    if kind == "ticket":
+        for row in buffered_values(session, Ticket):
+            yield row["requester_email"], row["created_at"], None
+        return
+    for row in buffered_values(session, Outbox):
+        if row["automatic"] and row["status"] != OutboxStatus.SUPPRESSED:
+            yield row["recipient"], row["created_at"], row["ticket_id"]
 
 
 def tickets_opened_since(session: Session, requester: str, since: datetime) -> int:
     """Tickets of ``requester`` opened at or after ``since`` (the one just opened
     included)."""
-    rows = _rows(session, ("ticket", requester), since, lambda: [
-        *((at, None) for (at,) in session.connection().execute(
-            _TICKET_TIMES, {"requester": requester, "since": since})),
-        *((row["created_at"], None) for row in buffered_values(session, Ticket)
-          if row["requester_email"] == requester and row["created_at"] >= since)])
+    rows = _rows(session, "ticket", requester, since)
     if rows is None:
         return session.connection().execute(
             _TICKETS_SINCE, {"requester": requester, "since": since}).scalar() or 0
@@ -150,9 +169,8 @@ def tickets_opened_between(session: Session, requester: str, since: datetime,
     batch holds back)."""
     written = session.connection().execute(_TICKETS_BETWEEN_WRITTEN, {
         "requester": requester, "since": since, "until": until}).scalar() or 0
-    return written + sum(1 for row in buffered_values(session, Ticket)
-                         if row["requester_email"] == requester
-                         and since <= row["created_at"] <= until)
+    return written + sum(1 for address, at, _ in _held_rows(session, "ticket")
+                         if address == requester and since <= at <= until)
 
 
 def noted_ticket(session: Session, requester: str, opened_at: datetime) -> None:
@@ -166,12 +184,7 @@ def automatic_sent_since(session: Session, recipient: str, ticket_id: int | None
                          since: datetime) -> tuple[int, int]:
     """Automatic emails to ``recipient`` (lower case) since ``since`` that are not
     suppressed: all of them, and those on ``ticket_id``."""
-    rows = _rows(session, ("automatic", recipient), since, lambda: [
-        *((at, row_ticket) for at, row_ticket in session.connection().execute(
-            _AUTOMATIC_ROWS, {"recipient": recipient, "since": since})),
-        *((row["created_at"], row["ticket_id"]) for row in buffered_values(session, Outbox)
-          if row["automatic"] and row["created_at"] >= since
-          and row["status"] != OutboxStatus.SUPPRESSED and row["recipient"] == recipient)])
+    rows = _rows(session, "automatic", recipient, since)
     if rows is None:
         to_recipient, on_ticket = session.connection().execute(_AUTOMATIC_SENT, {
             "recipient": recipient, "since": since, "ticket_id": ticket_id}).one()
@@ -188,17 +201,16 @@ def noted_automatic(session: Session, recipient: str, ticket_id: int | None,
         rows.add(created_at, ticket_id)
 
 
-def _rows(session: Session, key: tuple[str, str], since: datetime,
-          read: Callable[[], _Rows]) -> _Window | None:
-    """The remembered window of ``key``, read now if this is the first count; None when
-    not remembering, or when ``since`` is earlier than the window first read (imported
-    history counts each email's own hour): count in the database."""
+def _rows(session: Session, kind: str, address: str, since: datetime) -> _Window | None:
+    """The remembered window of ``address``, read now if this is its first count; None
+    when not remembering, or when ``since`` is earlier than the window first read
+    (imported history counts each email's own hour): count in the database."""
     held = session.info.get(_HELD)
     if held is None:
         return None
-    window = held.get(key)
-    if window is None:
-        window = held[key] = _Window(since, read())
+    if (kind, address) not in held:
+        _read_windows(session, held, kind, [address], since)
+    window = held[(kind, address)]
     return window if since >= window.first_since else None
 
 

@@ -42,6 +42,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from postdesk.storage.db import (
     NEEDS_NO_BUFFERED_ROWS,
+    NO_BUFFERED_ROWS_NEEDED,
     ON_CONFLICT_DIALECTS,
     insert_unless_exists,
 )
@@ -188,8 +189,7 @@ class _Buffer:
 
     def __init__(self, connection: Connection):
         self.connection = connection
-        self.groups: dict[tuple[Table, tuple[str, ...]], tuple[type, list[dict[str, Any]]]] = {}
-        self.by_class: dict[type, list[dict[str, Any]]] = {}
+        self.groups: dict[tuple[type, tuple[str, ...]], list[dict[str, Any]]] = {}
         self.next_ids: dict[Table, int] = {}
         # The unique values (``unless_exists``) given in the block, written or not.
         self.unique: dict[tuple[type, str], set[Any]] = {}
@@ -206,10 +206,13 @@ class _Buffer:
                 return None
             given.add(values[unless_exists])
         row = {**values, shape.pk_key: self._next_id(shape)}
-        self.by_class.setdefault(cls, []).append(row)
-        key = (shape.table, tuple(row))
-        self.groups.setdefault(key, (cls, []))[1].append(row)
+        self.groups.setdefault((cls, tuple(row)), []).append(row)
         return row[shape.pk_key]
+
+    def held(self, cls: type) -> list[dict[str, Any]]:
+        """The rows of ``cls`` held, not yet written."""
+        return [row for (held_cls, _columns), rows in self.groups.items() if held_cls is cls
+                for row in rows]
 
     def _next_id(self, shape: _Shape) -> int:
         """The next id of the table: above every id it holds and (AUTOINCREMENT) every id it
@@ -219,12 +222,12 @@ class _Buffer:
         next_id = self.next_ids.get(table)
         if next_id is None:
             top = self.connection.execute(
-                select(func.max(shape.pk)).execution_options(**{NEEDS_NO_BUFFERED_ROWS: True})
+                select(func.max(shape.pk)).execution_options(**NO_BUFFERED_ROWS_NEEDED)
             ).scalar() or 0
             if table.dialect_options["sqlite"]["autoincrement"]:
                 top = max(top, self.connection.exec_driver_sql(
                     "SELECT seq FROM sqlite_sequence WHERE name = ?", (table.name,),
-                    execution_options={NEEDS_NO_BUFFERED_ROWS: True}).scalar() or 0)
+                    execution_options=NO_BUFFERED_ROWS_NEEDED).scalar() or 0)
             next_id = top + 1
         self.next_ids[table] = next_id + 1
         return next_id
@@ -234,13 +237,13 @@ class _Buffer:
         tables first."""
         if not self.groups:
             return
-        groups = sorted(self.groups.items(), key=lambda item: _TABLE_ORDER[item[0][0]])
-        self.groups, self.by_class = {}, {}
-        for (_table, _columns), (cls, rows) in groups:
+        groups = sorted(self.groups.items(),
+                        key=lambda item: _TABLE_ORDER[_shape(item[0][0]).table])
+        self.groups = {}
+        for (cls, _columns), rows in groups:
             key = ("insert_buffered", cls)
             if key not in _STATEMENTS:
-                _STATEMENTS[key] = insert(cls).execution_options(
-                    **{NEEDS_NO_BUFFERED_ROWS: True})
+                _STATEMENTS[key] = insert(cls).execution_options(**NO_BUFFERED_ROWS_NEEDED)
             self.connection.execute(_STATEMENTS[key], rows)
 
 
@@ -288,4 +291,4 @@ def buffered_values(session: Session, cls: type) -> Sequence[dict[str, Any]]:
     """The column values (by attribute) of the rows of ``cls`` a ``buffered_rows`` block
     holds, not yet in the database; none outside such a block."""
     buffer: _Buffer | None = session.info.get(_BUFFER)
-    return () if buffer is None else buffer.by_class.get(cls, ())
+    return () if buffer is None else buffer.held(cls)

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from postdesk.mail.html_safety import sanitize_html
 from postdesk.mail.parse import ParsedEmail
 from postdesk.storage.blobs import BlobStore
-from postdesk.storage.db import NEEDS_NO_BUFFERED_ROWS
+from postdesk.storage.db import NO_BUFFERED_ROWS_NEEDED
 from postdesk.storage.directory import ensure_contact
 from postdesk.storage.models import Attachment, Message, Org, RawMessage, Ticket
 from postdesk.workflow.desk.events import add_event
@@ -58,7 +58,7 @@ def dedupe_key(message_id: str | None, sha256: str) -> str:
 # Nothing pending can be missed: messages are written as they are stored (insert_now), or
 # held back by an import's batch, whose rows ``stored_on`` looks through itself.
 _STORED = (select(Message.ticket_id).where(Message.dedupe_key == bindparam("key"))
-           .execution_options(**{NEEDS_NO_BUFFERED_ROWS: True}))
+           .execution_options(**NO_BUFFERED_ROWS_NEEDED))
 _STORED_KEYS = select(Message.dedupe_key).where(
     Message.dedupe_key.in_(bindparam("keys", expanding=True)))
 # session.info key: the dedupe keys looked up together and not stored then, not yet asked.
