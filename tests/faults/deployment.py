@@ -159,8 +159,28 @@ class Deployment:
         return busy == 0
 
     def wait_settled(self, timeout: float = 120.0) -> None:
-        wait_for(self.settled, timeout, 0.5, what="every email processed and every "
-                                                  "outbox email sent")
+        try:
+            wait_for(self.settled, timeout, 0.5, what="every email processed and every "
+                                                      "outbox email sent")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.unsettled()}") from None
+
+    def unsettled(self) -> str:
+        """What a scenario that did not settle left behind: the rows still in flight,
+        whether each process still runs, and the end of each one's log."""
+        with self.engine.connect() as conn:
+            raws = conn.execute(text(
+                "SELECT id, status, received_at FROM raw_messages "
+                "WHERE status = 'pending' ORDER BY id")).all()
+            outbox = conn.execute(text(
+                "SELECT id, template, status, attempts, claimed_until, last_error FROM outbox "
+                "WHERE status IN ('draft','queued','sending') ORDER BY id")).all()
+        lines = [f"pending raw messages: {[tuple(r) for r in raws]}",
+                 f"outbox in flight: {[tuple(r) for r in outbox]}"]
+        for name, proc in self.procs.items():
+            lines.append(f"--- {name} (exit {proc.poll()}), the end of its log:\n"
+                         f"{self.log(name)[-4000:]}")
+        return "\n".join(lines)
 
     def counts(self, given: int) -> Counts:
         with self.engine.connect() as conn:
