@@ -49,14 +49,13 @@ from __future__ import annotations
 
 import dataclasses
 import mailbox
-import multiprocessing
 import os
 import sys
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email.utils import parsedate_to_datetime
@@ -66,6 +65,7 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from postdesk.helper_processes import HelperGone, HelperPool, can_fork
 from postdesk.ingest.accept import AcceptResult, Envelope, accept_many
 from postdesk.mail.classify import Classification, classify
 from postdesk.mail.parse import ParsedEmail, UnparseableEmail, parse_email
@@ -258,7 +258,7 @@ class Importer:
         self.per_transaction = max(1, per_transaction)
         self._pool: ThreadPoolExecutor | None = None
         self.workers = workers   # None: decided by run(), from the size of the import
-        self._helpers: ProcessPoolExecutor | None = None
+        self._helpers: HelperPool | None = None
         self._ahead: dict[str, tuple[Future[list[_Ahead | None]], int]] = {}
         self._ahead_pipeline = _with_parse_ahead(pipeline, self._parsed_ahead)
         self._renders = _HelperRenders(self)
@@ -276,12 +276,11 @@ class Importer:
             workers = default_workers(count_inputs(sources), self.pipeline)
         with ThreadPoolExecutor(BLOB_THREADS, thread_name_prefix="import-blob") as pool:
             self._pool = pool
-            if workers > 0 and "fork" in _START_METHODS and self._ahead_pipeline is not None:
+            if workers > 0 and can_fork() and self._ahead_pipeline is not None:
                 # fork: the helpers inherit what this process imported (a parser ready
                 # to run); they touch no database.
-                self._helpers = ProcessPoolExecutor(
-                    workers, mp_context=multiprocessing.get_context("fork"),
-                    initializer=_start_helper, initargs=(os.getpid(), self.services))
+                self._helpers = HelperPool(workers, _start_helper,
+                                           (os.getpid(), self.services))
             try:
                 for source in sources:
                     if source.error is not None:
@@ -303,7 +302,7 @@ class Importer:
             finally:
                 self._pool = None
                 if self._helpers is not None:
-                    self._helpers.shutdown(cancel_futures=True)
+                    self._helpers.shutdown()
                     self._helpers = None
                 self._ahead.clear()
                 self._renders.clear()
@@ -401,7 +400,7 @@ class Importer:
         stay in this process from now on."""
         helpers, self._helpers = self._helpers, None
         if helpers is not None:
-            helpers.shutdown(wait=False, cancel_futures=True)
+            helpers.shutdown(kill=True)
 
     def _submit_ahead(self, raws: Sequence[bytes], digests: Sequence[str]) -> None:
         helpers = self._helpers
@@ -413,7 +412,7 @@ class Importer:
             chunk = small[start:start + AHEAD_CHUNK]
             try:
                 future = helpers.submit(_parse_ahead, [raw for raw, _digest in chunk])
-            except Exception:   # a broken pool (a helper died): the pipeline parses itself
+            except HelperGone:   # the pipeline parses itself from now on
                 self._drop_helpers()
                 return
             for index, (_raw, digest) in enumerate(chunk):
@@ -609,12 +608,6 @@ class _HelperRenders:
         self._waiting.append(RenderJob.of(row, ticket))
         if len(self._waiting) >= RENDER_CHUNK:
             self._send()
-        # Let the pool's threads in: they hand jobs to the helper and take its results
-        # back, and each needs the GIL, which this thread, recording, would otherwise hold
-        # for a whole switch interval at a time. Without this the helper sat idle while a
-        # part was recorded, and rendered its drafts only once it had committed (the
-        # import waited about 20 % of its time for them).
-        time.sleep(0)
 
     def recorded(self) -> None:
         if self._waiting:
@@ -631,7 +624,7 @@ class _HelperRenders:
         except TimeoutError:   # the helper is stuck: this process does all from now on
             self._give_up()
             return None
-        except Exception:   # the helper died (a broken pool): render here
+        except Exception:   # the helper died, or failed on it: render here
             return None
 
     def clear(self) -> None:
@@ -645,7 +638,7 @@ class _HelperRenders:
             return
         try:
             future = helpers.submit(_render_ahead, jobs)
-        except Exception:   # a broken pool (a helper died): this process renders
+        except HelperGone:   # this process renders from now on
             self._give_up()
             return
         for index, job in enumerate(jobs):
@@ -717,9 +710,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
-
-
-_START_METHODS = multiprocessing.get_all_start_methods()
 
 
 def _die_with_parent(parent_pid: int) -> None:
