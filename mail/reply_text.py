@@ -153,8 +153,26 @@ def _continues_attribution(previous: str) -> bool:
     return bool(_ATTRIBUTION_EVIDENCE.search(previous)) and not previous.endswith((".", "!", "?"))
 
 
+# What an ASCII text must contain, lower-cased, for ``_ATTRIBUTION_VERB`` to match in it:
+# the ASCII spellings of its verbs (the Cyrillic ones cannot match ASCII text). The pattern
+# costs ~40 ns a character (case-insensitive, a look-behind at every position): 85 us
+# on an ordinary 2 KB email, where these substring tests take a few.
+_ASCII_VERB_STEMS = ("wrote", "writes", "schrieb", "a ecrit", "escribi", "escreveu",
+                     "scritto", "scrisse", "schreef", "skrev", "kirjoitti", "napisal",
+                     "napsal", "yazdi")
+
+
+def _may_name_a_verb(text: str) -> bool:
+    """False only when ``_ATTRIBUTION_VERB`` cannot match anywhere in ``text``."""
+    if not text.isascii():
+        return True   # case folding beyond ASCII (e.g. "ſ" matches "s"): the pattern decides
+    lowered = text.lower()
+    return any(stem in lowered for stem in _ASCII_VERB_STEMS)
+
+
 def _extra_headers(stripped: list[str]) -> Iterator[tuple[int, int]]:
     """(first line, line after) of quote headers the library does not know."""
+    verbs = _may_name_a_verb("\n".join(stripped))
     for end, line in enumerate(stripped):
         if _ORIGINAL_MESSAGE.match(line):
             yield end, end + 1
@@ -166,7 +184,7 @@ def _extra_headers(stripped: list[str]) -> Iterator[tuple[int, int]]:
         ):
             yield end, end + 2
             continue
-        if not line.endswith(":") and not _ATTRIBUTION_VERB.search(line):
+        if not line.endswith(":") and not (verbs and _ATTRIBUTION_VERB.search(line)):
             continue
         # An attribution wrapped by the client spans up to three lines; its
         # paragraph starts after a blank line. Prefer the shortest block that

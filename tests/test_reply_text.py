@@ -345,3 +345,39 @@ def test_the_header_filter_never_skips_a_corpus_body_the_library_regex_would_mat
     assert matched, "the corpora contain quote headers"
     assert [name for name in matched if not filter_lets_through(
         next(case.text for case in cases if case.name == name))] == []
+
+
+# --- the cheap test in front of the attribution-verb pattern ----------------------------
+
+VERB_WORDS = ["wrote", "WROTE", "Writes", "schrieb", "geschrieben", "a écrit", "A ECRIT",
+              "escribió", "escribio", "escreveu", "ha scritto", "scrisse", "schreef", "skrev",
+              "kirjoitti", "napisał", "napisala", "napsal(a)", "написал", "написав", "пише",
+              "yazdı", "YAZDI", "ſchrieb", "\u212airjoitti", "wrot", "rote"]
+VERBISH = st.lists(st.one_of(st.sampled_from(VERB_WORDS),
+                             st.text(alphabet="abcdeilnorstwyzADEIKW ()\n", max_size=12)),
+                   max_size=6).map(" ".join)
+
+
+def verb_pattern_matches(text: str) -> bool:
+    return reply_text._ATTRIBUTION_VERB.search(text) is not None
+
+
+@settings(max_examples=3000, deadline=None)
+@given(VERBISH)
+def test_the_verb_test_never_rules_out_text_the_verb_pattern_matches(text: str) -> None:
+    assert reply_text._may_name_a_verb(text) or not verb_pattern_matches(text)
+
+
+def test_the_verb_test_rules_out_a_plain_body_and_keeps_every_verb() -> None:
+    assert not reply_text._may_name_a_verb("Hello,\n\nthe checkout page is broken.\nAlice")
+    for word in VERB_WORDS[:-2]:
+        assert verb_pattern_matches(f"On Monday Dana {word}:"), word
+        assert reply_text._may_name_a_verb(f"On Monday Dana {word}:"), word
+
+
+@requires_corpus
+def test_the_verb_test_never_rules_out_a_corpus_body_the_verb_pattern_matches() -> None:
+    cases = discourse_cases() + crisp_cases() + github_zapier_cases()
+    matched = [case for case in cases if verb_pattern_matches(case.text)]
+    assert matched, "the corpora contain attribution lines"
+    assert [case.name for case in matched if not reply_text._may_name_a_verb(case.text)] == []

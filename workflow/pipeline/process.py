@@ -62,8 +62,11 @@ _OUTCOME = (update(_RAW).where(_RAW.c.id == bindparam("raw_id"))
                                                   "processed_at", "ticket_id")}))
 
 
-# The bytes come with the row when they live in it (one query for both).
-_WITH_CONTENT = [undefer(RawMessage.content)]
+# The raw message to process, with its bytes when they live in the row (one query for
+# both). Built once: ``session.get`` builds its SELECT and options anew for every call,
+# which cost more than running the statement (0.27 against 0.17 ms per email).
+_RAW_TO_PROCESS = (select(RawMessage).where(RawMessage.id == bindparam("raw_id"))
+                   .options(undefer(RawMessage.content)))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -107,7 +110,7 @@ def _run_once(services: Services, raw_id: int, pipeline: Pipeline
     with services.sessions() as session:
         # Phase 1: checks, reading only.
         with read_only(session):
-            raw = session.get(RawMessage, raw_id, options=_WITH_CONTENT)
+            raw = session.scalars(_RAW_TO_PROCESS, {"raw_id": raw_id}).first()
             if raw is None:
                 log.error("raw message %s does not exist", raw_id)
                 return None
