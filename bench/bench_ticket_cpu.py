@@ -20,6 +20,10 @@ with the machine's load) and the N functions with the most own and cumulative ti
 Printed, per new ticket (CPU time of this process, ``time.process_time``; there are no
 other threads):
 
+* the work alone ("the same work, unmetered"): the same emails on a fresh database with
+  no stage meter and no statement listener, which cost CPU of their own (~0.7 ms per
+  ticket); the figure the acceptance target is about. Then the metered run:
+
 * stages: ``accept`` (blob + raw row committed), the pipeline's ``parse`` step, the other
   checks, the record handlers, the notify steps (queueing drafts), ``drafts`` (after
   commit: reading the drafts and storing the composed bytes, without the two next),
