@@ -19,6 +19,8 @@ importing process is gone (``initializer`` may watch for that: see the importer)
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import multiprocessing
 import threading
@@ -122,6 +124,10 @@ class _Helper:
         except (OSError, ValueError) as exc:   # its end closed: it died, or was stopped
             self._fail_pending()
             raise HelperGone("the helper process ended") from exc
+        except Exception as exc:  # noqa: BLE001 - the job cannot be pickled: it fails alone
+            with self._lock:
+                self._pending.pop(number, None)
+            future.set_exception(exc)
         return future
 
     def _read(self) -> None:
@@ -168,14 +174,21 @@ def _widen(end: Connection) -> None:
     recording thread writes them and goes on while the helper is still at the job
     before. With the default it waited there for the helper, a second per 1,000 emails."""
     set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
-    if set_size is None:
+    size = _pipe_max_size()
+    if set_size is None or size is None:
         return
+    with contextlib.suppress(OSError):   # not allowed: the default size serves
+        fcntl.fcntl(end.fileno(), set_size, size)
+
+
+@functools.cache
+def _pipe_max_size() -> int | None:
+    """The largest pipe buffer the system allows (read once: two pipes per helper)."""
     try:
         with open("/proc/sys/fs/pipe-max-size", encoding="ascii") as limit:
-            size = int(limit.read())
-        fcntl.fcntl(end.fileno(), set_size, size)
-    except (OSError, ValueError):   # not Linux, or not allowed: the default size serves
-        pass
+            return int(limit.read())
+    except (OSError, ValueError):   # not Linux
+        return None
 
 
 def _serve(jobs: Connection, results: Connection, not_ours: list[Connection],

@@ -81,6 +81,15 @@ def test_an_answer_that_cannot_be_sent_back_is_an_error_not_a_hang(pool: HelperP
     assert pool.submit(_square, 3).result(WAIT_S) == 9
 
 
+def test_a_job_that_cannot_be_sent_fails_alone_and_the_helper_goes_on(pool: HelperPool):
+    # As the executor did: the job's own future fails (the importer then parses or
+    # renders that part itself), and the next job runs.
+    failed = pool.submit(_square, lambda: None)
+    with pytest.raises(Exception, match="pickle"):
+        failed.result(WAIT_S)
+    assert pool.submit(_square, 7).result(WAIT_S) == 49
+
+
 def test_a_helper_that_dies_fails_its_waiting_jobs_and_refuses_more(pool: HelperPool):
     behind = [pool.submit(_square, 2)]
     dying = pool.submit(_dies, None)
