@@ -17,7 +17,8 @@ keys it deletes afterwards. The config, the desk and the emails are those of
 ``bench_pipeline_locks.py`` (whose helpers this script uses): client senders
 ``clientN@client.example`` of one org, each email with its own subject so each opens a
 ticket, flood and automatic-mail limits far above the volume, no ``[smtp_out]`` (the
-workers "send" to the local maildir ``data_dir/outbox``), ``worker_prefetch = 2``.
+workers "send" to the local maildir ``data_dir/outbox``), the desk's own ``worker_prefetch``
+(32) unless ``--prefetch`` says otherwise.
 
 Part 1 - throughput. ``--emails`` emails are accepted through ``postdesk smtp`` (with
 ``broker_url = "stub://"``, so nothing is processed yet) and smtplib; then k ``postdesk
@@ -33,10 +34,21 @@ first enqueue). Polled with SQL every 50 ms:
 
 emails/s = N / (acks sent - t0). Each variant (k x senders) runs ``--repeat`` times,
 interleaved; the summary takes each variant's best run (other load only slows a run) and
-gives k2/k1 and k4/k1. "worker CPU ms/email" is the user+system time of the k worker
-processes (from /proc, read just before they are stopped) per email. "lock-wait" is the mean
-number of the run's database sessions waiting on a lock (``pg_stat_activity``), sampled
-while emails are processed.
+gives k2/k1 and k4/k1; with two or more rounds it also gives each round's own ratio (the
+round's runs follow one another, so a shared machine's drift over minutes moves it less)
+and their median. "worker CPU ms/email" is the user+system time of the k worker processes
+(from /proc, read just before they are stopped) per email; "pg ms/email" and "redis ms" the
+same for the desk database's PostgreSQL backends and the Redis server over the same span.
+"lock-wait" is the mean number of the run's database sessions waiting on a lock
+(``pg_stat_activity``), sampled while emails are processed.
+
+``--prefetch N`` sets part 1's ``desk.worker_prefetch`` (0, the default: the desk's own,
+32). Passes before the fourteenth used 2, so that the last emails would not wait in one
+worker's prefetch while another idled; but Dramatiq's Redis consumer, once it holds that
+many, sleeps with a growing backoff (5-10 ms, then 10-20, ...) until one is acknowledged,
+and a one-thread worker can finish both in that time and wait: py-spy found the worker
+thread idle 13-16 % of a k=2 run. In five interleaved rounds, k2/k1 was 1.52x (median)
+with 2, 1.63x with 8 and 1.69x with 32 (BENCHMARKS.md, fourteenth pass).
 
 Part 2 - latency at a sustained rate. ``--latency-workers`` (2) workers and ``postdesk
 smtp`` with the Redis broker (so accepting an email enqueues it) run together, with the
@@ -65,6 +77,7 @@ the percentiles). Bounded in time, loopback only, asserts nothing; prints tables
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import queue
@@ -148,6 +161,25 @@ def cpu_by_process(desk: Desk, procs: dict[str, list[int]]) -> dict[str, float]:
     return groups
 
 
+def service_cpu(desk: Desk) -> dict[int, float]:
+    """CPU seconds so far of each of the desk database's PostgreSQL backends and of each
+    Redis server process, by pid."""
+    pids = [int(pid) for (pid,) in desk.query(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
+    pids += [-int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+             and _comm(p) == "redis-server"]
+    return {pid: proc_cpu_s(abs(pid)) for pid in pids}
+
+
+def service_cpu_since(desk: Desk, before: dict[int, float]) -> tuple[float, float]:
+    """(PostgreSQL backends, Redis) CPU seconds since ``before`` (redis pids negative
+    there); a backend started since counts from zero (its start-up is the run's cost)."""
+    now = service_cpu(desk)
+    spent = {pid: cpu - before.get(pid, 0.0) for pid, cpu in now.items()}
+    return (sum(v for pid, v in spent.items() if pid > 0),
+            sum(v for pid, v in spent.items() if pid < 0))
+
+
 def _comm(proc: Path) -> str:
     try:
         return (proc / "comm").read_text().strip()
@@ -223,6 +255,11 @@ class Run:
     load: float
     lock_waiters: float | None
     note: str = ""
+    # CPU seconds of the desk database's PostgreSQL backends and of the Redis server over
+    # the same span as worker_cpu_s: what one email costs the machine besides the workers
+    postgres_cpu_s: float = 0.0
+    redis_cpu_s: float = 0.0
+    round: int = 0              # which of the interleaved repeats this run belongs to
 
     @property
     def rate(self) -> float | None:
@@ -246,14 +283,16 @@ SELECT (SELECT COUNT(*) FROM raw_messages WHERE status = 'pending'),
 
 def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: int) -> Run:
     load = os.getloadavg()[0]
-    with private_desk(args, tree, "postgres", args.redis_url) as desk:
+    with private_desk(args, tree, "postgres", args.redis_url, args.prefetch or None) as desk:
         tag = uuid.uuid4().hex[:6]
         feed_s = desk.feed(emails_for(args.emails, senders, tag))
         procs, _logs = start_workers(desk, tree, k, "tp")
         processed = acked = all_sent = None
         waiters: list[int] = []
         cpu_before = sum(proc_cpu_s(p.pid) for p in procs)
+        services_before = service_cpu(desk)
         cpu = 0.0
+        services = (0.0, 0.0)
         try:
             enqueuer = subprocess.Popen(
                 [str(tree.python), str(SCRIPT), "--tree", str(tree.path), "--_child",
@@ -276,6 +315,7 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                         all_sent = now
                     time.sleep(0.05)
             cpu = sum(proc_cpu_s(p.pid) for p in procs) - cpu_before
+            services = service_cpu_since(desk, services_before)
             out, err = enqueuer.communicate(timeout=120)
             if enqueuer.returncode != 0:
                 raise RuntimeError(f"enqueue child failed:\n{err[-3000:]}")
@@ -293,7 +333,8 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
         return Run(senders, k, args.worker_threads, args.emails, feed_s, since(processed),
                    since(acked), since(all_sent), cpu, statuses, load,
                    statistics.mean(waiters) if waiters else None,
-                   "" if acked else f"not done after {args.timeout:.0f}s")
+                   "" if acked else f"not done after {args.timeout:.0f}s",
+                   postgres_cpu_s=services[0], redis_cpu_s=services[1])
 
 
 def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
@@ -301,16 +342,19 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
           f"`postdesk worker` processes x {args.worker_threads} thread(s); seconds from the "
           "first enqueue")
     head = (f"{'senders':>7} {'k':>3} {'processed s':>11} {'acks sent s':>11} "
-            f"{'all sent s':>10} {'emails/s':>9} {'worker CPU ms/email':>19} {'feed s':>7} "
+            f"{'all sent s':>10} {'emails/s':>9} {'worker CPU ms/email':>19} "
+            f"{'pg ms/email':>11} {'redis ms':>8} {'feed s':>7} "
             f"{'load':>5} {'lock-wait':>9}  raw messages")
     print_head(head)
     for r in runs:
         print(f"{r.senders:>7} {r.workers:>3} {fmt(r.processed_s, 2):>11} "
               f"{fmt(r.acked_s, 2):>11} {fmt(r.all_sent_s, 2):>10} {fmt(r.rate):>9} "
-              f"{fmt(r.cpu_ms):>19} {r.feed_s:>7.1f} {r.load:>5.2f} "
+              f"{fmt(r.cpu_ms):>19} {r.postgres_cpu_s * 1000 / r.emails:>11.1f} "
+              f"{r.redis_cpu_s * 1000 / r.emails:>8.1f} {r.feed_s:>7.1f} {r.load:>5.2f} "
               f"{fmt(r.lock_waiters, 2):>9}  {r.statuses}{'  ' + r.note if r.note else ''}")
     print("  emails/s = emails / (acks sent - first enqueue); load = 1-min load average at "
-          "the start of the run")
+          "the start of the run;\n  pg ms/email, redis ms: CPU of the desk database's "
+          "PostgreSQL backends and of the Redis server over the same span as the workers'")
     print(f"\n  summary (best of {args.repeat} run(s) per variant):")
     head = f"  {'senders':>7} " + "".join(f"{'k=' + str(k) + ' emails/s':>15}"
                                          for k in args.worker_list)
@@ -327,6 +371,34 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
         for k in ratios:
             line += f"{(f'{best[k] / base:.2f}x' if base and k in best else '-'):>9}"
         print(line)
+    paired = paired_ratios(runs, args)
+    if paired:
+        print(f"\n  paired (each round's k runs one after another, so a round's ratio "
+              f"compares runs a few seconds apart; median of {args.repeat} rounds):")
+        for senders, k, ratios in paired:
+            print(f"  {senders:>7} senders  k{k}/k{args.worker_list[0]}: median "
+                  f"{statistics.median(ratios):.2f}x  (rounds: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
+
+
+def paired_ratios(runs: list[Run], args: argparse.Namespace
+                  ) -> list[tuple[int, int, list[float]]]:
+    """Per senders and k (not the first): each round's rate with k workers over the same
+    round's rate with the first k. A shared machine's speed drifts over minutes; a ratio
+    of two runs made back to back moves less than one of each variant's best."""
+    if args.repeat < 2 or len(args.worker_list) < 2:
+        return []
+    rates = {(r.senders, r.workers, r.round): r.rate for r in runs if r.rate}
+    base_k = args.worker_list[0]
+    out: list[tuple[int, int, list[float]]] = []
+    for senders in args.sender_list:
+        for k in args.worker_list[1:]:
+            ratios = [rates[(senders, k, i)] / rates[(senders, base_k, i)]
+                      for i in range(args.repeat)
+                      if (senders, k, i) in rates and (senders, base_k, i) in rates]
+            if ratios:
+                out.append((senders, k, ratios))
+    return out
 
 
 # === part 2: latency at a fixed rate ==========================================================
@@ -590,6 +662,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker-threads", type=int, default=1,
                    help="desk.worker_threads of each worker process")
     p.add_argument("--repeat", type=int, default=1, help="runs of each part 1 variant")
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="desk.worker_prefetch in part 1 (0: the desk's default, 32; earlier "
+                        "passes used 2)")
     p.add_argument("--timeout", type=float, default=300, help="max seconds per part 1 run")
     p.add_argument("--rate", type=float, default=50, help="emails/s in part 2")
     p.add_argument("--duration", type=float, default=60, help="seconds of sending in part 2")
@@ -632,13 +707,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.skip_throughput:
         runs: list[Run] = []
         # Interleaved repeats, so slow phases of a shared machine hit every variant alike.
-        for _ in range(args.repeat):
+        for round_ in range(args.repeat):
             for senders in args.sender_list:
                 for k in args.worker_list:
                     print(f"  part 1: {senders} sender(s), k={k} ...", file=sys.stderr,
                           flush=True)
                     try:
-                        runs.append(measure_throughput(args, tree, senders, k))
+                        runs.append(dataclasses.replace(
+                            measure_throughput(args, tree, senders, k), round=round_))
                     except Exception as exc:
                         print(f"  part 1 ({senders} senders, k={k}) failed: {exc}",
                               file=sys.stderr)
