@@ -203,13 +203,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve(app: App, *, verbose: bool = False, log_format: str = "text") -> int:
-    from postdesk.door import DoorProcess, WorkersYieldToTheDoor
+    from postdesk.door import DoorProcess, WorkersYieldToTheDoor, split_cpus
     from postdesk.scheduler import Scheduler
 
     # The SMTP door runs in a process of its own (postdesk/door.py): answering 250 never
-    # waits for the GIL behind the workers below.
+    # waits for the GIL behind the workers below; with two CPUs or more it has one to
+    # itself, and the threads this one starts from here on run on the others.
     door = DoorProcess(app.config, app.services.secret, app.dispatch, app.engine,
-                       verbose=verbose, log_format=log_format)
+                       verbose=verbose, log_format=log_format, cpus=split_cpus())
     scheduler = Scheduler(app.services, app.dispatch)
     pollers = _pollers(app)
     cfg = app.config.smtp_in

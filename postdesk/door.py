@@ -15,7 +15,8 @@ workers several times per email and a door waiting for it answered at the pace o
 processing; the desk's thread moves spooled emails into ``raw_messages``
 (``ingest/spooled.py``) in batches. On PostgreSQL the door inserts the ``raw_messages``
 row itself, as ``postdesk smtp`` does. The worker threads run a little nicer than the door
-(``WorkersYieldToTheDoor``), so a burst is answered first and processed as the CPU allows.
+(``WorkersYieldToTheDoor``), so a burst is answered first and processed as the CPU allows;
+and with two CPUs or more the door has one of them to itself (``split_cpus``).
 
 Nothing is lost between the two: an email whose hand-over never came (the door killed
 between its commit and the send, or the pipe gone) is still in the spool, which the desk
@@ -43,6 +44,8 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any, Final
@@ -190,8 +193,11 @@ def open_spool(config: Config, *, spools: bool = True) -> Spool:
 
 
 def run_door(conn: Connection, config: Config, secret: bytes, verbose: bool,
-             log_format: str) -> None:
-    """The door process's body (a module-level function: "spawn" imports it by name)."""
+             log_format: str, cpus: frozenset[int] | None = None) -> None:
+    """The door process's body (a module-level function: "spawn" imports it by name).
+    ``cpus``: the CPUs it runs on (``split_cpus``), set before it starts a thread."""
+    if cpus is not None:
+        run_on(cpus)
     # The desk process decides when the door stops (it drains the pipe after); a signal to
     # the whole process group (Ctrl-C, systemd's SIGTERM) must not stop the door first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -233,8 +239,10 @@ class DoorProcess:
     """Starts, watches and stops the door process; enqueues what it accepts."""
 
     def __init__(self, config: Config, secret: bytes, dispatch: Dispatch, engine: Engine, *,
-                 verbose: bool = False, log_format: str = "text"):
+                 verbose: bool = False, log_format: str = "text",
+                 cpus: frozenset[int] | None = None):
         self.config, self.secret, self.dispatch = config, secret, dispatch
+        self.cpus = cpus                     # the door's own CPUs (split_cpus), or None
         self.engine = engine                 # the desk's: spooled emails are moved into it
         self.spool: Spool | None = (open_spool(config, spools=False) if uses_spool(config)
                                     else None)
@@ -287,7 +295,7 @@ class DoorProcess:
         ours, theirs = self.context.Pipe(duplex=True)
         process = self.context.Process(
             target=run_door, name="postdesk-smtp-door", daemon=False,
-            args=(theirs, self.config, self.secret, self.verbose, self.log_format))
+            args=(theirs, self.config, self.secret, self.verbose, self.log_format, self.cpus))
         process.start()
         # Only the door holds its end now: when it dies, our end reads EOF.
         theirs.close()
@@ -462,6 +470,50 @@ class WorkersYieldToTheDoor(Middleware):
             # who=0 is the calling thread on Linux.
             current = os.getpriority(os.PRIO_PROCESS, 0)
             os.setpriority(os.PRIO_PROCESS, 0, min(19, current + WORKER_NICE))
+
+
+@dataclass(frozen=True)
+class CpuSplit:
+    door: frozenset[int]
+    desk: frozenset[int]
+
+
+def cpu_split(available: AbstractSet[int]) -> CpuSplit | None:
+    """How serve shares the CPUs it may run on: the lowest for the door, the others for
+    the desk; None with fewer than two (nothing to share)."""
+    if len(available) < 2:
+        return None
+    door = min(available)
+    return CpuSplit(frozenset({door}), frozenset(available) - {door})
+
+
+def split_cpus() -> frozenset[int] | None:
+    """Keep the calling thread (serve's main thread, before it starts the workers, the
+    door's mover and the scheduler, which inherit it) off one CPU, and return that CPU
+    for the door process (``DoorProcess(cpus=...)``); None where there is only one, or
+    the platform cannot pin threads (not Linux).
+
+    Why: each process is held to about one core by its GIL anyway, but on two cores a
+    desk busy processing took the core the door and its client were about to run on:
+    the door's loop thread waited 2.6 s to run for every 3.7 s it ran, and a burst over
+    one connection was answered at 0.38x a do-nothing server, against 0.555x for the
+    same door without a desk beside it; nicer worker threads, even SCHED_IDLE ones, did
+    not change that (BENCHMARKS.md, fourteenth pass)."""
+    try:
+        split = cpu_split(os.sched_getaffinity(0))
+        if split is None:
+            return None
+        os.sched_setaffinity(0, split.desk)
+    except (AttributeError, OSError):
+        return None
+    return split.door
+
+
+def run_on(cpus: frozenset[int]) -> None:
+    """Run the calling thread, and the threads it starts from now on, on ``cpus`` only
+    (Linux: the affinity is each thread's own); nothing where that cannot be done."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setaffinity(0, cpus)
 
 
 def _exit_text(process: BaseProcess) -> str:

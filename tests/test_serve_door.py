@@ -8,7 +8,9 @@
 - a door that cannot come back stops serve with a clear message and exit status 1;
 - the door answers 250 while the desk database's write lock is held (it commits to its
   own spool), and emails left in the spool by a killed serve are processed on restart;
-- a serve killed with kill -9 takes its door with it (the port is free for the restart)."""
+- a serve killed with kill -9 takes its door with it (the port is free for the restart);
+- with two CPUs or more the door runs on one of its own and the desk's workers on the
+  others."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from postdesk.door import WORKER_NICE, cpu_split
 from postdesk.ingest.accept import Envelope, accept
 from postdesk.ingest.spooled import spool_email
 from postdesk.storage.blobs import BlobStore
@@ -366,3 +369,36 @@ def test_emails_a_killed_serve_left_in_its_spool_are_processed_when_it_starts_ag
         wait_for(all_processed(desk, 3), 180, 0.2, what="the spooled emails processed")
         assert Spool.of_desk(desk.data_dir).count() == 0
     assert "Traceback" not in desk.text()
+
+
+def threads(pid: int) -> list[int]:
+    return [int(task.name) for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
+def nice_of(tid: int) -> int:
+    return int(Path(f"/proc/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="thread affinity is Linux's")
+def test_the_door_has_a_cpu_of_its_own_and_the_desks_workers_run_on_the_others(
+        tmp_path: Path, certificate: tuple[str, str]) -> None:
+    """So a desk busy processing does not take the core the door's next 250 needs (on
+    one CPU nothing is pinned)."""
+    available = os.sched_getaffinity(0)
+    workers_nice = min(19, os.nice(0) + WORKER_NICE)
+    with serving(tmp_path, certificate) as desk:
+        door = desk.door_pids()[-1]
+
+        def workers() -> list[int] | None:
+            found = [tid for tid in threads(desk.process.pid) if nice_of(tid) == workers_nice]
+            return found if len(found) >= 4 else None   # desk.worker_threads, 4 by default
+
+        worker_cpus = {frozenset(os.sched_getaffinity(tid))
+                       for tid in wait_for(workers, 60, 0.1, what="the worker threads")}
+        door_cpus = {frozenset(os.sched_getaffinity(tid)) for tid in threads(door)}
+    split = cpu_split(available)
+    if split is None:
+        assert worker_cpus == door_cpus == {frozenset(available)}
+    else:
+        assert door_cpus == {split.door}
+        assert worker_cpus == {split.desk}
