@@ -472,7 +472,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     baselines = {(m.round, m.conns): m.rate for m in results if m.server == "null"}
-    baseline = {m.conns: m.rate for m in results if m.server == "null" and m.round == 0}
     round_col = args.rounds > 1
     head = ((f"{'round':>5} " if round_col else "")
             + f"{'server':<15}{'conns':>6}{'emails':>8}{'msg/s':>9}{'ratio':>8}"
@@ -489,8 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               + f"{m.server:<15}{m.conns:>6}{m.sent:>8}{m.rate:>9.0f}{ratio:>8}"
               f"{pct(m.latencies, 50) * 1000:>9.2f}{pct(m.latencies, 99) * 1000:>9.2f}"
               f"{usr:>8}{sys_:>8}  {errors}")
-    if floor is not None and baseline.get(1):
-        null_ms = 1000 / baseline[1]
+    if floor is not None and baselines.get((0, 1)):
+        null_ms = 1000 / baselines[(0, 1)]
         row_ms, old_ms, new_ms = floor
         print(f"durability floor (median, this disk, measured before the servers): "
               f"{row_ms:.2f} ms for a synced SQLite commit of a 2 KB row (how an email up to "

@@ -145,39 +145,44 @@ def proc_cpu_s(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
 
 
+POSTGRES = "postgres (the desk's backends)"
+REDIS = "redis-server"
+
+
+def service_pids(desk: Desk) -> dict[str, list[int]]:
+    """The desk database's PostgreSQL backends and the Redis server's processes."""
+    return {
+        POSTGRES: [int(pid) for (pid,) in desk.query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")],
+        REDIS: [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                and _comm(p) == "redis-server"],
+    }
+
+
 def cpu_by_process(desk: Desk, procs: dict[str, list[int]]) -> dict[str, float]:
     """CPU seconds so far of each group of processes: the named ones (workers, the SMTP
     door), the desk database's PostgreSQL backends, the Redis server, and this script
     (its pacer and poller threads)."""
-    groups = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in procs.items()}
-    backends = [int(pid) for (pid,) in desk.query(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
-    groups["postgres (the desk's backends)"] = sum(proc_cpu_s(pid) for pid in backends)
-    redis = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-             and _comm(p) == "redis-server"]
-    groups["redis-server"] = sum(proc_cpu_s(pid) for pid in redis)
+    groups = {name: sum(proc_cpu_s(pid) for pid in pids)
+              for name, pids in {**procs, **service_pids(desk)}.items()}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     groups["this script (pacer, poller)"] = usage.ru_utime + usage.ru_stime
     return groups
 
 
-def service_cpu(desk: Desk) -> dict[int, float]:
-    """CPU seconds so far of each of the desk database's PostgreSQL backends and of each
-    Redis server process, by pid."""
-    pids = [int(pid) for (pid,) in desk.query(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")]
-    pids += [-int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-             and _comm(p) == "redis-server"]
-    return {pid: proc_cpu_s(abs(pid)) for pid in pids}
+def service_cpu(desk: Desk) -> dict[tuple[str, int], float]:
+    """CPU seconds so far of each PostgreSQL backend and Redis process, by (group, pid)."""
+    return {(name, pid): proc_cpu_s(pid)
+            for name, pids in service_pids(desk).items() for pid in pids}
 
 
-def service_cpu_since(desk: Desk, before: dict[int, float]) -> tuple[float, float]:
-    """(PostgreSQL backends, Redis) CPU seconds since ``before`` (redis pids negative
-    there); a backend started since counts from zero (its start-up is the run's cost)."""
-    now = service_cpu(desk)
-    spent = {pid: cpu - before.get(pid, 0.0) for pid, cpu in now.items()}
-    return (sum(v for pid, v in spent.items() if pid > 0),
-            sum(v for pid, v in spent.items() if pid < 0))
+def service_cpu_since(desk: Desk, before: dict[tuple[str, int], float]) -> dict[str, float]:
+    """CPU seconds of each group since ``before``; a backend started since counts from
+    zero (its start-up is the run's cost)."""
+    spent = {POSTGRES: 0.0, REDIS: 0.0}
+    for (name, pid), cpu in service_cpu(desk).items():
+        spent[name] += cpu - before.get((name, pid), 0.0)
+    return spent
 
 
 def _comm(proc: Path) -> str:
@@ -292,7 +297,7 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
         cpu_before = sum(proc_cpu_s(p.pid) for p in procs)
         services_before = service_cpu(desk)
         cpu = 0.0
-        services = (0.0, 0.0)
+        services = {POSTGRES: 0.0, REDIS: 0.0}
         try:
             enqueuer = subprocess.Popen(
                 [str(tree.python), str(SCRIPT), "--tree", str(tree.path), "--_child",
@@ -334,7 +339,7 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                    since(acked), since(all_sent), cpu, statuses, load,
                    statistics.mean(waiters) if waiters else None,
                    "" if acked else f"not done after {args.timeout:.0f}s",
-                   postgres_cpu_s=services[0], redis_cpu_s=services[1])
+                   postgres_cpu_s=services[POSTGRES], redis_cpu_s=services[REDIS])
 
 
 def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:

@@ -501,19 +501,21 @@ def split_cpus() -> frozenset[int] | None:
     not change that (BENCHMARKS.md, fourteenth pass)."""
     try:
         split = cpu_split(os.sched_getaffinity(0))
-        if split is None:
-            return None
-        os.sched_setaffinity(0, split.desk)
     except (AttributeError, OSError):
+        return None
+    if split is None or not run_on(split.desk):
         return None
     return split.door
 
 
-def run_on(cpus: frozenset[int]) -> None:
+def run_on(cpus: frozenset[int]) -> bool:
     """Run the calling thread, and the threads it starts from now on, on ``cpus`` only
-    (Linux: the affinity is each thread's own); nothing where that cannot be done."""
-    with contextlib.suppress(AttributeError, OSError):
+    (Linux: the affinity is each thread's own); False where that cannot be done."""
+    try:
         os.sched_setaffinity(0, cpus)
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _exit_text(process: BaseProcess) -> str:
