@@ -33,12 +33,13 @@ first enqueue). Polled with SQL every 50 ms:
   notifications too).
 
 emails/s = N / (acks sent - t0). Each variant (k x senders) runs ``--repeat`` times,
-interleaved; the summary takes each variant's best run (other load only slows a run) and
-gives k2/k1 and k4/k1; with two or more rounds it also gives each round's own ratio (the
-round's runs follow one another, so a shared machine's drift over minutes moves it less)
-and their median. "worker CPU ms/email" is the user+system time of the k worker processes
-(from /proc, read just before they are stopped) per email; "pg ms/email" and "redis ms" the
-same for the desk database's PostgreSQL backends and the Redis server over the same span.
+interleaved (odd rounds run the k values in reverse order); the summary takes each
+variant's best run (other load only slows a run) and gives k2/k1 and k4/k1; with two or more
+rounds it also gives each round's own ratio (the round's runs follow one another, so a shared
+machine's drift over minutes moves it less) and their median. "worker CPU ms/email" is the
+user+system time of the k worker processes (from /proc, read just before they are stopped)
+per email; "pg ms/email" and "redis ms" the same for the desk database's PostgreSQL backends
+and the Redis server over the same span.
 "lock-wait" is the mean number of the run's database sessions waiting on a lock
 (``pg_stat_activity``), sampled while emails are processed.
 
@@ -711,10 +712,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {"tree": str(tree.path)}
     if not args.skip_throughput:
         runs: list[Run] = []
-        # Interleaved repeats, so slow phases of a shared machine hit every variant alike.
+        # Interleaved repeats, so slow phases of a shared machine hit every variant alike;
+        # odd rounds run the k values in reverse (k=1, k=2 | k=2, k=1 | ...), so a drift that
+        # lasts a round does not always favour the same k of a round's pair.
         for round_ in range(args.repeat):
             for senders in args.sender_list:
-                for k in args.worker_list:
+                order = args.worker_list if round_ % 2 == 0 else args.worker_list[::-1]
+                for k in order:
                     print(f"  part 1: {senders} sender(s), k={k} ...", file=sys.stderr,
                           flush=True)
                     try:
