@@ -265,6 +265,7 @@ class Run:
     # the same span as worker_cpu_s: what one email costs the machine besides the workers
     postgres_cpu_s: float = 0.0
     redis_cpu_s: float = 0.0
+    enqueue_s: float = 0.0      # first to last enqueue (the enqueuing child competes for CPU)
     round: int = 0              # which of the interleaved repeats this run belongs to
 
     @property
@@ -325,7 +326,8 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
             out, err = enqueuer.communicate(timeout=120)
             if enqueuer.returncode != 0:
                 raise RuntimeError(f"enqueue child failed:\n{err[-3000:]}")
-            t0 = float(json.loads(out.strip().splitlines()[-1])["t0"])
+            enqueued = json.loads(out.strip().splitlines()[-1])
+            t0 = float(enqueued["t0"])
         finally:
             for proc in procs:
                 stop_worker(proc)
@@ -340,7 +342,8 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                    since(acked), since(all_sent), cpu, statuses, load,
                    statistics.mean(waiters) if waiters else None,
                    "" if acked else f"not done after {args.timeout:.0f}s",
-                   postgres_cpu_s=services[POSTGRES], redis_cpu_s=services[REDIS])
+                   postgres_cpu_s=services[POSTGRES], redis_cpu_s=services[REDIS],
+                   enqueue_s=float(enqueued["t1"]) - t0)
 
 
 def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
@@ -349,18 +352,21 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
           "first enqueue")
     head = (f"{'senders':>7} {'k':>3} {'processed s':>11} {'acks sent s':>11} "
             f"{'all sent s':>10} {'emails/s':>9} {'worker CPU ms/email':>19} "
-            f"{'pg ms/email':>11} {'redis ms':>8} {'feed s':>7} "
+            f"{'pg ms/email':>11} {'redis ms':>8} {'feed s':>7} {'enq s':>5} "
             f"{'load':>5} {'lock-wait':>9}  raw messages")
     print_head(head)
     for r in runs:
         print(f"{r.senders:>7} {r.workers:>3} {fmt(r.processed_s, 2):>11} "
               f"{fmt(r.acked_s, 2):>11} {fmt(r.all_sent_s, 2):>10} {fmt(r.rate):>9} "
               f"{fmt(r.cpu_ms):>19} {r.postgres_cpu_s * 1000 / r.emails:>11.1f} "
-              f"{r.redis_cpu_s * 1000 / r.emails:>8.1f} {r.feed_s:>7.1f} {r.load:>5.2f} "
+              f"{r.redis_cpu_s * 1000 / r.emails:>8.1f} {r.feed_s:>7.1f} {r.enqueue_s:>5.2f} "
+              f"{r.load:>5.2f} "
               f"{fmt(r.lock_waiters, 2):>9}  {r.statuses}{'  ' + r.note if r.note else ''}")
     print("  emails/s = emails / (acks sent - first enqueue); load = 1-min load average at "
           "the start of the run;\n  pg ms/email, redis ms: CPU of the desk database's "
-          "PostgreSQL backends and of the Redis server over the same span as the workers'")
+          "PostgreSQL backends and of the Redis server over the same span as the workers';\n"
+          "  feed s: accepting the emails (before the run); enq s: first to last enqueue by "
+          "the enqueuing process, which runs beside the workers")
     print(f"\n  summary (best of {args.repeat} run(s) per variant):")
     head = f"  {'senders':>7} " + "".join(f"{'k=' + str(k) + ' emails/s':>15}"
                                          for k in args.worker_list)
