@@ -60,7 +60,6 @@ import shutil
 import signal
 import smtplib
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,6 +85,7 @@ from benchlib import (
     pct,
     print_head,
     python_line,
+    rounds_summary,
     stop_process,
     wait_for_port,
 )
@@ -399,9 +399,7 @@ def print_round_ratios(results: list[Measurement], baselines: dict[tuple[int, in
         if m.server != "null" and base:
             ratios.setdefault((m.server, m.conns), []).append(m.rate / base)
     for (server, conns), values in ratios.items():
-        print(f"{server} {conns} conn(s): median ratio over {len(values)} rounds "
-              f"{statistics.median(values):.3f} (rounds: "
-              f"{', '.join(f'{v:.3f}' for v in values)})")
+        print(f"{server} {conns} conn(s): ratio {rounds_summary(values, digits=3)}")
 
 
 # --- main ----------------------------------------------------------------------------------

@@ -119,6 +119,7 @@ from benchlib import (  # noqa: E402
     print_head,
     python_line,
     require_loopback,
+    rounds_summary,
     stop_process,
     wait_for_port,
 )
@@ -385,12 +386,11 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
         print(line)
     paired = paired_ratios(runs, args)
     if paired:
-        print(f"\n  paired (each round's k runs one after another, so a round's ratio "
-              f"compares runs a few seconds apart; median of {args.repeat} rounds):")
+        print("\n  paired (each round's k runs one after another, so a round's ratio "
+              "compares runs a few seconds apart):")
         for senders, k, ratios in paired:
-            print(f"  {senders:>7} senders  k{k}/k{args.worker_list[0]}: median "
-                  f"{statistics.median(ratios):.2f}x  (rounds: "
-                  f"{', '.join(f'{r:.2f}' for r in ratios)})")
+            print(f"  {senders:>7} senders  k{k}/k{args.worker_list[0]}: "
+                  f"{rounds_summary(ratios, unit='x')}")
 
 
 def paired_ratios(runs: list[Run], args: argparse.Namespace

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -218,6 +219,14 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def rounds_summary(ratios: Sequence[float], digits: int = 2, unit: str = "") -> str:
+    """``median 1.62x over 6 rounds (rounds: 1.84, 1.50, ...)``: a ratio measured once per
+    round against the same round's baseline (a shared machine drifts between rounds)."""
+    each = ", ".join(f"{r:.{digits}f}" for r in ratios)
+    return (f"median {statistics.median(ratios):.{digits}f}{unit} over {len(ratios)} "
+            f"rounds (rounds: {each})")
 
 
 def load_average() -> str:
