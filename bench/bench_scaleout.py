@@ -40,6 +40,12 @@ machine's drift over minutes moves it less) and their median. "worker CPU ms/ema
 user+system time of the k worker processes (from /proc, read just before they are stopped)
 per email; "pg ms/email" and "redis ms" the same for the desk database's PostgreSQL backends
 and the Redis server over the same span.
+"runq ms/email" is the time the workers' threads and the desk database's backends spent
+runnable but waiting for a CPU (the kernel's schedstat), per email, over the same span;
+"idle" the share of the machine's CPU time left idle (with iowait) from the first email
+taken to the end. On two cores they show what keeps k=2 from twice k=1 when no lock is
+waited for: each email's chain of worker and backend waits its turn for a CPU at every
+round trip, while some CPU time still goes unused.
 "lock-wait" is the mean number of the run's database sessions waiting on a lock
 (``pg_stat_activity``), sampled while emails are processed.
 
@@ -147,6 +153,30 @@ def proc_cpu_s(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
 
 
+def runq_wait_s(pid: int) -> float:
+    """Seconds the process's threads have spent runnable but waiting for a CPU: the second
+    field of each /proc/<pid>/task/<tid>/schedstat (0 where the kernel keeps no
+    schedstats). A thread that has exited takes its share with it, so read it while the
+    process runs."""
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def idle_ticks() -> tuple[int, int]:
+    """(idle + iowait, all) jiffies of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields[:8])
+
+
 POSTGRES = "postgres (the desk's backends)"
 REDIS = "redis-server"
 
@@ -178,13 +208,25 @@ def service_cpu(desk: Desk) -> dict[tuple[str, int], float]:
             for name, pids in service_pids(desk).items() for pid in pids}
 
 
-def service_cpu_since(desk: Desk, before: dict[tuple[str, int], float]) -> dict[str, float]:
-    """CPU seconds of each group since ``before``; a backend started since counts from
-    zero (its start-up is the run's cost)."""
+def service_runq(desk: Desk) -> dict[tuple[str, int], float]:
+    """Run-queue wait so far of each PostgreSQL backend and Redis process, by (group, pid)."""
+    return {(name, pid): runq_wait_s(pid)
+            for name, pids in service_pids(desk).items() for pid in pids}
+
+
+def since_by_group(now: dict[tuple[str, int], float], before: dict[tuple[str, int], float]
+                   ) -> dict[str, float]:
+    """Seconds of each group since ``before``; a process started since counts from zero
+    (its start-up is the run's cost)."""
     spent = {POSTGRES: 0.0, REDIS: 0.0}
-    for (name, pid), cpu in service_cpu(desk).items():
-        spent[name] += cpu - before.get((name, pid), 0.0)
+    for (name, pid), value in now.items():
+        spent[name] += value - before.get((name, pid), 0.0)
     return spent
+
+
+def service_cpu_since(desk: Desk, before: dict[tuple[str, int], float]) -> dict[str, float]:
+    """CPU seconds of each group since ``before`` (``since_by_group``)."""
+    return since_by_group(service_cpu(desk), before)
 
 
 def _comm(proc: Path) -> str:
@@ -268,6 +310,12 @@ class Run:
     redis_cpu_s: float = 0.0
     enqueue_s: float = 0.0      # first to last enqueue (the enqueuing child competes for CPU)
     round: int = 0              # which of the interleaved repeats this run belongs to
+    # Seconds the workers' threads and the desk database's backends spent runnable but
+    # waiting for a CPU, over the same span as worker_cpu_s, and the share of the
+    # machine's CPU time left idle then: on two cores, what keeps k=2 from 2x k=1.
+    worker_runq_s: float = 0.0
+    postgres_runq_s: float = 0.0
+    idle_share: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -298,9 +346,15 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
         processed = acked = all_sent = None
         waiters: list[int] = []
         cpu_before = sum(proc_cpu_s(p.pid) for p in procs)
+        runq_before = sum(runq_wait_s(p.pid) for p in procs)
         services_before = service_cpu(desk)
-        cpu = 0.0
-        services = {POSTGRES: 0.0, REDIS: 0.0}
+        services_runq_before = service_runq(desk)
+        # the machine's idle share counts from the first email taken, not from the
+        # enqueuing child's start-up, when the workers have nothing to do yet
+        idle_before: tuple[int, int] | None = None
+        cpu = runq = 0.0
+        services = services_runq = {POSTGRES: 0.0, REDIS: 0.0}
+        idle_share: float | None = None
         try:
             enqueuer = subprocess.Popen(
                 [str(tree.python), str(SCRIPT), "--tree", str(tree.path), "--_child",
@@ -315,6 +369,8 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                     pending, tickets, acks, acks_sent, unsent, waiting = row
                     if processed is None and pending < args.emails:
                         waiters.append(waiting)
+                        if idle_before is None:
+                            idle_before = idle_ticks()
                     if processed is None and pending == 0 and tickets and acks >= tickets:
                         processed = now
                     if processed is not None and acked is None and acks_sent >= tickets:
@@ -323,7 +379,13 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                         all_sent = now
                     time.sleep(0.05)
             cpu = sum(proc_cpu_s(p.pid) for p in procs) - cpu_before
+            runq = sum(runq_wait_s(p.pid) for p in procs) - runq_before
             services = service_cpu_since(desk, services_before)
+            services_runq = since_by_group(service_runq(desk), services_runq_before)
+            idle_after = idle_ticks()
+            if idle_before is not None and idle_after[1] > idle_before[1]:
+                idle_share = ((idle_after[0] - idle_before[0])
+                              / (idle_after[1] - idle_before[1]))
             out, err = enqueuer.communicate(timeout=120)
             if enqueuer.returncode != 0:
                 raise RuntimeError(f"enqueue child failed:\n{err[-3000:]}")
@@ -344,7 +406,8 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                    statistics.mean(waiters) if waiters else None,
                    "" if acked else f"not done after {args.timeout:.0f}s",
                    postgres_cpu_s=services[POSTGRES], redis_cpu_s=services[REDIS],
-                   enqueue_s=float(enqueued["t1"]) - t0)
+                   enqueue_s=float(enqueued["t1"]) - t0, worker_runq_s=runq,
+                   postgres_runq_s=services_runq[POSTGRES], idle_share=idle_share)
 
 
 def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
@@ -354,7 +417,7 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
     head = (f"{'senders':>7} {'k':>3} {'processed s':>11} {'acks sent s':>11} "
             f"{'all sent s':>10} {'emails/s':>9} {'worker CPU ms/email':>19} "
             f"{'pg ms/email':>11} {'redis ms':>8} {'feed s':>7} {'enq s':>5} "
-            f"{'load':>5} {'lock-wait':>9}  raw messages")
+            f"{'load':>5} {'lock-wait':>9} {'runq ms/email':>13} {'idle':>4}  raw messages")
     print_head(head)
     for r in runs:
         print(f"{r.senders:>7} {r.workers:>3} {fmt(r.processed_s, 2):>11} "
@@ -362,12 +425,17 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
               f"{fmt(r.cpu_ms):>19} {r.postgres_cpu_s * 1000 / r.emails:>11.1f} "
               f"{r.redis_cpu_s * 1000 / r.emails:>8.1f} {r.feed_s:>7.1f} {r.enqueue_s:>5.2f} "
               f"{r.load:>5.2f} "
-              f"{fmt(r.lock_waiters, 2):>9}  {r.statuses}{'  ' + r.note if r.note else ''}")
+              f"{fmt(r.lock_waiters, 2):>9} {runq_cell(r):>13} "
+              f"{(f'{r.idle_share:.0%}' if r.idle_share is not None else '-'):>4}  "
+              f"{r.statuses}{'  ' + r.note if r.note else ''}")
     print("  emails/s = emails / (acks sent - first enqueue); load = 1-min load average at "
           "the start of the run;\n  pg ms/email, redis ms: CPU of the desk database's "
           "PostgreSQL backends and of the Redis server over the same span as the workers';\n"
           "  feed s: accepting the emails (before the run); enq s: first to last enqueue by "
-          "the enqueuing process, which runs beside the workers")
+          "the enqueuing process, which runs beside the workers;\n"
+          "  runq ms/email: workers + PostgreSQL backends, time runnable but waiting for a "
+          "CPU (/proc/*/task/*/schedstat); idle: the machine's idle share from the first "
+          "email taken")
     print(f"\n  summary (best of {args.repeat} run(s) per variant):")
     head = f"  {'senders':>7} " + "".join(f"{'k=' + str(k) + ' emails/s':>15}"
                                          for k in args.worker_list)
@@ -391,6 +459,12 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
         for senders, k, ratios in paired:
             print(f"  {senders:>7} senders  k{k}/k{args.worker_list[0]}: "
                   f"{rounds_summary(ratios, unit='x')}")
+
+
+def runq_cell(r: Run) -> str:
+    """The workers' and the backends' run-queue wait per email, e.g. ``4.7+2.1``."""
+    return (f"{r.worker_runq_s * 1000 / r.emails:.1f}+"
+            f"{r.postgres_runq_s * 1000 / r.emails:.1f}")
 
 
 def paired_ratios(runs: list[Run], args: argparse.Namespace
