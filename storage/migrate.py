@@ -33,7 +33,11 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # Alembic keeps its options in a ConfigParser, which reads "%" as the start of an
+    # interpolation: a URL with an escaped character (a password with "@", a socket
+    # directory in the query, a data directory named "50%") is stored with "%%".
+    url = engine.url.render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
