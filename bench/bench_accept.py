@@ -71,13 +71,12 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from benchlib import (
     DEFAULT_PG_ADMIN,
-    LOOPBACK,
     SUPPORT,
     child_env,
+    database_url,
     describe_tree,
     desk_config,
     free_port,
@@ -85,6 +84,7 @@ from benchlib import (
     pct,
     print_head,
     python_line,
+    require_loopback,
     rounds_summary,
     stop_process,
     wait_for_port,
@@ -255,16 +255,13 @@ def _one(client: smtplib.SMTP, raw: bytes, out: ConnResult) -> None:
 def pg_database(admin_url: str) -> Iterator[str]:
     import psycopg
 
-    host = urlsplit(admin_url).hostname or ""
-    if host not in LOOPBACK:
-        sys.exit(f"--pg-admin-url {admin_url!r} is not a loopback address; refusing")
+    require_loopback(admin_url, "--pg-admin-url")
     name = f"pdbench_accept_{uuid.uuid4().hex[:10]}"
     admin = admin_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        parts = urlsplit(admin)
-        yield f"postgresql+psycopg://{parts.netloc}/{name}"
+        yield database_url(admin, name)
     finally:
         with suppress(Exception), psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

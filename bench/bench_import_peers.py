@@ -68,7 +68,6 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -85,6 +84,7 @@ from benchlib import (  # noqa: E402
     python_line,
     require_loopback,
 )
+from benchlib import database_url as pg_database_url  # noqa: E402
 from benchlib import reexec_in_tree as _reexec_in_tree  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
@@ -202,7 +202,7 @@ def run_postdesk(args: argparse.Namespace, tree: Tree, backend: str, mbox: Path,
             db_name = f"pdimport_{uuid.uuid4().hex[:12]}"
             with pg_admin(args.pg_admin_url) as conn:
                 conn.execute(f'CREATE DATABASE "{db_name}"')
-            database_url = f"postgresql+psycopg://{urlsplit(args.pg_admin_url).netloc}/{db_name}"
+            database_url = pg_database_url(args.pg_admin_url, db_name)
         else:
             database_url = f"sqlite:///{workdir / 'postdesk.db'}"
         config = workdir / "postdesk.toml"
@@ -246,7 +246,7 @@ def outbox_counts(backend: str, workdir: Path, pg_url: str, db_name: str) -> str
     if backend == "postgres":
         import psycopg
 
-        with psycopg.connect(f"postgresql://{urlsplit(pg_url).netloc}/{db_name}",
+        with psycopg.connect(pg_database_url(pg_url, db_name, "postgresql"),
                              autocommit=True) as conn:
             rows = list(conn.execute(query))
     else:

@@ -104,7 +104,6 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from benchlib import (
     DEFAULT_PG_ADMIN,
@@ -120,6 +119,7 @@ from benchlib import (
     stop_process,
     wait_for_port,
 )
+from benchlib import database_url as pg_database_url
 from benchlib import reexec_in_tree as _reexec_in_tree
 
 SCRIPT = Path(__file__).resolve()
@@ -631,8 +631,7 @@ class Desk:
     def database_url(self) -> str:
         if self.backend == "sqlite":
             return f"sqlite:///{self.workdir / 'postdesk.db'}"
-        parts = urlsplit(self.pg_admin)
-        return f"postgresql+psycopg://{parts.netloc}/{self.db_name}"
+        return pg_database_url(self.pg_admin, self.db_name)
 
     def write_configs(self) -> None:
         self.smtp_port = free_port()
@@ -720,8 +719,7 @@ class Desk:
             return list(conn.execute(sql))
 
     def pg_conninfo(self) -> str:
-        parts = urlsplit(self.pg_admin)
-        return f"postgresql://{parts.netloc}/{self.db_name}"
+        return pg_database_url(self.pg_admin, self.db_name, "postgresql")
 
 
 @contextmanager

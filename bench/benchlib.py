@@ -21,7 +21,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_PG_ADMIN = os.environ.get("POSTDESK_TEST_POSTGRES_URL",
                                   "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -37,10 +37,30 @@ def child_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("POSTDESK_")}
 
 
+def is_local(url: str) -> bool:
+    """A server on this machine: a loopback host, or a Unix socket (PostgreSQL's
+    ``?host=/run/postgresql``, Redis's ``unix:///path``)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path.startswith("/")
+    host = parts.hostname or ""
+    if host in LOOPBACK:
+        return True
+    socket_dirs = parse_qs(parts.query).get("host", [])
+    return not host and bool(socket_dirs) and all(d.startswith("/") for d in socket_dirs)
+
+
+def database_url(admin_url: str, name: str, scheme: str = "postgresql+psycopg") -> str:
+    """The URL of database ``name`` on the server of ``admin_url``: its user, host and
+    port, and its query (``?host=/run/postgresql``: the Unix socket) kept."""
+    parts = urlsplit(admin_url)
+    return f"{scheme}://{parts.netloc}/{name}" + (f"?{parts.query}" if parts.query else "")
+
+
 def require_loopback(url: str, what: str) -> None:
-    host = urlsplit(url).hostname or ""
-    if host not in LOOPBACK:
-        sys.exit(f"{what}: {url!r} is not a loopback address; refusing to use it")
+    if not is_local(url):
+        sys.exit(f"{what}: {url!r} is not a loopback address or a Unix socket; refusing "
+                 "to use it")
 
 
 def free_port() -> int:
