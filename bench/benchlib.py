@@ -38,11 +38,10 @@ def child_env() -> dict[str, str]:
 
 
 def is_local(url: str) -> bool:
-    """A server on this machine: a loopback host, or a Unix socket (PostgreSQL's
-    ``?host=/run/postgresql``, Redis's ``unix:///path``)."""
+    """A server on this machine: a loopback host, or PostgreSQL's Unix socket named by its
+    directory (``postgresql://user@/db?host=/run/postgresql``). A URL with no host at all
+    is not taken as local: libpq would then follow PGHOST, which may name another machine."""
     parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return parts.path.startswith("/")
     host = parts.hostname or ""
     if host in LOOPBACK:
         return True
