@@ -96,7 +96,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -202,31 +202,36 @@ def cpu_by_process(desk: Desk, procs: dict[str, list[int]]) -> dict[str, float]:
     return groups
 
 
-def service_cpu(desk: Desk) -> dict[tuple[str, int], float]:
-    """CPU seconds so far of each PostgreSQL backend and Redis process, by (group, pid)."""
-    return {(name, pid): proc_cpu_s(pid)
+# (CPU seconds, run-queue wait seconds) of a process or a group so far
+Usage = tuple[float, float]
+
+
+def proc_usage(pid: int) -> Usage:
+    return proc_cpu_s(pid), runq_wait_s(pid)
+
+
+def total_usage(pids: Iterable[int]) -> Usage:
+    readings = [proc_usage(pid) for pid in pids]
+    return sum(r[0] for r in readings), sum(r[1] for r in readings)
+
+
+def service_usage(desk: Desk) -> dict[tuple[str, int], Usage]:
+    """CPU and run-queue wait so far of each PostgreSQL backend and Redis process, by
+    (group, pid): the processes are looked up once for both."""
+    return {(name, pid): proc_usage(pid)
             for name, pids in service_pids(desk).items() for pid in pids}
 
 
-def service_runq(desk: Desk) -> dict[tuple[str, int], float]:
-    """Run-queue wait so far of each PostgreSQL backend and Redis process, by (group, pid)."""
-    return {(name, pid): runq_wait_s(pid)
-            for name, pids in service_pids(desk).items() for pid in pids}
-
-
-def since_by_group(now: dict[tuple[str, int], float], before: dict[tuple[str, int], float]
-                   ) -> dict[str, float]:
-    """Seconds of each group since ``before``; a process started since counts from zero
-    (its start-up is the run's cost)."""
-    spent = {POSTGRES: 0.0, REDIS: 0.0}
-    for (name, pid), value in now.items():
-        spent[name] += value - before.get((name, pid), 0.0)
-    return spent
-
-
-def service_cpu_since(desk: Desk, before: dict[tuple[str, int], float]) -> dict[str, float]:
-    """CPU seconds of each group since ``before`` (``since_by_group``)."""
-    return since_by_group(service_cpu(desk), before)
+def usage_since(now: dict[tuple[str, int], Usage], before: dict[tuple[str, int], Usage]
+                ) -> dict[str, Usage]:
+    """CPU and run-queue wait of each group since ``before``; a process started since
+    counts from zero (its start-up is the run's cost)."""
+    spent = {POSTGRES: [0.0, 0.0], REDIS: [0.0, 0.0]}
+    for (name, pid), (cpu, runq) in now.items():
+        cpu_before, runq_before = before.get((name, pid), (0.0, 0.0))
+        spent[name][0] += cpu - cpu_before
+        spent[name][1] += runq - runq_before
+    return {name: (cpu, runq) for name, (cpu, runq) in spent.items()}
 
 
 def _comm(proc: Path) -> str:
@@ -345,15 +350,13 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
         procs, _logs = start_workers(desk, tree, k, "tp")
         processed = acked = all_sent = None
         waiters: list[int] = []
-        cpu_before = sum(proc_cpu_s(p.pid) for p in procs)
-        runq_before = sum(runq_wait_s(p.pid) for p in procs)
-        services_before = service_cpu(desk)
-        services_runq_before = service_runq(desk)
+        workers_before = total_usage(p.pid for p in procs)
+        services_before = service_usage(desk)
         # the machine's idle share counts from the first email taken, not from the
         # enqueuing child's start-up, when the workers have nothing to do yet
         idle_before: tuple[int, int] | None = None
         cpu = runq = 0.0
-        services = services_runq = {POSTGRES: 0.0, REDIS: 0.0}
+        services: dict[str, Usage] = {POSTGRES: (0.0, 0.0), REDIS: (0.0, 0.0)}
         idle_share: float | None = None
         try:
             enqueuer = subprocess.Popen(
@@ -378,10 +381,10 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                     if acked is not None and unsent == 0:
                         all_sent = now
                     time.sleep(0.05)
-            cpu = sum(proc_cpu_s(p.pid) for p in procs) - cpu_before
-            runq = sum(runq_wait_s(p.pid) for p in procs) - runq_before
-            services = service_cpu_since(desk, services_before)
-            services_runq = since_by_group(service_runq(desk), services_runq_before)
+            workers_now = total_usage(p.pid for p in procs)
+            cpu = workers_now[0] - workers_before[0]
+            runq = workers_now[1] - workers_before[1]
+            services = usage_since(service_usage(desk), services_before)
             idle_after = idle_ticks()
             if idle_before is not None and idle_after[1] > idle_before[1]:
                 idle_share = ((idle_after[0] - idle_before[0])
@@ -405,9 +408,9 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                    since(acked), since(all_sent), cpu, statuses, load,
                    statistics.mean(waiters) if waiters else None,
                    "" if acked else f"not done after {args.timeout:.0f}s",
-                   postgres_cpu_s=services[POSTGRES], redis_cpu_s=services[REDIS],
+                   postgres_cpu_s=services[POSTGRES][0], redis_cpu_s=services[REDIS][0],
                    enqueue_s=float(enqueued["t1"]) - t0, worker_runq_s=runq,
-                   postgres_runq_s=services_runq[POSTGRES], idle_share=idle_share)
+                   postgres_runq_s=services[POSTGRES][1], idle_share=idle_share)
 
 
 def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
