@@ -48,6 +48,14 @@ waited for: each email's chain of worker and backend waits its turn for a CPU at
 round trip, while some CPU time still goes unused.
 "lock-wait" is the mean number of the run's database sessions waiting on a lock
 (``pg_stat_activity``), sampled while emails are processed.
+With two or more k values, each round starts by measuring the machine itself
+(``benchlib.two_process_scaling``): a CPU-bound Python loop alone, then two copies side by
+side, then alone again; 2 x the time alone / the slower copy's time is what two busy
+processes get out of the machine against one, 2.0 on two cores of their own. Where the two
+virtual cores share a physical one, or the host is busy, it is less. It is a reference for
+k2/k1 measured in the same minutes, not a bound: a one-thread worker at k=1 leaves the
+machine about half idle while it waits on its database, so k=2 can gain more than two
+CPU-bound processes would. Printed per round beside the paired ratios.
 
 ``--prefetch N`` sets part 1's ``desk.worker_prefetch`` (0, the default: the desk's own,
 32). Passes before the fourteenth used 2, so that the last emails would not wait in one
@@ -127,6 +135,7 @@ from benchlib import (  # noqa: E402
     require_loopback,
     rounds_summary,
     stop_process,
+    two_process_scaling,
     wait_for_port,
 )
 from benchlib import reexec_in_tree as _reexec_in_tree  # noqa: E402
@@ -413,7 +422,8 @@ def measure_throughput(args: argparse.Namespace, tree: Tree, senders: int, k: in
                    postgres_runq_s=services[POSTGRES][1], idle_share=idle_share)
 
 
-def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
+def print_throughput(runs: list[Run], args: argparse.Namespace, machine: list[float]
+                     ) -> None:
     print(f"\n1. Throughput, end to end on PostgreSQL + Redis: {args.emails} emails, k "
           f"`postdesk worker` processes x {args.worker_threads} thread(s); seconds from the "
           "first enqueue")
@@ -462,6 +472,11 @@ def print_throughput(runs: list[Run], args: argparse.Namespace) -> None:
         for senders, k, ratios in paired:
             print(f"  {senders:>7} senders  k{k}/k{args.worker_list[0]}: "
                   f"{rounds_summary(ratios, unit='x')}")
+    if machine:
+        print("  the machine, before each round: two busy Python processes side by side "
+              f"against one alone: {rounds_summary(machine, unit='x')}\n"
+              "  (what two CPU-bound processes gained over one in that round: a reference "
+              "for k2/k1, not a bound)")
 
 
 def runq_cell(r: Run) -> str:
@@ -798,7 +813,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Interleaved repeats, so slow phases of a shared machine hit every variant alike;
         # odd rounds run the k values in reverse (k=1, k=2 | k=2, k=1 | ...), so a drift that
         # lasts a round does not always favour the same k of a round's pair.
+        machine: list[float] = []
         for round_ in range(args.repeat):
+            if len(args.worker_list) > 1:
+                machine.append(two_process_scaling())
             for senders in args.sender_list:
                 order = args.worker_list if round_ % 2 == 0 else args.worker_list[::-1]
                 for k in order:
@@ -811,8 +829,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(f"  part 1 ({senders} senders, k={k}) failed: {exc}",
                               file=sys.stderr)
         runs.sort(key=lambda r: (r.senders, r.workers))
-        print_throughput(runs, args)
+        print_throughput(runs, args, machine)
         report["throughput"] = [asdict(r) | {"rate": r.rate, "cpu_ms": r.cpu_ms} for r in runs]
+        report["two_process_scaling"] = machine
     if not args.skip_latency:
         print(f"  part 2: {args.rate:g}/s for {args.duration:g} s ...", file=sys.stderr,
               flush=True)

@@ -248,6 +248,43 @@ def rounds_summary(ratios: Sequence[float], digits: int = 2, unit: str = "") -> 
             f"rounds (rounds: {each})")
 
 
+# A CPU-bound loop in a child process: it waits for one byte on stdin (so that copies
+# started together begin together), runs, and prints its own wall seconds.
+_BUSY_LOOP = ("import sys, time\nsys.stdin.buffer.read(1)\nt = time.perf_counter()\nx = 0\n"
+              "for i in range({turns}): x += i & 7\nprint(time.perf_counter() - t)\n")
+
+
+def busy_loop_seconds(copies: int, turns: int = 6_000_000) -> list[float]:
+    """Each copy's wall seconds for the same CPU-bound Python loop, ``copies`` run at once
+    in processes of their own."""
+    code = _BUSY_LOOP.format(turns=turns)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=False) for _ in range(copies)]
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"g")
+        proc.stdin.close()
+    seconds = []
+    for proc in procs:
+        assert proc.stdout is not None
+        seconds.append(float(proc.stdout.read()))
+        proc.stdout.close()
+        proc.wait()
+    return seconds
+
+
+def two_process_scaling() -> float:
+    """What two busy processes get out of this machine against one: 2 x one loop's time
+    alone / the slower of two run side by side (alone measured before and after the pair,
+    averaged). 2.0 on two cores of their own; less where the two "cores" share a physical
+    one, or the host takes its share. The ceiling of a k=2 / k=1 ratio of CPU-bound
+    work, measured beside it."""
+    before = busy_loop_seconds(1)[0]
+    pair = max(busy_loop_seconds(2))
+    after = busy_loop_seconds(1)[0]
+    return 2 * ((before + after) / 2) / pair
+
+
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, ``"0.52 0.61 0.70"``."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
