@@ -267,9 +267,11 @@ def busy_loop_seconds(copies: int, turns: int = 6_000_000) -> list[float]:
     seconds = []
     for proc in procs:
         assert proc.stdout is not None
-        seconds.append(float(proc.stdout.read()))
+        out = proc.stdout.read()
         proc.stdout.close()
-        proc.wait()
+        if proc.wait() != 0:
+            raise RuntimeError(f"the busy loop exited with {proc.returncode}")
+        seconds.append(float(out))
     return seconds
 
 
