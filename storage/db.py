@@ -239,6 +239,22 @@ def durable(engine: Engine) -> Iterator[Connection]:
 
 
 @contextmanager
+def durable_statements(engine: Engine) -> Iterator[Connection]:
+    """``durable`` for a writer whose every statement stands alone (the door's accept: one
+    ``INSERT ... ON CONFLICT ... RETURNING``, then at most a look-up): on PostgreSQL each
+    commits on its own (autocommit), as durably as a COMMIT and before its answer comes
+    back, so no BEGIN and COMMIT round trips travel with it; elsewhere one durable
+    transaction."""
+    if engine.dialect.name in AUTOCOMMIT_DIALECTS:
+        with engine.connect() as conn:
+            conn.execution_options(**_AUTOCOMMIT)
+            yield conn
+        return
+    with durable(engine) as conn:
+        yield conn
+
+
+@contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any exception."""
     with factory() as session, session.begin():
