@@ -76,7 +76,7 @@ def test_accepting_an_email_on_postgresql_is_one_round_trip_committed_before_it_
     assert status == "pending"
 
 
-def test_the_same_bytes_again_are_the_first_rows_in_two_round_trips(
+def test_the_same_bytes_again_get_the_first_row_back_in_two_round_trips(
         make_desk: Any, tmp_path: Path) -> None:
     """A second delivery of the same bytes: the INSERT does nothing, and one look-up reads
     the row accepted first, each committing on its own."""

@@ -92,6 +92,20 @@ class Deployment:
             wait_for(self._smtp_open, 60, 0.2, what="postdesk smtp listening")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; its log:\n{self.log('smtp')[-3000:]}") from None
+        # The faults strike a running deployment: a worker still starting when PostgreSQL
+        # is stopped exits 2 (its start-up cannot reach the database; a supervisor would
+        # restart it, nothing here does), which is not the fault under test.
+        for name in self.procs:
+            if name != "smtp":
+                wait_for(lambda name=name: self._running(name), 120, 0.2,
+                         what=f"postdesk {name} running")
+
+    def _running(self, name: str) -> bool:
+        proc = self.procs[name]
+        if proc.poll() is not None:
+            raise AssertionError(f"postdesk {name} ended ({proc.returncode}):\n"
+                                 f"{self.log(name)[-3000:]}")
+        return "running; Ctrl-C to stop" in self.log(name)
 
     def _smtp_open(self) -> bool:
         door = self.procs["smtp"]
