@@ -204,11 +204,18 @@ def one_statement(factory: sessionmaker[Session]) -> Iterator[Connection]:
     statement's effect is committed when the block ends without an error."""
     engine = factory.kw["bind"]
     if isinstance(engine, Engine) and engine.dialect.name in AUTOCOMMIT_DIALECTS:
-        with engine.connect() as conn:
-            conn.execution_options(**_AUTOCOMMIT)
+        with _autocommit(engine) as conn:
             yield conn
         return
     with plain_transaction(factory) as conn:
+        yield conn
+
+
+@contextmanager
+def _autocommit(engine: Engine) -> Iterator[Connection]:
+    """A connection on which each statement commits on its own (PostgreSQL)."""
+    with engine.connect() as conn:
+        conn.execution_options(**_AUTOCOMMIT)
         yield conn
 
 
@@ -246,8 +253,7 @@ def durable_statements(engine: Engine) -> Iterator[Connection]:
     back, so no BEGIN and COMMIT round trips travel with it; elsewhere one durable
     transaction."""
     if engine.dialect.name in AUTOCOMMIT_DIALECTS:
-        with engine.connect() as conn:
-            conn.execution_options(**_AUTOCOMMIT)
+        with _autocommit(engine) as conn:
             yield conn
         return
     with durable(engine) as conn:
