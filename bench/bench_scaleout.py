@@ -235,12 +235,12 @@ def usage_since(now: dict[tuple[str, int], Usage], before: dict[tuple[str, int],
                 ) -> dict[str, Usage]:
     """CPU and run-queue wait of each group since ``before``; a process started since
     counts from zero (its start-up is the run's cost)."""
-    spent = {POSTGRES: [0.0, 0.0], REDIS: [0.0, 0.0]}
+    spent: dict[str, Usage] = {POSTGRES: (0.0, 0.0), REDIS: (0.0, 0.0)}
     for (name, pid), (cpu, runq) in now.items():
         cpu_before, runq_before = before.get((name, pid), (0.0, 0.0))
-        spent[name][0] += cpu - cpu_before
-        spent[name][1] += runq - runq_before
-    return {name: (cpu, runq) for name, (cpu, runq) in spent.items()}
+        cpu_so_far, runq_so_far = spent[name]
+        spent[name] = (cpu_so_far + cpu - cpu_before, runq_so_far + runq - runq_before)
+    return spent
 
 
 def _comm(proc: Path) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
 
 from postdesk.storage.db import make_engine
 from postdesk.storage.migrate import upgrade
@@ -140,9 +141,8 @@ def _with_percent_escapes(kind: str, database_url: str, tmp_path: Path) -> str:
         directory = tmp_path / "50%off"
         directory.mkdir()
         return f"sqlite:///{directory / 'postdesk.db'}"
-    scheme, rest = database_url.split("://", 1)
-    user, host = rest.split("@", 1)
-    return f"{scheme}://{user.split(':', 1)[0]}:p%40ss%2Fword@{host}"
+    return make_url(database_url).set(password="p@ss/word").render_as_string(
+        hide_password=False)
 
 
 @pytest.mark.parametrize("kind", [backend_param("sqlite"), backend_param("postgres-redis")])
