@@ -34,9 +34,9 @@ of ``<CRLF>.<CRLF>`` handed to the socket) to the 250 reply being read: p50/p99 
 (fsync, mkdir and the other file system calls are system time). "ratio" = messages/s over
 the do-nothing baseline's with the same number of connections, measured in the same run.
 ``--rounds N`` measures every server N times, the do-nothing one first in each round: each
-row's ratio is to its own round's baseline, and a summary gives each server's median ratio
-(the do-nothing server alone went from 1,700 to 3,000 msg/s between runs minutes apart on
-a shared machine).
+row's ratio is to its own round's baseline, and a summary gives each server's median ratio,
+from six rounds on with the range it lies in at 95 % confidence (the do-nothing server
+alone went from 1,700 to 3,000 msg/s between runs minutes apart on a shared machine).
 
 Before the servers, the "durability floor" is measured on the same disk: the median time to
 publish a 2 KB blob the way a 250 must wait for (temporary file fsynced, renamed, directory

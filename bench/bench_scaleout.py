@@ -36,7 +36,9 @@ emails/s = N / (acks sent - t0). Each variant (k x senders) runs ``--repeat`` ti
 interleaved (odd rounds run the k values in reverse order); the summary takes each
 variant's best run (other load only slows a run) and gives k2/k1 and k4/k1; with two or more
 rounds it also gives each round's own ratio (the round's runs follow one another, so a shared
-machine's drift over minutes moves it less) and their median. "worker CPU ms/email" is the
+machine's drift over minutes moves it less) and their median; from six rounds on, the range
+the median lies in with at least 95 % confidence (``benchlib.median_interval``): a target
+holds reliably on this machine when that range's low end clears it. "worker CPU ms/email" is the
 user+system time of the k worker processes (from /proc, read just before they are stopped)
 per email; "pg ms/email" and "redis ms" the same for the desk database's PostgreSQL backends
 and the Redis server over the same span.
