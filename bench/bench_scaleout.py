@@ -38,10 +38,11 @@ variant's best run (other load only slows a run) and gives k2/k1 and k4/k1; with
 rounds it also gives each round's own ratio (the round's runs follow one another, so a shared
 machine's drift over minutes moves it less) and their median; from six rounds on, the range
 the median lies in with at least 95 % confidence (``benchlib.median_interval``): a target
-holds reliably on this machine when that range's low end clears it. "worker CPU ms/email" is the
-user+system time of the k worker processes (from /proc, read just before they are stopped)
-per email; "pg ms/email" and "redis ms" the same for the desk database's PostgreSQL backends
-and the Redis server over the same span.
+holds reliably on this machine when that range's low end clears it (BENCHMARKS.md,
+nineteenth pass, on what k2/k1 rewards). "worker CPU ms/email" is the user+system time of
+the k worker processes (from /proc, read just before they are stopped) per email; "pg
+ms/email" and "redis ms" the same for the desk database's PostgreSQL backends and the Redis
+server over the same span.
 "runq ms/email" is the time the workers' threads and the desk database's backends spent
 runnable but waiting for a CPU (the kernel's schedstat), per email, over the same span;
 "idle" the share of the machine's CPU time left idle (with iowait) from the first email

@@ -242,9 +242,9 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 def rounds_summary(ratios: Sequence[float], digits: int = 2, unit: str = "") -> str:
     """``median 1.62x over 16 rounds (rounds: 1.84, 1.50, ...); the median lies in
-    1.50-1.92x with 97.9% confidence``: a ratio measured once per round against the same round's
-    baseline (a shared machine drifts between rounds). The interval is given from six
-    rounds on (``median_interval``)."""
+    1.50-1.92x with 97.9% confidence``: a ratio measured once per round against the same
+    round's baseline (a shared machine drifts between rounds). The interval is given from
+    six rounds on (``median_interval``)."""
     each = ", ".join(f"{r:.{digits}f}" for r in ratios)
     summary = (f"median {statistics.median(ratios):.{digits}f}{unit} over {len(ratios)} "
                f"rounds (rounds: {each})")
@@ -261,8 +261,8 @@ def median_interval(values: Sequence[float], confidence: float = 0.95
     """A distribution-free confidence interval for the median of what ``values`` sample
     (rounds of a ratio on a drifting machine): the k-th smallest and the k-th largest
     value, with the largest k whose coverage, 1 - 2 P(Binomial(n, 1/2) < k), is still at
-    least ``confidence``. Returns (low, high, coverage), or None when too few values
-    reach it (five for 95 %: even the smallest and largest cover only 94 %).
+    least ``confidence``. Returns (low, high, coverage), or None when no k reaches it
+    (five values or fewer for 95 %: the smallest and largest of five cover 94 %).
 
     Whether a target holds "reliably" on a noisy machine is whether the interval's low
     end clears it, not whether one sitting's median did."""
