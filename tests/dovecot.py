@@ -36,6 +36,8 @@ from typing import Literal
 import imapclient
 from imapclient import imap_utf7
 
+from tests.ports import free_port
+
 DEFAULT_USER = "support@desk.example"
 DEFAULT_USERS: Mapping[str, str] = {DEFAULT_USER: "secret"}
 MAIL_USER = "nobody"
@@ -60,13 +62,6 @@ def dovecot_binaries() -> tuple[str, str] | None:
     if dovecot is None or doveadm is None:
         return None
     return dovecot, doveadm
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free on ``host`` a moment ago (bind to 0, read it, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -21,6 +20,8 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+
+from tests.ports import free_port
 
 REQUIRE_SERVICES = os.environ.get("POSTDESK_REQUIRE_SERVICES") == "1"
 HYPOTHESIS_PROFILE_ENV = "POSTDESK_HYPOTHESIS_PROFILE"
@@ -121,12 +122,6 @@ plan = "base"
 domains = ["base.example"]
 escalation_keyword = "BASECO-999"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_or_skip(var: str, what: str) -> str:
