@@ -158,7 +158,8 @@ class Message(Base):
     __tablename__ = "messages"
     __table_args__ = (UniqueConstraint("ticket_id", "message_id", name="uq_messages_ticket_mid"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    # No index of its own: uq_messages_ticket_mid's index leads with ticket_id.
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
     raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_messages.id"))
     outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
     direction: Mapped[str] = mapped_column(String(3))          # in | out
@@ -208,7 +209,7 @@ class Event(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     at: Mapped[datetime]
-    kind: Mapped[str] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(40))   # read with ticket_id only: no index
     actor: Mapped[str] = mapped_column(Bounded(320), default="system")
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
@@ -234,7 +235,8 @@ class SlaClock(Base):
                                 "AND at_risk_at IS NULL")),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    # No index of its own: uq_sla_clocks_cycle's index leads with ticket_id.
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
     # first_response | next_update | resolution | followup
     target: Mapped[str] = mapped_column(String(20))
     cycle: Mapped[int] = mapped_column(Integer, default=0)
@@ -283,7 +285,7 @@ class RawMessage(Base):
     received_at: Mapped[datetime]
     message_id: Mapped[str | None] = mapped_column(Bounded(998), index=True)
     status: Mapped[str] = mapped_column(String(12), default="pending")
-    reason: Mapped[str | None] = mapped_column(String(40), index=True)
+    reason: Mapped[str | None] = mapped_column(String(40))   # grouped within a status
     detail: Mapped[str | None] = mapped_column(Text)
     notify: Mapped[bool] = mapped_column(Boolean, default=True)  # False for imports
     authorised: Mapped[bool] = mapped_column(Boolean, default=False)  # released from quarantine
