@@ -29,10 +29,9 @@ def ephemeral_floor(range_file: Path = RANGE_FILE) -> int:
     """The lowest port the kernel may use for an outgoing connection (32768 when the
     range cannot be read, Linux's default)."""
     try:
-        low = int(range_file.read_text().split()[0])
+        return int(range_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32_768
-    return low
 
 
 def worker_block(worker: str | None, workers: int, floor: int) -> range:
@@ -49,16 +48,20 @@ def worker_block(worker: str | None, workers: int, floor: int) -> range:
 
 
 def _candidates() -> Iterator[int]:
+    """This process's block, round and round, from a random start: a second test run
+    right after this one (or a bench beside it) does not begin on the ports the first
+    left in TIME_WAIT."""
     block = worker_block(os.environ.get("PYTEST_XDIST_WORKER"),
                          int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
                          ephemeral_floor())
-    # A random start: a second test run right after this one (or a bench beside it) does
-    # not begin on the ports the first left in TIME_WAIT.
-    first = random.randrange(len(block))
-    return itertools.cycle([*block[first:], *block[:first]])
+    # C iterators, not a generator: two threads asking at once get two ports, not a
+    # "generator already executing" error.
+    return itertools.islice(itertools.cycle(block), random.randrange(len(block)), None)
 
 
-_CANDIDATES = _candidates()
+# Made on the first call, not at import: tests.support imports this module, and a machine
+# with no room below its ephemeral range should fail the tests that need a port, not all.
+_candidates_of_this_process: Iterator[int] | None = None
 
 
 def bindable(host: str, port: int) -> bool:
@@ -83,4 +86,7 @@ def first_bindable(host: str, candidates: Iterator[int], tries: int = 2_000) -> 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port on ``host`` that no outgoing connection can take and no other test worker
     will be handed; it was free a moment ago."""
-    return first_bindable(host, _CANDIDATES)
+    global _candidates_of_this_process
+    if _candidates_of_this_process is None:
+        _candidates_of_this_process = _candidates()
+    return first_bindable(host, _candidates_of_this_process)
